@@ -1,0 +1,142 @@
+//! A shard's in-memory datasets. No I/O here.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, SchemaRef};
+
+use crate::error::{Error, Result};
+use crate::limits::DATASET_NAME_BYTES_MAX;
+use crate::ShardId;
+
+/// Checks a dataset name: `[A-Za-z0-9_.-]{1,128}`, not starting with a dot,
+/// so that it is always a safe single path component.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidName { name: name.chars().take(200).collect(), reason });
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > DATASET_NAME_BYTES_MAX {
+        return bad("it is longer than 128 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("it starts with a dot");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        return bad("only ASCII letters, digits, '_', '.' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Refuses column types the WAL cannot carry as they arrive: dictionary
+/// columns need dictionary messages, which the engine does not log yet.
+pub fn validate_schema(schema: &arrow::datatypes::Schema) -> Result<()> {
+    fn check(f: &Field) -> Result<()> {
+        match f.data_type() {
+            DataType::Dictionary(_, _) => Err(Error::InvalidInput(format!(
+                "column {:?} is dictionary-encoded, which is not supported; cast it to its value type",
+                f.name()
+            ))),
+            DataType::List(c) | DataType::LargeList(c) | DataType::FixedSizeList(c, _) | DataType::Map(c, _) => check(c),
+            DataType::Struct(fields) => fields.iter().try_for_each(|c| check(c)),
+            _ => Ok(()),
+        }
+    }
+    schema.fields().iter().try_for_each(|f| check(f))
+}
+
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub records: u64,
+    pub bytes: u64,
+    pub batches: u64,
+    pub shard: ShardId,
+}
+
+pub struct Dataset {
+    pub schema: SchemaRef,
+    /// The encapsulated IPC schema message, written once per segment.
+    pub schema_message: Rc<[u8]>,
+    pub batches: Vec<RecordBatch>,
+    pub records: u64,
+    pub bytes: u64,
+    /// Whether the schema has been made durable.
+    pub durable: bool,
+}
+
+impl Dataset {
+    pub fn new(schema: SchemaRef) -> Self {
+        let schema_message = crate::wal::ipc::schema_message(&schema).into();
+        Self { schema, schema_message, batches: Vec::new(), records: 0, bytes: 0, durable: false }
+    }
+
+    pub fn push(&mut self, batch: RecordBatch) -> (u64, u64) {
+        let rows = batch.num_rows() as u64;
+        let bytes = batch.get_array_memory_size() as u64;
+        self.records += rows;
+        self.bytes += bytes;
+        self.batches.push(batch);
+        (rows, bytes)
+    }
+
+    /// Compares the schema of incoming data with the dataset's.
+    pub fn check_schema(&self, name: &str, offered: &SchemaRef) -> Result<()> {
+        if SchemaRef::ptr_eq(&self.schema, offered) || fields_match(&self.schema, offered) {
+            return Ok(());
+        }
+        Err(Error::SchemaMismatch {
+            dataset: name.to_owned(),
+            existing: describe(&self.schema),
+            offered: describe(offered),
+        })
+    }
+}
+
+/// Field names, types and nullability must match; schema metadata may differ.
+fn fields_match(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields().iter().zip(b.fields().iter()).all(|(x, y)| {
+            x.name() == y.name() && x.data_type().equals_datatype(y.data_type()) && x.is_nullable() == y.is_nullable()
+        })
+}
+
+fn describe(s: &SchemaRef) -> String {
+    let cols: Vec<String> = s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+    format!("({})", cols.join(", "))
+}
+
+#[derive(Default)]
+pub struct Catalog {
+    pub datasets: BTreeMap<String, Dataset>,
+}
+
+impl Catalog {
+    pub fn info(&self, name: &str, shard: ShardId) -> Option<DatasetInfo> {
+        self.datasets.get(name).filter(|d| d.durable).map(|d| DatasetInfo {
+            name: name.to_owned(),
+            schema: d.schema.clone(),
+            records: d.records,
+            bytes: d.bytes,
+            batches: d.batches.len() as u64,
+            shard,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "vectors", "A-b_c.1", &"x".repeat(128)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b", "é", "a b", &"x".repeat(129), "../etc"] {
+            assert!(matches!(validate_name(bad), Err(Error::InvalidName { .. })), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The data directory: which shard count and WAL generation are current, a
+//! lock so that two servers never share it, and the clean-up that finishes
+//! (or undoes) a shard-count change interrupted by a crash.
+//!
+//! ```text
+//! $DATA/LOCK              flock(2)-held while a server runs
+//! $DATA/LAYOUT            {"shards": N, "generation": G}, replaced atomically
+//! $DATA/shard-<k>/<id>.wal WAL segments; each header names its generation
+//! ```
+//!
+//! A change of shard count from M to N runs in three steps:
+//! 1. every new shard replays all M old directories (segment lists taken
+//!    here, before any shard starts) and logs the datasets it now owns into
+//!    new segments of generation G+1 in its own directory;
+//! 2. once all N shards have done so, `LAYOUT` is replaced with (N, G+1);
+//! 3. segments of generation G are deleted, and old directories emptied.
+//!
+//! A crash before step 2 leaves `LAYOUT` at (M, G): the next start deletes
+//! the partial G+1 segments and starts over. A crash after it leaves stale
+//! generation-G segments, which the next start deletes. Either way nothing
+//! is lost and nothing is replayed twice.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::wal::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::wal::replay::{list_segments, SegmentFile};
+
+const LAYOUT_FILE: &str = "LAYOUT";
+const LOCK_FILE: &str = "LOCK";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub shards: usize,
+    pub generation: u64,
+}
+
+/// Holds the data directory's lock for as long as it lives.
+pub struct DirLock {
+    _lock: Flock<File>,
+}
+
+pub fn shard_dir(data: &Path, shard: usize) -> PathBuf {
+    data.join(format!("shard-{shard}"))
+}
+
+/// Takes the exclusive lock on `data`, creating the directory if needed.
+pub fn lock(data: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(data).map_err(Error::io("creating data directory", data, 0))?;
+    let path = data.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io("opening lock file", &path, 0))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        Error::Startup(format!(
+            "data directory {} is in use by another longbow process ({}: {errno})",
+            data.display(),
+            path.display()
+        ))
+    })?;
+    Ok(DirLock { _lock: lock })
+}
+
+/// Reads `LAYOUT`. A directory without one is new if it holds no segments;
+/// one with segments but no `LAYOUT` is refused (not written by Longbow, or
+/// damaged).
+pub fn read(data: &Path) -> Result<Option<Layout>> {
+    let path = data.join(LAYOUT_FILE);
+    let mut text = String::new();
+    match File::open(&path) {
+        Ok(mut f) => {
+            f.read_to_string(&mut text).map_err(Error::io("reading layout", &path, 0))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            for k in shard_dirs(data)? {
+                if !list_segments(&shard_dir(data, k))?.is_empty() {
+                    return Err(Error::Startup(format!(
+                        "{} holds WAL segments but no LAYOUT file; refusing to guess the shard layout",
+                        data.display()
+                    )));
+                }
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::io("opening layout", &path, 0)(e)),
+    }
+    let layout: Layout = serde_json::from_str(&text)
+        .map_err(|e| Error::Corrupt { path: path.clone(), offset: 0, reason: format!("unreadable layout: {e}") })?;
+    if layout.shards == 0 {
+        return Err(Error::Corrupt { path, offset: 0, reason: "layout names zero shards".into() });
+    }
+    Ok(Some(layout))
+}
+
+/// Replaces `LAYOUT` atomically: write a temporary file, fsync, rename,
+/// fsync the directory.
+pub fn write(data: &Path, layout: Layout) -> Result<()> {
+    let tmp = data.join(format!("{LAYOUT_FILE}.tmp"));
+    let path = data.join(LAYOUT_FILE);
+    let text = serde_json::to_string(&layout).expect("layout serializes");
+    let mut f = File::create(&tmp).map_err(Error::io("creating layout", &tmp, 0))?;
+    f.write_all(text.as_bytes()).map_err(Error::io("writing layout", &tmp, 0))?;
+    f.sync_all().map_err(Error::io("fsyncing layout", &tmp, 0))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io("renaming layout", &tmp, 0))?;
+    sync_dir(data)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsyncing directory", dir, 0))
+}
+
+/// Indexes of the `shard-<k>` directories in `data`, ascending.
+pub fn shard_dirs(data: &Path) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(data) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io("listing data directory", data, 0)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io("listing data directory", data, 0))?;
+        let name = entry.file_name();
+        if let Some(k) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|k| k.parse().ok()) {
+            out.push(k);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn read_header(path: &Path) -> std::io::Result<Option<SegmentHeader>> {
+    let mut buf = [0u8; SEGMENT_HEADER_BYTES];
+    let mut f = File::open(path)?;
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = f.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        filled += n;
+    }
+    Ok(SegmentHeader::decode(&buf).ok())
+}
+
+/// Deletes every segment whose generation is not `generation`, and a newest
+/// segment whose header never became durable (a crash while creating it:
+/// it holds nothing). Returns each directory's remaining segments.
+pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
+    let mut out = Vec::new();
+    for k in shard_dirs(data)? {
+        let dir = shard_dir(data, k);
+        let segments = list_segments(&dir)?;
+        let mut keep = Vec::new();
+        let mut deleted = false;
+        for (i, seg) in segments.iter().enumerate() {
+            let header = read_header(&seg.path).map_err(Error::io("reading segment header", &seg.path, 0))?;
+            let stale = match header {
+                Some(h) => h.generation != generation,
+                None if i + 1 == segments.len() => true,
+                None => {
+                    return Err(Error::Corrupt {
+                        path: seg.path.clone(),
+                        offset: 0,
+                        reason: "segment header is damaged and newer segments follow".into(),
+                    })
+                }
+            };
+            if stale {
+                tracing::info!(file = %seg.path.display(), "deleting WAL segment left by an interrupted shard-count change or segment creation");
+                std::fs::remove_file(&seg.path).map_err(Error::io("deleting stale segment", &seg.path, 0))?;
+                deleted = true;
+            } else {
+                keep.push(seg.clone());
+            }
+        }
+        if deleted {
+            sync_dir(&dir)?;
+        }
+        out.push((k, keep));
+    }
+    Ok(out)
+}
+
+/// After a shard-count change became current: drops the directories of
+/// shards that no longer exist (their segments are already deleted).
+pub fn remove_retired_dirs(data: &Path, shards: usize) -> Result<()> {
+    for k in shard_dirs(data)? {
+        if k >= shards {
+            let dir = shard_dir(data, k);
+            if list_segments(&dir)?.is_empty() {
+                std::fs::remove_dir_all(&dir).map_err(Error::io("removing retired shard directory", &dir, 0))?;
+            }
+        }
+    }
+    sync_dir(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trips_and_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        let l = Layout { shards: 3, generation: 7 };
+        write(dir.path(), l).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(l));
+        let held = lock(dir.path()).unwrap();
+        assert!(matches!(lock(dir.path()), Err(Error::Startup(_))));
+        drop(held);
+        lock(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn segments_without_layout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = shard_dir(dir.path(), 0);
+        std::fs::create_dir_all(&shard).unwrap();
+        std::fs::write(shard.join(crate::wal::segment_file_name(1)), b"x").unwrap();
+        assert!(matches!(read(dir.path()), Err(Error::Startup(_))));
+    }
+}

@@ -1,0 +1,44 @@
+//! The Longbow storage engine: named datasets of Arrow record batches, held
+//! in memory by shards and made durable in a per-shard write-ahead log before
+//! any write is acknowledged.
+//!
+//! # Layout
+//! - [`engine`]: start here. `Engine::start` locks the data directory,
+//!   spawns one glommio executor per shard and waits for WAL replay; its
+//!   methods route each call to the shard that owns the dataset.
+//! - [`shard`]: a shard's request loop and group-commit task
+//!   (`shard/mod.rs`), the `Send + Clone` handle the gateway holds
+//!   (`handle.rs`), and startup replay (`recovery.rs`).
+//! - [`wal`]: segment files written with O_DIRECT (`mod.rs`), the frame
+//!   format (`format.rs`, pure and property-tested), the Arrow IPC payload
+//!   (`ipc.rs`) and torn-tail versus corruption detection (`replay.rs`).
+//! - [`dataset`]: in-memory batches, schemas and name rules; no I/O.
+//! - [`layout`]: the data directory's lock, shard count and WAL generation.
+//! - [`routing`], [`limits`], [`error`], [`metrics`].
+//!
+//! Two choices that may surprise: shards never share state or locks (a
+//! dataset lives on exactly one core, so its writes need no
+//! synchronization), and a batch becomes visible to readers only after the
+//! commit holding it is durable, so a read never returns data a crash could
+//! take back.
+
+pub mod dataset;
+pub mod engine;
+pub mod error;
+pub mod layout;
+pub mod limits;
+pub mod metrics;
+pub mod routing;
+pub mod shard;
+pub mod wal;
+
+/// Index of a shard, `0..shards`.
+pub type ShardId = u32;
+
+pub use dataset::DatasetInfo;
+pub use engine::{default_shards, Engine, EngineConfig};
+pub use error::{Error, Result};
+pub use metrics::EngineMetrics;
+pub use shard::ShardHandle;
+pub use wal::replay::CorruptionPolicy;
+pub use wal::{IpcMessage, Lsn};

@@ -1,0 +1,47 @@
+//! Named limits, each with its unit. Changing one is a design decision: the
+//! reason sits beside it.
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+
+/// Largest group commit. A burst above it is split into several writes; a
+/// single frame larger than this is written alone. Kept well inside
+/// [`SHARD_IO_MEMORY_BYTES`] so commit buffers come from glommio's registered
+/// pool instead of falling back to the heap.
+pub const GROUP_COMMIT_BYTES_MAX: u64 = 4 * MIB;
+
+/// glommio `io_memory` per shard: registered DMA buffers for commits and reads.
+pub const SHARD_IO_MEMORY_BYTES: usize = 32 * MIB as usize;
+
+/// io_uring submission queue depth per shard.
+pub const SHARD_RING_DEPTH: usize = 256;
+
+/// Requests a shard's inbox holds. When full, callers wait up to
+/// [`SHARD_SEND_TIMEOUT_MS`] and then get `Error::Overloaded`.
+pub const SHARD_INBOX_DEPTH_MAX: usize = 1024;
+
+/// How long a caller waits for room in a full shard inbox before giving up.
+pub const SHARD_SEND_TIMEOUT_MS: u64 = 5_000;
+
+/// Appends accepted by a shard but not yet written. When full, the shard
+/// stops reading its inbox, which then fills and pushes back on callers.
+pub const SHARD_PENDING_APPENDS_MAX: usize = 4096;
+
+/// Largest WAL frame payload (one record batch). Bigger batches must be split
+/// by the client; the gateway's message limit is below this.
+pub const FRAME_PAYLOAD_BYTES_MAX: u64 = 1024 * MIB;
+
+/// Smallest segment size; the configured size is clamped up to it.
+pub const SEGMENT_BYTES_MIN: u64 = MIB;
+
+/// Read size while replaying a segment.
+pub const REPLAY_READ_BYTES: usize = 8 * MIB as usize;
+
+/// Longest dataset name, in bytes.
+pub const DATASET_NAME_BYTES_MAX: usize = 128;
+
+/// glommio refuses to start below this RLIMIT_MEMLOCK.
+pub const MEMLOCK_BYTES_MIN: u64 = 512 * KIB;
+
+const _: () = assert!(GROUP_COMMIT_BYTES_MAX < SHARD_IO_MEMORY_BYTES as u64);
+const _: () = assert!(SEGMENT_BYTES_MIN > GROUP_COMMIT_BYTES_MAX / 8);

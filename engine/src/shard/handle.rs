@@ -1,0 +1,82 @@
+//! The one type that crosses from the gateway's tokio threads to a shard's
+//! glommio thread: a `Send + Clone` handle over a bounded channel.
+
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::channel::oneshot;
+use futures::FutureExt;
+
+use super::request::Request;
+use crate::dataset::DatasetInfo;
+use crate::error::{Error, Result};
+use crate::limits::SHARD_SEND_TIMEOUT_MS;
+use crate::metrics::EngineMetrics;
+use crate::wal::{IpcMessage, Lsn};
+use crate::ShardId;
+
+#[derive(Clone)]
+pub struct ShardHandle {
+    pub(crate) id: ShardId,
+    pub(crate) tx: flume::Sender<Request>,
+    pub(crate) metrics: EngineMetrics,
+}
+
+impl ShardHandle {
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Sends a request, waiting for room in the inbox up to
+    /// [`SHARD_SEND_TIMEOUT_MS`]; past that the shard is overloaded.
+    async fn send(&self, req: Request) -> Result<()> {
+        let send = self.tx.send_async(req);
+        let timeout = futures_timer::Delay::new(Duration::from_millis(SHARD_SEND_TIMEOUT_MS));
+        futures::select! {
+            r = send.fuse() => r.map_err(|_| Error::ShuttingDown)?,
+            _ = timeout.fuse() => return Err(Error::Overloaded { shard: self.id, reason: "its inbox stayed full" }),
+        }
+        self.metrics.shard_queue_depth.set(self.tx.len() as i64);
+        Ok(())
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    pub async fn open(&self, dataset: String, schema: SchemaRef) -> Result<()> {
+        self.call(|reply| Request::Open { dataset, schema, reply }).await
+    }
+
+    /// Queues a batch. The outer future resolves once the shard has taken it
+    /// (back-pressure); the returned one once it is durable.
+    pub async fn append(
+        &self,
+        dataset: String,
+        batch: RecordBatch,
+        message: IpcMessage,
+    ) -> Result<impl std::future::Future<Output = Result<Lsn>> + Send + 'static> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Append { dataset, batch, message, reply }).await?;
+        Ok(async move { rx.await.map_err(|_| Error::ShuttingDown)? })
+    }
+
+    pub async fn get(&self, dataset: String) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        self.call(|reply| Request::Get { dataset, reply }).await
+    }
+
+    pub async fn info(&self, dataset: Option<String>) -> Result<Vec<DatasetInfo>> {
+        self.call(|reply| Request::Info { dataset, reply }).await
+    }
+
+    pub async fn shutdown(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        // Shutdown waits for room as long as it takes.
+        self.tx.send_async(Request::Shutdown { reply }).await.map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+

@@ -1,0 +1,345 @@
+//! The WAL's on-disk format, pure (no I/O). See `docs/wal-format.md`.
+//!
+//! A segment is a header block followed by commits. Each commit starts at an
+//! aligned offset and holds one or more frames packed at 8-byte alignment,
+//! then zero padding up to the next alignment boundary. A frame is
+//!
+//! ```text
+//! 0  magic        u32  "LBWF"
+//! 4  version      u8
+//! 5  kind         u8   1 = data, 2 = seal
+//! 6  dataset_len  u16
+//! 8  payload_len  u32
+//! 12 crc32c       u32  over bytes 0..12, 16..40, dataset and payload
+//! 16 lsn          u64  per-shard, contiguous
+//! 24 segment_id   u64  the segment this frame was written to
+//! 32 commit_start u64  file offset of the commit holding this frame
+//! 40 dataset      [u8; dataset_len]
+//! .. payload      [u8; payload_len]  Arrow IPC encapsulated messages
+//! .. zero padding to 8 bytes
+//! ```
+//! All integers are little-endian.
+
+use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
+
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"LBWF");
+pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"LBWS");
+pub const FORMAT_VERSION: u8 = 1;
+pub const FRAME_HEADER_BYTES: usize = 40;
+pub const SEGMENT_HEADER_BYTES: usize = 48;
+pub const FRAME_ALIGN: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Arrow IPC messages for one dataset: a schema message the first time the
+    /// dataset appears in a segment, then record batch messages.
+    Data = 1,
+    /// Last frame of a finished segment; nothing follows it.
+    Seal = 2,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Data),
+            2 => Some(Self::Seal),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: FrameKind,
+    pub lsn: u64,
+    pub segment_id: u64,
+    pub commit_start: u64,
+}
+
+/// A frame read back from a buffer, borrowing its bytes.
+#[derive(Debug)]
+pub struct FrameRef<'a> {
+    pub header: FrameHeader,
+    pub dataset: &'a [u8],
+    pub payload: &'a [u8],
+    /// Bytes the frame occupies, padding included.
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the header or the declared lengths need.
+    Truncated,
+    /// The first four bytes are zero: padding or never-written space.
+    Zero,
+    BadMagic(u32),
+    BadVersion(u8),
+    BadKind(u8),
+    TooLarge(u64),
+    Checksum { stored: u32, computed: u32 },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Truncated => write!(f, "frame truncated"),
+            Self::Zero => write!(f, "zeroed bytes where a frame should start"),
+            Self::BadMagic(m) => write!(f, "bad frame magic {m:#010x}"),
+            Self::BadVersion(v) => write!(f, "unsupported frame version {v}"),
+            Self::BadKind(k) => write!(f, "unknown frame kind {k}"),
+            Self::TooLarge(n) => write!(f, "frame payload length {n} above the limit"),
+            Self::Checksum { stored, computed } => {
+                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+            }
+        }
+    }
+}
+
+pub const fn align_up(v: usize, align: usize) -> usize {
+    v.div_ceil(align) * align
+}
+
+/// Bytes a frame with these lengths occupies, padding included.
+pub const fn frame_len(dataset_len: usize, payload_len: usize) -> usize {
+    align_up(FRAME_HEADER_BYTES + dataset_len + payload_len, FRAME_ALIGN)
+}
+
+/// Writes one frame at the start of `out`, whose payload the caller has
+/// already copied to `out[FRAME_HEADER_BYTES + dataset.len()..]`, so large
+/// payloads are copied once, straight into the DMA buffer. Returns the frame
+/// length. `out` must hold at least `frame_len(..)` bytes.
+pub fn seal_frame_in_place(out: &mut [u8], header: FrameHeader, dataset: &[u8], payload_len: usize) -> usize {
+    let len = frame_len(dataset.len(), payload_len);
+    assert!(out.len() >= len, "frame buffer too small");
+    assert!(dataset.len() <= u16::MAX as usize);
+    assert!(payload_len as u64 <= FRAME_PAYLOAD_BYTES_MAX);
+    out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    out[4] = FORMAT_VERSION;
+    out[5] = header.kind as u8;
+    out[6..8].copy_from_slice(&(dataset.len() as u16).to_le_bytes());
+    out[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&header.lsn.to_le_bytes());
+    out[24..32].copy_from_slice(&header.segment_id.to_le_bytes());
+    out[32..40].copy_from_slice(&header.commit_start.to_le_bytes());
+    out[40..40 + dataset.len()].copy_from_slice(dataset);
+    let body_end = FRAME_HEADER_BYTES + dataset.len() + payload_len;
+    out[body_end..len].fill(0);
+    let crc = frame_crc(&out[..body_end]);
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    // Pair assertion: what we wrote decodes to what we meant.
+    debug_assert!(matches!(decode_frame(&out[..len]), Ok(f) if f.header == header));
+    len
+}
+
+/// Encodes a whole frame into a new vector (tests, seal frames).
+pub fn encode_frame(header: FrameHeader, dataset: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; frame_len(dataset.len(), payload.len())];
+    let at = FRAME_HEADER_BYTES + dataset.len();
+    out[at..at + payload.len()].copy_from_slice(payload);
+    seal_frame_in_place(&mut out, header, dataset, payload.len());
+    out
+}
+
+fn frame_crc(frame_without_padding: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&frame_without_padding[0..12]);
+    crc32c::crc32c_append(crc, &frame_without_padding[16..])
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Decodes the frame at the start of `buf`. Any bytes give a value or an
+/// error, never a panic.
+pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
+    if buf.len() < 4 {
+        return Err(DecodeError::Truncated);
+    }
+    let magic = u32_at(buf, 0);
+    if magic == 0 {
+        return Err(DecodeError::Zero);
+    }
+    if magic != FRAME_MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    if buf.len() < FRAME_HEADER_BYTES {
+        return Err(DecodeError::Truncated);
+    }
+    if buf[4] != FORMAT_VERSION {
+        return Err(DecodeError::BadVersion(buf[4]));
+    }
+    let kind = FrameKind::from_u8(buf[5]).ok_or(DecodeError::BadKind(buf[5]))?;
+    let dataset_len = u16_at(buf, 6) as usize;
+    let payload_len = u32_at(buf, 8) as u64;
+    if payload_len > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(DecodeError::TooLarge(payload_len));
+    }
+    let body_end = FRAME_HEADER_BYTES + dataset_len + payload_len as usize;
+    let len = frame_len(dataset_len, payload_len as usize);
+    if buf.len() < body_end {
+        return Err(DecodeError::Truncated);
+    }
+    let stored = u32_at(buf, 12);
+    let computed = frame_crc(&buf[..body_end]);
+    if stored != computed {
+        return Err(DecodeError::Checksum { stored, computed });
+    }
+    Ok(FrameRef {
+        header: FrameHeader {
+            kind,
+            lsn: u64_at(buf, 16),
+            segment_id: u64_at(buf, 24),
+            commit_start: u64_at(buf, 32),
+        },
+        dataset: &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + dataset_len],
+        payload: &buf[FRAME_HEADER_BYTES + dataset_len..body_end],
+        len,
+    })
+}
+
+/// The header block at the start of every segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Bytes the header block occupies: the device alignment when written.
+    /// Commits are aligned to it.
+    pub block_bytes: u32,
+    pub shard: u32,
+    /// Shard layout generation (see `layout.rs`).
+    pub generation: u64,
+    pub segment_id: u64,
+    pub first_lsn: u64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut out = [0u8; SEGMENT_HEADER_BYTES];
+        out[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+        out[4] = FORMAT_VERSION;
+        out[8..12].copy_from_slice(&self.block_bytes.to_le_bytes());
+        out[12..16].copy_from_slice(&self.shard.to_le_bytes());
+        out[16..24].copy_from_slice(&self.generation.to_le_bytes());
+        out[24..32].copy_from_slice(&self.segment_id.to_le_bytes());
+        out[32..40].copy_from_slice(&self.first_lsn.to_le_bytes());
+        let crc = crc32c::crc32c(&out[0..44]);
+        out[44..48].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        if buf.len() < SEGMENT_HEADER_BYTES {
+            return Err(DecodeError::Truncated);
+        }
+        let magic = u32_at(buf, 0);
+        if magic != SEGMENT_MAGIC {
+            return Err(if magic == 0 { DecodeError::Zero } else { DecodeError::BadMagic(magic) });
+        }
+        if buf[4] != FORMAT_VERSION {
+            return Err(DecodeError::BadVersion(buf[4]));
+        }
+        let stored = u32_at(buf, 44);
+        let computed = crc32c::crc32c(&buf[0..44]);
+        if stored != computed {
+            return Err(DecodeError::Checksum { stored, computed });
+        }
+        let header = Self {
+            block_bytes: u32_at(buf, 8),
+            shard: u32_at(buf, 12),
+            generation: u64_at(buf, 16),
+            segment_id: u64_at(buf, 24),
+            first_lsn: u64_at(buf, 32),
+        };
+        if !header.block_bytes.is_power_of_two() || (header.block_bytes as usize) < SEGMENT_HEADER_BYTES {
+            return Err(DecodeError::TooLarge(header.block_bytes as u64));
+        }
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(lsn: u64) -> FrameHeader {
+        FrameHeader { kind: FrameKind::Data, lsn, segment_id: 7, commit_start: 4096 }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode_frame(header(42), b"ds", b"hello payload");
+        assert_eq!(bytes.len() % FRAME_ALIGN, 0);
+        let f = decode_frame(&bytes).expect("decodes");
+        assert_eq!(f.header, header(42));
+        assert_eq!(f.dataset, b"ds");
+        assert_eq!(f.payload, b"hello payload");
+        assert_eq!(f.len, bytes.len());
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let bytes = encode_frame(header(1), b"dataset", &[7u8; 61]);
+        let body_end = FRAME_HEADER_BYTES + 7 + 61;
+        for byte in 0..body_end {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[byte] ^= 1 << bit;
+                assert!(decode_frame(&b).is_err(), "flip at byte {byte} bit {bit} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let bytes = encode_frame(header(1), b"d", &[1u8; 100]);
+        for cut in 0..FRAME_HEADER_BYTES + 101 {
+            assert!(decode_frame(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn zero_is_padding() {
+        assert_eq!(decode_frame(&[0u8; 64]).unwrap_err(), DecodeError::Zero);
+    }
+
+    #[test]
+    fn segment_header_round_trip() {
+        let h = SegmentHeader { block_bytes: 512, shard: 3, generation: 2, segment_id: 9, first_lsn: 100 };
+        assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        let mut bad = h.encode();
+        bad[20] ^= 1;
+        assert!(matches!(SegmentHeader::decode(&bad), Err(DecodeError::Checksum { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame(&bytes);
+            let _ = SegmentHeader::decode(&bytes);
+        }
+
+        #[test]
+        fn any_bytes_behind_a_valid_magic_decode_without_panic(mut bytes in proptest::collection::vec(any::<u8>(), 4..512)) {
+            bytes[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+            bytes[4] = FORMAT_VERSION;
+            let _ = decode_frame(&bytes);
+        }
+
+        #[test]
+        fn round_trips(lsn in any::<u64>(), ds in proptest::collection::vec(any::<u8>(), 0..130), payload in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let bytes = encode_frame(header(lsn), &ds, &payload);
+            let f = decode_frame(&bytes).unwrap();
+            prop_assert_eq!(f.header.lsn, lsn);
+            prop_assert_eq!(f.dataset, &ds[..]);
+            prop_assert_eq!(f.payload, &payload[..]);
+        }
+    }
+}

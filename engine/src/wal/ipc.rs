@@ -1,0 +1,70 @@
+//! Arrow IPC encapsulated messages as the WAL stores them: the bytes a client
+//! sent in `FlightData` (`data_header` flatbuffer + `data_body`), framed as
+//!
+//! ```text
+//! 0xFFFFFFFF  u32 metadata_len (8-aligned)  metadata + zero pad  body
+//! ```
+//! so a frame payload is a valid Arrow IPC stream fragment.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+const CONTINUATION: [u8; 4] = [0xFF; 4];
+
+/// One IPC message: flatbuffer metadata and body, as they came off the wire.
+#[derive(Debug, Clone)]
+pub struct IpcMessage {
+    pub header: Bytes,
+    pub body: Bytes,
+}
+
+impl IpcMessage {
+    /// Bytes the encapsulated message occupies.
+    pub fn encoded_len(&self) -> usize {
+        8 + self.header.len().next_multiple_of(8) + self.body.len()
+    }
+
+    /// Writes the encapsulated message to the start of `out`; returns its length.
+    pub fn write_to(&self, out: &mut [u8]) -> usize {
+        let meta_len = self.header.len().next_multiple_of(8);
+        out[0..4].copy_from_slice(&CONTINUATION);
+        out[4..8].copy_from_slice(&(meta_len as u32).to_le_bytes());
+        out[8..8 + self.header.len()].copy_from_slice(&self.header);
+        out[8 + self.header.len()..8 + meta_len].fill(0);
+        let body_at = 8 + meta_len;
+        out[body_at..body_at + self.body.len()].copy_from_slice(&self.body);
+        body_at + self.body.len()
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.encoded_len()];
+        self.write_to(&mut v);
+        v
+    }
+
+    /// Encodes a batch the engine holds (re-logging after a shard-count
+    /// change). Dictionary columns are refused earlier, at the gateway.
+    pub fn from_batch(batch: &RecordBatch) -> Result<Self> {
+        let gen = IpcDataGenerator::default();
+        let mut tracker = DictionaryTracker::new(false);
+        let mut context = IpcWriteContext::default();
+        let (dicts, encoded) = gen.encode(batch, &mut tracker, &IpcWriteOptions::default(), &mut context).map_err(Error::Arrow)?;
+        if !dicts.is_empty() {
+            return Err(Error::InvalidInput("dictionary-encoded columns are not supported".into()));
+        }
+        Ok(Self { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() })
+    }
+}
+
+/// The encapsulated schema message written before a dataset's first batch in
+/// each segment.
+pub fn schema_message(schema: &Schema) -> Vec<u8> {
+    let gen = IpcDataGenerator::default();
+    let mut tracker = DictionaryTracker::new(false);
+    let encoded = gen.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &IpcWriteOptions::default());
+    IpcMessage { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() }.to_vec()
+}

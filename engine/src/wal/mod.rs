@@ -1,0 +1,321 @@
+//! The write-ahead log of one shard: numbered segment files written with
+//! O_DIRECT through glommio, one group commit per write, one `fdatasync` per
+//! commit.
+//!
+//! Invariants the recovery code relies on:
+//! - one commit is in flight at a time, so only the last commit can be torn;
+//! - every segment but the newest ends with a seal frame, written and synced
+//!   before the next segment is created;
+//! - LSNs are contiguous within a shard, and every frame records the offset
+//!   of the commit that holds it.
+
+pub mod format;
+pub mod ipc;
+pub mod replay;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+
+use crate::error::{Error, Result};
+use crate::metrics::EngineMetrics;
+use format::{FrameHeader, FrameKind, SegmentHeader, FRAME_HEADER_BYTES};
+pub use ipc::IpcMessage;
+
+/// Log sequence number: per shard, contiguous, starting at 1.
+pub type Lsn = u64;
+
+/// One record to log.
+pub struct Record<'a> {
+    pub dataset: &'a str,
+    /// The dataset's encapsulated schema message, written before its first
+    /// record in each segment.
+    pub schema_message: &'a [u8],
+    /// `None` logs only the schema (a dataset created with no rows yet).
+    pub message: Option<&'a IpcMessage>,
+}
+
+pub fn segment_file_name(id: u64) -> String {
+    format!("{id:020}.wal")
+}
+
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".wal")?;
+    if stem.len() != 20 {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// fsync a directory, so that creates, renames and deletes in it are durable.
+pub async fn sync_dir(dir: &Path) -> Result<()> {
+    let d = glommio::io::Directory::open(dir).await.map_err(Error::glommio("opening directory", dir, 0))?;
+    // IMPORTANT: without this, a new segment's directory entry can vanish on power loss.
+    d.sync().await.map_err(Error::glommio("fsyncing directory", dir, 0))?;
+    d.close().await.map_err(Error::glommio("closing directory", dir, 0))?;
+    Ok(())
+}
+
+struct ActiveSegment {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    id: u64,
+    /// Next write offset; always a multiple of `block`.
+    pos: u64,
+    block: u64,
+    /// Datasets whose schema message is already in this segment.
+    schemas_written: HashSet<String>,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    shard: u32,
+    generation: u64,
+    segment_bytes_max: u64,
+    next_lsn: Lsn,
+    active: ActiveSegment,
+    metrics: EngineMetrics,
+    /// Set when an fdatasync failed: the kernel may have dropped the dirty
+    /// pages, so retrying could report success for lost data.
+    poisoned: bool,
+}
+
+impl Wal {
+    /// Starts a new segment `segment_id` in `dir` and logs from `next_lsn`.
+    pub async fn create(
+        dir: &Path,
+        shard: u32,
+        generation: u64,
+        segment_id: u64,
+        next_lsn: Lsn,
+        segment_bytes_max: u64,
+        metrics: EngineMetrics,
+    ) -> Result<Self> {
+        let active = create_segment(dir, shard, generation, segment_id, next_lsn).await?;
+        Ok(Self { dir: dir.to_owned(), shard, generation, segment_bytes_max, next_lsn, active, metrics, poisoned: false })
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    /// Bytes a commit of these records takes in the active segment.
+    fn commit_len(&self, records: &[Record<'_>]) -> u64 {
+        let mut seen = HashSet::new();
+        let body: usize = records
+            .iter()
+            .map(|r| {
+                let schema = if self.active.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
+                    0
+                } else {
+                    r.schema_message.len()
+                };
+                format::frame_len(r.dataset.len(), schema + r.message.map_or(0, |m| m.encoded_len()))
+            })
+            .sum();
+        (body as u64).next_multiple_of(self.active.block)
+    }
+
+    /// Writes `records` as one commit and makes it durable
+    /// (`Durability::Synced`: write, then `fdatasync`). Returns the LSN of
+    /// the first record; the rest follow contiguously.
+    pub async fn append_synced(&mut self, records: &[Record<'_>]) -> Result<Lsn> {
+        assert!(!records.is_empty());
+        let mut len = self.commit_len(records);
+        if self.active.pos + len > self.segment_bytes_max && self.active.pos > self.active.block {
+            self.rotate().await?;
+            len = self.commit_len(records);
+        }
+        let seg = &mut self.active;
+        let commit_start = seg.pos;
+        let first_lsn = self.next_lsn;
+        let mut buf = seg.file.alloc_dma_buffer(len as usize);
+        let out = buf.as_bytes_mut();
+        let mut at = 0usize;
+        for (i, r) in records.iter().enumerate() {
+            let payload_at = at + FRAME_HEADER_BYTES + r.dataset.len();
+            let mut payload_len = 0;
+            if !seg.schemas_written.contains(r.dataset) {
+                out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
+                payload_len += r.schema_message.len();
+                seg.schemas_written.insert(r.dataset.to_owned());
+            }
+            if let Some(m) = r.message {
+                payload_len += m.write_to(&mut out[payload_at + payload_len..]);
+            }
+            let header = FrameHeader {
+                kind: FrameKind::Data,
+                lsn: first_lsn + i as u64,
+                segment_id: seg.id,
+                commit_start,
+            };
+            at += format::seal_frame_in_place(&mut out[at..], header, r.dataset.as_bytes(), payload_len);
+        }
+        out[at..].fill(0);
+        let result = write_and_sync(seg, buf, commit_start, &self.metrics).await;
+        if let Err(SyncError::Fsync(_)) = &result {
+            self.poisoned = true;
+        }
+        let result = result.map_err(SyncError::into_inner);
+        if result.is_err() {
+            // The commit never became durable: its schemas may be missing
+            // from the file, so write them again next time.
+            seg.schemas_written.retain(|d| !records.iter().any(|r| r.dataset == d));
+            return result.map(|_| 0);
+        }
+        seg.pos += len;
+        self.next_lsn += records.len() as u64;
+        Ok(first_lsn)
+    }
+
+    /// Seals the active segment and starts the next one.
+    async fn rotate(&mut self) -> Result<()> {
+        self.seal().await?;
+        let next = create_segment(&self.dir, self.shard, self.generation, self.active.id + 1, self.next_lsn).await?;
+        let old = std::mem::replace(&mut self.active, next);
+        close(old).await;
+        self.metrics.wal_segments_created.inc();
+        Ok(())
+    }
+
+    /// Writes the seal frame that marks the active segment complete.
+    pub async fn seal(&mut self) -> Result<()> {
+        let seg = &mut self.active;
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        write_seal(seg, lsn, &self.metrics).await
+    }
+
+    /// Seals the active segment and closes it (clean shutdown).
+    pub async fn close(mut self) -> Result<()> {
+        self.seal().await?;
+        close(self.active).await;
+        Ok(())
+    }
+
+    /// Total bytes in the active segment so far.
+    pub fn active_segment(&self) -> (u64, u64) {
+        (self.active.id, self.active.pos)
+    }
+}
+
+async fn close(seg: ActiveSegment) {
+    if let Ok(file) = Rc::try_unwrap(seg.file) {
+        let _ = file.close().await;
+    }
+}
+
+async fn write_seal(seg: &mut ActiveSegment, lsn: Lsn, metrics: &EngineMetrics) -> Result<()> {
+    let header = FrameHeader { kind: FrameKind::Seal, lsn, segment_id: seg.id, commit_start: seg.pos };
+    let frame = format::encode_frame(header, b"", b"");
+    let mut buf = seg.file.alloc_dma_buffer(seg.block as usize);
+    buf.as_bytes_mut().fill(0);
+    buf.as_bytes_mut()[..frame.len()].copy_from_slice(&frame);
+    let at = seg.pos;
+    write_and_sync(seg, buf, at, metrics).await.map_err(SyncError::into_inner)?;
+    seg.pos += seg.block;
+    Ok(())
+}
+
+/// A failed write can be retried (nothing was acknowledged); a failed fsync
+/// cannot.
+enum SyncError {
+    Write(Error),
+    Fsync(Error),
+}
+
+impl SyncError {
+    fn into_inner(self) -> Error {
+        match self {
+            SyncError::Write(e) | SyncError::Fsync(e) => e,
+        }
+    }
+}
+
+async fn write_and_sync(seg: &ActiveSegment, buf: glommio::io::DmaBuffer, at: u64, metrics: &EngineMetrics) -> std::result::Result<(), SyncError> {
+    let len = buf.len();
+    let started = std::time::Instant::now();
+    let written = seg.file.write_at(buf, at).await;
+    let written = match written {
+        Ok(n) => n,
+        Err(e) => {
+            metrics.wal_writes_error.inc();
+            return Err(SyncError::Write(Error::glommio("writing WAL segment", &seg.path, at)(e)));
+        }
+    };
+    if written != len {
+        metrics.wal_writes_error.inc();
+        return Err(SyncError::Write(Error::Io {
+            op: "writing WAL segment (short write)",
+            path: seg.path.clone(),
+            offset: at + written as u64,
+            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        }));
+    }
+    if let Err(e) = seg.file.fdatasync().await {
+        metrics.wal_writes_error.inc();
+        return Err(SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)));
+    }
+    metrics.wal_writes_ok.inc();
+    metrics.wal_bytes_written.inc_by(len as u64);
+    metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_lsn: Lsn) -> Result<ActiveSegment> {
+    let path = dir.join(segment_file_name(id));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .dma_open(&path)
+        .await
+        .map_err(Error::glommio("creating WAL segment", &path, 0))?;
+    let block = file.alignment().max(512);
+    let header = SegmentHeader { block_bytes: block as u32, shard, generation, segment_id: id, first_lsn };
+    let mut buf = file.alloc_dma_buffer(block as usize);
+    buf.as_bytes_mut().fill(0);
+    buf.as_bytes_mut()[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+    let written = file.write_at(buf, 0).await.map_err(Error::glommio("writing segment header", &path, 0))?;
+    if written as u64 != block {
+        return Err(Error::Io {
+            op: "writing segment header (short write)",
+            path,
+            offset: written as u64,
+            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        });
+    }
+    file.fdatasync().await.map_err(Error::glommio("fdatasync segment header", &path, 0))?;
+    sync_dir(dir).await?;
+    Ok(ActiveSegment { file: Rc::new(file), path, id, pos: block, block, schemas_written: HashSet::new() })
+}
+
+/// Finishes a segment left unsealed by a crash: cuts it at `valid_end`
+/// (dropping a torn tail) and writes a seal frame there.
+pub async fn seal_after_crash(path: &Path, segment_id: u64, valid_end: u64, block: u64, lsn: Lsn, metrics: &EngineMetrics) -> Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(Error::glommio("opening WAL segment", path, 0))?;
+    let pos = valid_end.next_multiple_of(block);
+    file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
+    let mut seg = ActiveSegment {
+        file: Rc::new(file),
+        path: path.to_owned(),
+        id: segment_id,
+        pos,
+        block,
+        schemas_written: HashSet::new(),
+    };
+    write_seal(&mut seg, lsn, metrics).await?;
+    close(seg).await;
+    Ok(())
+}
