@@ -13,7 +13,12 @@ use crate::ShardId;
 /// Checks a dataset name: `[A-Za-z0-9_.-]{1,128}`, not starting with a dot,
 /// so that it is always a safe single path component.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| Err(Error::InvalidName { name: name.chars().take(200).collect(), reason });
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.chars().take(200).collect(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -23,7 +28,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.starts_with('.') {
         return bad("it starts with a dot");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
         return bad("only ASCII letters, digits, '_', '.' and '-' are allowed");
     }
     Ok(())
@@ -70,10 +78,25 @@ pub struct Dataset {
 impl Dataset {
     pub fn new(schema: SchemaRef) -> Self {
         let schema_message = crate::wal::ipc::schema_message(&schema).into();
-        Self { schema, schema_message, batches: Vec::new(), records: 0, bytes: 0, durable: false }
+        Self {
+            schema,
+            schema_message,
+            batches: Vec::new(),
+            records: 0,
+            bytes: 0,
+            durable: false,
+        }
     }
 
     pub fn push(&mut self, batch: RecordBatch) -> (u64, u64) {
+        // Batches carry the dataset's schema (field metadata from a later
+        // writer may differ; check_schema already compared the fields).
+        let batch = if SchemaRef::ptr_eq(&self.schema, &batch.schema()) {
+            batch
+        } else {
+            let schema = self.schema.clone();
+            batch.clone().with_schema(schema).unwrap_or(batch)
+        };
         let rows = batch.num_rows() as u64;
         let bytes = batch.get_array_memory_size() as u64;
         self.records += rows;
@@ -99,12 +122,18 @@ impl Dataset {
 fn fields_match(a: &SchemaRef, b: &SchemaRef) -> bool {
     a.fields().len() == b.fields().len()
         && a.fields().iter().zip(b.fields().iter()).all(|(x, y)| {
-            x.name() == y.name() && x.data_type().equals_datatype(y.data_type()) && x.is_nullable() == y.is_nullable()
+            x.name() == y.name()
+                && x.data_type().equals_datatype(y.data_type())
+                && x.is_nullable() == y.is_nullable()
         })
 }
 
 fn describe(s: &SchemaRef) -> String {
-    let cols: Vec<String> = s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+    let cols: Vec<String> = s
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
     format!("({})", cols.join(", "))
 }
 
@@ -115,14 +144,17 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn info(&self, name: &str, shard: ShardId) -> Option<DatasetInfo> {
-        self.datasets.get(name).filter(|d| d.durable).map(|d| DatasetInfo {
-            name: name.to_owned(),
-            schema: d.schema.clone(),
-            records: d.records,
-            bytes: d.bytes,
-            batches: d.batches.len() as u64,
-            shard,
-        })
+        self.datasets
+            .get(name)
+            .filter(|d| d.durable)
+            .map(|d| DatasetInfo {
+                name: name.to_owned(),
+                schema: d.schema.clone(),
+                records: d.records,
+                bytes: d.bytes,
+                batches: d.batches.len() as u64,
+                shard,
+            })
     }
 }
 
@@ -135,8 +167,22 @@ mod tests {
         for ok in ["a", "vectors", "A-b_c.1", &"x".repeat(128)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b", "é", "a b", &"x".repeat(129), "../etc"] {
-            assert!(matches!(validate_name(bad), Err(Error::InvalidName { .. })), "{bad:?}");
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\0b",
+            "é",
+            "a b",
+            &"x".repeat(129),
+            "../etc",
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(Error::InvalidName { .. })),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -18,7 +18,9 @@ pub enum Error {
     InvalidName { name: String, reason: &'static str },
     #[error("dataset {0:?} not found")]
     NotFound(String),
-    #[error("schema mismatch for dataset {dataset:?}: it holds {existing}, the batch has {offered}")]
+    #[error(
+        "schema mismatch for dataset {dataset:?}: it holds {existing}, the batch has {offered}"
+    )]
     SchemaMismatch {
         dataset: String,
         existing: String,
@@ -27,7 +29,10 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("shard {shard} is overloaded: {reason}; retry later")]
-    Overloaded { shard: ShardId, reason: &'static str },
+    Overloaded {
+        shard: ShardId,
+        reason: &'static str,
+    },
     #[error("shard {shard} poisoned after a failed fsync; restart required")]
     Poisoned { shard: ShardId },
     #[error("shard {shard} could not write its WAL: {message}")]
@@ -49,13 +54,31 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        offset: u64,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { op, path, offset, source }
+        move |source| Error::Io {
+            op,
+            path,
+            offset,
+            source,
+        }
     }
 
-    pub(crate) fn glommio(op: &'static str, path: impl Into<PathBuf>, offset: u64) -> impl FnOnce(glommio::GlommioError<()>) -> Error {
+    pub(crate) fn glommio(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        offset: u64,
+    ) -> impl FnOnce(glommio::GlommioError<()>) -> Error {
         let path = path.into();
-        move |e| Error::Io { op, path, offset, source: e.into() }
+        move |e| Error::Io {
+            op,
+            path,
+            offset,
+            source: e.into(),
+        }
     }
 }

@@ -77,7 +77,8 @@ pub fn read(data: &Path) -> Result<Option<Layout>> {
     let mut text = String::new();
     match File::open(&path) {
         Ok(mut f) => {
-            f.read_to_string(&mut text).map_err(Error::io("reading layout", &path, 0))?;
+            f.read_to_string(&mut text)
+                .map_err(Error::io("reading layout", &path, 0))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             for k in shard_dirs(data)? {
@@ -92,10 +93,17 @@ pub fn read(data: &Path) -> Result<Option<Layout>> {
         }
         Err(e) => return Err(Error::io("opening layout", &path, 0)(e)),
     }
-    let layout: Layout = serde_json::from_str(&text)
-        .map_err(|e| Error::Corrupt { path: path.clone(), offset: 0, reason: format!("unreadable layout: {e}") })?;
+    let layout: Layout = serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        reason: format!("unreadable layout: {e}"),
+    })?;
     if layout.shards == 0 {
-        return Err(Error::Corrupt { path, offset: 0, reason: "layout names zero shards".into() });
+        return Err(Error::Corrupt {
+            path,
+            offset: 0,
+            reason: "layout names zero shards".into(),
+        });
     }
     Ok(Some(layout))
 }
@@ -107,14 +115,18 @@ pub fn write(data: &Path, layout: Layout) -> Result<()> {
     let path = data.join(LAYOUT_FILE);
     let text = serde_json::to_string(&layout).expect("layout serializes");
     let mut f = File::create(&tmp).map_err(Error::io("creating layout", &tmp, 0))?;
-    f.write_all(text.as_bytes()).map_err(Error::io("writing layout", &tmp, 0))?;
-    f.sync_all().map_err(Error::io("fsyncing layout", &tmp, 0))?;
+    f.write_all(text.as_bytes())
+        .map_err(Error::io("writing layout", &tmp, 0))?;
+    f.sync_all()
+        .map_err(Error::io("fsyncing layout", &tmp, 0))?;
     std::fs::rename(&tmp, &path).map_err(Error::io("renaming layout", &tmp, 0))?;
     sync_dir(data)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsyncing directory", dir, 0))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("fsyncing directory", dir, 0))
 }
 
 /// Indexes of the `shard-<k>` directories in `data`, ascending.
@@ -128,7 +140,11 @@ pub fn shard_dirs(data: &Path) -> Result<Vec<usize>> {
     for entry in entries {
         let entry = entry.map_err(Error::io("listing data directory", data, 0))?;
         let name = entry.file_name();
-        if let Some(k) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|k| k.parse().ok()) {
+        if let Some(k) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shard-"))
+            .and_then(|k| k.parse().ok())
+        {
             out.push(k);
         }
     }
@@ -161,7 +177,11 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
         let mut keep = Vec::new();
         let mut deleted = false;
         for (i, seg) in segments.iter().enumerate() {
-            let header = read_header(&seg.path).map_err(Error::io("reading segment header", &seg.path, 0))?;
+            let header = read_header(&seg.path).map_err(Error::io(
+                "reading segment header",
+                &seg.path,
+                0,
+            ))?;
             let stale = match header {
                 Some(h) => h.generation != generation,
                 None if i + 1 == segments.len() => true,
@@ -175,7 +195,11 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
             };
             if stale {
                 tracing::info!(file = %seg.path.display(), "deleting WAL segment left by an interrupted shard-count change or segment creation");
-                std::fs::remove_file(&seg.path).map_err(Error::io("deleting stale segment", &seg.path, 0))?;
+                std::fs::remove_file(&seg.path).map_err(Error::io(
+                    "deleting stale segment",
+                    &seg.path,
+                    0,
+                ))?;
                 deleted = true;
             } else {
                 keep.push(seg.clone());
@@ -196,7 +220,11 @@ pub fn remove_retired_dirs(data: &Path, shards: usize) -> Result<()> {
         if k >= shards {
             let dir = shard_dir(data, k);
             if list_segments(&dir)?.is_empty() {
-                std::fs::remove_dir_all(&dir).map_err(Error::io("removing retired shard directory", &dir, 0))?;
+                std::fs::remove_dir_all(&dir).map_err(Error::io(
+                    "removing retired shard directory",
+                    &dir,
+                    0,
+                ))?;
             }
         }
     }
@@ -211,7 +239,10 @@ mod tests {
     fn layout_round_trips_and_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
-        let l = Layout { shards: 3, generation: 7 };
+        let l = Layout {
+            shards: 3,
+            generation: 7,
+        };
         write(dir.path(), l).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(l));
         let held = lock(dir.path()).unwrap();

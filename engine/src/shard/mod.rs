@@ -30,7 +30,12 @@ use request::{Reply, Request};
 enum Pending {
     /// A new dataset's schema.
     Create { dataset: String, reply: Reply<()> },
-    Batch { dataset: String, batch: RecordBatch, message: IpcMessage, reply: Reply<Lsn> },
+    Batch {
+        dataset: String,
+        batch: RecordBatch,
+        message: IpcMessage,
+        reply: Reply<Lsn>,
+    },
 }
 
 impl Pending {
@@ -64,11 +69,21 @@ pub(crate) struct Shard {
 /// Serves requests until shutdown. `wal` is positioned after recovery.
 pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request>) {
     let (commit_tx, commit_rx) = flume::bounded::<Pending>(SHARD_PENDING_APPENDS_MAX);
-    let committer = glommio::spawn_local(commit_loop(shard.id, shard.catalog.clone(), shard.metrics.clone(), wal, commit_rx));
+    let committer = glommio::spawn_local(commit_loop(
+        shard.id,
+        shard.catalog.clone(),
+        shard.metrics.clone(),
+        wal,
+        commit_rx,
+    ));
     let mut shutdown_reply = None;
     while let Ok(req) = inbox.recv_async().await {
         match req {
-            Request::Open { dataset, schema, reply } => {
+            Request::Open {
+                dataset,
+                schema,
+                reply,
+            } => {
                 let mut cat = shard.catalog.borrow_mut();
                 match cat.datasets.get(&dataset) {
                     Some(d) if d.durable => {
@@ -81,7 +96,11 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
                             continue;
                         }
                         drop(cat);
-                        if commit_tx.send_async(Pending::Create { dataset, reply }).await.is_err() {
+                        if commit_tx
+                            .send_async(Pending::Create { dataset, reply })
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -94,13 +113,22 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
                         }
                         cat.datasets.insert(dataset.clone(), Dataset::new(schema));
                         drop(cat);
-                        if commit_tx.send_async(Pending::Create { dataset, reply }).await.is_err() {
+                        if commit_tx
+                            .send_async(Pending::Create { dataset, reply })
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
                 }
             }
-            Request::Append { dataset, batch, message, reply } => {
+            Request::Append {
+                dataset,
+                batch,
+                message,
+                reply,
+            } => {
                 let checked = match shard.catalog.borrow().datasets.get(&dataset) {
                     None => Err(Error::NotFound(dataset.clone())),
                     Some(d) => d.check_schema(&dataset, &batch.schema()),
@@ -111,7 +139,16 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
                 }
                 // IMPORTANT: waits while the committer is behind; the inbox
                 // then fills and callers are pushed back.
-                if commit_tx.send_async(Pending::Batch { dataset, batch, message, reply }).await.is_err() {
+                if commit_tx
+                    .send_async(Pending::Batch {
+                        dataset,
+                        batch,
+                        message,
+                        reply,
+                    })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -126,8 +163,15 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
             Request::Info { dataset, reply } => {
                 let cat = shard.catalog.borrow();
                 let r = match dataset {
-                    Some(name) => cat.info(&name, shard.id).map(|i| vec![i]).ok_or(Error::NotFound(name)),
-                    None => Ok(cat.datasets.keys().filter_map(|n| cat.info(n, shard.id)).collect()),
+                    Some(name) => cat
+                        .info(&name, shard.id)
+                        .map(|i| vec![i])
+                        .ok_or(Error::NotFound(name)),
+                    None => Ok(cat
+                        .datasets
+                        .keys()
+                        .filter_map(|n| cat.info(n, shard.id))
+                        .collect()),
                 };
                 let _ = reply.send(r);
             }
@@ -173,13 +217,18 @@ async fn commit_loop(
         }
         let schemas: Vec<Rc<[u8]>> = {
             let cat = catalog.borrow();
-            let (known, missing): (Vec<_>, Vec<_>) = group.drain(..).partition(|p| cat.datasets.contains_key(p.dataset()));
+            let (known, missing): (Vec<_>, Vec<_>) = group
+                .drain(..)
+                .partition(|p| cat.datasets.contains_key(p.dataset()));
             for p in missing {
                 let name = p.dataset().to_owned();
                 fail(p, Error::NotFound(name));
             }
             group = known;
-            group.iter().map(|p| cat.datasets[p.dataset()].schema_message.clone()).collect()
+            group
+                .iter()
+                .map(|p| cat.datasets[p.dataset()].schema_message.clone())
+                .collect()
         };
         if group.is_empty() {
             continue;
@@ -187,7 +236,11 @@ async fn commit_loop(
         let records: Vec<Record<'_>> = group
             .iter()
             .zip(&schemas)
-            .map(|(p, s)| Record { dataset: p.dataset(), schema_message: s, message: p.message() })
+            .map(|(p, s)| Record {
+                dataset: p.dataset(),
+                schema_message: s,
+                message: p.message(),
+            })
             .collect();
         let result = wal.append_synced(&records).await;
         drop(records);
@@ -207,8 +260,16 @@ async fn commit_loop(
                             }
                             let _ = reply.send(Ok(()));
                         }
-                        Pending::Batch { dataset, batch, reply, .. } => {
-                            let d = cat.datasets.get_mut(&dataset).expect("dataset of a committed batch");
+                        Pending::Batch {
+                            dataset,
+                            batch,
+                            reply,
+                            ..
+                        } => {
+                            let d = cat
+                                .datasets
+                                .get_mut(&dataset)
+                                .expect("dataset of a committed batch");
                             let (rows, bytes) = d.push(batch);
                             metrics.rows_ingested.inc_by(rows);
                             metrics.batches_ingested.inc();
@@ -235,7 +296,14 @@ async fn commit_loop(
                             cat.datasets.remove(dataset);
                         }
                     }
-                    let err = if poisoned { Error::Poisoned { shard } } else { Error::WalWrite { shard, message: message.clone() } };
+                    let err = if poisoned {
+                        Error::Poisoned { shard }
+                    } else {
+                        Error::WalWrite {
+                            shard,
+                            message: message.clone(),
+                        }
+                    };
                     fail(p, err);
                 }
             }

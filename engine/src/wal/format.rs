@@ -77,7 +77,10 @@ pub enum DecodeError {
     BadVersion(u8),
     BadKind(u8),
     TooLarge(u64),
-    Checksum { stored: u32, computed: u32 },
+    Checksum {
+        stored: u32,
+        computed: u32,
+    },
 }
 
 impl std::fmt::Display for DecodeError {
@@ -90,7 +93,10 @@ impl std::fmt::Display for DecodeError {
             Self::BadKind(k) => write!(f, "unknown frame kind {k}"),
             Self::TooLarge(n) => write!(f, "frame payload length {n} above the limit"),
             Self::Checksum { stored, computed } => {
-                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
         }
     }
@@ -109,7 +115,12 @@ pub const fn frame_len(dataset_len: usize, payload_len: usize) -> usize {
 /// already copied to `out[FRAME_HEADER_BYTES + dataset.len()..]`, so large
 /// payloads are copied once, straight into the DMA buffer. Returns the frame
 /// length. `out` must hold at least `frame_len(..)` bytes.
-pub fn seal_frame_in_place(out: &mut [u8], header: FrameHeader, dataset: &[u8], payload_len: usize) -> usize {
+pub fn seal_frame_in_place(
+    out: &mut [u8],
+    header: FrameHeader,
+    dataset: &[u8],
+    payload_len: usize,
+) -> usize {
     let len = frame_len(dataset.len(), payload_len);
     assert!(out.len() >= len, "frame buffer too small");
     assert!(dataset.len() <= u16::MAX as usize);
@@ -240,7 +251,11 @@ impl SegmentHeader {
         }
         let magic = u32_at(buf, 0);
         if magic != SEGMENT_MAGIC {
-            return Err(if magic == 0 { DecodeError::Zero } else { DecodeError::BadMagic(magic) });
+            return Err(if magic == 0 {
+                DecodeError::Zero
+            } else {
+                DecodeError::BadMagic(magic)
+            });
         }
         if buf[4] != FORMAT_VERSION {
             return Err(DecodeError::BadVersion(buf[4]));
@@ -257,7 +272,9 @@ impl SegmentHeader {
             segment_id: u64_at(buf, 24),
             first_lsn: u64_at(buf, 32),
         };
-        if !header.block_bytes.is_power_of_two() || (header.block_bytes as usize) < SEGMENT_HEADER_BYTES {
+        if !header.block_bytes.is_power_of_two()
+            || (header.block_bytes as usize) < SEGMENT_HEADER_BYTES
+        {
             return Err(DecodeError::TooLarge(header.block_bytes as u64));
         }
         Ok(header)
@@ -270,7 +287,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(lsn: u64) -> FrameHeader {
-        FrameHeader { kind: FrameKind::Data, lsn, segment_id: 7, commit_start: 4096 }
+        FrameHeader {
+            kind: FrameKind::Data,
+            lsn,
+            segment_id: 7,
+            commit_start: 4096,
+        }
     }
 
     #[test]
@@ -292,7 +314,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = bytes.clone();
                 b[byte] ^= 1 << bit;
-                assert!(decode_frame(&b).is_err(), "flip at byte {byte} bit {bit} went unnoticed");
+                assert!(
+                    decode_frame(&b).is_err(),
+                    "flip at byte {byte} bit {bit} went unnoticed"
+                );
             }
         }
     }
@@ -312,11 +337,20 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip() {
-        let h = SegmentHeader { block_bytes: 512, shard: 3, generation: 2, segment_id: 9, first_lsn: 100 };
+        let h = SegmentHeader {
+            block_bytes: 512,
+            shard: 3,
+            generation: 2,
+            segment_id: 9,
+            first_lsn: 100,
+        };
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         let mut bad = h.encode();
         bad[20] ^= 1;
-        assert!(matches!(SegmentHeader::decode(&bad), Err(DecodeError::Checksum { .. })));
+        assert!(matches!(
+            SegmentHeader::decode(&bad),
+            Err(DecodeError::Checksum { .. })
+        ));
     }
 
     proptest! {

@@ -52,11 +52,23 @@ impl IpcMessage {
         let gen = IpcDataGenerator::default();
         let mut tracker = DictionaryTracker::new(false);
         let mut context = IpcWriteContext::default();
-        let (dicts, encoded) = gen.encode(batch, &mut tracker, &IpcWriteOptions::default(), &mut context).map_err(Error::Arrow)?;
+        let (dicts, encoded) = gen
+            .encode(
+                batch,
+                &mut tracker,
+                &IpcWriteOptions::default(),
+                &mut context,
+            )
+            .map_err(Error::Arrow)?;
         if !dicts.is_empty() {
-            return Err(Error::InvalidInput("dictionary-encoded columns are not supported".into()));
+            return Err(Error::InvalidInput(
+                "dictionary-encoded columns are not supported".into(),
+            ));
         }
-        Ok(Self { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() })
+        Ok(Self {
+            header: encoded.ipc_message.into(),
+            body: encoded.arrow_data.into(),
+        })
     }
 }
 
@@ -65,6 +77,14 @@ impl IpcMessage {
 pub fn schema_message(schema: &Schema) -> Vec<u8> {
     let gen = IpcDataGenerator::default();
     let mut tracker = DictionaryTracker::new(false);
-    let encoded = gen.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &IpcWriteOptions::default());
-    IpcMessage { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() }.to_vec()
+    let encoded = gen.schema_to_bytes_with_dictionary_tracker(
+        schema,
+        &mut tracker,
+        &IpcWriteOptions::default(),
+    );
+    IpcMessage {
+        header: encoded.ipc_message.into(),
+        body: encoded.arrow_data.into(),
+    }
+    .to_vec()
 }

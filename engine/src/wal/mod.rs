@@ -51,10 +51,16 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 
 /// fsync a directory, so that creates, renames and deletes in it are durable.
 pub async fn sync_dir(dir: &Path) -> Result<()> {
-    let d = glommio::io::Directory::open(dir).await.map_err(Error::glommio("opening directory", dir, 0))?;
+    let d = glommio::io::Directory::open(dir)
+        .await
+        .map_err(Error::glommio("opening directory", dir, 0))?;
     // IMPORTANT: without this, a new segment's directory entry can vanish on power loss.
-    d.sync().await.map_err(Error::glommio("fsyncing directory", dir, 0))?;
-    d.close().await.map_err(Error::glommio("closing directory", dir, 0))?;
+    d.sync()
+        .await
+        .map_err(Error::glommio("fsyncing directory", dir, 0))?;
+    d.close()
+        .await
+        .map_err(Error::glommio("closing directory", dir, 0))?;
     Ok(())
 }
 
@@ -94,7 +100,16 @@ impl Wal {
         metrics: EngineMetrics,
     ) -> Result<Self> {
         let active = create_segment(dir, shard, generation, segment_id, next_lsn).await?;
-        Ok(Self { dir: dir.to_owned(), shard, generation, segment_bytes_max, next_lsn, active, metrics, poisoned: false })
+        Ok(Self {
+            dir: dir.to_owned(),
+            shard,
+            generation,
+            segment_bytes_max,
+            next_lsn,
+            active,
+            metrics,
+            poisoned: false,
+        })
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -111,12 +126,16 @@ impl Wal {
         let body: usize = records
             .iter()
             .map(|r| {
-                let schema = if self.active.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
-                    0
-                } else {
-                    r.schema_message.len()
-                };
-                format::frame_len(r.dataset.len(), schema + r.message.map_or(0, |m| m.encoded_len()))
+                let schema =
+                    if self.active.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
+                        0
+                    } else {
+                        r.schema_message.len()
+                    };
+                format::frame_len(
+                    r.dataset.len(),
+                    schema + r.message.map_or(0, |m| m.encoded_len()),
+                )
             })
             .sum();
         (body as u64).next_multiple_of(self.active.block)
@@ -142,7 +161,8 @@ impl Wal {
             let payload_at = at + FRAME_HEADER_BYTES + r.dataset.len();
             let mut payload_len = 0;
             if !seg.schemas_written.contains(r.dataset) {
-                out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
+                out[payload_at..payload_at + r.schema_message.len()]
+                    .copy_from_slice(r.schema_message);
                 payload_len += r.schema_message.len();
                 seg.schemas_written.insert(r.dataset.to_owned());
             }
@@ -155,7 +175,12 @@ impl Wal {
                 segment_id: seg.id,
                 commit_start,
             };
-            at += format::seal_frame_in_place(&mut out[at..], header, r.dataset.as_bytes(), payload_len);
+            at += format::seal_frame_in_place(
+                &mut out[at..],
+                header,
+                r.dataset.as_bytes(),
+                payload_len,
+            );
         }
         out[at..].fill(0);
         let result = write_and_sync(seg, buf, commit_start, &self.metrics).await;
@@ -166,7 +191,8 @@ impl Wal {
         if result.is_err() {
             // The commit never became durable: its schemas may be missing
             // from the file, so write them again next time.
-            seg.schemas_written.retain(|d| !records.iter().any(|r| r.dataset == d));
+            seg.schemas_written
+                .retain(|d| !records.iter().any(|r| r.dataset == d));
             return result.map(|_| 0);
         }
         seg.pos += len;
@@ -177,7 +203,14 @@ impl Wal {
     /// Seals the active segment and starts the next one.
     async fn rotate(&mut self) -> Result<()> {
         self.seal().await?;
-        let next = create_segment(&self.dir, self.shard, self.generation, self.active.id + 1, self.next_lsn).await?;
+        let next = create_segment(
+            &self.dir,
+            self.shard,
+            self.generation,
+            self.active.id + 1,
+            self.next_lsn,
+        )
+        .await?;
         let old = std::mem::replace(&mut self.active, next);
         close(old).await;
         self.metrics.wal_segments_created.inc();
@@ -212,13 +245,20 @@ async fn close(seg: ActiveSegment) {
 }
 
 async fn write_seal(seg: &mut ActiveSegment, lsn: Lsn, metrics: &EngineMetrics) -> Result<()> {
-    let header = FrameHeader { kind: FrameKind::Seal, lsn, segment_id: seg.id, commit_start: seg.pos };
+    let header = FrameHeader {
+        kind: FrameKind::Seal,
+        lsn,
+        segment_id: seg.id,
+        commit_start: seg.pos,
+    };
     let frame = format::encode_frame(header, b"", b"");
     let mut buf = seg.file.alloc_dma_buffer(seg.block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..frame.len()].copy_from_slice(&frame);
     let at = seg.pos;
-    write_and_sync(seg, buf, at, metrics).await.map_err(SyncError::into_inner)?;
+    write_and_sync(seg, buf, at, metrics)
+        .await
+        .map_err(SyncError::into_inner)?;
     seg.pos += seg.block;
     Ok(())
 }
@@ -238,7 +278,12 @@ impl SyncError {
     }
 }
 
-async fn write_and_sync(seg: &ActiveSegment, buf: glommio::io::DmaBuffer, at: u64, metrics: &EngineMetrics) -> std::result::Result<(), SyncError> {
+async fn write_and_sync(
+    seg: &ActiveSegment,
+    buf: glommio::io::DmaBuffer,
+    at: u64,
+    metrics: &EngineMetrics,
+) -> std::result::Result<(), SyncError> {
     let len = buf.len();
     let started = std::time::Instant::now();
     let written = seg.file.write_at(buf, at).await;
@@ -246,7 +291,11 @@ async fn write_and_sync(seg: &ActiveSegment, buf: glommio::io::DmaBuffer, at: u6
         Ok(n) => n,
         Err(e) => {
             metrics.wal_writes_error.inc();
-            return Err(SyncError::Write(Error::glommio("writing WAL segment", &seg.path, at)(e)));
+            return Err(SyncError::Write(Error::glommio(
+                "writing WAL segment",
+                &seg.path,
+                at,
+            )(e)));
         }
     };
     if written != len {
@@ -260,15 +309,27 @@ async fn write_and_sync(seg: &ActiveSegment, buf: glommio::io::DmaBuffer, at: u6
     }
     if let Err(e) = seg.file.fdatasync().await {
         metrics.wal_writes_error.inc();
-        return Err(SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)));
+        return Err(SyncError::Fsync(Error::glommio(
+            "fdatasync WAL segment",
+            &seg.path,
+            at,
+        )(e)));
     }
     metrics.wal_writes_ok.inc();
     metrics.wal_bytes_written.inc_by(len as u64);
-    metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .wal_commit_seconds
+        .observe(started.elapsed().as_secs_f64());
     Ok(())
 }
 
-async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_lsn: Lsn) -> Result<ActiveSegment> {
+async fn create_segment(
+    dir: &Path,
+    shard: u32,
+    generation: u64,
+    id: u64,
+    first_lsn: Lsn,
+) -> Result<ActiveSegment> {
     let path = dir.join(segment_file_name(id));
     let file = OpenOptions::new()
         .read(true)
@@ -278,11 +339,20 @@ async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_
         .await
         .map_err(Error::glommio("creating WAL segment", &path, 0))?;
     let block = file.alignment().max(512);
-    let header = SegmentHeader { block_bytes: block as u32, shard, generation, segment_id: id, first_lsn };
+    let header = SegmentHeader {
+        block_bytes: block as u32,
+        shard,
+        generation,
+        segment_id: id,
+        first_lsn,
+    };
     let mut buf = file.alloc_dma_buffer(block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    let written = file.write_at(buf, 0).await.map_err(Error::glommio("writing segment header", &path, 0))?;
+    let written =
+        file.write_at(buf, 0)
+            .await
+            .map_err(Error::glommio("writing segment header", &path, 0))?;
     if written as u64 != block {
         return Err(Error::Io {
             op: "writing segment header (short write)",
@@ -291,14 +361,30 @@ async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_
             source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
         });
     }
-    file.fdatasync().await.map_err(Error::glommio("fdatasync segment header", &path, 0))?;
+    file.fdatasync()
+        .await
+        .map_err(Error::glommio("fdatasync segment header", &path, 0))?;
     sync_dir(dir).await?;
-    Ok(ActiveSegment { file: Rc::new(file), path, id, pos: block, block, schemas_written: HashSet::new() })
+    Ok(ActiveSegment {
+        file: Rc::new(file),
+        path,
+        id,
+        pos: block,
+        block,
+        schemas_written: HashSet::new(),
+    })
 }
 
 /// Finishes a segment left unsealed by a crash: cuts it at `valid_end`
 /// (dropping a torn tail) and writes a seal frame there.
-pub async fn seal_after_crash(path: &Path, segment_id: u64, valid_end: u64, block: u64, lsn: Lsn, metrics: &EngineMetrics) -> Result<()> {
+pub async fn seal_after_crash(
+    path: &Path,
+    segment_id: u64,
+    valid_end: u64,
+    block: u64,
+    lsn: Lsn,
+    metrics: &EngineMetrics,
+) -> Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -306,7 +392,9 @@ pub async fn seal_after_crash(path: &Path, segment_id: u64, valid_end: u64, bloc
         .await
         .map_err(Error::glommio("opening WAL segment", path, 0))?;
     let pos = valid_end.next_multiple_of(block);
-    file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
+    file.truncate(pos)
+        .await
+        .map_err(Error::glommio("truncating WAL segment", path, pos))?;
     let mut seg = ActiveSegment {
         file: Rc::new(file),
         path: path.to_owned(),

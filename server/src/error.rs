@@ -1,0 +1,23 @@
+//! The one place engine errors become gRPC statuses.
+
+use longbow_engine::Error;
+use tonic::{Code, Status};
+
+/// Maps every engine error to the status a client can act on. No `_` arm:
+/// a new variant must be placed here deliberately.
+pub fn into_status(e: Error) -> Status {
+    let code = match &e {
+        Error::InvalidName { .. } | Error::SchemaMismatch { .. } | Error::InvalidInput(_) => {
+            Code::InvalidArgument
+        }
+        Error::NotFound(_) => Code::NotFound,
+        Error::Overloaded { .. } | Error::ShuttingDown => Code::Unavailable,
+        Error::Io { .. }
+        | Error::Poisoned { .. }
+        | Error::WalWrite { .. }
+        | Error::Corrupt { .. }
+        | Error::Startup(_) => Code::Internal,
+        Error::Arrow(_) => Code::InvalidArgument,
+    };
+    Status::new(code, e.to_string())
+}

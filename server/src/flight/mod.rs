@@ -1,0 +1,190 @@
+//! The Flight service. It only turns FlightData into batches and back;
+//! everything about datasets is the engine's.
+
+pub mod do_put;
+pub mod ticket;
+
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use longbow_engine::{DatasetInfo, Engine};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::into_status;
+use ticket::{dataset_from_descriptor, dataset_from_ticket, ticket_for};
+
+type Stream<T> = BoxStream<'static, Result<T, Status>>;
+
+pub struct LongbowFlight {
+    engine: Engine,
+}
+
+impl LongbowFlight {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+const ACTIONS: &[(&str, &str)] = &[("get_stats", "Per-dataset and per-shard statistics as JSON")];
+
+fn flight_info(info: &DatasetInfo) -> Result<FlightInfo, Status> {
+    let descriptor = FlightDescriptor::new_path(vec![info.name.clone()]);
+    let endpoint = FlightEndpoint::new().with_ticket(ticket_for(&info.name));
+    Ok(FlightInfo::new()
+        .try_with_schema(&info.schema)
+        .map_err(|e| Status::internal(format!("encoding schema: {e}")))?
+        .with_descriptor(descriptor)
+        .with_endpoint(endpoint)
+        .with_total_records(info.records as i64)
+        .with_total_bytes(info.bytes as i64))
+}
+
+#[tonic::async_trait]
+impl FlightService for LongbowFlight {
+    type HandshakeStream = Stream<HandshakeResponse>;
+    type ListFlightsStream = Stream<FlightInfo>;
+    type DoGetStream = Stream<FlightData>;
+    type DoPutStream = Stream<PutResult>;
+    type DoExchangeStream = Stream<FlightData>;
+    type DoActionStream = Stream<arrow_flight::Result>;
+    type ListActionsStream = Stream<ActionType>;
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("Longbow needs no handshake"))
+    }
+
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let infos = self.engine.list().await.map_err(into_status)?;
+        let out: Vec<Result<FlightInfo, Status>> = infos.iter().map(flight_info).collect();
+        Ok(Response::new(futures::stream::iter(out).boxed()))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let name = dataset_from_descriptor(Some(request.get_ref()))?;
+        let info = self.engine.info(&name).await.map_err(into_status)?;
+        Ok(Response::new(flight_info(&info)?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "PollFlightInfo is not supported; use GetFlightInfo",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let name = dataset_from_descriptor(Some(request.get_ref()))?;
+        let info = self.engine.info(&name).await.map_err(into_status)?;
+        let result = SchemaAsIpc::new(&info.schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| {
+                Status::internal(format!("encoding schema: {e}"))
+            })?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let name = dataset_from_ticket(&request.get_ref().ticket)?;
+        let (schema, batches) = self.engine.get(&name).await.map_err(into_status)?;
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_err(Status::from);
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let stream = do_put::do_put(self.engine.clone(), request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("DoExchange is not supported"))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        match action.r#type.as_str() {
+            "get_stats" => {
+                let datasets = self.engine.list().await.map_err(into_status)?;
+                let body = stats_json(&self.engine, &datasets);
+                let result = arrow_flight::Result {
+                    body: serde_json::to_vec(&body).expect("json").into(),
+                };
+                Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action {other:?}; known: {}",
+                ACTIONS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let out = ACTIONS.iter().map(|(name, description)| {
+            Ok(ActionType {
+                r#type: (*name).to_owned(),
+                description: (*description).to_owned(),
+            })
+        });
+        Ok(Response::new(
+            futures::stream::iter(out.collect::<Vec<_>>()).boxed(),
+        ))
+    }
+}
+
+fn stats_json(engine: &Engine, datasets: &[DatasetInfo]) -> serde_json::Value {
+    let ds: Vec<_> = datasets
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "name": d.name, "shard": d.shard, "records": d.records, "bytes": d.bytes, "batches": d.batches,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "shards": engine.shard_count(),
+        "datasets": ds,
+        "total_records": datasets.iter().map(|d| d.records).sum::<u64>(),
+        "total_bytes": datasets.iter().map(|d| d.bytes).sum::<u64>(),
+    })
+}

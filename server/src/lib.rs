@@ -1,0 +1,155 @@
+//! The Longbow gateway: a tokio runtime serving Arrow Flight (tonic) and
+//! Prometheus metrics (axum) in front of the glommio shards of
+//! `longbow-engine`.
+//!
+//! # Layout
+//! - [`run`]: start here: the testable entry that `main.rs` calls.
+//! - [`config`]: CLI flags and their `LONGBOW_*` environment variables.
+//! - [`flight`]: the Flight service; `do_put.rs` holds the ingest path.
+//! - [`error`]: the single engine-error → gRPC status mapping.
+//! - [`metrics`]: the `/metrics` endpoint; [`memlock`]: RLIMIT_MEMLOCK.
+
+pub mod config;
+pub mod error;
+pub mod flight;
+pub mod memlock;
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use longbow_engine::{Engine, EngineMetrics};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Engine(#[from] longbow_engine::Error),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("flight server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("engine task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Starts the engine and serves until `shutdown` resolves, then stops
+/// accepting, drains in-flight requests (up to the configured timeout),
+/// seals every WAL and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let engine_config = config.engine();
+    tracing::info!(data = %engine_config.data_path.display(), shards = engine_config.shards, "starting engine");
+    let metrics = EngineMetrics::default();
+    let engine = {
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || Engine::start(engine_config, metrics)).await??
+    };
+    let stats = engine.recovery_stats();
+    tracing::info!(
+        segments = stats.iter().map(|s| s.segments).sum::<u64>(),
+        bytes = stats.iter().map(|s| s.bytes_read).sum::<u64>(),
+        torn_tails = stats.iter().map(|s| s.torn_tails).sum::<u64>(),
+        seconds = stats.iter().map(|s| s.seconds).fold(0.0, f64::max),
+        "WAL replayed"
+    );
+
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let flight_listener = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let flight_addr = flight_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let metrics_server = tokio::spawn({
+        let stopped = stopped.clone();
+        async move {
+            axum::serve(metrics_listener, metrics::router(registry))
+                .with_graceful_shutdown(stopped())
+                .await
+        }
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let max_message = config.max_message_size.as_u64() as usize;
+    let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    health
+        .set_serving::<FlightServiceServer<flight::LongbowFlight>>()
+        .await;
+    let flight_server = tokio::spawn({
+        let stopped = stopped.clone();
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(flight)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(flight_listener), stopped())
+    });
+
+    // Tests and scripts read this line to find the ports.
+    println!("longbow ready flight={flight_addr} metrics={metrics_addr}");
+    tracing::info!(%flight_addr, %metrics_addr, "serving");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests; draining in-flight ones");
+    health
+        .set_not_serving::<FlightServiceServer<flight::LongbowFlight>>()
+        .await;
+    let _ = stop_tx.send(true);
+    let drain = Duration::from_secs(config.shutdown_timeout_secs);
+    match tokio::time::timeout(drain, flight_server).await {
+        Ok(r) => r??,
+        Err(_) => tracing::warn!(
+            seconds = drain.as_secs(),
+            "in-flight requests still open after the drain timeout; closing them"
+        ),
+    }
+    // Queued writes are committed before each shard seals its WAL and stops.
+    let closing = engine.clone();
+    tokio::task::spawn_blocking(move || futures::executor::block_on(closing.shutdown())).await??;
+    metrics_server.abort();
+    tracing::info!("WAL sealed; shutdown complete");
+    Ok(())
+}
