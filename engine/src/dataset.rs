@@ -13,12 +13,7 @@ use crate::ShardId;
 /// Checks a dataset name: `[A-Za-z0-9_.-]{1,128}`, not starting with a dot,
 /// so that it is always a safe single path component.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(Error::InvalidName {
-            name: name.chars().take(200).collect(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(Error::InvalidName { name: name.chars().take(200).collect(), reason });
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -28,10 +23,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.starts_with('.') {
         return bad("it starts with a dot");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
         return bad("only ASCII letters, digits, '_', '.' and '-' are allowed");
     }
     Ok(())
@@ -46,7 +38,9 @@ pub fn validate_schema(schema: &arrow::datatypes::Schema) -> Result<()> {
                 "column {:?} is dictionary-encoded, which is not supported; cast it to its value type",
                 f.name()
             ))),
-            DataType::List(c) | DataType::LargeList(c) | DataType::FixedSizeList(c, _) | DataType::Map(c, _) => check(c),
+            DataType::List(c) | DataType::LargeList(c) | DataType::FixedSizeList(c, _) | DataType::Map(c, _) => {
+                check(c)
+            }
             DataType::Struct(fields) => fields.iter().try_for_each(|c| check(c)),
             _ => Ok(()),
         }
@@ -78,14 +72,7 @@ pub struct Dataset {
 impl Dataset {
     pub fn new(schema: SchemaRef) -> Self {
         let schema_message = crate::wal::ipc::schema_message(&schema).into();
-        Self {
-            schema,
-            schema_message,
-            batches: Vec::new(),
-            records: 0,
-            bytes: 0,
-            durable: false,
-        }
+        Self { schema, schema_message, batches: Vec::new(), records: 0, bytes: 0, durable: false }
     }
 
     pub fn push(&mut self, batch: RecordBatch) -> (u64, u64) {
@@ -122,18 +109,12 @@ impl Dataset {
 fn fields_match(a: &SchemaRef, b: &SchemaRef) -> bool {
     a.fields().len() == b.fields().len()
         && a.fields().iter().zip(b.fields().iter()).all(|(x, y)| {
-            x.name() == y.name()
-                && x.data_type().equals_datatype(y.data_type())
-                && x.is_nullable() == y.is_nullable()
+            x.name() == y.name() && x.data_type().equals_datatype(y.data_type()) && x.is_nullable() == y.is_nullable()
         })
 }
 
 fn describe(s: &SchemaRef) -> String {
-    let cols: Vec<String> = s
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}", f.name(), f.data_type()))
-        .collect();
+    let cols: Vec<String> = s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
     format!("({})", cols.join(", "))
 }
 
@@ -144,17 +125,14 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn info(&self, name: &str, shard: ShardId) -> Option<DatasetInfo> {
-        self.datasets
-            .get(name)
-            .filter(|d| d.durable)
-            .map(|d| DatasetInfo {
-                name: name.to_owned(),
-                schema: d.schema.clone(),
-                records: d.records,
-                bytes: d.bytes,
-                batches: d.batches.len() as u64,
-                shard,
-            })
+        self.datasets.get(name).filter(|d| d.durable).map(|d| DatasetInfo {
+            name: name.to_owned(),
+            schema: d.schema.clone(),
+            records: d.records,
+            bytes: d.bytes,
+            batches: d.batches.len() as u64,
+            shard,
+        })
     }
 }
 
@@ -167,22 +145,8 @@ mod tests {
         for ok in ["a", "vectors", "A-b_c.1", &"x".repeat(128)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "a\0b",
-            "é",
-            "a b",
-            &"x".repeat(129),
-            "../etc",
-        ] {
-            assert!(
-                matches!(validate_name(bad), Err(Error::InvalidName { .. })),
-                "{bad:?}"
-            );
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b", "é", "a b", &"x".repeat(129), "../etc"] {
+            assert!(matches!(validate_name(bad), Err(Error::InvalidName { .. })), "{bad:?}");
         }
     }
 }

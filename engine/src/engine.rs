@@ -15,9 +15,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use crate::dataset::{validate_name, DatasetInfo};
 use crate::error::{Error, Result};
 use crate::layout::{self, DirLock, Layout};
-use crate::limits::{
-    SEGMENT_BYTES_MIN, SHARD_INBOX_DEPTH_MAX, SHARD_IO_MEMORY_BYTES, SHARD_RING_DEPTH,
-};
+use crate::limits::{SEGMENT_BYTES_MIN, SHARD_INBOX_DEPTH_MAX, SHARD_IO_MEMORY_BYTES, SHARD_RING_DEPTH};
 use crate::metrics::EngineMetrics;
 use crate::routing::shard_for;
 use crate::shard::recovery::{self, Plan, RecoveryStats};
@@ -67,9 +65,7 @@ fn allowed_cpus() -> Vec<usize> {
     use nix::sched::{sched_getaffinity, CpuSet};
     use nix::unistd::Pid;
     match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect(),
+        Ok(set) => (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
         Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
     }
 }
@@ -90,28 +86,16 @@ impl Engine {
         let current = match layout::read(data)? {
             Some(l) => l,
             None => {
-                let l = Layout {
-                    shards: config.shards,
-                    generation: 0,
-                };
+                let l = Layout { shards: config.shards, generation: 0 };
                 layout::write(data, l)?;
                 l
             }
         };
         let remaining = layout::clean(data, current.generation)?;
         let migrating = current.shards != config.shards;
-        let sources = migrating.then(|| {
-            remaining
-                .into_iter()
-                .map(|(_, segments)| segments)
-                .collect::<Vec<_>>()
-        });
+        let sources = migrating.then(|| remaining.into_iter().map(|(_, segments)| segments).collect::<Vec<_>>());
         if migrating {
-            tracing::info!(
-                from = current.shards,
-                to = config.shards,
-                "shard count changed; redistributing datasets"
-            );
+            tracing::info!(from = current.shards, to = config.shards, "shard count changed; redistributing datasets");
         }
 
         let cpus = allowed_cpus();
@@ -121,11 +105,7 @@ impl Engine {
         for k in 0..config.shards {
             let id = k as ShardId;
             let (tx, inbox) = flume::bounded(SHARD_INBOX_DEPTH_MAX);
-            handles.push(ShardHandle {
-                id,
-                tx,
-                metrics: metrics.clone(),
-            });
+            handles.push(ShardHandle { id, tx, metrics: metrics.clone() });
             let plan = Plan {
                 shard: id,
                 shards: config.shards,
@@ -135,11 +115,7 @@ impl Engine {
                 policy: config.corruption,
                 segment_bytes_max: config.segment_bytes_max.max(SEGMENT_BYTES_MIN),
             };
-            let placement = if config.pin_cores {
-                Placement::Fixed(cpus[k % cpus.len()])
-            } else {
-                Placement::Unbound
-            };
+            let placement = if config.pin_cores { Placement::Fixed(cpus[k % cpus.len()]) } else { Placement::Unbound };
             let metrics = metrics.clone();
             let report = report_tx.clone();
             let spawned = LocalExecutorBuilder::new(placement)
@@ -150,11 +126,8 @@ impl Engine {
                     match recovery::recover(plan, &metrics).await {
                         Ok((catalog, wal, stats)) => {
                             let _ = report.send((id, Ok(stats)));
-                            let shard = Shard {
-                                id,
-                                catalog: std::rc::Rc::new(std::cell::RefCell::new(catalog)),
-                                metrics,
-                            };
+                            let shard =
+                                Shard { id, catalog: std::rc::Rc::new(std::cell::RefCell::new(catalog)), metrics };
                             shard::serve(shard, wal, inbox).await;
                         }
                         Err(e) => {
@@ -201,18 +174,11 @@ impl Engine {
         if migrating {
             // IMPORTANT: every shard has logged its datasets under the new
             // generation and synced; only now may the old one go.
-            let next = Layout {
-                shards: config.shards,
-                generation: current.generation + 1,
-            };
+            let next = Layout { shards: config.shards, generation: current.generation + 1 };
             layout::write(data, next)?;
             layout::clean(data, next.generation)?;
             layout::remove_retired_dirs(data, next.shards)?;
-            tracing::info!(
-                shards = next.shards,
-                generation = next.generation,
-                "shard-count change complete"
-            );
+            tracing::info!(shards = next.shards, generation = next.generation, "shard-count change complete");
         }
         Ok(Engine(Arc::new(Inner {
             shards: handles,
@@ -255,9 +221,7 @@ impl Engine {
         batch: RecordBatch,
         message: IpcMessage,
     ) -> Result<impl std::future::Future<Output = Result<Lsn>> + Send + 'static> {
-        self.shard(dataset)?
-            .append(dataset.to_owned(), batch, message)
-            .await
+        self.shard(dataset)?.append(dataset.to_owned(), batch, message).await
     }
 
     pub async fn get(&self, dataset: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {

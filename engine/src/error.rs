@@ -8,31 +8,17 @@ use crate::ShardId;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op} {path:?} at offset {offset}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        offset: u64,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, offset: u64, source: std::io::Error },
     #[error("invalid dataset name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("dataset {0:?} not found")]
     NotFound(String),
-    #[error(
-        "schema mismatch for dataset {dataset:?}: it holds {existing}, the batch has {offered}"
-    )]
-    SchemaMismatch {
-        dataset: String,
-        existing: String,
-        offered: String,
-    },
+    #[error("schema mismatch for dataset {dataset:?}: it holds {existing}, the batch has {offered}")]
+    SchemaMismatch { dataset: String, existing: String, offered: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("shard {shard} is overloaded: {reason}; retry later")]
-    Overloaded {
-        shard: ShardId,
-        reason: &'static str,
-    },
+    Overloaded { shard: ShardId, reason: &'static str },
     #[error("shard {shard} poisoned after a failed fsync; restart required")]
     Poisoned { shard: ShardId },
     #[error("shard {shard} could not write its WAL: {message}")]
@@ -40,11 +26,7 @@ pub enum Error {
     #[error("engine is shutting down")]
     ShuttingDown,
     #[error("WAL corrupt in {path:?} at offset {offset}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("startup failed: {0}")]
@@ -54,18 +36,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        offset: u64,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io {
-            op,
-            path,
-            offset,
-            source,
-        }
+        move |source| Error::Io { op, path, offset, source }
     }
 
     pub(crate) fn glommio(
@@ -74,11 +47,6 @@ impl Error {
         offset: u64,
     ) -> impl FnOnce(glommio::GlommioError<()>) -> Error {
         let path = path.into();
-        move |e| Error::Io {
-            op,
-            path,
-            offset,
-            source: e.into(),
-        }
+        move |e| Error::Io { op, path, offset, source: e.into() }
     }
 }

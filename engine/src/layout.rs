@@ -53,12 +53,11 @@ pub fn shard_dir(data: &Path, shard: usize) -> PathBuf {
 pub fn lock(data: &Path) -> Result<DirLock> {
     std::fs::create_dir_all(data).map_err(Error::io("creating data directory", data, 0))?;
     let path = data.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(Error::io("opening lock file", &path, 0))?;
+    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(Error::io(
+        "opening lock file",
+        &path,
+        0,
+    ))?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         Error::Startup(format!(
             "data directory {} is in use by another longbow process ({}: {errno})",
@@ -77,8 +76,7 @@ pub fn read(data: &Path) -> Result<Option<Layout>> {
     let mut text = String::new();
     match File::open(&path) {
         Ok(mut f) => {
-            f.read_to_string(&mut text)
-                .map_err(Error::io("reading layout", &path, 0))?;
+            f.read_to_string(&mut text).map_err(Error::io("reading layout", &path, 0))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             for k in shard_dirs(data)? {
@@ -99,11 +97,7 @@ pub fn read(data: &Path) -> Result<Option<Layout>> {
         reason: format!("unreadable layout: {e}"),
     })?;
     if layout.shards == 0 {
-        return Err(Error::Corrupt {
-            path,
-            offset: 0,
-            reason: "layout names zero shards".into(),
-        });
+        return Err(Error::Corrupt { path, offset: 0, reason: "layout names zero shards".into() });
     }
     Ok(Some(layout))
 }
@@ -115,18 +109,14 @@ pub fn write(data: &Path, layout: Layout) -> Result<()> {
     let path = data.join(LAYOUT_FILE);
     let text = serde_json::to_string(&layout).expect("layout serializes");
     let mut f = File::create(&tmp).map_err(Error::io("creating layout", &tmp, 0))?;
-    f.write_all(text.as_bytes())
-        .map_err(Error::io("writing layout", &tmp, 0))?;
-    f.sync_all()
-        .map_err(Error::io("fsyncing layout", &tmp, 0))?;
+    f.write_all(text.as_bytes()).map_err(Error::io("writing layout", &tmp, 0))?;
+    f.sync_all().map_err(Error::io("fsyncing layout", &tmp, 0))?;
     std::fs::rename(&tmp, &path).map_err(Error::io("renaming layout", &tmp, 0))?;
     sync_dir(data)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsyncing directory", dir, 0))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsyncing directory", dir, 0))
 }
 
 /// Indexes of the `shard-<k>` directories in `data`, ascending.
@@ -140,11 +130,7 @@ pub fn shard_dirs(data: &Path) -> Result<Vec<usize>> {
     for entry in entries {
         let entry = entry.map_err(Error::io("listing data directory", data, 0))?;
         let name = entry.file_name();
-        if let Some(k) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("shard-"))
-            .and_then(|k| k.parse().ok())
-        {
+        if let Some(k) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|k| k.parse().ok()) {
             out.push(k);
         }
     }
@@ -177,11 +163,7 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
         let mut keep = Vec::new();
         let mut deleted = false;
         for (i, seg) in segments.iter().enumerate() {
-            let header = read_header(&seg.path).map_err(Error::io(
-                "reading segment header",
-                &seg.path,
-                0,
-            ))?;
+            let header = read_header(&seg.path).map_err(Error::io("reading segment header", &seg.path, 0))?;
             let stale = match header {
                 Some(h) => h.generation != generation,
                 None if i + 1 == segments.len() => true,
@@ -195,11 +177,7 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
             };
             if stale {
                 tracing::info!(file = %seg.path.display(), "deleting WAL segment left by an interrupted shard-count change or segment creation");
-                std::fs::remove_file(&seg.path).map_err(Error::io(
-                    "deleting stale segment",
-                    &seg.path,
-                    0,
-                ))?;
+                std::fs::remove_file(&seg.path).map_err(Error::io("deleting stale segment", &seg.path, 0))?;
                 deleted = true;
             } else {
                 keep.push(seg.clone());
@@ -220,11 +198,7 @@ pub fn remove_retired_dirs(data: &Path, shards: usize) -> Result<()> {
         if k >= shards {
             let dir = shard_dir(data, k);
             if list_segments(&dir)?.is_empty() {
-                std::fs::remove_dir_all(&dir).map_err(Error::io(
-                    "removing retired shard directory",
-                    &dir,
-                    0,
-                ))?;
+                std::fs::remove_dir_all(&dir).map_err(Error::io("removing retired shard directory", &dir, 0))?;
             }
         }
     }
@@ -239,10 +213,7 @@ mod tests {
     fn layout_round_trips_and_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
-        let l = Layout {
-            shards: 3,
-            generation: 7,
-        };
+        let l = Layout { shards: 3, generation: 7 };
         write(dir.path(), l).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(l));
         let held = lock(dir.path()).unwrap();

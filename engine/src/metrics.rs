@@ -47,12 +47,8 @@ impl std::ops::Deref for EngineMetrics {
 impl Default for EngineMetrics {
     fn default() -> Self {
         let wal_writes = Family::<StatusLabel, Counter>::default();
-        let wal_writes_ok = wal_writes
-            .get_or_create(&StatusLabel { status: "ok" })
-            .clone();
-        let wal_writes_error = wal_writes
-            .get_or_create(&StatusLabel { status: "error" })
-            .clone();
+        let wal_writes_ok = wal_writes.get_or_create(&StatusLabel { status: "ok" }).clone();
+        let wal_writes_error = wal_writes.get_or_create(&StatusLabel { status: "error" }).clone();
         Self(Arc::new(Inner {
             wal_writes,
             wal_writes_ok,
@@ -79,67 +75,27 @@ impl Default for EngineMetrics {
 impl EngineMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("longbow");
-        r.register(
-            "wal_writes",
-            "WAL commits (write + fdatasync) by outcome",
-            self.wal_writes.clone(),
-        );
-        r.register(
-            "wal_bytes_written",
-            "Bytes written to WAL segments",
-            self.wal_bytes_written.clone(),
-        );
+        r.register("wal_writes", "WAL commits (write + fdatasync) by outcome", self.wal_writes.clone());
+        r.register("wal_bytes_written", "Bytes written to WAL segments", self.wal_bytes_written.clone());
         r.register(
             "wal_commit_duration_seconds",
             "Time of one WAL group commit: write and fdatasync",
             self.wal_commit_seconds.clone(),
         );
-        r.register(
-            "wal_commit_batches",
-            "Batches carried by one WAL group commit",
-            self.wal_commit_batches.clone(),
-        );
-        r.register(
-            "wal_segments_created",
-            "WAL segment files created",
-            self.wal_segments_created.clone(),
-        );
+        r.register("wal_commit_batches", "Batches carried by one WAL group commit", self.wal_commit_batches.clone());
+        r.register("wal_segments_created", "WAL segment files created", self.wal_segments_created.clone());
         r.register(
             "wal_replay_duration_seconds",
             "Time to replay one shard's WAL at startup",
             self.wal_replay_seconds.clone(),
         );
-        r.register(
-            "wal_replay_bytes",
-            "WAL bytes read during replay",
-            self.wal_replay_bytes.clone(),
-        );
-        r.register(
-            "wal_torn_tails",
-            "Torn WAL tails found and truncated at startup",
-            self.wal_torn_tails.clone(),
-        );
-        r.register(
-            "rows_ingested",
-            "Rows made durable",
-            self.rows_ingested.clone(),
-        );
-        r.register(
-            "batches_ingested",
-            "Record batches made durable",
-            self.batches_ingested.clone(),
-        );
+        r.register("wal_replay_bytes", "WAL bytes read during replay", self.wal_replay_bytes.clone());
+        r.register("wal_torn_tails", "Torn WAL tails found and truncated at startup", self.wal_torn_tails.clone());
+        r.register("rows_ingested", "Rows made durable", self.rows_ingested.clone());
+        r.register("batches_ingested", "Record batches made durable", self.batches_ingested.clone());
         r.register("datasets", "Datasets held", self.datasets.clone());
         r.register("records", "Rows held in memory", self.records.clone());
-        r.register(
-            "memory_bytes",
-            "Bytes of Arrow data held in memory",
-            self.memory_bytes.clone(),
-        );
-        r.register(
-            "shard_queue_depth",
-            "Requests waiting in shard inboxes",
-            self.shard_queue_depth.clone(),
-        );
+        r.register("memory_bytes", "Bytes of Arrow data held in memory", self.memory_bytes.clone());
+        r.register("shard_queue_depth", "Requests waiting in shard inboxes", self.shard_queue_depth.clone());
     }
 }

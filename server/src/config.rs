@@ -17,11 +17,7 @@ pub enum OnCorruption {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "longbow",
-    version,
-    about = "Longbow: a durable, high-ingest Arrow Flight store"
-)]
+#[command(name = "longbow", version, about = "Longbow: a durable, high-ingest Arrow Flight store")]
 pub struct Config {
     /// Address of the Arrow Flight (gRPC) service.
     #[arg(long, env = "LONGBOW_LISTEN_ADDR", default_value = "0.0.0.0:3000")]
@@ -48,12 +44,7 @@ pub struct Config {
     pub max_message_size: ByteSize,
 
     /// What to do with WAL damage that is not a torn tail.
-    #[arg(
-        long,
-        env = "LONGBOW_ON_CORRUPTION",
-        value_enum,
-        default_value = "refuse"
-    )]
+    #[arg(long, env = "LONGBOW_ON_CORRUPTION", value_enum, default_value = "refuse")]
     pub on_corruption: OnCorruption,
 
     /// Pin each shard to its own CPU.

@@ -7,9 +7,7 @@ use tonic::{Code, Status};
 /// a new variant must be placed here deliberately.
 pub fn into_status(e: Error) -> Status {
     let code = match &e {
-        Error::InvalidName { .. } | Error::SchemaMismatch { .. } | Error::InvalidInput(_) => {
-            Code::InvalidArgument
-        }
+        Error::InvalidName { .. } | Error::SchemaMismatch { .. } | Error::InvalidInput(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
         Error::Overloaded { .. } | Error::ShuttingDown => Code::Unavailable,
         Error::Io { .. }

@@ -32,10 +32,7 @@ pub enum ServerError {
     #[error(transparent)]
     Engine(#[from] longbow_engine::Error),
     #[error("binding {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("flight server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("engine task: {0}")]
@@ -45,10 +42,7 @@ pub enum ServerError {
 /// Starts the engine and serves until `shutdown` resolves, then stops
 /// accepting, drains in-flight requests (up to the configured timeout),
 /// seals every WAL and returns.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     let engine_config = config.engine();
     tracing::info!(data = %engine_config.data_path.display(), shards = engine_config.shards, "starting engine");
     let metrics = EngineMetrics::default();
@@ -71,28 +65,14 @@ pub async fn run(
 
     let flight_listener = TcpListener::bind(config.listen_addr)
         .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen_addr,
-            source,
-        })?;
+        .map_err(|source| ServerError::Bind { addr: config.listen_addr, source })?;
     let metrics_listener = TcpListener::bind(config.metrics_addr)
         .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.metrics_addr,
-            source,
-        })?;
-    let flight_addr = flight_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen_addr,
-            source,
-        })?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: config.metrics_addr,
-            source,
-        })?;
+        .map_err(|source| ServerError::Bind { addr: config.metrics_addr, source })?;
+    let flight_addr =
+        flight_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen_addr, source })?;
+    let metrics_addr =
+        metrics_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.metrics_addr, source })?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -104,11 +84,7 @@ pub async fn run(
 
     let metrics_server = tokio::spawn({
         let stopped = stopped.clone();
-        async move {
-            axum::serve(metrics_listener, metrics::router(registry))
-                .with_graceful_shutdown(stopped())
-                .await
-        }
+        async move { axum::serve(metrics_listener, metrics::router(registry)).with_graceful_shutdown(stopped()).await }
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -116,9 +92,7 @@ pub async fn run(
     let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    health
-        .set_serving::<FlightServiceServer<flight::LongbowFlight>>()
-        .await;
+    health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
     let flight_server = tokio::spawn({
         let stopped = stopped.clone();
         tonic::transport::Server::builder()
@@ -134,9 +108,7 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down: no new requests; draining in-flight ones");
-    health
-        .set_not_serving::<FlightServiceServer<flight::LongbowFlight>>()
-        .await;
+    health.set_not_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
     let _ = stop_tx.send(true);
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
     match tokio::time::timeout(drain, flight_server).await {

@@ -6,15 +6,13 @@ use longbow_engine::limits::MEMLOCK_BYTES_MIN;
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
 pub fn raise() -> Result<u64, String> {
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| format!("reading RLIMIT_MEMLOCK: {e}"))?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| format!("reading RLIMIT_MEMLOCK: {e}"))?;
     if soft < hard {
         if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard) {
             tracing::warn!(error = %e, soft, hard, "could not raise RLIMIT_MEMLOCK soft limit");
         }
     }
-    let (soft, _) =
-        getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| format!("reading RLIMIT_MEMLOCK: {e}"))?;
+    let (soft, _) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| format!("reading RLIMIT_MEMLOCK: {e}"))?;
     if soft != RLIM_INFINITY && soft < MEMLOCK_BYTES_MIN {
         return Err(format!(
             "RLIMIT_MEMLOCK is {} KiB (hard limit {} KiB); Longbow needs at least {} KiB of lockable memory for io_uring. \

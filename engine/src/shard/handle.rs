@@ -48,12 +48,7 @@ impl ShardHandle {
     }
 
     pub async fn open(&self, dataset: String, schema: SchemaRef) -> Result<()> {
-        self.call(|reply| Request::Open {
-            dataset,
-            schema,
-            reply,
-        })
-        .await
+        self.call(|reply| Request::Open { dataset, schema, reply }).await
     }
 
     /// Queues a batch. The outer future resolves once the shard has taken it
@@ -65,13 +60,7 @@ impl ShardHandle {
         message: IpcMessage,
     ) -> Result<impl std::future::Future<Output = Result<Lsn>> + Send + 'static> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Append {
-            dataset,
-            batch,
-            message,
-            reply,
-        })
-        .await?;
+        self.send(Request::Append { dataset, batch, message, reply }).await?;
         Ok(async move { rx.await.map_err(|_| Error::ShuttingDown)? })
     }
 
@@ -86,10 +75,7 @@ impl ShardHandle {
     pub async fn shutdown(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         // Shutdown waits for room as long as it takes.
-        self.tx
-            .send_async(Request::Shutdown { reply })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
+        self.tx.send_async(Request::Shutdown { reply }).await.map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 }

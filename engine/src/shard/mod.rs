@@ -29,7 +29,10 @@ use request::{Reply, Request};
 /// A write waiting for the committer.
 enum Pending {
     /// A new dataset's schema.
-    Create { dataset: String, reply: Reply<()> },
+    Create {
+        dataset: String,
+        reply: Reply<()>,
+    },
     Batch {
         dataset: String,
         batch: RecordBatch,
@@ -69,66 +72,29 @@ pub(crate) struct Shard {
 /// Serves requests until shutdown. `wal` is positioned after recovery.
 pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request>) {
     let (commit_tx, commit_rx) = flume::bounded::<Pending>(SHARD_PENDING_APPENDS_MAX);
-    let committer = glommio::spawn_local(commit_loop(
-        shard.id,
-        shard.catalog.clone(),
-        shard.metrics.clone(),
-        wal,
-        commit_rx,
-    ));
+    let committer =
+        glommio::spawn_local(commit_loop(shard.id, shard.catalog.clone(), shard.metrics.clone(), wal, commit_rx));
     let mut shutdown_reply = None;
     while let Ok(req) = inbox.recv_async().await {
         match req {
-            Request::Open {
-                dataset,
-                schema,
-                reply,
-            } => {
-                let mut cat = shard.catalog.borrow_mut();
-                match cat.datasets.get(&dataset) {
-                    Some(d) if d.durable => {
-                        let _ = reply.send(d.check_schema(&dataset, &schema));
+            Request::Open { dataset, schema, reply } => {
+                let opened = open(&mut shard.catalog.borrow_mut(), &dataset, schema);
+                match opened {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
-                    Some(d) => {
-                        // Created by a write still in flight: answer once it is durable.
-                        if let Err(e) = d.check_schema(&dataset, &schema) {
-                            let _ = reply.send(Err(e));
-                            continue;
-                        }
-                        drop(cat);
-                        if commit_tx
-                            .send_async(Pending::Create { dataset, reply })
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
+                    Ok(Opened::Durable) => {
+                        let _ = reply.send(Ok(()));
                     }
-                    None => {
-                        // Reserve the name now so a concurrent Open with
-                        // another schema is refused; visible once durable.
-                        if let Err(e) = crate::dataset::validate_schema(&schema) {
-                            let _ = reply.send(Err(e));
-                            continue;
-                        }
-                        cat.datasets.insert(dataset.clone(), Dataset::new(schema));
-                        drop(cat);
-                        if commit_tx
-                            .send_async(Pending::Create { dataset, reply })
-                            .await
-                            .is_err()
-                        {
+                    // Answered by the committer once the schema is durable.
+                    Ok(Opened::Pending) => {
+                        if commit_tx.send_async(Pending::Create { dataset, reply }).await.is_err() {
                             break;
                         }
                     }
                 }
             }
-            Request::Append {
-                dataset,
-                batch,
-                message,
-                reply,
-            } => {
+            Request::Append { dataset, batch, message, reply } => {
                 let checked = match shard.catalog.borrow().datasets.get(&dataset) {
                     None => Err(Error::NotFound(dataset.clone())),
                     Some(d) => d.check_schema(&dataset, &batch.schema()),
@@ -139,16 +105,7 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
                 }
                 // IMPORTANT: waits while the committer is behind; the inbox
                 // then fills and callers are pushed back.
-                if commit_tx
-                    .send_async(Pending::Batch {
-                        dataset,
-                        batch,
-                        message,
-                        reply,
-                    })
-                    .await
-                    .is_err()
-                {
+                if commit_tx.send_async(Pending::Batch { dataset, batch, message, reply }).await.is_err() {
                     break;
                 }
             }
@@ -163,15 +120,8 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
             Request::Info { dataset, reply } => {
                 let cat = shard.catalog.borrow();
                 let r = match dataset {
-                    Some(name) => cat
-                        .info(&name, shard.id)
-                        .map(|i| vec![i])
-                        .ok_or(Error::NotFound(name)),
-                    None => Ok(cat
-                        .datasets
-                        .keys()
-                        .filter_map(|n| cat.info(n, shard.id))
-                        .collect()),
+                    Some(name) => cat.info(&name, shard.id).map(|i| vec![i]).ok_or(Error::NotFound(name)),
+                    None => Ok(cat.datasets.keys().filter_map(|n| cat.info(n, shard.id)).collect()),
                 };
                 let _ = reply.send(r);
             }
@@ -185,6 +135,28 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
     let closed = committer.await;
     if let Some(reply) = shutdown_reply {
         let _ = reply.send(closed);
+    }
+}
+
+enum Opened {
+    Durable,
+    Pending,
+}
+
+/// Checks an Open against the catalog. A new name is reserved at once, so a
+/// concurrent Open with another schema is refused; it becomes visible when
+/// its schema commit is durable.
+fn open(cat: &mut Catalog, dataset: &str, schema: arrow::datatypes::SchemaRef) -> Result<Opened> {
+    match cat.datasets.get(dataset) {
+        Some(d) => {
+            d.check_schema(dataset, &schema)?;
+            Ok(if d.durable { Opened::Durable } else { Opened::Pending })
+        }
+        None => {
+            crate::dataset::validate_schema(&schema)?;
+            cat.datasets.insert(dataset.to_owned(), Dataset::new(schema));
+            Ok(Opened::Pending)
+        }
     }
 }
 
@@ -217,18 +189,14 @@ async fn commit_loop(
         }
         let schemas: Vec<Rc<[u8]>> = {
             let cat = catalog.borrow();
-            let (known, missing): (Vec<_>, Vec<_>) = group
-                .drain(..)
-                .partition(|p| cat.datasets.contains_key(p.dataset()));
+            let (known, missing): (Vec<_>, Vec<_>) =
+                group.drain(..).partition(|p| cat.datasets.contains_key(p.dataset()));
             for p in missing {
                 let name = p.dataset().to_owned();
                 fail(p, Error::NotFound(name));
             }
             group = known;
-            group
-                .iter()
-                .map(|p| cat.datasets[p.dataset()].schema_message.clone())
-                .collect()
+            group.iter().map(|p| cat.datasets[p.dataset()].schema_message.clone()).collect()
         };
         if group.is_empty() {
             continue;
@@ -236,11 +204,7 @@ async fn commit_loop(
         let records: Vec<Record<'_>> = group
             .iter()
             .zip(&schemas)
-            .map(|(p, s)| Record {
-                dataset: p.dataset(),
-                schema_message: s,
-                message: p.message(),
-            })
+            .map(|(p, s)| Record { dataset: p.dataset(), schema_message: s, message: p.message() })
             .collect();
         let result = wal.append_synced(&records).await;
         drop(records);
@@ -260,16 +224,8 @@ async fn commit_loop(
                             }
                             let _ = reply.send(Ok(()));
                         }
-                        Pending::Batch {
-                            dataset,
-                            batch,
-                            reply,
-                            ..
-                        } => {
-                            let d = cat
-                                .datasets
-                                .get_mut(&dataset)
-                                .expect("dataset of a committed batch");
+                        Pending::Batch { dataset, batch, reply, .. } => {
+                            let d = cat.datasets.get_mut(&dataset).expect("dataset of a committed batch");
                             let (rows, bytes) = d.push(batch);
                             metrics.rows_ingested.inc_by(rows);
                             metrics.batches_ingested.inc();
@@ -299,10 +255,7 @@ async fn commit_loop(
                     let err = if poisoned {
                         Error::Poisoned { shard }
                     } else {
-                        Error::WalWrite {
-                            shard,
-                            message: message.clone(),
-                        }
+                        Error::WalWrite { shard, message: message.clone() }
                     };
                     fail(p, err);
                 }

@@ -5,19 +5,18 @@
 //! directory, keeps the datasets it now owns, and logs them again into a new
 //! generation of segments in its own directory (see `layout.rs`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use arrow::buffer::Buffer;
-use arrow::ipc::reader::StreamDecoder;
 
 use crate::dataset::{Catalog, Dataset};
 use crate::error::{Error, Result};
 use crate::limits::GROUP_COMMIT_BYTES_MAX;
 use crate::metrics::EngineMetrics;
 use crate::routing::shard_for;
+use crate::wal::ipc::{self, Decoded};
 use crate::wal::replay::{self, CorruptionPolicy, SegmentEnd, SegmentFile};
 use crate::wal::{self, IpcMessage, Lsn, Record, Wal};
 use crate::ShardId;
@@ -46,34 +45,19 @@ pub struct RecoveryStats {
     pub seconds: f64,
 }
 
-pub(crate) async fn recover(
-    plan: Plan,
-    metrics: &EngineMetrics,
-) -> Result<(Catalog, Wal, RecoveryStats)> {
+pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<(Catalog, Wal, RecoveryStats)> {
     let started = Instant::now();
     let mut catalog = Catalog::default();
     let mut stats = RecoveryStats::default();
-    std::fs::create_dir_all(&plan.dir).map_err(Error::io(
-        "creating WAL directory",
-        &plan.dir,
-        0,
-    ))?;
+    std::fs::create_dir_all(&plan.dir).map_err(Error::io("creating WAL directory", &plan.dir, 0))?;
     let own = replay::list_segments(&plan.dir)?;
     let next_segment = own.last().map_or(1, |s| s.id + 1);
 
     let wal = match &plan.migrate_from {
         None => {
-            let replayed = replay_segments(
-                &own,
-                plan.generation,
-                &mut catalog,
-                &mut stats,
-                plan.policy,
-                true,
-                |_| true,
-                metrics,
-            )
-            .await?;
+            let replayed =
+                replay_segments(&own, plan.generation, &mut catalog, &mut stats, plan.policy, true, |_| true, metrics)
+                    .await?;
             let next_lsn = replayed.map_or(1, |l| l + 1);
             Wal::create(
                 &plan.dir,
@@ -145,59 +129,42 @@ async fn replay_segments(
     let mut last_lsn: Option<Lsn> = None;
     for (i, seg) in segments.iter().enumerate() {
         let newest = i + 1 == segments.len();
-        let mut decoders: HashMap<String, StreamDecoder> = HashMap::new();
         let mut frames = 0u64;
         let path = seg.path.clone();
-        let r = replay::replay_segment(
-            seg,
-            last_lsn.map(|l| l + 1),
-            newest,
-            policy,
-            |frame, offset| {
-                frames += 1;
-                let corrupt = |reason: String| Error::Corrupt {
-                    path: path.clone(),
-                    offset,
-                    reason,
-                };
-                let name = std::str::from_utf8(frame.dataset)
-                    .map_err(|_| corrupt("dataset name is not UTF-8".into()))?;
-                if !owned(name) {
-                    return Ok(());
-                }
-                let decoder = decoders.entry(name.to_owned()).or_default();
-                let mut buf = Buffer::from_slice_ref(frame.payload);
-                while !buf.is_empty() {
-                    let batch = decoder
-                        .decode(&mut buf)
-                        .map_err(|e| corrupt(format!("undecodable Arrow IPC payload: {e}")))?;
-                    let dataset = match catalog.datasets.get_mut(name) {
-                        Some(d) => d,
-                        None => {
-                            let schema = decoder
-                                .schema()
-                                .ok_or_else(|| corrupt("record batch before its schema".into()))?;
+        let r = replay::replay_segment(seg, last_lsn.map(|l| l + 1), newest, policy, |frame, offset| {
+            frames += 1;
+            let corrupt = |reason: String| Error::Corrupt { path: path.clone(), offset, reason };
+            let name = std::str::from_utf8(frame.dataset).map_err(|_| corrupt("dataset name is not UTF-8".into()))?;
+            if !owned(name) {
+                return Ok(());
+            }
+            let buf = Buffer::from_slice_ref(frame.payload);
+            let known = catalog.datasets.get(name).map(|d| d.schema.clone());
+            let mut decoded = Vec::new();
+            ipc::decode_payload(&buf, known, |m| decoded.push(m))
+                .map_err(|e| corrupt(format!("undecodable Arrow IPC payload: {e}")))?;
+            for m in decoded {
+                match m {
+                    Decoded::Schema(schema) => {
+                        catalog.datasets.entry(name.to_owned()).or_insert_with(|| {
                             let mut d = Dataset::new(schema);
                             d.durable = true;
-                            catalog.datasets.entry(name.to_owned()).or_insert(d)
-                        }
-                    };
-                    if let Some(batch) = batch {
-                        dataset.push(batch);
+                            d
+                        });
+                    }
+                    Decoded::Batch(batch) => {
+                        catalog.datasets.get_mut(name).expect("schema precedes batches").push(batch);
                     }
                 }
-                Ok(())
-            },
-        )
+            }
+            Ok(())
+        })
         .await?;
         if r.header.generation != generation {
             return Err(Error::Corrupt {
                 path: seg.path.clone(),
                 offset: 0,
-                reason: format!(
-                    "segment of generation {} where {generation} was expected",
-                    r.header.generation
-                ),
+                reason: format!("segment of generation {} where {generation} was expected", r.header.generation),
             });
         }
         stats.segments += 1;
@@ -218,15 +185,8 @@ async fn replay_segments(
             // IMPORTANT: seal before a new segment exists, so that every
             // segment but the newest ends with a seal frame.
             let seal_lsn = last_lsn.map_or(r.header.first_lsn, |l| l + 1);
-            wal::seal_after_crash(
-                &seg.path,
-                seg.id,
-                r.valid_end,
-                r.header.block_bytes as u64,
-                seal_lsn,
-                metrics,
-            )
-            .await?;
+            wal::seal_after_crash(&seg.path, seg.id, r.valid_end, r.header.block_bytes as u64, seal_lsn, metrics)
+                .await?;
             last_lsn = Some(seal_lsn);
         }
     }
@@ -237,35 +197,21 @@ async fn replay_segments(
 async fn relog(wal: &mut Wal, catalog: &Catalog) -> Result<()> {
     for (name, d) in &catalog.datasets {
         let schema: Rc<[u8]> = d.schema_message.clone();
-        wal.append_synced(&[Record {
-            dataset: name,
-            schema_message: &schema,
-            message: None,
-        }])
-        .await?;
-        let messages: Vec<IpcMessage> = d
-            .batches
-            .iter()
-            .map(IpcMessage::from_batch)
-            .collect::<Result<_>>()?;
+        wal.append_synced(&[Record { dataset: name, schema_message: &schema, message: None }]).await?;
+        let messages: Vec<IpcMessage> = d.batches.iter().map(IpcMessage::from_batch).collect::<Result<_>>()?;
         let mut start = 0;
         while start < messages.len() {
             let mut end = start;
             let mut bytes = 0u64;
             while end < messages.len()
-                && (end == start
-                    || bytes + messages[end].encoded_len() as u64 <= GROUP_COMMIT_BYTES_MAX)
+                && (end == start || bytes + messages[end].encoded_len() as u64 <= GROUP_COMMIT_BYTES_MAX)
             {
                 bytes += messages[end].encoded_len() as u64;
                 end += 1;
             }
             let records: Vec<Record<'_>> = messages[start..end]
                 .iter()
-                .map(|m| Record {
-                    dataset: name,
-                    schema_message: &schema,
-                    message: Some(m),
-                })
+                .map(|m| Record { dataset: name, schema_message: &schema, message: Some(m) })
                 .collect();
             wal.append_synced(&records).await?;
             start = end;

@@ -93,10 +93,7 @@ impl std::fmt::Display for DecodeError {
             Self::BadKind(k) => write!(f, "unknown frame kind {k}"),
             Self::TooLarge(n) => write!(f, "frame payload length {n} above the limit"),
             Self::Checksum { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-                )
+                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
             }
         }
     }
@@ -115,12 +112,7 @@ pub const fn frame_len(dataset_len: usize, payload_len: usize) -> usize {
 /// already copied to `out[FRAME_HEADER_BYTES + dataset.len()..]`, so large
 /// payloads are copied once, straight into the DMA buffer. Returns the frame
 /// length. `out` must hold at least `frame_len(..)` bytes.
-pub fn seal_frame_in_place(
-    out: &mut [u8],
-    header: FrameHeader,
-    dataset: &[u8],
-    payload_len: usize,
-) -> usize {
+pub fn seal_frame_in_place(out: &mut [u8], header: FrameHeader, dataset: &[u8], payload_len: usize) -> usize {
     let len = frame_len(dataset.len(), payload_len);
     assert!(out.len() >= len, "frame buffer too small");
     assert!(dataset.len() <= u16::MAX as usize);
@@ -205,12 +197,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
         return Err(DecodeError::Checksum { stored, computed });
     }
     Ok(FrameRef {
-        header: FrameHeader {
-            kind,
-            lsn: u64_at(buf, 16),
-            segment_id: u64_at(buf, 24),
-            commit_start: u64_at(buf, 32),
-        },
+        header: FrameHeader { kind, lsn: u64_at(buf, 16), segment_id: u64_at(buf, 24), commit_start: u64_at(buf, 32) },
         dataset: &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + dataset_len],
         payload: &buf[FRAME_HEADER_BYTES + dataset_len..body_end],
         len,
@@ -251,11 +238,7 @@ impl SegmentHeader {
         }
         let magic = u32_at(buf, 0);
         if magic != SEGMENT_MAGIC {
-            return Err(if magic == 0 {
-                DecodeError::Zero
-            } else {
-                DecodeError::BadMagic(magic)
-            });
+            return Err(if magic == 0 { DecodeError::Zero } else { DecodeError::BadMagic(magic) });
         }
         if buf[4] != FORMAT_VERSION {
             return Err(DecodeError::BadVersion(buf[4]));
@@ -272,9 +255,7 @@ impl SegmentHeader {
             segment_id: u64_at(buf, 24),
             first_lsn: u64_at(buf, 32),
         };
-        if !header.block_bytes.is_power_of_two()
-            || (header.block_bytes as usize) < SEGMENT_HEADER_BYTES
-        {
+        if !header.block_bytes.is_power_of_two() || (header.block_bytes as usize) < SEGMENT_HEADER_BYTES {
             return Err(DecodeError::TooLarge(header.block_bytes as u64));
         }
         Ok(header)
@@ -287,12 +268,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(lsn: u64) -> FrameHeader {
-        FrameHeader {
-            kind: FrameKind::Data,
-            lsn,
-            segment_id: 7,
-            commit_start: 4096,
-        }
+        FrameHeader { kind: FrameKind::Data, lsn, segment_id: 7, commit_start: 4096 }
     }
 
     #[test]
@@ -314,10 +290,7 @@ mod tests {
             for bit in 0..8 {
                 let mut b = bytes.clone();
                 b[byte] ^= 1 << bit;
-                assert!(
-                    decode_frame(&b).is_err(),
-                    "flip at byte {byte} bit {bit} went unnoticed"
-                );
+                assert!(decode_frame(&b).is_err(), "flip at byte {byte} bit {bit} went unnoticed");
             }
         }
     }
@@ -337,20 +310,11 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip() {
-        let h = SegmentHeader {
-            block_bytes: 512,
-            shard: 3,
-            generation: 2,
-            segment_id: 9,
-            first_lsn: 100,
-        };
+        let h = SegmentHeader { block_bytes: 512, shard: 3, generation: 2, segment_id: 9, first_lsn: 100 };
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         let mut bad = h.encode();
         bad[20] ^= 1;
-        assert!(matches!(
-            SegmentHeader::decode(&bad),
-            Err(DecodeError::Checksum { .. })
-        ));
+        assert!(matches!(SegmentHeader::decode(&bad), Err(DecodeError::Checksum { .. })));
     }
 
     proptest! {

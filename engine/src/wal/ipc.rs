@@ -52,23 +52,12 @@ impl IpcMessage {
         let gen = IpcDataGenerator::default();
         let mut tracker = DictionaryTracker::new(false);
         let mut context = IpcWriteContext::default();
-        let (dicts, encoded) = gen
-            .encode(
-                batch,
-                &mut tracker,
-                &IpcWriteOptions::default(),
-                &mut context,
-            )
-            .map_err(Error::Arrow)?;
+        let (dicts, encoded) =
+            gen.encode(batch, &mut tracker, &IpcWriteOptions::default(), &mut context).map_err(Error::Arrow)?;
         if !dicts.is_empty() {
-            return Err(Error::InvalidInput(
-                "dictionary-encoded columns are not supported".into(),
-            ));
+            return Err(Error::InvalidInput("dictionary-encoded columns are not supported".into()));
         }
-        Ok(Self {
-            header: encoded.ipc_message.into(),
-            body: encoded.arrow_data.into(),
-        })
+        Ok(Self { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() })
     }
 }
 
@@ -77,14 +66,72 @@ impl IpcMessage {
 pub fn schema_message(schema: &Schema) -> Vec<u8> {
     let gen = IpcDataGenerator::default();
     let mut tracker = DictionaryTracker::new(false);
-    let encoded = gen.schema_to_bytes_with_dictionary_tracker(
-        schema,
-        &mut tracker,
-        &IpcWriteOptions::default(),
-    );
-    IpcMessage {
-        header: encoded.ipc_message.into(),
-        body: encoded.arrow_data.into(),
+    let encoded = gen.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &IpcWriteOptions::default());
+    IpcMessage { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() }.to_vec()
+}
+
+/// A message read back from a frame payload.
+pub enum Decoded {
+    Schema(arrow::datatypes::SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// Splits a frame payload into its encapsulated IPC messages and decodes
+/// each. `schema` is the dataset's schema so far; record batches need one.
+/// Array data is sliced from `payload`, not copied.
+pub fn decode_payload(
+    payload: &arrow::buffer::Buffer,
+    mut schema: Option<arrow::datatypes::SchemaRef>,
+    mut out: impl FnMut(Decoded),
+) -> std::result::Result<(), String> {
+    use arrow::ipc::MessageHeader;
+    let mut at = 0usize;
+    let bytes = payload.as_slice();
+    while at < bytes.len() {
+        let word = |i: usize| -> std::result::Result<u32, String> {
+            bytes
+                .get(i..i + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .ok_or_else(|| format!("message cut short at {i}"))
+        };
+        if word(at)? != u32::from_le_bytes(CONTINUATION) {
+            return Err(format!("no IPC continuation marker at payload offset {at}"));
+        }
+        let meta_len = word(at + 4)? as usize;
+        let meta_start = at + 8;
+        let meta = bytes.get(meta_start..meta_start + meta_len).ok_or("IPC metadata runs past the payload")?;
+        let message = arrow::ipc::root_as_message(meta).map_err(|e| format!("IPC metadata: {e}"))?;
+        let body_start = meta_start + meta_len;
+        let body_len = usize::try_from(message.bodyLength()).map_err(|_| "negative IPC body length")?;
+        if body_start + body_len > bytes.len() {
+            return Err("IPC body runs past the payload".into());
+        }
+        match message.header_type() {
+            MessageHeader::Schema => {
+                let fb = message.header_as_schema().ok_or("unreadable IPC schema")?;
+                let s = arrow::ipc::convert::try_fb_to_schema(fb).map_err(|e| format!("IPC schema: {e}"))?;
+                let s = std::sync::Arc::new(s);
+                schema = Some(s.clone());
+                out(Decoded::Schema(s));
+            }
+            MessageHeader::RecordBatch => {
+                let fb = message.header_as_record_batch().ok_or("unreadable IPC record batch")?;
+                let schema = schema.clone().ok_or("record batch before its schema")?;
+                let body = payload.slice_with_length(body_start, body_len);
+                let batch = arrow::ipc::reader::read_record_batch(
+                    &body,
+                    fb,
+                    schema,
+                    &std::collections::HashMap::new(),
+                    None,
+                    &message.version(),
+                )
+                .map_err(|e| format!("IPC record batch: {e}"))?;
+                out(Decoded::Batch(batch));
+            }
+            other => return Err(format!("unexpected IPC message {:?} in WAL", other.variant_name())),
+        }
+        at = body_start + body_len;
     }
-    .to_vec()
+    Ok(())
 }

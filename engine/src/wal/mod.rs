@@ -51,16 +51,10 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 
 /// fsync a directory, so that creates, renames and deletes in it are durable.
 pub async fn sync_dir(dir: &Path) -> Result<()> {
-    let d = glommio::io::Directory::open(dir)
-        .await
-        .map_err(Error::glommio("opening directory", dir, 0))?;
+    let d = glommio::io::Directory::open(dir).await.map_err(Error::glommio("opening directory", dir, 0))?;
     // IMPORTANT: without this, a new segment's directory entry can vanish on power loss.
-    d.sync()
-        .await
-        .map_err(Error::glommio("fsyncing directory", dir, 0))?;
-    d.close()
-        .await
-        .map_err(Error::glommio("closing directory", dir, 0))?;
+    d.sync().await.map_err(Error::glommio("fsyncing directory", dir, 0))?;
+    d.close().await.map_err(Error::glommio("closing directory", dir, 0))?;
     Ok(())
 }
 
@@ -126,16 +120,12 @@ impl Wal {
         let body: usize = records
             .iter()
             .map(|r| {
-                let schema =
-                    if self.active.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
-                        0
-                    } else {
-                        r.schema_message.len()
-                    };
-                format::frame_len(
-                    r.dataset.len(),
-                    schema + r.message.map_or(0, |m| m.encoded_len()),
-                )
+                let schema = if self.active.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
+                    0
+                } else {
+                    r.schema_message.len()
+                };
+                format::frame_len(r.dataset.len(), schema + r.message.map_or(0, |m| m.encoded_len()))
             })
             .sum();
         (body as u64).next_multiple_of(self.active.block)
@@ -161,26 +151,16 @@ impl Wal {
             let payload_at = at + FRAME_HEADER_BYTES + r.dataset.len();
             let mut payload_len = 0;
             if !seg.schemas_written.contains(r.dataset) {
-                out[payload_at..payload_at + r.schema_message.len()]
-                    .copy_from_slice(r.schema_message);
+                out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
                 payload_len += r.schema_message.len();
                 seg.schemas_written.insert(r.dataset.to_owned());
             }
             if let Some(m) = r.message {
                 payload_len += m.write_to(&mut out[payload_at + payload_len..]);
             }
-            let header = FrameHeader {
-                kind: FrameKind::Data,
-                lsn: first_lsn + i as u64,
-                segment_id: seg.id,
-                commit_start,
-            };
-            at += format::seal_frame_in_place(
-                &mut out[at..],
-                header,
-                r.dataset.as_bytes(),
-                payload_len,
-            );
+            let header =
+                FrameHeader { kind: FrameKind::Data, lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
+            at += format::seal_frame_in_place(&mut out[at..], header, r.dataset.as_bytes(), payload_len);
         }
         out[at..].fill(0);
         let result = write_and_sync(seg, buf, commit_start, &self.metrics).await;
@@ -191,8 +171,7 @@ impl Wal {
         if result.is_err() {
             // The commit never became durable: its schemas may be missing
             // from the file, so write them again next time.
-            seg.schemas_written
-                .retain(|d| !records.iter().any(|r| r.dataset == d));
+            seg.schemas_written.retain(|d| !records.iter().any(|r| r.dataset == d));
             return result.map(|_| 0);
         }
         seg.pos += len;
@@ -203,14 +182,7 @@ impl Wal {
     /// Seals the active segment and starts the next one.
     async fn rotate(&mut self) -> Result<()> {
         self.seal().await?;
-        let next = create_segment(
-            &self.dir,
-            self.shard,
-            self.generation,
-            self.active.id + 1,
-            self.next_lsn,
-        )
-        .await?;
+        let next = create_segment(&self.dir, self.shard, self.generation, self.active.id + 1, self.next_lsn).await?;
         let old = std::mem::replace(&mut self.active, next);
         close(old).await;
         self.metrics.wal_segments_created.inc();
@@ -245,20 +217,13 @@ async fn close(seg: ActiveSegment) {
 }
 
 async fn write_seal(seg: &mut ActiveSegment, lsn: Lsn, metrics: &EngineMetrics) -> Result<()> {
-    let header = FrameHeader {
-        kind: FrameKind::Seal,
-        lsn,
-        segment_id: seg.id,
-        commit_start: seg.pos,
-    };
+    let header = FrameHeader { kind: FrameKind::Seal, lsn, segment_id: seg.id, commit_start: seg.pos };
     let frame = format::encode_frame(header, b"", b"");
     let mut buf = seg.file.alloc_dma_buffer(seg.block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..frame.len()].copy_from_slice(&frame);
     let at = seg.pos;
-    write_and_sync(seg, buf, at, metrics)
-        .await
-        .map_err(SyncError::into_inner)?;
+    write_and_sync(seg, buf, at, metrics).await.map_err(SyncError::into_inner)?;
     seg.pos += seg.block;
     Ok(())
 }
@@ -291,11 +256,7 @@ async fn write_and_sync(
         Ok(n) => n,
         Err(e) => {
             metrics.wal_writes_error.inc();
-            return Err(SyncError::Write(Error::glommio(
-                "writing WAL segment",
-                &seg.path,
-                at,
-            )(e)));
+            return Err(SyncError::Write(Error::glommio("writing WAL segment", &seg.path, at)(e)));
         }
     };
     if written != len {
@@ -309,50 +270,28 @@ async fn write_and_sync(
     }
     if let Err(e) = seg.file.fdatasync().await {
         metrics.wal_writes_error.inc();
-        return Err(SyncError::Fsync(Error::glommio(
-            "fdatasync WAL segment",
-            &seg.path,
-            at,
-        )(e)));
+        return Err(SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)));
     }
     metrics.wal_writes_ok.inc();
     metrics.wal_bytes_written.inc_by(len as u64);
-    metrics
-        .wal_commit_seconds
-        .observe(started.elapsed().as_secs_f64());
+    metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
     Ok(())
 }
 
-async fn create_segment(
-    dir: &Path,
-    shard: u32,
-    generation: u64,
-    id: u64,
-    first_lsn: Lsn,
-) -> Result<ActiveSegment> {
+async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_lsn: Lsn) -> Result<ActiveSegment> {
     let path = dir.join(segment_file_name(id));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .dma_open(&path)
-        .await
-        .map_err(Error::glommio("creating WAL segment", &path, 0))?;
+    let file =
+        OpenOptions::new().read(true).write(true).create_new(true).dma_open(&path).await.map_err(Error::glommio(
+            "creating WAL segment",
+            &path,
+            0,
+        ))?;
     let block = file.alignment().max(512);
-    let header = SegmentHeader {
-        block_bytes: block as u32,
-        shard,
-        generation,
-        segment_id: id,
-        first_lsn,
-    };
+    let header = SegmentHeader { block_bytes: block as u32, shard, generation, segment_id: id, first_lsn };
     let mut buf = file.alloc_dma_buffer(block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    let written =
-        file.write_at(buf, 0)
-            .await
-            .map_err(Error::glommio("writing segment header", &path, 0))?;
+    let written = file.write_at(buf, 0).await.map_err(Error::glommio("writing segment header", &path, 0))?;
     if written as u64 != block {
         return Err(Error::Io {
             op: "writing segment header (short write)",
@@ -361,18 +300,9 @@ async fn create_segment(
             source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
         });
     }
-    file.fdatasync()
-        .await
-        .map_err(Error::glommio("fdatasync segment header", &path, 0))?;
+    file.fdatasync().await.map_err(Error::glommio("fdatasync segment header", &path, 0))?;
     sync_dir(dir).await?;
-    Ok(ActiveSegment {
-        file: Rc::new(file),
-        path,
-        id,
-        pos: block,
-        block,
-        schemas_written: HashSet::new(),
-    })
+    Ok(ActiveSegment { file: Rc::new(file), path, id, pos: block, block, schemas_written: HashSet::new() })
 }
 
 /// Finishes a segment left unsealed by a crash: cuts it at `valid_end`
@@ -385,16 +315,13 @@ pub async fn seal_after_crash(
     lsn: Lsn,
     metrics: &EngineMetrics,
 ) -> Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .dma_open(path)
-        .await
-        .map_err(Error::glommio("opening WAL segment", path, 0))?;
+    let file = OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(Error::glommio(
+        "opening WAL segment",
+        path,
+        0,
+    ))?;
     let pos = valid_end.next_multiple_of(block);
-    file.truncate(pos)
-        .await
-        .map_err(Error::glommio("truncating WAL segment", path, pos))?;
+    file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
     let mut seg = ActiveSegment {
         file: Rc::new(file),
         path: path.to_owned(),

@@ -28,15 +28,8 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>> {
     };
     for entry in entries {
         let entry = entry.map_err(Error::io("listing WAL directory", dir, 0))?;
-        if let Some(id) = entry
-            .file_name()
-            .to_str()
-            .and_then(super::parse_segment_file_name)
-        {
-            out.push(SegmentFile {
-                id,
-                path: entry.path(),
-            });
+        if let Some(id) = entry.file_name().to_str().and_then(super::parse_segment_file_name) {
+            out.push(SegmentFile { id, path: entry.path() });
         }
     }
     out.sort_by_key(|s| s.id);
@@ -76,13 +69,9 @@ pub struct SegmentReplay {
 
 /// Reads the header block of a segment.
 pub async fn read_header(path: &Path) -> Result<SegmentHeader> {
-    let file = DmaFile::open(path)
-        .await
-        .map_err(Error::glommio("opening WAL segment", path, 0))?;
-    let r = file
-        .read_at(0, format::SEGMENT_HEADER_BYTES)
-        .await
-        .map_err(Error::glommio("reading segment header", path, 0));
+    let file = DmaFile::open(path).await.map_err(Error::glommio("opening WAL segment", path, 0))?;
+    let r =
+        file.read_at(0, format::SEGMENT_HEADER_BYTES).await.map_err(Error::glommio("reading segment header", path, 0));
     let _ = file.close().await;
     let r = r?;
     SegmentHeader::decode(&r).map_err(|e| Error::Corrupt {
@@ -110,19 +99,11 @@ pub async fn replay_segment(
         return Err(Error::Corrupt {
             path: path.clone(),
             offset: 0,
-            reason: format!(
-                "header names segment {} but the file name says {}",
-                header.segment_id, seg.id
-            ),
+            reason: format!("header names segment {} but the file name says {}", header.segment_id, seg.id),
         });
     }
-    let file = DmaFile::open(path)
-        .await
-        .map_err(Error::glommio("opening WAL segment", path, 0))?;
-    let file_len = file
-        .file_size()
-        .await
-        .map_err(Error::glommio("stat WAL segment", path, 0))?;
+    let file = DmaFile::open(path).await.map_err(Error::glommio("opening WAL segment", path, 0))?;
+    let file_len = file.file_size().await.map_err(Error::glommio("stat WAL segment", path, 0))?;
     let block = header.block_bytes as u64;
     let mut reader = DmaStreamReaderBuilder::new(file)
         .with_start_pos(block)
@@ -150,13 +131,11 @@ pub async fn replay_segment(
                 buf_start = pos;
                 let have = buf.len();
                 buf.resize(have + REPLAY_READ_BYTES, 0);
-                let n = read_full(&mut reader, &mut buf[have..])
-                    .await
-                    .map_err(Error::io(
-                        "reading WAL segment",
-                        path,
-                        buf_start + have as u64,
-                    ))?;
+                let n = read_full(&mut reader, &mut buf[have..]).await.map_err(Error::io(
+                    "reading WAL segment",
+                    path,
+                    buf_start + have as u64,
+                ))?;
                 buf.truncate(have + n);
                 bytes_read += n as u64;
                 if n == 0 {
@@ -177,10 +156,7 @@ pub async fn replay_segment(
                 if f.header.commit_start == pos && pos % block == 0 {
                     commit = pos;
                 } else if f.header.commit_start != commit {
-                    break format!(
-                        "frame says its commit starts at {}, expected {commit}",
-                        f.header.commit_start
-                    );
+                    break format!("frame says its commit starts at {}, expected {commit}", f.header.commit_start);
                 }
                 if f.header.lsn != next_lsn {
                     break format!("frame has lsn {}, expected {next_lsn}", f.header.lsn);
@@ -216,13 +192,7 @@ pub async fn replay_segment(
                 reason: "segment ends without a seal frame but newer segments follow it".into(),
             });
         }
-        return Ok(SegmentReplay {
-            header,
-            valid_end,
-            last_lsn,
-            end: SegmentEnd::Clean,
-            bytes_read,
-        });
+        return Ok(SegmentReplay { header, valid_end, last_lsn, end: SegmentEnd::Clean, bytes_read });
     }
     let corrupt = !newest || later.is_some();
     if corrupt && policy == CorruptionPolicy::Refuse {
@@ -230,28 +200,12 @@ pub async fn replay_segment(
             Some(at) => format!("{reason}; an intact commit follows at offset {at}"),
             None => format!("{reason}; segment is not the newest and was not sealed"),
         };
-        return Err(Error::Corrupt {
-            path: path.clone(),
-            offset: pos,
-            reason: why,
-        });
+        return Err(Error::Corrupt { path: path.clone(), offset: pos, reason: why });
     }
-    Ok(SegmentReplay {
-        header,
-        valid_end,
-        last_lsn,
-        end: SegmentEnd::Torn {
-            offset: pos,
-            reason,
-        },
-        bytes_read,
-    })
+    Ok(SegmentReplay { header, valid_end, last_lsn, end: SegmentEnd::Torn { offset: pos, reason }, bytes_read })
 }
 
-async fn read_full(
-    reader: &mut glommio::io::DmaStreamReader,
-    out: &mut [u8],
-) -> std::io::Result<usize> {
+async fn read_full(reader: &mut glommio::io::DmaStreamReader, out: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < out.len() {
         let got = reader.read(&mut out[n..]).await?;
@@ -268,17 +222,12 @@ async fn read_full(
 /// unsealed segment (after a crash) pays for this.
 fn scan_after(path: &Path, segment_id: u64, from: u64) -> Result<(Option<u64>, bool)> {
     let rest = std::fs::read(path).map_err(Error::io("reading WAL segment", path, from))?;
-    let nonzero = rest
-        .get(from as usize..)
-        .is_some_and(|t| t.iter().any(|b| *b != 0));
+    let nonzero = rest.get(from as usize..).is_some_and(|t| t.iter().any(|b| *b != 0));
     let start = (from as usize).next_multiple_of(format::FRAME_ALIGN) + format::FRAME_ALIGN;
     let mut at = start.min(rest.len());
     while at + format::FRAME_HEADER_BYTES <= rest.len() {
         if let Ok(f) = format::decode_frame(&rest[at..]) {
-            if f.header.segment_id == segment_id
-                && f.header.commit_start > from
-                && f.header.commit_start == at as u64
-            {
+            if f.header.segment_id == segment_id && f.header.commit_start > from && f.header.commit_start == at as u64 {
                 return Ok((Some(at as u64), nonzero));
             }
         }

@@ -33,11 +33,10 @@ pub async fn do_put(
     engine: Engine,
     mut input: Streaming<FlightData>,
 ) -> Result<BoxStream<'static, Result<PutResult, Status>>, Status> {
-    let first = input.message().await?.ok_or_else(|| {
-        Status::invalid_argument(
-            "empty DoPut stream: expected a path FlightDescriptor and a schema",
-        )
-    })?;
+    let first = input
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("empty DoPut stream: expected a path FlightDescriptor and a schema"))?;
     let dataset = dataset_from_descriptor(first.flight_descriptor.as_ref())?;
     // Checked here too so a bad name fails before any data is read.
     longbow_engine::dataset::validate_name(&dataset).map_err(into_status)?;
@@ -53,19 +52,12 @@ pub async fn do_put(
     Ok(UnboundedReceiverStream::new(out_rx).boxed())
 }
 
-async fn read(
-    engine: Engine,
-    dataset: String,
-    mut decoder: FlightDataDecoder,
-    steps: mpsc::Sender<Step>,
-) {
+async fn read(engine: Engine, dataset: String, mut decoder: FlightDataDecoder, steps: mpsc::Sender<Step>) {
     let mut opened = false;
     while let Some(item) = decoder.next().await {
         let fail = match item {
             Err(FlightError::Tonic(status)) => *status,
-            Err(e) => Status::invalid_argument(format!(
-                "undecodable FlightData for dataset {dataset:?}: {e}"
-            )),
+            Err(e) => Status::invalid_argument(format!("undecodable FlightData for dataset {dataset:?}: {e}")),
             Ok(decoded) => match decoded.payload {
                 DecodedPayload::None => continue,
                 DecodedPayload::Schema(schema) => match engine.open(&dataset, schema).await {
@@ -78,20 +70,10 @@ async fn read(
                 DecodedPayload::RecordBatch(batch) => {
                     assert!(opened, "the decoder yields batches only after a schema");
                     let rows = batch.num_rows();
-                    let message = IpcMessage {
-                        header: decoded.inner.data_header,
-                        body: decoded.inner.data_body,
-                    };
+                    let message = IpcMessage { header: decoded.inner.data_header, body: decoded.inner.data_body };
                     match engine.append(&dataset, batch, message).await {
                         Ok(ack) => {
-                            if steps
-                                .send(Step::Ack {
-                                    rows,
-                                    ack: Box::pin(ack),
-                                })
-                                .await
-                                .is_err()
-                            {
+                            if steps.send(Step::Ack { rows, ack: Box::pin(ack) }).await.is_err() {
                                 return; // the acker stopped after an error
                             }
                             continue;
@@ -113,16 +95,10 @@ async fn read(
     }
 }
 
-async fn acknowledge(
-    mut steps: mpsc::Receiver<Step>,
-    out: mpsc::UnboundedSender<Result<PutResult, Status>>,
-) {
+async fn acknowledge(mut steps: mpsc::Receiver<Step>, out: mpsc::UnboundedSender<Result<PutResult, Status>>) {
     while let Some(step) = steps.recv().await {
         let result = match step {
-            Step::Ack { rows, ack } => ack
-                .await
-                .map(|lsn| put_result(rows, lsn))
-                .map_err(into_status),
+            Step::Ack { rows, ack } => ack.await.map(|lsn| put_result(rows, lsn)).map_err(into_status),
             Step::Fail(status) => Err(status),
         };
         let failed = result.is_err();
@@ -134,7 +110,5 @@ async fn acknowledge(
 
 fn put_result(rows: usize, lsn: Lsn) -> PutResult {
     let body = serde_json::json!({ "rows": rows, "lsn": lsn });
-    PutResult {
-        app_metadata: serde_json::to_vec(&body).expect("json").into(),
-    }
+    PutResult { app_metadata: serde_json::to_vec(&body).expect("json").into() }
 }

@@ -8,8 +8,8 @@ use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -62,51 +62,32 @@ impl FlightService for LongbowFlight {
         Err(Status::unimplemented("Longbow needs no handshake"))
     }
 
-    async fn list_flights(
-        &self,
-        _: Request<Criteria>,
-    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
         let infos = self.engine.list().await.map_err(into_status)?;
         let out: Vec<Result<FlightInfo, Status>> = infos.iter().map(flight_info).collect();
         Ok(Response::new(futures::stream::iter(out).boxed()))
     }
 
-    async fn get_flight_info(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let name = dataset_from_descriptor(Some(request.get_ref()))?;
         let info = self.engine.info(&name).await.map_err(into_status)?;
         Ok(Response::new(flight_info(&info)?))
     }
 
-    async fn poll_flight_info(
-        &self,
-        _: Request<FlightDescriptor>,
-    ) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented(
-            "PollFlightInfo is not supported; use GetFlightInfo",
-        ))
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("PollFlightInfo is not supported; use GetFlightInfo"))
     }
 
-    async fn get_schema(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<SchemaResult>, Status> {
+    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let name = dataset_from_descriptor(Some(request.get_ref()))?;
         let info = self.engine.info(&name).await.map_err(into_status)?;
         let result = SchemaAsIpc::new(&info.schema, &IpcWriteOptions::default())
             .try_into()
-            .map_err(|e: arrow::error::ArrowError| {
-                Status::internal(format!("encoding schema: {e}"))
-            })?;
+            .map_err(|e: arrow::error::ArrowError| Status::internal(format!("encoding schema: {e}")))?;
         Ok(Response::new(result))
     }
 
-    async fn do_get(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let name = dataset_from_ticket(&request.get_ref().ticket)?;
         let (schema, batches) = self.engine.get(&name).await.map_err(into_status)?;
         let stream = FlightDataEncoderBuilder::new()
@@ -116,59 +97,36 @@ impl FlightService for LongbowFlight {
         Ok(Response::new(stream.boxed()))
     }
 
-    async fn do_put(
-        &self,
-        request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         let stream = do_put::do_put(self.engine.clone(), request.into_inner()).await?;
         Ok(Response::new(stream))
     }
 
-    async fn do_exchange(
-        &self,
-        _: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+    async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
         Err(Status::unimplemented("DoExchange is not supported"))
     }
 
-    async fn do_action(
-        &self,
-        request: Request<Action>,
-    ) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.into_inner();
         match action.r#type.as_str() {
             "get_stats" => {
                 let datasets = self.engine.list().await.map_err(into_status)?;
                 let body = stats_json(&self.engine, &datasets);
-                let result = arrow_flight::Result {
-                    body: serde_json::to_vec(&body).expect("json").into(),
-                };
+                let result = arrow_flight::Result { body: serde_json::to_vec(&body).expect("json").into() };
                 Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
             }
             other => Err(Status::invalid_argument(format!(
                 "unknown action {other:?}; known: {}",
-                ACTIONS
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                ACTIONS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
             ))),
         }
     }
 
-    async fn list_actions(
-        &self,
-        _: Request<Empty>,
-    ) -> Result<Response<Self::ListActionsStream>, Status> {
+    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         let out = ACTIONS.iter().map(|(name, description)| {
-            Ok(ActionType {
-                r#type: (*name).to_owned(),
-                description: (*description).to_owned(),
-            })
+            Ok(ActionType { r#type: (*name).to_owned(), description: (*description).to_owned() })
         });
-        Ok(Response::new(
-            futures::stream::iter(out.collect::<Vec<_>>()).boxed(),
-        ))
+        Ok(Response::new(futures::stream::iter(out.collect::<Vec<_>>()).boxed()))
     }
 }
 

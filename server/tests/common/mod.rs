@@ -1,0 +1,190 @@
+//! Starts the real `longbow` binary on loopback with a temporary data
+//! directory, and talks to it with the Rust Flight client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::{FlightClient, FlightDescriptor, PutResult, Ticket};
+use futures::{StreamExt, TryStreamExt};
+
+pub struct Server {
+    pub child: Child,
+    pub flight: String,
+    pub metrics: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `longbow` on `data` with `shards` shards and waits until it
+    /// serves. Panics with the server's log if it does not.
+    pub fn start(data: &Path, shards: usize, extra: &[&str]) -> Server {
+        Self::try_start(data, shards, extra).unwrap_or_else(|log| panic!("longbow did not start:\n{log}"))
+    }
+
+    /// Like `start`, but returns the server's log if it exits instead.
+    pub fn try_start(data: &Path, shards: usize, extra: &[&str]) -> Result<Server, String> {
+        let log = data.with_extension(format!("log.{}", rand::random::<u32>()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_longbow"))
+            .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false"])
+            .arg("--data-path")
+            .arg(data)
+            .args(["--shards", &shards.to_string(), "--log-level", "info"])
+            .args(extra)
+            .env_remove("LONGBOW_LISTEN_ADDR")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn longbow");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("longbow ready") => {
+                    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_owned();
+                    let (flight, metrics) = (field("flight="), field("metrics="));
+                    // Keep draining stdout so the server never blocks on it.
+                    std::thread::spawn(move || for _ in lines.by_ref() {});
+                    return Ok(Server { child, flight, metrics, data: data.to_owned(), log });
+                }
+                Some(Ok(_)) => continue,
+                _ => {
+                    let status = child.wait().unwrap();
+                    return Err(format!("exit {status}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+                }
+            }
+        }
+    }
+
+    pub async fn client(&self) -> FlightClient {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.flight))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        FlightClient::new(channel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait: the exit status of a graceful shutdown.
+    pub fn terminate(mut self) -> ExitStatus {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let status = wait_timeout(&mut self.child, Duration::from_secs(60));
+        assert!(status.success(), "longbow exited with {status}:\n{}", self.log());
+        status
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "longbow did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `id int32, vector fixed_size_list<float32>[dim]`, like the bench.
+pub fn vector_schema(dim: i32) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int32, false),
+        Field::new(
+            "vector",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), dim),
+            false,
+        ),
+    ]))
+}
+
+pub fn vector_batch(first_id: i32, rows: usize, dim: i32) -> RecordBatch {
+    let ids = Int32Array::from_iter_values(first_id..first_id + rows as i32);
+    let values = Float32Array::from_iter_values((0..rows * dim as usize).map(|i| (first_id as f32) + i as f32 * 0.5));
+    let vectors =
+        FixedSizeListArray::try_new(Arc::new(Field::new("item", DataType::Float32, true)), dim, Arc::new(values), None)
+            .unwrap();
+    RecordBatch::try_new(vector_schema(dim), vec![Arc::new(ids), Arc::new(vectors)]).unwrap()
+}
+
+/// `(writer int64, seq int64)`: one row per batch, to track exactly-once.
+pub fn seq_batch(writer: i64, seq: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("writer", DataType::Int64, false),
+        Field::new("seq", DataType::Int64, false),
+    ]));
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![writer])), Arc::new(Int64Array::from(vec![seq]))])
+        .unwrap()
+}
+
+/// Puts `batches` into `dataset` in one DoPut stream; returns the PutResults.
+pub async fn put(
+    client: &mut FlightClient,
+    dataset: &str,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<PutResult>, FlightError> {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_path(vec![dataset.to_owned()])))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    client.do_put(stream).await?.try_collect().await
+}
+
+pub async fn get(client: &mut FlightClient, dataset: &str) -> Result<Vec<RecordBatch>, FlightError> {
+    client.do_get(Ticket { ticket: dataset.to_owned().into() }).await?.try_collect().await
+}
+
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// The gRPC code of a failed call.
+pub fn code(e: &FlightError) -> tonic::Code {
+    match e {
+        FlightError::Tonic(s) => s.code(),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+pub fn lsn_of(r: &PutResult) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&r.app_metadata).unwrap();
+    v["lsn"].as_u64().unwrap()
+}
+
+pub async fn count_stream<T>(s: futures::stream::BoxStream<'static, Result<T, FlightError>>) -> usize {
+    s.filter(|r| futures::future::ready(r.is_ok())).count().await
+}

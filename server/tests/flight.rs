@@ -1,0 +1,362 @@
+//! End-to-end behaviour of the real server through the Rust Flight client.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow_flight::{Action, FlightData, FlightDescriptor};
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+
+const DIM: i32 = 16;
+
+fn concat(batches: &[RecordBatch]) -> RecordBatch {
+    concat_batches(&batches[0].schema(), batches).unwrap()
+}
+
+/// Writes `per_dataset` batches of varying sizes into each dataset; returns
+/// what was written, per dataset.
+async fn fill(server: &Server, datasets: &[String], per_dataset: usize) -> BTreeMap<String, Vec<RecordBatch>> {
+    let mut written = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (d, name) in datasets.iter().enumerate() {
+        let batches: Vec<RecordBatch> =
+            (0..per_dataset).map(|i| vector_batch((d * 100_000 + i * 1000) as i32, 1 + (i * 37) % 300, DIM)).collect();
+        written.insert(name.clone(), batches.clone());
+        let mut client = server.client().await;
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move { put(&mut client, &name, batches).await.unwrap() }));
+    }
+    for (t, name) in tasks.into_iter().zip(datasets) {
+        let acks = t.await.unwrap();
+        assert_eq!(acks.len(), per_dataset, "one PutResult per batch for {name}");
+        let lsns: Vec<u64> = acks.iter().map(lsn_of).collect();
+        assert!(lsns.windows(2).all(|w| w[0] < w[1]), "LSNs increase within a stream: {lsns:?}");
+    }
+    written
+}
+
+async fn assert_holds(server: &Server, expected: &BTreeMap<String, Vec<RecordBatch>>) {
+    let mut client = server.client().await;
+    for (name, batches) in expected {
+        let got = get(&mut client, name).await.unwrap();
+        assert_eq!(concat(&got), concat(batches), "contents of {name}");
+    }
+    let infos: Vec<_> = client.list_flights("").await.unwrap().try_collect().await.unwrap();
+    assert_eq!(infos.len(), expected.len());
+    for info in infos {
+        let name = info.flight_descriptor.as_ref().unwrap().path[0].clone();
+        assert_eq!(info.total_records as usize, rows(&expected[&name]), "total_records of {name}");
+        assert!(info.total_bytes > 0);
+        // The endpoint's ticket works with DoGet.
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let got: Vec<RecordBatch> = client.do_get(ticket).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(rows(&got), rows(&expected[&name]));
+    }
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("set-{i}.v1")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_across_shards_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, 3, &[]);
+    let datasets = names(8);
+    let written = fill(&server, &datasets, 25).await;
+    assert_holds(&server, &written).await;
+
+    let mut client = server.client().await;
+    let info = client.get_flight_info(FlightDescriptor::new_path(vec![datasets[0].clone()])).await.unwrap();
+    assert_eq!(info.total_records as usize, rows(&written[&datasets[0]]));
+    let schema = client.get_schema(FlightDescriptor::new_path(vec![datasets[0].clone()])).await.unwrap();
+    assert_eq!(schema, *vector_schema(DIM));
+    let actions: Vec<_> = client.list_actions().await.unwrap().try_collect().await.unwrap();
+    assert!(actions.iter().any(|a| a.r#type == "get_stats"));
+    let stats: Vec<_> = client.do_action(Action::new("get_stats", "")).await.unwrap().try_collect().await.unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats[0]).unwrap();
+    assert_eq!(stats["datasets"].as_array().unwrap().len(), 8);
+    let used_shards: std::collections::BTreeSet<u64> =
+        stats["datasets"].as_array().unwrap().iter().map(|d| d["shard"].as_u64().unwrap()).collect();
+    assert!(used_shards.len() > 1, "8 datasets land on more than one of 3 shards: {used_shards:?}");
+
+    let metrics = server.metrics_text().await;
+    for name in [
+        "longbow_wal_writes_total{status=\"ok\"}",
+        "longbow_wal_bytes_written_total",
+        "longbow_wal_replay_duration_seconds_bucket",
+        "longbow_wal_commit_duration_seconds_bucket",
+        "longbow_rows_ingested_total",
+        "longbow_batches_ingested_total 200",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+
+    // Graceful restart, then more writes, then a restart after a crash.
+    server.terminate();
+    let server = Server::start(&data, 3, &[]);
+    assert_holds(&server, &written).await;
+    let more = fill(&server, &datasets[..3], 5).await;
+    let mut expected = written.clone();
+    for (name, batches) in more {
+        expected.get_mut(&name).unwrap().extend(batches);
+    }
+    server.kill9();
+    let server = Server::start(&data, 3, &[]);
+    assert_holds(&server, &expected).await;
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_cannot_share_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = Server::start(&data, 1, &[]);
+    let log = Server::try_start(&data, 1, &[]).err().expect("second server must refuse");
+    assert!(log.contains("in use by another longbow process"), "{log}");
+    first.terminate();
+}
+
+/// Writers stream one-row batches `(writer, seq)` and count the PutResults
+/// they get; the server is killed mid-stream. After restart every
+/// acknowledged batch is present exactly once, in order, and anything
+/// beyond the acknowledged prefix is a contiguous continuation of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_under_concurrent_writes_keeps_every_acknowledged_batch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, 2, &[]);
+    const WRITERS: i64 = 6;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let dataset = format!("crash-{}", w % 3); // two writers share each dataset
+            let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(16);
+            let feed = tokio::spawn(async move {
+                for seq in 0.. {
+                    if tx.send(seq_batch(w, seq)).await.is_err() {
+                        break;
+                    }
+                    if seq % 50 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+            let stream = arrow_flight::encode::FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(Some(FlightDescriptor::new_path(vec![dataset])))
+                .build(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok));
+            let mut acked = 0i64;
+            if let Ok(mut results) = client.do_put(stream).await {
+                while let Some(Ok(_)) = results.next().await {
+                    acked += 1;
+                }
+            }
+            feed.abort();
+            (w, acked)
+        }));
+    }
+    // Let acknowledgements accumulate, then crash.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.kill9();
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        let (w, n) = t.await.unwrap();
+        acked.insert(w, n);
+    }
+    assert!(acked.values().all(|&n| n > 0), "every writer got acknowledgements before the crash: {acked:?}");
+
+    let server = Server::start(&data, 2, &[]);
+    let mut client = server.client().await;
+    let mut seen: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for d in 0..3 {
+        for b in get(&mut client, &format!("crash-{d}")).await.unwrap() {
+            let writers = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let seqs = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            for i in 0..b.num_rows() {
+                seen.entry(writers.value(i)).or_default().push(seqs.value(i));
+            }
+        }
+    }
+    for (w, n) in acked {
+        let got = seen.remove(&w).unwrap_or_default();
+        assert!(got.len() as i64 >= n, "writer {w}: {n} acknowledged, {} recovered", got.len());
+        let expected: Vec<i64> = (0..got.len() as i64).collect();
+        assert_eq!(got, expected, "writer {w}: recovered batches must be 0.. in order, once each");
+    }
+    server.terminate();
+}
+
+fn newest_segment(shard_dir: &std::path::Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+/// Crash after `n` single-batch commits of `dataset` on a one-shard server.
+async fn crash_after_commits(data: &std::path::Path, dataset: &str, n: usize) -> Vec<RecordBatch> {
+    let server = Server::start(data, 1, &[]);
+    let mut client = server.client().await;
+    let mut written = Vec::new();
+    for i in 0..n {
+        let b = vector_batch(i as i32 * 100, 100, DIM);
+        // One stream per batch, waiting for the ack: one commit each.
+        put(&mut client, dataset, vec![b.clone()]).await.unwrap();
+        written.push(b);
+    }
+    server.kill9();
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_is_truncated_and_counted() {
+    for damage in ["truncate", "garble"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let written = crash_after_commits(&data, "torn", 6).await;
+        let seg = newest_segment(&data.join("shard-0"));
+        let len = std::fs::metadata(&seg).unwrap().len();
+        match damage {
+            // The last commit's write was cut short.
+            "truncate" => std::fs::File::options().write(true).open(&seg).unwrap().set_len(len - 700).unwrap(),
+            // The last commit's final sectors hold garbage.
+            _ => {
+                let mut bytes = std::fs::read(&seg).unwrap();
+                let at = bytes.len() - 600;
+                bytes[at..at + 64].fill(0xA5);
+                std::fs::write(&seg, bytes).unwrap();
+            }
+        }
+        let server = Server::start(&data, 1, &[]);
+        let mut client = server.client().await;
+        let got = get(&mut client, "torn").await.unwrap();
+        assert_eq!(concat(&got), concat(&written[..5]), "{damage}: the five commits before the torn one survive");
+        assert!(server.metrics_text().await.contains("longbow_wal_torn_tails_total 1"), "{damage}");
+        assert!(server.log().contains("torn WAL tail"), "{damage}: logged");
+        // Writing continues and survives another restart.
+        put(&mut client, "torn", vec![written[5].clone()]).await.unwrap();
+        server.terminate();
+        let server = Server::start(&data, 1, &[]);
+        let got = get(&mut server.client().await, "torn").await.unwrap();
+        assert_eq!(concat(&got), concat(&written), "{damage}");
+        server.terminate();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_before_the_tail_refuses_to_start_unless_told_to_truncate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let written = crash_after_commits(&data, "damaged", 6).await;
+    let seg = newest_segment(&data.join("shard-0"));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Commits are block-aligned; the second data block holds the first
+    // batch's frame. Damage it: acknowledged data follows.
+    let at = 512 + 512 + 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+
+    let log = Server::try_start(&data, 1, &[]).err().expect("must refuse to start");
+    assert!(log.contains("WAL corrupt"), "{log}");
+    assert!(log.contains(seg.file_name().unwrap().to_str().unwrap()), "names the file: {log}");
+    assert!(log.contains("offset"), "names the offset: {log}");
+
+    let server = Server::start(&data, 1, &["--on-corruption", "truncate"]);
+    // What precedes the damage survives: the dataset's schema commit; the
+    // damaged commit and everything after it in that segment are dropped.
+    let got = get(&mut server.client().await, "damaged").await.unwrap();
+    assert_eq!(rows(&got), 0, "{} rows written, none kept after the damaged first batch", rows(&written));
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_code_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), 2, &[]);
+    let mut client = server.client().await;
+    let good = vec![vector_batch(0, 10, DIM)];
+    put(&mut client, "good", good.clone()).await.unwrap();
+
+    for bad in ["..", ".hidden", "a/b", "", &"x".repeat(129), "sp ace"] {
+        let e = put(&mut client, bad, good.clone()).await.unwrap_err();
+        assert_eq!(code(&e), tonic::Code::InvalidArgument, "name {bad:?}: {e}");
+    }
+    // Not a one-element path.
+    for descriptor in [FlightDescriptor::new_path(vec!["a".into(), "b".into()]), FlightDescriptor::new_cmd("good")] {
+        let stream = arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor))
+            .build(futures::stream::iter(good.clone().into_iter().map(Ok)));
+        let e = match client.do_put(stream).await {
+            Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(code(&e), tonic::Code::InvalidArgument, "{e}");
+    }
+    // Schema mismatch.
+    let e = put(&mut client, "good", vec![seq_batch(1, 1)]).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::InvalidArgument);
+    assert!(e.to_string().contains("schema mismatch"), "{e}");
+    // Undecodable FlightData.
+    let garbage = FlightData::new()
+        .with_descriptor(FlightDescriptor::new_path(vec!["good".into()]))
+        .with_data_header(vec![1u8, 2, 3, 4, 5, 6, 7, 8]);
+    let e = match client.do_put(futures::stream::iter([Ok(garbage)])).await {
+        Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(code(&e), tonic::Code::InvalidArgument, "{e}");
+    // Unknown datasets.
+    assert_eq!(code(&get(&mut client, "missing").await.unwrap_err()), tonic::Code::NotFound);
+    let e = client.get_flight_info(FlightDescriptor::new_path(vec!["missing".into()])).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::NotFound);
+    let e = client.get_schema(FlightDescriptor::new_path(vec!["missing".into()])).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::NotFound);
+    let e = client.do_action(Action::new("no_such_action", "")).await.err().expect("unknown action fails");
+    assert_eq!(code(&e), tonic::Code::InvalidArgument);
+
+    // The server still serves and the stored data is intact.
+    let got = get(&mut client, "good").await.unwrap();
+    assert_eq!(concat(&got), concat(&good));
+    put(&mut client, "good", good.clone()).await.unwrap();
+    assert_eq!(rows(&get(&mut client, "good").await.unwrap()), 20);
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_shard_count_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, 3, &[]);
+    let datasets = names(10);
+    let mut expected = fill(&server, &datasets, 6).await;
+    server.kill9(); // an unsealed segment must migrate too
+
+    for (shards, round) in [(2, 1), (5, 2), (1, 3)] {
+        let server = Server::start(&data, shards, &[]);
+        assert_holds(&server, &expected).await;
+        let layout: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("LAYOUT")).unwrap()).unwrap();
+        assert_eq!(layout["shards"], shards);
+        assert_eq!(layout["generation"], round);
+        let dirs = std::fs::read_dir(&data)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("shard-"))
+            .count();
+        assert_eq!(dirs, shards, "retired shard directories are removed");
+        let more = fill(&server, &datasets[..4], 2).await;
+        for (name, batches) in more {
+            expected.get_mut(&name).unwrap().extend(batches);
+        }
+        server.terminate();
+    }
+    let server = Server::start(&data, 1, &[]);
+    assert_holds(&server, &expected).await;
+    server.terminate();
+}

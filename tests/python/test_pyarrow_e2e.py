@@ -1,0 +1,124 @@
+"""End to end with pyarrow.flight, the client most users have: a real
+longbow binary on loopback with a temporary data directory."""
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("LONGBOW_BIN", ROOT / "target" / "debug" / "longbow"))
+DIM = 128
+
+
+class Server:
+    def __init__(self, data: Path, shards: int = 2):
+        self.log = open(data.parent / "longbow.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--data-path", str(data), "--shards", str(shards),
+             "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("longbow ready"):
+                fields = dict(w.split("=", 1) for w in line.split()[2:])
+                self.flight, self.metrics = fields["flight"], fields["metrics"]
+                break
+        else:
+            raise RuntimeError(f"longbow exited with {self.proc.wait()}")
+
+    def client(self) -> fl.FlightClient:
+        return fl.connect(f"grpc://{self.flight}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def vectors(first_id: int, rows: int) -> pa.Table:
+    rng = np.random.default_rng(first_id)
+    flat = pa.array(rng.random(rows * DIM, dtype=np.float32))
+    return pa.table({
+        "id": pa.array(np.arange(first_id, first_id + rows, dtype=np.int32)),
+        "vector": pa.FixedSizeListArray.from_arrays(flat, DIM),
+    })
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "data")
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+        s.proc.wait()
+
+
+def put(client, name, tables):
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path(name), tables[0].schema)
+    acks = []
+    for t in tables:
+        writer.write_table(t)
+        buf = reader.read()
+        if buf is None:  # the server ended the stream: close() raises its error
+            writer.close()
+            raise AssertionError("DoPut ended early without an error")
+        acks.append(json.loads(buf.to_pybytes()))
+    writer.done_writing()
+    writer.close()
+    return acks
+
+
+def test_put_list_info_get_actions(server, tmp_path):
+    client = server.client()
+    tables = [vectors(i * 1000, 1000) for i in range(10)]
+    acks = put(client, "embeddings", tables)
+    assert [a["rows"] for a in acks] == [1000] * 10
+    assert all(b["lsn"] > a["lsn"] for a, b in zip(acks, acks[1:]))
+    put(client, "other", [vectors(0, 10)])
+
+    flights = {f.descriptor.path[0].decode(): f for f in client.list_flights()}
+    assert set(flights) == {"embeddings", "other"}
+    assert flights["embeddings"].total_records == 10_000
+    assert flights["embeddings"].total_bytes > 10_000 * DIM * 4
+    assert flights["embeddings"].schema.equals(tables[0].schema)
+
+    info = client.get_flight_info(fl.FlightDescriptor.for_path("embeddings"))
+    assert info.total_records == 10_000
+    got = client.do_get(info.endpoints[0].ticket).read_all()
+    assert got.equals(pa.concat_tables(tables))
+    # A ticket that is just the name works too.
+    assert client.do_get(fl.Ticket(b"other")).read_all().num_rows == 10
+    assert client.get_schema(fl.FlightDescriptor.for_path("other")).schema.equals(tables[0].schema)
+
+    actions = [a.type for a in client.list_actions()]
+    assert "get_stats" in actions
+    stats = json.loads(next(iter(client.do_action(fl.Action("get_stats", b"")))).body.to_pybytes())
+    assert stats["total_records"] == 10_010
+
+    # Survives a restart.
+    assert server.stop() == 0
+    again = Server(tmp_path / "data")
+    try:
+        assert again.client().do_get(fl.Ticket(b"embeddings")).read_all().equals(pa.concat_tables(tables))
+    finally:
+        assert again.stop() == 0
+
+
+def test_errors_have_codes_pyarrow_understands(server):
+    client = server.client()
+    put(client, "good", [vectors(0, 5)])
+    with pytest.raises(pa.ArrowInvalid, match="invalid dataset name"):
+        put(client, "../escape", [vectors(0, 5)])
+    with pytest.raises(pa.ArrowInvalid, match="schema mismatch"):
+        put(client, "good", [pa.table({"x": pa.array([1, 2], pa.int64())})])
+    with pytest.raises(pa.ArrowKeyError, match="not found"):
+        client.do_get(fl.Ticket(b"missing")).read_all()
+    with pytest.raises(pa.ArrowKeyError):
+        client.get_flight_info(fl.FlightDescriptor.for_path("missing"))
+    # Nothing stored was affected and the server still answers.
+    assert client.do_get(fl.Ticket(b"good")).read_all().num_rows == 5
