@@ -325,7 +325,7 @@ mod tests {
         }
 
         #[test]
-        fn any_bytes_behind_a_valid_magic_decode_without_panic(mut bytes in proptest::collection::vec(any::<u8>(), 4..512)) {
+        fn any_bytes_behind_a_valid_magic_decode_without_panic(mut bytes in proptest::collection::vec(any::<u8>(), 5..512)) {
             bytes[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
             bytes[4] = FORMAT_VERSION;
             let _ = decode_frame(&bytes);
