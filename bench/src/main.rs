@@ -27,6 +27,9 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
+/// HTTP/2 flow-control window, as Longbow's gateway uses.
+const WINDOW: u32 = 16 << 20;
+
 #[derive(Parser)]
 #[command(name = "longbow-bench", about = "Load generator and reference sink for Longbow")]
 struct Cli {
@@ -105,6 +108,9 @@ async fn put_stream(
     rows_budget: Arc<AtomicU64>,
 ) -> anyhow::Result<Histogram<u64>> {
     let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.addr))?;
@@ -301,10 +307,13 @@ async fn null_server(listen: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("null-server ready flight={}", listener.local_addr()?);
     let svc = FlightServiceServer::new(NullSink).max_decoding_message_size(usize::MAX);
+    // The same transport settings as Longbow's gateway.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
         .add_service(svc)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;

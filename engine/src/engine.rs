@@ -105,7 +105,7 @@ impl Engine {
         for k in 0..config.shards {
             let id = k as ShardId;
             let (tx, inbox) = flume::bounded(SHARD_INBOX_DEPTH_MAX);
-            handles.push(ShardHandle { id, tx, metrics: metrics.clone() });
+            handles.push(ShardHandle { id, tx });
             let plan = Plan {
                 shard: id,
                 shards: config.shards,

@@ -14,6 +14,11 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u32,
+}
+
 #[derive(Clone)]
 pub struct EngineMetrics(Arc<Inner>);
 
@@ -34,7 +39,7 @@ pub struct Inner {
     pub datasets: Gauge,
     pub records: Gauge,
     pub memory_bytes: Gauge,
-    pub shard_queue_depth: Gauge,
+    pub shard_queue_depth: Family<ShardLabel, Gauge>,
 }
 
 impl std::ops::Deref for EngineMetrics {
@@ -67,7 +72,7 @@ impl Default for EngineMetrics {
             datasets: Gauge::default(),
             records: Gauge::default(),
             memory_bytes: Gauge::default(),
-            shard_queue_depth: Gauge::default(),
+            shard_queue_depth: Family::default(),
         }))
     }
 }
@@ -96,6 +101,6 @@ impl EngineMetrics {
         r.register("datasets", "Datasets held", self.datasets.clone());
         r.register("records", "Rows held in memory", self.records.clone());
         r.register("memory_bytes", "Bytes of Arrow data held in memory", self.memory_bytes.clone());
-        r.register("shard_queue_depth", "Requests waiting in shard inboxes", self.shard_queue_depth.clone());
+        r.register("shard_queue_depth", "Requests waiting in a shard's inbox", self.shard_queue_depth.clone());
     }
 }

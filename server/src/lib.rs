@@ -23,9 +23,13 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use longbow_engine::{Engine, EngineMetrics};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
+
+/// HTTP/2 flow-control window per stream and per connection. The 64 KiB
+/// default caps one stream at a window per round trip, far below disk speed.
+pub const HTTP2_WINDOW_BYTES: u32 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -95,11 +99,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
     let flight_server = tokio::spawn({
         let stopped = stopped.clone();
+        // IMPORTANT: acknowledgements are small writes that follow the
+        // HTTP/2 window updates for the data they acknowledge; with Nagle on,
+        // they wait for the client's delayed ACK (40 ms).
+        let incoming = TcpIncoming::from(flight_listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .initial_stream_window_size(HTTP2_WINDOW_BYTES)
+            .initial_connection_window_size(HTTP2_WINDOW_BYTES)
             .add_service(health_service)
             .add_service(flight)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(flight_listener), stopped())
+            .serve_with_incoming_shutdown(incoming, stopped())
     });
 
     // Tests and scripts read this line to find the ports.

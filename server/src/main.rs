@@ -2,6 +2,11 @@ use clap::Parser;
 use longbow_server::{memlock, Config};
 use tracing_subscriber::EnvFilter;
 
+// Every DoPut batch is a large, short-lived allocation; glibc serves those
+// with fresh mmaps whose pages the kernel must zero on first touch.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log_level)

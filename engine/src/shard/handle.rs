@@ -12,7 +12,6 @@ use super::request::Request;
 use crate::dataset::DatasetInfo;
 use crate::error::{Error, Result};
 use crate::limits::SHARD_SEND_TIMEOUT_MS;
-use crate::metrics::EngineMetrics;
 use crate::wal::{IpcMessage, Lsn};
 use crate::ShardId;
 
@@ -20,7 +19,6 @@ use crate::ShardId;
 pub struct ShardHandle {
     pub(crate) id: ShardId,
     pub(crate) tx: flume::Sender<Request>,
-    pub(crate) metrics: EngineMetrics,
 }
 
 impl ShardHandle {
@@ -31,13 +29,18 @@ impl ShardHandle {
     /// Sends a request, waiting for room in the inbox up to
     /// [`SHARD_SEND_TIMEOUT_MS`]; past that the shard is overloaded.
     async fn send(&self, req: Request) -> Result<()> {
+        // Fast path without a timer: there is room.
+        let req = match self.tx.try_send(req) {
+            Ok(()) => return Ok(()),
+            Err(flume::TrySendError::Disconnected(_)) => return Err(Error::ShuttingDown),
+            Err(flume::TrySendError::Full(req)) => req,
+        };
         let send = self.tx.send_async(req);
         let timeout = futures_timer::Delay::new(Duration::from_millis(SHARD_SEND_TIMEOUT_MS));
         futures::select! {
             r = send.fuse() => r.map_err(|_| Error::ShuttingDown)?,
             _ = timeout.fuse() => return Err(Error::Overloaded { shard: self.id, reason: "its inbox stayed full" }),
         }
-        self.metrics.shard_queue_depth.set(self.tx.len() as i64);
         Ok(())
     }
 

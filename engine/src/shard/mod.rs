@@ -20,7 +20,7 @@ use arrow::array::RecordBatch;
 use crate::dataset::{Catalog, Dataset};
 use crate::error::{Error, Result};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, ShardLabel};
 use crate::wal::{IpcMessage, Lsn, Record, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
@@ -75,7 +75,9 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
     let committer =
         glommio::spawn_local(commit_loop(shard.id, shard.catalog.clone(), shard.metrics.clone(), wal, commit_rx));
     let mut shutdown_reply = None;
+    let queue_depth = shard.metrics.shard_queue_depth.get_or_create(&ShardLabel { shard: shard.id }).clone();
     while let Ok(req) = inbox.recv_async().await {
+        queue_depth.set(inbox.len() as i64);
         match req {
             Request::Open { dataset, schema, reply } => {
                 let opened = open(&mut shard.catalog.borrow_mut(), &dataset, schema);

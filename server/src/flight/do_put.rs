@@ -1,15 +1,15 @@
 //! DoPut: decode FlightData once, hand the batch and its untouched IPC bytes
 //! to the owning shard, and send one `PutResult` per batch once it is durable.
 //!
-//! Two tasks per stream: the reader decodes and queues batches (waiting when
-//! the shard pushes back), the acker awaits durability in order and answers.
-//! Up to [`PUT_WINDOW_BATCHES`] batches of one stream wait for their commit
-//! at once; that is what lets one stream fill a group commit.
+//! One task per stream alternates between reading the next batch and
+//! answering acknowledgements in order. Up to [`PUT_WINDOW_BATCHES`] batches
+//! of one stream wait for their commit at once; that is what lets one stream
+//! fill a group commit.
 
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightData, PutResult};
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, FuturesOrdered};
 use futures::{Future, StreamExt};
 use longbow_engine::{Engine, IpcMessage, Lsn};
 use tokio::sync::mpsc;
@@ -22,12 +22,8 @@ use crate::error::into_status;
 /// Batches of one DoPut stream accepted by the shard but not yet acknowledged.
 pub const PUT_WINDOW_BATCHES: usize = 512;
 
-type Ack = std::pin::Pin<Box<dyn Future<Output = longbow_engine::Result<Lsn>> + Send>>;
-
-enum Step {
-    Ack { rows: usize, ack: Ack },
-    Fail(Status),
-}
+type Ack = std::pin::Pin<Box<dyn Future<Output = (usize, longbow_engine::Result<Lsn>)> + Send>>;
+type Out = mpsc::UnboundedSender<Result<PutResult, Status>>;
 
 pub async fn do_put(
     engine: Engine,
@@ -43,67 +39,85 @@ pub async fn do_put(
 
     let rest = input.map(|r| r.map_err(|s| FlightError::Tonic(Box::new(s))));
     let decoder = FlightDataDecoder::new(futures::stream::once(async { Ok(first) }).chain(rest));
-    let (step_tx, step_rx) = mpsc::channel::<Step>(PUT_WINDOW_BATCHES);
-    // Unbounded, so a client that reads PutResults late never stalls the
-    // reader; each entry is a few dozen bytes per batch.
+    // Unbounded, so a client that reads PutResults late never stalls
+    // ingest; each entry is a few dozen bytes per batch.
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    tokio::spawn(read(engine, dataset, decoder, step_tx));
-    tokio::spawn(acknowledge(step_rx, out_tx));
+    tokio::spawn(pump(engine, dataset, decoder, out_tx));
     Ok(UnboundedReceiverStream::new(out_rx).boxed())
 }
 
-async fn read(engine: Engine, dataset: String, mut decoder: FlightDataDecoder, steps: mpsc::Sender<Step>) {
+async fn pump(engine: Engine, dataset: String, mut decoder: FlightDataDecoder, out: Out) {
+    let mut acks: FuturesOrdered<Ack> = FuturesOrdered::new();
     let mut opened = false;
-    while let Some(item) = decoder.next().await {
-        let fail = match item {
-            Err(FlightError::Tonic(status)) => *status,
-            Err(e) => Status::invalid_argument(format!("undecodable FlightData for dataset {dataset:?}: {e}")),
-            Ok(decoded) => match decoded.payload {
-                DecodedPayload::None => continue,
-                DecodedPayload::Schema(schema) => match engine.open(&dataset, schema).await {
-                    Ok(()) => {
-                        opened = true;
+    let mut reading = true;
+    // An input error is reported after the acknowledgements before it.
+    let mut failure: Option<Status> = None;
+    loop {
+        tokio::select! {
+            biased;
+            Some((rows, result)) = acks.next(), if !acks.is_empty() => {
+                let reply = result.map(|lsn| put_result(rows, lsn)).map_err(into_status);
+                let failed = reply.is_err();
+                if out.send(reply).is_err() || failed {
+                    return;
+                }
+            }
+            item = decoder.next(), if reading && acks.len() < PUT_WINDOW_BATCHES => {
+                let step = match item {
+                    None => {
+                        reading = false;
+                        if !opened {
+                            failure = Some(Status::invalid_argument(format!(
+                                "DoPut for dataset {dataset:?} carried no schema message"
+                            )));
+                        }
                         continue;
                     }
-                    Err(e) => into_status(e),
-                },
-                DecodedPayload::RecordBatch(batch) => {
-                    assert!(opened, "the decoder yields batches only after a schema");
-                    let rows = batch.num_rows();
-                    let message = IpcMessage { header: decoded.inner.data_header, body: decoded.inner.data_body };
-                    match engine.append(&dataset, batch, message).await {
-                        Ok(ack) => {
-                            if steps.send(Step::Ack { rows, ack: Box::pin(ack) }).await.is_err() {
-                                return; // the acker stopped after an error
-                            }
-                            continue;
-                        }
-                        Err(e) => into_status(e),
+                    Some(item) => read_one(&engine, &dataset, item, &mut opened).await,
+                };
+                match step {
+                    Ok(Some(ack)) => acks.push_back(ack),
+                    Ok(None) => {}
+                    Err(status) => {
+                        reading = false;
+                        failure = Some(status);
                     }
                 }
-            },
-        };
-        let _ = steps.send(Step::Fail(fail)).await;
-        return;
+            }
+            else => break,
+        }
     }
-    if !opened {
-        let _ = steps
-            .send(Step::Fail(Status::invalid_argument(format!(
-                "DoPut for dataset {dataset:?} carried no schema message"
-            ))))
-            .await;
+    if let Some(status) = failure {
+        let _ = out.send(Err(status));
     }
 }
 
-async fn acknowledge(mut steps: mpsc::Receiver<Step>, out: mpsc::UnboundedSender<Result<PutResult, Status>>) {
-    while let Some(step) = steps.recv().await {
-        let result = match step {
-            Step::Ack { rows, ack } => ack.await.map(|lsn| put_result(rows, lsn)).map_err(into_status),
-            Step::Fail(status) => Err(status),
-        };
-        let failed = result.is_err();
-        if out.send(result).is_err() || failed {
-            return;
+/// Handles one decoded message: a schema opens the dataset, a batch is
+/// queued on its shard and yields the future of its acknowledgement.
+async fn read_one(
+    engine: &Engine,
+    dataset: &str,
+    item: Result<arrow_flight::decode::DecodedFlightData, FlightError>,
+    opened: &mut bool,
+) -> Result<Option<Ack>, Status> {
+    let decoded = match item {
+        Err(FlightError::Tonic(status)) => return Err(*status),
+        Err(e) => return Err(Status::invalid_argument(format!("undecodable FlightData for dataset {dataset:?}: {e}"))),
+        Ok(d) => d,
+    };
+    match decoded.payload {
+        DecodedPayload::None => Ok(None),
+        DecodedPayload::Schema(schema) => {
+            engine.open(dataset, schema).await.map_err(into_status)?;
+            *opened = true;
+            Ok(None)
+        }
+        DecodedPayload::RecordBatch(batch) => {
+            assert!(*opened, "the decoder yields batches only after a schema");
+            let rows = batch.num_rows();
+            let message = IpcMessage { header: decoded.inner.data_header, body: decoded.inner.data_body };
+            let ack = engine.append(dataset, batch, message).await.map_err(into_status)?;
+            Ok(Some(Box::pin(async move { (rows, ack.await) })))
         }
     }
 }
