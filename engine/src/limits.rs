@@ -10,6 +10,11 @@ pub const MIB: u64 = 1024 * KIB;
 /// pool instead of falling back to the heap.
 pub const GROUP_COMMIT_BYTES_MAX: u64 = 4 * MIB;
 
+/// Commits up to this size are written and synced with plain syscalls on
+/// the shard thread (lowest latency); larger ones go through io_uring so the
+/// shard keeps serving reads while the disk works.
+pub const INLINE_COMMIT_BYTES_MAX: u64 = 256 * KIB;
+
 /// glommio `io_memory` per shard: registered DMA buffers for commits and reads.
 pub const SHARD_IO_MEMORY_BYTES: usize = 32 * MIB as usize;
 

@@ -30,6 +30,7 @@ pub struct Inner {
     pub wal_bytes_written: Counter,
     pub wal_commit_seconds: Histogram,
     pub wal_commit_batches: Histogram,
+    pub put_ack_seconds: Histogram,
     pub wal_segments_created: Counter,
     pub wal_replay_seconds: Histogram,
     pub wal_replay_bytes: Counter,
@@ -62,6 +63,8 @@ impl Default for EngineMetrics {
             // 20 µs .. ~2.6 s
             wal_commit_seconds: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
             wal_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            // 20 µs .. ~2.6 s
+            put_ack_seconds: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
             wal_segments_created: Counter::default(),
             // 1 ms .. ~9 min
             wal_replay_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
@@ -86,6 +89,11 @@ impl EngineMetrics {
             "wal_commit_duration_seconds",
             "Time of one WAL group commit: write and fdatasync",
             self.wal_commit_seconds.clone(),
+        );
+        r.register(
+            "put_ack_duration_seconds",
+            "Gateway time from a decoded DoPut batch to its durable acknowledgement",
+            self.put_ack_seconds.clone(),
         );
         r.register("wal_commit_batches", "Batches carried by one WAL group commit", self.wal_commit_batches.clone());
         r.register("wal_segments_created", "WAL segment files created", self.wal_segments_created.clone());

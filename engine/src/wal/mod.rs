@@ -20,6 +20,7 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 
 use crate::error::{Error, Result};
+use crate::limits::INLINE_COMMIT_BYTES_MAX;
 use crate::metrics::EngineMetrics;
 use format::{FrameHeader, FrameKind, SegmentHeader, FRAME_HEADER_BYTES};
 pub use ipc::IpcMessage;
@@ -251,31 +252,75 @@ async fn write_and_sync(
 ) -> std::result::Result<(), SyncError> {
     let len = buf.len();
     let started = std::time::Instant::now();
-    let written = seg.file.write_at(buf, at).await;
-    let written = match written {
-        Ok(n) => n,
-        Err(e) => {
-            metrics.wal_writes_error.inc();
-            return Err(SyncError::Write(Error::glommio("writing WAL segment", &seg.path, at)(e)));
-        }
+    let result = if len as u64 <= INLINE_COMMIT_BYTES_MAX {
+        write_and_sync_inline(seg, &buf, at)
+    } else {
+        write_and_sync_uring(seg, buf, at).await
     };
+    match &result {
+        Ok(()) => {
+            metrics.wal_writes_ok.inc();
+            metrics.wal_bytes_written.inc_by(len as u64);
+            metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        Err(_) => {
+            metrics.wal_writes_error.inc();
+        }
+    }
+    result
+}
+
+fn short_write(seg: &ActiveSegment, at: u64, written: usize) -> SyncError {
+    SyncError::Write(Error::Io {
+        op: "writing WAL segment (short write)",
+        path: seg.path.clone(),
+        offset: at + written as u64,
+        source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+    })
+}
+
+/// A small commit as two plain syscalls on the shard thread. Through
+/// io_uring the `fdatasync` is handed to a kernel worker thread and each
+/// completion must wake the shard: two extra thread hops that cost more
+/// than the disk on small commits (see `docs/benchmarks.md`). The shard has
+/// nothing else to do meanwhile: new appends wait for the next commit anyway.
+fn write_and_sync_inline(
+    seg: &ActiveSegment,
+    buf: &glommio::io::DmaBuffer,
+    at: u64,
+) -> std::result::Result<(), SyncError> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `seg.file`, which outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(seg.file.as_raw_fd()) };
+    let mut written = 0usize;
+    while written < buf.len() {
+        let off = at as i64 + written as i64;
+        match nix::sys::uio::pwrite(fd, &buf.as_bytes()[written..], off) {
+            Ok(0) => return Err(short_write(seg, at, written)),
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e.into()))),
+        }
+    }
+    nix::unistd::fdatasync(fd)
+        .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e.into())))
+}
+
+async fn write_and_sync_uring(
+    seg: &ActiveSegment,
+    buf: glommio::io::DmaBuffer,
+    at: u64,
+) -> std::result::Result<(), SyncError> {
+    let len = buf.len();
+    let written = seg
+        .file
+        .write_at(buf, at)
+        .await
+        .map_err(|e| SyncError::Write(Error::glommio("writing WAL segment", &seg.path, at)(e)))?;
     if written != len {
-        metrics.wal_writes_error.inc();
-        return Err(SyncError::Write(Error::Io {
-            op: "writing WAL segment (short write)",
-            path: seg.path.clone(),
-            offset: at + written as u64,
-            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
-        }));
+        return Err(short_write(seg, at, written));
     }
-    if let Err(e) = seg.file.fdatasync().await {
-        metrics.wal_writes_error.inc();
-        return Err(SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)));
-    }
-    metrics.wal_writes_ok.inc();
-    metrics.wal_bytes_written.inc_by(len as u64);
-    metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
-    Ok(())
+    seg.file.fdatasync().await.map_err(|e| SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)))
 }
 
 async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_lsn: Lsn) -> Result<ActiveSegment> {

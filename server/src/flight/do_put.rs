@@ -116,8 +116,14 @@ async fn read_one(
             assert!(*opened, "the decoder yields batches only after a schema");
             let rows = batch.num_rows();
             let message = IpcMessage { header: decoded.inner.data_header, body: decoded.inner.data_body };
+            let started = std::time::Instant::now();
             let ack = engine.append(dataset, batch, message).await.map_err(into_status)?;
-            Ok(Some(Box::pin(async move { (rows, ack.await) })))
+            let metrics = engine.metrics().clone();
+            Ok(Some(Box::pin(async move {
+                let result = ack.await;
+                metrics.put_ack_seconds.observe(started.elapsed().as_secs_f64());
+                (rows, result)
+            })))
         }
     }
 }
