@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Field, SchemaRef};
 
 use crate::error::{Error, Result};
 use crate::limits::DATASET_NAME_BYTES_MAX;
+use crate::wal::Lsn;
 use crate::ShardId;
 
 /// Checks a dataset name: `[A-Za-z0-9_.-]{1,128}`, not starting with a dot,
@@ -52,30 +53,73 @@ pub fn validate_schema(schema: &arrow::datatypes::Schema) -> Result<()> {
 pub struct DatasetInfo {
     pub name: String,
     pub schema: SchemaRef,
+    /// Rows in all: in memory plus those only in snapshot files.
     pub records: u64,
+    /// Arrow bytes held in memory.
     pub bytes: u64,
     pub batches: u64,
+    /// Rows in this dataset's snapshot files.
+    pub snapshot_rows: u64,
+    pub snapshot_files: u64,
     pub shard: ShardId,
+}
+
+/// One Parquet file of a dataset's snapshot: the rows logged with LSNs in
+/// `min_lsn..=max_lsn`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotFile {
+    pub name: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_lsn: Lsn,
+    pub max_lsn: Lsn,
 }
 
 pub struct Dataset {
     pub schema: SchemaRef,
     /// The encapsulated IPC schema message, written once per segment.
     pub schema_message: Rc<[u8]>,
-    pub batches: Vec<RecordBatch>,
+    /// Batches in memory with the LSN that logged each, ascending. All have
+    /// LSNs above `evicted_lsn`.
+    pub batches: Vec<(Lsn, RecordBatch)>,
+    /// Rows and Arrow bytes in memory.
     pub records: u64,
     pub bytes: u64,
     /// Whether the schema has been made durable.
     pub durable: bool,
+    /// LSN of the newest record (schema or batch) of this dataset.
+    pub last_lsn: Lsn,
+    /// Snapshot files, oldest first; together they hold every row logged up
+    /// to `covered_lsn`.
+    pub files: Vec<SnapshotFile>,
+    pub covered_lsn: Lsn,
+    /// Whether a manifest exists for this dataset (even one with no files).
+    pub has_manifest: bool,
+    /// Rows up to this LSN were dropped from memory and are read from the
+    /// snapshot files. A file boundary, at most `covered_lsn`.
+    pub evicted_lsn: Lsn,
 }
 
 impl Dataset {
     pub fn new(schema: SchemaRef) -> Self {
         let schema_message = crate::wal::ipc::schema_message(&schema).into();
-        Self { schema, schema_message, batches: Vec::new(), records: 0, bytes: 0, durable: false }
+        Self {
+            schema,
+            schema_message,
+            batches: Vec::new(),
+            records: 0,
+            bytes: 0,
+            durable: false,
+            last_lsn: 0,
+            files: Vec::new(),
+            covered_lsn: 0,
+            has_manifest: false,
+            evicted_lsn: 0,
+        }
     }
 
-    pub fn push(&mut self, batch: RecordBatch) -> (u64, u64) {
+    pub fn push(&mut self, lsn: Lsn, batch: RecordBatch) -> (u64, u64) {
+        assert!(lsn >= self.last_lsn, "batch lsn {lsn} before {}", self.last_lsn);
         // Batches carry the dataset's schema (field metadata from a later
         // writer may differ; check_schema already compared the fields).
         let batch = if SchemaRef::ptr_eq(&self.schema, &batch.schema()) {
@@ -88,8 +132,48 @@ impl Dataset {
         let bytes = batch.get_array_memory_size() as u64;
         self.records += rows;
         self.bytes += bytes;
-        self.batches.push(batch);
+        self.last_lsn = lsn;
+        self.batches.push((lsn, batch));
         (rows, bytes)
+    }
+
+    /// Rows that are only in snapshot files (evicted from memory).
+    pub fn evicted_rows(&self) -> u64 {
+        self.files.iter().filter(|f| f.max_lsn <= self.evicted_lsn).map(|f| f.rows).sum()
+    }
+
+    /// Batches not yet in any snapshot file.
+    pub fn unsnapshotted(&self) -> impl Iterator<Item = &(Lsn, RecordBatch)> {
+        let covered = self.covered_lsn;
+        self.batches.iter().filter(move |(l, _)| *l > covered)
+    }
+
+    /// The oldest LSN whose record the WAL must keep for this dataset, if
+    /// any: everything up to `covered_lsn` is in snapshot files.
+    pub fn wal_needed_from(&self) -> Option<Lsn> {
+        if self.has_manifest && self.covered_lsn >= self.last_lsn {
+            return None;
+        }
+        if !self.has_manifest {
+            return Some(0); // its schema record is only in the WAL
+        }
+        self.unsnapshotted().next().map(|(l, _)| *l).or(Some(self.covered_lsn + 1))
+    }
+
+    /// Drops batches covered by snapshot files from memory; returns the
+    /// bytes freed.
+    pub fn evict(&mut self) -> u64 {
+        let Some(boundary) = self.files.last().map(|f| f.max_lsn) else { return 0 };
+        let keep = self.batches.partition_point(|(l, _)| *l <= boundary);
+        let mut freed = 0;
+        for (_, b) in self.batches.drain(..keep) {
+            self.records -= b.num_rows() as u64;
+            let bytes = b.get_array_memory_size() as u64;
+            self.bytes -= bytes;
+            freed += bytes;
+        }
+        self.evicted_lsn = self.evicted_lsn.max(boundary);
+        freed
     }
 
     /// Compares the schema of incoming data with the dataset's.
@@ -128,9 +212,11 @@ impl Catalog {
         self.datasets.get(name).filter(|d| d.durable).map(|d| DatasetInfo {
             name: name.to_owned(),
             schema: d.schema.clone(),
-            records: d.records,
+            records: d.records + d.evicted_rows(),
             bytes: d.bytes,
             batches: d.batches.len() as u64,
+            snapshot_rows: d.files.iter().map(|f| f.rows).sum(),
+            snapshot_files: d.files.len() as u64,
             shard,
         })
     }

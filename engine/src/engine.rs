@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -19,7 +20,9 @@ use crate::limits::{SEGMENT_BYTES_MIN, SHARD_INBOX_DEPTH_MAX, SHARD_IO_MEMORY_BY
 use crate::metrics::EngineMetrics;
 use crate::routing::shard_for;
 use crate::shard::recovery::{self, Plan, RecoveryStats};
-use crate::shard::{self, Shard, ShardHandle};
+use crate::shard::request::{DatasetRead, ShardStats, SnapshotReport};
+use crate::shard::{self, ShardHandle, ShardSetup};
+use crate::snapshot::{self as snapshots, SnapshotCompression};
 use crate::wal::replay::CorruptionPolicy;
 use crate::wal::{IpcMessage, Lsn};
 use crate::ShardId;
@@ -28,6 +31,12 @@ use crate::ShardId;
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub data_path: PathBuf,
+    /// Root of the Parquet snapshots (the slow volume).
+    pub snapshot_path: PathBuf,
+    pub snapshot_interval: Duration,
+    pub snapshot_compression: SnapshotCompression,
+    /// Bytes of Arrow data held in memory across all shards (0 = no limit).
+    pub max_memory: u64,
     pub shards: usize,
     /// Segments rotate once they would grow past this.
     pub segment_bytes_max: u64,
@@ -39,8 +48,13 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// A small config for tests: one shard per `shards`, 8 MiB segments.
     pub fn test_config(data_path: impl Into<PathBuf>, shards: usize) -> Self {
+        let data_path: PathBuf = data_path.into();
         Self {
-            data_path: data_path.into(),
+            snapshot_path: data_path.join("snapshots"),
+            snapshot_interval: Duration::from_secs(3600),
+            snapshot_compression: SnapshotCompression::default(),
+            max_memory: 0,
+            data_path,
             shards,
             segment_bytes_max: 8 * crate::limits::MIB,
             corruption: CorruptionPolicy::Refuse,
@@ -57,7 +71,24 @@ struct Inner {
     executors: Mutex<Vec<ExecutorJoinHandle<()>>>,
     metrics: EngineMetrics,
     recovery: Vec<RecoveryStats>,
+    settings: Mutex<Settings>,
     _lock: DirLock,
+}
+
+/// The settings that can change while running (SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub snapshot_interval: Duration,
+    /// Bytes across all shards; 0 = no limit.
+    pub max_memory: u64,
+}
+
+fn memory_budget(max_memory: u64, shards: usize) -> u64 {
+    if max_memory == 0 {
+        0
+    } else {
+        (max_memory / shards as u64).max(1)
+    }
 }
 
 /// CPUs this process may run on, ascending.
@@ -98,6 +129,18 @@ impl Engine {
             tracing::info!(from = current.shards, to = config.shards, "shard count changed; redistributing datasets");
         }
 
+        std::fs::create_dir_all(&config.snapshot_path).map_err(Error::io(
+            "creating snapshot directory",
+            &config.snapshot_path,
+            0,
+        ))?;
+        let mut manifests: Vec<Vec<snapshots::Manifest>> = vec![Vec::new(); config.shards];
+        for m in snapshots::load_manifests(&config.snapshot_path)? {
+            manifests[shard_for(&m.dataset, config.shards) as usize].push(m);
+        }
+        let budget = memory_budget(config.max_memory, config.shards);
+        metrics.memory_limit_bytes.set(config.max_memory as i64);
+
         let cpus = allowed_cpus();
         let (report_tx, report_rx) = mpsc::channel::<(ShardId, Result<RecoveryStats>)>();
         let mut handles = Vec::with_capacity(config.shards);
@@ -114,6 +157,16 @@ impl Engine {
                 migrate_from: sources.clone(),
                 policy: config.corruption,
                 segment_bytes_max: config.segment_bytes_max.max(SEGMENT_BYTES_MIN),
+                manifests: std::mem::take(&mut manifests[k]),
+            };
+            let setup = ShardSetup {
+                id,
+                metrics: metrics.clone(),
+                snapshot_root: config.snapshot_path.clone(),
+                compression: config.snapshot_compression,
+                snapshot_interval: config.snapshot_interval,
+                memory_budget: budget,
+                wal_dir: layout::shard_dir(data, k),
             };
             let placement = if config.pin_cores { Placement::Fixed(cpus[k % cpus.len()]) } else { Placement::Unbound };
             let metrics = metrics.clone();
@@ -124,11 +177,17 @@ impl Engine {
                 .ring_depth(SHARD_RING_DEPTH)
                 .spawn(move || async move {
                     match recovery::recover(plan, &metrics).await {
-                        Ok((catalog, wal, stats)) => {
-                            let _ = report.send((id, Ok(stats)));
-                            let shard =
-                                Shard { id, catalog: std::rc::Rc::new(std::cell::RefCell::new(catalog)), metrics };
-                            shard::serve(shard, wal, inbox).await;
+                        Ok(r) => {
+                            for name in &r.stale_snapshot_dirs {
+                                // Files of a dropped dataset whose removal a crash interrupted.
+                                if let Err(e) = snapshots::remove_dataset_dir(&setup.snapshot_root, name).await {
+                                    tracing::warn!(dataset = name, error = %e, "could not remove a dropped dataset's snapshot files");
+                                }
+                            }
+                            let _ = report.send((id, Ok(r.stats)));
+                            // Let the engine see a channel error if another shard dies.
+                            drop(report);
+                            shard::serve(setup, r.catalog, r.wal, inbox).await;
                         }
                         Err(e) => {
                             let _ = report.send((id, Err(e)));
@@ -180,11 +239,14 @@ impl Engine {
             layout::remove_retired_dirs(data, next.shards)?;
             tracing::info!(shards = next.shards, generation = next.generation, "shard-count change complete");
         }
+        let settings =
+            Mutex::new(Settings { snapshot_interval: config.snapshot_interval, max_memory: config.max_memory });
         Ok(Engine(Arc::new(Inner {
             shards: handles,
             executors: Mutex::new(executors),
             metrics,
             recovery,
+            settings,
             _lock: lock,
         })))
     }
@@ -224,8 +286,52 @@ impl Engine {
         self.shard(dataset)?.append(dataset.to_owned(), batch, message).await
     }
 
-    pub async fn get(&self, dataset: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    /// The dataset as of now: snapshot files holding evicted rows, then the
+    /// batches in memory.
+    pub async fn get(&self, dataset: &str) -> Result<DatasetRead> {
         self.shard(dataset)?.get(dataset.to_owned()).await
+    }
+
+    /// Snapshots one dataset or all; returns once the files are durable.
+    pub async fn snapshot(&self, dataset: Option<&str>) -> Result<SnapshotReport> {
+        let reports = match dataset {
+            Some(name) => vec![self.shard(name)?.snapshot(Some(name.to_owned())).await?],
+            None => futures::future::try_join_all(self.0.shards.iter().map(|s| s.snapshot(None))).await?,
+        };
+        Ok(reports.into_iter().fold(SnapshotReport::default(), |mut a, r| {
+            a.datasets += r.datasets;
+            a.files_written += r.files_written;
+            a.rows_written += r.rows_written;
+            a.bytes_written += r.bytes_written;
+            a.segments_deleted += r.segments_deleted;
+            a.bytes_evicted += r.bytes_evicted;
+            a
+        }))
+    }
+
+    /// Drops a dataset durably: WAL tombstone, memory, snapshot files.
+    pub async fn drop_dataset(&self, dataset: &str) -> Result<()> {
+        self.shard(dataset)?.drop_dataset(dataset.to_owned()).await
+    }
+
+    /// Per-shard figures, indexed by shard.
+    pub async fn shard_stats(&self) -> Result<Vec<ShardStats>> {
+        futures::future::try_join_all(self.0.shards.iter().map(|s| s.stats())).await
+    }
+
+    pub fn settings(&self) -> Settings {
+        *self.0.settings.lock().expect("settings lock")
+    }
+
+    /// Applies new reloadable settings to every shard.
+    pub async fn reconfigure(&self, new: Settings) -> Result<()> {
+        *self.0.settings.lock().expect("settings lock") = new;
+        self.0.metrics.memory_limit_bytes.set(new.max_memory as i64);
+        let budget = memory_budget(new.max_memory, self.0.shards.len());
+        for s in &self.0.shards {
+            s.configure(new.snapshot_interval, budget).await?;
+        }
+        Ok(())
     }
 
     pub async fn info(&self, dataset: &str) -> Result<DatasetInfo> {

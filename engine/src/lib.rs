@@ -30,6 +30,7 @@ pub mod limits;
 pub mod metrics;
 pub mod routing;
 pub mod shard;
+pub mod snapshot;
 pub mod wal;
 
 /// Index of a shard, `0..shards`.

@@ -31,6 +31,14 @@ pub struct Inner {
     pub wal_commit_seconds: Histogram,
     pub wal_commit_batches: Histogram,
     pub put_ack_seconds: Histogram,
+    pub snapshot_operations: Family<StatusLabel, Counter>,
+    pub snapshot_seconds: Histogram,
+    pub snapshot_bytes: Counter,
+    pub snapshot_rows: Counter,
+    pub evicted_bytes: Counter,
+    pub memory_limit_bytes: Gauge,
+    pub memory_refusals: Counter,
+    pub wal_segments_deleted: Counter,
     pub wal_segments_created: Counter,
     pub wal_replay_seconds: Histogram,
     pub wal_replay_bytes: Counter,
@@ -65,6 +73,15 @@ impl Default for EngineMetrics {
             wal_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             // 20 µs .. ~2.6 s
             put_ack_seconds: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
+            snapshot_operations: Family::default(),
+            // 1 ms .. ~9 min
+            snapshot_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
+            snapshot_bytes: Counter::default(),
+            snapshot_rows: Counter::default(),
+            evicted_bytes: Counter::default(),
+            memory_limit_bytes: Gauge::default(),
+            memory_refusals: Counter::default(),
+            wal_segments_deleted: Counter::default(),
             wal_segments_created: Counter::default(),
             // 1 ms .. ~9 min
             wal_replay_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
@@ -94,6 +111,26 @@ impl EngineMetrics {
             "put_ack_duration_seconds",
             "Gateway time from a decoded DoPut batch to its durable acknowledgement",
             self.put_ack_seconds.clone(),
+        );
+        r.register("snapshot_operations", "Dataset snapshots by outcome", self.snapshot_operations.clone());
+        r.register("snapshot_duration_seconds", "Time of one snapshot run of a shard", self.snapshot_seconds.clone());
+        r.register("snapshot_bytes_written", "Parquet bytes written by snapshots", self.snapshot_bytes.clone());
+        r.register("snapshot_rows_written", "Rows written to Parquet by snapshots", self.snapshot_rows.clone());
+        r.register(
+            "evicted_bytes",
+            "Arrow bytes dropped from memory after being snapshotted",
+            self.evicted_bytes.clone(),
+        );
+        r.register("memory_limit_bytes", "Configured memory limit (0 = none)", self.memory_limit_bytes.clone());
+        r.register(
+            "memory_refusals",
+            "Batches refused because the memory limit was reached",
+            self.memory_refusals.clone(),
+        );
+        r.register(
+            "wal_segments_deleted",
+            "WAL segments deleted once snapshots covered them",
+            self.wal_segments_deleted.clone(),
         );
         r.register("wal_commit_batches", "Batches carried by one WAL group commit", self.wal_commit_batches.clone());
         r.register("wal_segments_created", "WAL segment files created", self.wal_segments_created.clone());

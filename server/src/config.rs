@@ -2,10 +2,13 @@
 //! same meaning. Reads nothing else.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::{Parser, ValueEnum};
+use longbow_engine::engine::Settings;
+use longbow_engine::snapshot::SnapshotCompression;
 use longbow_engine::{CorruptionPolicy, EngineConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,6 +38,30 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_SHARDS")]
     pub shards: Option<usize>,
 
+    /// Directory for Parquet snapshots (put it on the slow, large volume).
+    #[arg(long, env = "LONGBOW_SNAPSHOT_PATH", default_value = "./snapshots")]
+    pub snapshot_path: PathBuf,
+
+    /// Time between automatic snapshots (`30s`, `5m`, `1h`). Reloadable.
+    #[arg(long, env = "LONGBOW_SNAPSHOT_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+
+    /// Parquet compression of snapshot files.
+    #[arg(long, env = "LONGBOW_SNAPSHOT_COMPRESSION", value_enum, default_value = "none")]
+    pub snapshot_compression: Compression,
+
+    /// Arrow data held in memory across all shards (e.g. 8GiB; 0 = no limit).
+    /// Above it, snapshotted data is evicted and read back from Parquet, and
+    /// ingest is slowed, then refused with UNAVAILABLE. Reloadable.
+    #[arg(long, env = "LONGBOW_MAX_MEMORY", default_value = "0")]
+    pub max_memory: ByteSize,
+
+    /// A file of `NAME=value` lines (e.g. a mounted ConfigMap) whose
+    /// reloadable settings (LONGBOW_MAX_MEMORY, LONGBOW_SNAPSHOT_INTERVAL)
+    /// override the environment, and are re-read on SIGHUP.
+    #[arg(long, env = "LONGBOW_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
     /// WAL segments rotate at this size (e.g. 128MiB).
     #[arg(long, env = "LONGBOW_MAX_WAL_SIZE", default_value = "128MiB")]
     pub max_wal_size: ByteSize,
@@ -60,6 +87,58 @@ pub struct Config {
     pub log_level: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    None,
+    Snappy,
+    Zstd,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 30s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err("the snapshot interval must be above zero".into());
+    }
+    Ok(d)
+}
+
+/// The settings a running server can change (SIGHUP).
+pub fn reloadable(config: &Config) -> Settings {
+    Settings { snapshot_interval: config.snapshot_interval, max_memory: config.max_memory.as_u64() }
+}
+
+/// Reads `NAME=value` lines and applies the reloadable ones to `base`.
+/// Unknown names are ignored with a warning; a bad value is an error.
+pub fn apply_file(base: Settings, path: &Path) -> Result<Settings, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut out = base;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) =
+            line.split_once('=').ok_or_else(|| format!("{}:{}: expected NAME=value", path.display(), n + 1))?;
+        let value = value.trim().trim_matches('"');
+        match name.trim() {
+            "LONGBOW_MAX_MEMORY" => {
+                out.max_memory = value
+                    .parse::<ByteSize>()
+                    .map_err(|e| format!("{}:{}: LONGBOW_MAX_MEMORY {value:?}: {e}", path.display(), n + 1))?
+                    .as_u64()
+            }
+            "LONGBOW_SNAPSHOT_INTERVAL" => {
+                out.snapshot_interval = parse_duration(value)
+                    .map_err(|e| format!("{}:{}: LONGBOW_SNAPSHOT_INTERVAL {e}", path.display(), n + 1))?
+            }
+            other => {
+                tracing::warn!(name = other, file = %path.display(), "setting in config file is not reloadable or unknown; ignored")
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl Config {
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
@@ -71,6 +150,14 @@ impl Config {
                 OnCorruption::Truncate => CorruptionPolicy::Truncate,
             },
             pin_cores: self.pin_cores,
+            snapshot_path: self.snapshot_path.clone(),
+            snapshot_interval: self.snapshot_interval,
+            snapshot_compression: match self.snapshot_compression {
+                Compression::None => SnapshotCompression::None,
+                Compression::Snappy => SnapshotCompression::Snappy,
+                Compression::Zstd => SnapshotCompression::Zstd,
+            },
+            max_memory: self.max_memory.as_u64(),
         }
     }
 }

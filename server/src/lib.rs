@@ -20,12 +20,57 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use longbow_engine::metrics::StatusLabel;
 use longbow_engine::{Engine, EngineMetrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
+
+/// Re-reads the reloadable settings from the config file on every SIGHUP.
+/// A bad file is logged and ignored: the settings in force stay.
+async fn reload_on_sighup(
+    engine: Engine,
+    base: longbow_engine::engine::Settings,
+    file: Option<std::path::PathBuf>,
+    reloads: Family<StatusLabel, Counter>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let Some(file) = &file else {
+            tracing::warn!("SIGHUP: no LONGBOW_CONFIG file is set; the environment cannot change, nothing to reload");
+            reloads.get_or_create(&StatusLabel { status: "error" }).inc();
+            continue;
+        };
+        let old = engine.settings();
+        match config::apply_file(base, file) {
+            Ok(new) => match engine.reconfigure(new).await {
+                Ok(()) => {
+                    tracing::info!(
+                        old_max_memory = old.max_memory,
+                        new_max_memory = new.max_memory,
+                        old_snapshot_interval = ?old.snapshot_interval,
+                        new_snapshot_interval = ?new.snapshot_interval,
+                        "SIGHUP: settings reloaded"
+                    );
+                    reloads.get_or_create(&StatusLabel { status: "ok" }).inc();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: applying settings failed");
+                    reloads.get_or_create(&StatusLabel { status: "error" }).inc();
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: config file rejected; the settings in force stay");
+                reloads.get_or_create(&StatusLabel { status: "error" }).inc();
+            }
+        }
+    }
+}
 
 /// HTTP/2 flow-control window per stream and per connection. The 64 KiB
 /// default caps one stream at a window per round trip, far below disk speed.
@@ -41,12 +86,20 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("engine task: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("config file: {0}")]
+    Config(String),
 }
 
 /// Starts the engine and serves until `shutdown` resolves, then stops
 /// accepting, drains in-flight requests (up to the configured timeout),
 /// seals every WAL and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    let base = config::reloadable(&config);
+    if let Some(file) = &config.config_file {
+        let s = config::apply_file(base, file).map_err(ServerError::Config)?;
+        config.max_memory = bytesize::ByteSize(s.max_memory);
+        config.snapshot_interval = s.snapshot_interval;
+    }
     let engine_config = config.engine();
     tracing::info!(data = %engine_config.data_path.display(), shards = engine_config.shards, "starting engine");
     let metrics = EngineMetrics::default();
@@ -65,7 +118,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let reloads = Family::<StatusLabel, Counter>::default();
+    registry.register("longbow_config_reloads", "SIGHUP reloads of the config file by outcome", reloads.clone());
     let registry = Arc::new(registry);
+    tokio::spawn(reload_on_sighup(engine.clone(), base, config.config_file.clone(), reloads));
 
     let flight_listener = TcpListener::bind(config.listen_addr)
         .await

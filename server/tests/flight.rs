@@ -79,9 +79,10 @@ async fn round_trip_across_shards_and_restart() {
     assert!(actions.iter().any(|a| a.r#type == "get_stats"));
     let stats: Vec<_> = client.do_action(Action::new("get_stats", "")).await.unwrap().try_collect().await.unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&stats[0]).unwrap();
-    assert_eq!(stats["datasets"].as_array().unwrap().len(), 8);
+    assert_eq!(stats["datasets"], 8);
+    assert_eq!(stats["records"].as_u64().unwrap() as usize, written.values().map(|b| rows(b)).sum::<usize>());
     let used_shards: std::collections::BTreeSet<u64> =
-        stats["datasets"].as_array().unwrap().iter().map(|d| d["shard"].as_u64().unwrap()).collect();
+        stats["per_dataset"].as_array().unwrap().iter().map(|d| d["shard"].as_u64().unwrap()).collect();
     assert!(used_shards.len() > 1, "8 datasets land on more than one of 3 shards: {used_shards:?}");
 
     let metrics = server.metrics_text().await;

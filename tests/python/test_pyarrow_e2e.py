@@ -21,7 +21,8 @@ class Server:
     def __init__(self, data: Path, shards: int = 2):
         self.log = open(data.parent / "longbow.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BINARY), "--data-path", str(data), "--shards", str(shards),
+            [str(BINARY), "--data-path", str(data), "--snapshot-path", str(data.parent / "snapshots"),
+             "--shards", str(shards),
              "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false"],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         for line in self.proc.stdout:
@@ -98,7 +99,7 @@ def test_put_list_info_get_actions(server, tmp_path):
     actions = [a.type for a in client.list_actions()]
     assert "get_stats" in actions
     stats = json.loads(next(iter(client.do_action(fl.Action("get_stats", b"")))).body.to_pybytes())
-    assert stats["total_records"] == 10_010
+    assert stats["records"] == 10_010
 
     # Survives a restart.
     assert server.stop() == 0

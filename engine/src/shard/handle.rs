@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use futures::channel::oneshot;
 use futures::FutureExt;
 
-use super::request::Request;
+use super::request::{DatasetRead, Request, ShardStats, SnapshotReport};
 use crate::dataset::DatasetInfo;
 use crate::error::{Error, Result};
 use crate::limits::SHARD_SEND_TIMEOUT_MS;
@@ -67,8 +67,24 @@ impl ShardHandle {
         Ok(async move { rx.await.map_err(|_| Error::ShuttingDown)? })
     }
 
-    pub async fn get(&self, dataset: String) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    pub async fn get(&self, dataset: String) -> Result<DatasetRead> {
         self.call(|reply| Request::Get { dataset, reply }).await
+    }
+
+    pub async fn snapshot(&self, dataset: Option<String>) -> Result<SnapshotReport> {
+        self.call(|reply| Request::Snapshot { dataset, reply }).await
+    }
+
+    pub async fn drop_dataset(&self, dataset: String) -> Result<()> {
+        self.call(|reply| Request::Drop { dataset, reply }).await
+    }
+
+    pub async fn stats(&self) -> Result<ShardStats> {
+        self.call(|reply| Request::Stats { reply }).await
+    }
+
+    pub async fn configure(&self, snapshot_interval: std::time::Duration, memory_budget: u64) -> Result<()> {
+        self.send(Request::Configure { snapshot_interval, memory_budget }).await
     }
 
     pub async fn info(&self, dataset: Option<String>) -> Result<Vec<DatasetInfo>> {

@@ -1,19 +1,26 @@
-//! A shard: one glommio executor pinned to a core, owning its datasets and
-//! its WAL directory. Two tasks share the shard's state:
+//! A shard: one glommio executor pinned to a core, owning its datasets, its
+//! WAL directory and their snapshots. Three tasks share the shard's state:
 //!
 //! - the request loop reads the inbox, answers reads at once, and queues
-//!   appends for the committer;
+//!   writes for the committer;
 //! - the committer takes everything queued (up to
 //!   [`GROUP_COMMIT_BYTES_MAX`]), writes it as one commit, `fdatasync`s, and
-//!   only then makes the batches visible and acknowledges them. Appends that
-//!   arrive during a commit form the next one: group commit.
+//!   only then makes the batches visible and acknowledges them. Writes that
+//!   arrive during a commit form the next one: group commit;
+//! - the snapshot worker, on a low-share task queue, writes Parquet files on
+//!   a timer, on request and under memory pressure, evicts snapshotted
+//!   batches from memory and deletes WAL segments the snapshots cover
+//!   (`snapshots.rs`).
 
 pub mod handle;
 pub mod recovery;
 pub mod request;
+mod snapshots;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
@@ -21,10 +28,16 @@ use crate::dataset::{Catalog, Dataset};
 use crate::error::{Error, Result};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
 use crate::metrics::{EngineMetrics, ShardLabel};
-use crate::wal::{IpcMessage, Lsn, Record, Wal};
+use crate::snapshot::SnapshotCompression;
+use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
-use request::{Reply, Request};
+use request::{DatasetRead, Reply, Request, ShardStats};
+pub use snapshots::SnapJob;
+
+/// How long a commit waits for snapshots to bring memory under the limit
+/// before it refuses the batches in it.
+const MEMORY_WAIT: Duration = Duration::from_secs(2);
 
 /// A write waiting for the committer.
 enum Pending {
@@ -39,48 +52,151 @@ enum Pending {
         message: IpcMessage,
         reply: Reply<Lsn>,
     },
+    /// A tombstone.
+    Drop {
+        dataset: String,
+        reply: Reply<()>,
+    },
 }
 
 impl Pending {
     fn dataset(&self) -> &str {
         match self {
-            Pending::Create { dataset, .. } | Pending::Batch { dataset, .. } => dataset,
+            Pending::Create { dataset, .. } | Pending::Batch { dataset, .. } | Pending::Drop { dataset, .. } => dataset,
         }
     }
 
     fn message(&self) -> Option<&IpcMessage> {
         match self {
-            Pending::Create { .. } => None,
             Pending::Batch { message, .. } => Some(message),
+            _ => None,
         }
     }
 
     fn bytes(&self) -> u64 {
         match self {
-            Pending::Create { .. } => 512,
             Pending::Batch { message, .. } => message.encoded_len() as u64 + 64,
+            _ => 512,
+        }
+    }
+
+    fn fail(self, e: Error) {
+        match self {
+            Pending::Create { reply, .. } | Pending::Drop { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Pending::Batch { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
         }
     }
 }
 
-pub(crate) struct Shard {
+/// Settings a shard starts with.
+pub(crate) struct ShardSetup {
     pub id: ShardId,
-    pub catalog: Rc<RefCell<Catalog>>,
     pub metrics: EngineMetrics,
+    pub snapshot_root: PathBuf,
+    pub compression: SnapshotCompression,
+    pub snapshot_interval: Duration,
+    /// Bytes of Arrow data this shard may hold (0 = no limit).
+    pub memory_budget: u64,
+    pub wal_dir: PathBuf,
+}
+
+/// State shared by a shard's tasks (one thread: `Rc`, `Cell`, `RefCell`).
+pub(crate) struct State {
+    pub id: ShardId,
+    pub catalog: RefCell<Catalog>,
+    pub metrics: EngineMetrics,
+    pub snapshot_root: PathBuf,
+    pub compression: SnapshotCompression,
+    pub snapshot_interval: Cell<Duration>,
+    pub memory_budget: Cell<u64>,
+    /// Arrow bytes this shard holds in memory.
+    pub memory: Cell<u64>,
+    /// Serializes snapshot runs with the removal of dropped datasets' files.
+    pub snapshot_lock: glommio::sync::Semaphore,
+    /// Drops whose snapshot files are not yet removed: WAL segments must not
+    /// be deleted meanwhile (they hold the tombstone).
+    pub pending_drops: Cell<u32>,
+    pub sealed: Rc<RefCell<Vec<SealedSegment>>>,
+    pub wal_dir: PathBuf,
+    pub snap_tx: flume::Sender<SnapJob>,
+    /// A memory-pressure snapshot is queued.
+    pub pressure_queued: Cell<bool>,
+}
+
+impl State {
+    fn over_budget(&self) -> bool {
+        let budget = self.memory_budget.get();
+        budget > 0 && self.memory.get() > budget
+    }
+
+    /// Asks for a snapshot (and eviction) if memory is above 3/4 of the budget.
+    fn check_pressure(&self) {
+        let budget = self.memory_budget.get();
+        if budget > 0 && self.memory.get() > budget / 4 * 3 && !self.pressure_queued.get() {
+            self.pressure_queued.set(true);
+            let _ = self.snap_tx.try_send(SnapJob { dataset: None, reply: None });
+        }
+    }
+
+    fn add_memory(&self, bytes: u64) {
+        self.memory.set(self.memory.get() + bytes);
+        self.metrics.memory_bytes.inc_by(bytes as i64);
+    }
+
+    fn sub_memory(&self, bytes: u64) {
+        self.memory.set(self.memory.get().saturating_sub(bytes));
+        self.metrics.memory_bytes.dec_by(bytes as i64);
+    }
+
+    fn stats(&self) -> ShardStats {
+        let mut wal_bytes = 0;
+        let mut wal_segments = 0;
+        if let Ok(entries) = std::fs::read_dir(&self.wal_dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_str().and_then(crate::wal::parse_segment_file_name).is_some() {
+                    wal_segments += 1;
+                    wal_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        ShardStats { memory_bytes: self.memory.get(), wal_bytes, wal_segments }
+    }
 }
 
 /// Serves requests until shutdown. `wal` is positioned after recovery.
-pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request>) {
+pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: flume::Receiver<Request>) {
+    let (snap_tx, snap_rx) = flume::unbounded();
+    let memory: u64 = catalog.datasets.values().map(|d| d.bytes).sum();
+    let state = Rc::new(State {
+        id: setup.id,
+        catalog: RefCell::new(catalog),
+        metrics: setup.metrics,
+        snapshot_root: setup.snapshot_root,
+        compression: setup.compression,
+        snapshot_interval: Cell::new(setup.snapshot_interval),
+        memory_budget: Cell::new(setup.memory_budget),
+        memory: Cell::new(memory),
+        snapshot_lock: glommio::sync::Semaphore::new(1),
+        pending_drops: Cell::new(0),
+        sealed: wal.sealed_segments(),
+        wal_dir: setup.wal_dir,
+        snap_tx,
+        pressure_queued: Cell::new(false),
+    });
+    let snapshotter = snapshots::spawn_worker(state.clone(), snap_rx);
     let (commit_tx, commit_rx) = flume::bounded::<Pending>(SHARD_PENDING_APPENDS_MAX);
-    let committer =
-        glommio::spawn_local(commit_loop(shard.id, shard.catalog.clone(), shard.metrics.clone(), wal, commit_rx));
+    let committer = glommio::spawn_local(commit_loop(state.clone(), wal, commit_rx));
     let mut shutdown_reply = None;
-    let queue_depth = shard.metrics.shard_queue_depth.get_or_create(&ShardLabel { shard: shard.id }).clone();
+    let queue_depth = state.metrics.shard_queue_depth.get_or_create(&ShardLabel { shard: state.id }).clone();
     while let Ok(req) = inbox.recv_async().await {
         queue_depth.set(inbox.len() as i64);
         match req {
             Request::Open { dataset, schema, reply } => {
-                let opened = open(&mut shard.catalog.borrow_mut(), &dataset, schema);
+                let opened = open(&mut state.catalog.borrow_mut(), &dataset, schema);
                 match opened {
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -97,7 +213,7 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
                 }
             }
             Request::Append { dataset, batch, message, reply } => {
-                let checked = match shard.catalog.borrow().datasets.get(&dataset) {
+                let checked = match state.catalog.borrow().datasets.get(&dataset) {
                     None => Err(Error::NotFound(dataset.clone())),
                     Some(d) => d.check_schema(&dataset, &batch.schema()),
                 };
@@ -111,21 +227,49 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
                     break;
                 }
             }
+            Request::Drop { dataset, reply } => {
+                if !state.catalog.borrow().datasets.get(&dataset).is_some_and(|d| d.durable) {
+                    let _ = reply.send(Err(Error::NotFound(dataset)));
+                    continue;
+                }
+                if commit_tx.send_async(Pending::Drop { dataset, reply }).await.is_err() {
+                    break;
+                }
+            }
             Request::Get { dataset, reply } => {
-                let cat = shard.catalog.borrow();
+                let cat = state.catalog.borrow();
                 let r = match cat.datasets.get(&dataset).filter(|d| d.durable) {
-                    Some(d) => Ok((d.schema.clone(), d.batches.clone())),
+                    Some(d) => Ok(read(&state.snapshot_root, &dataset, d)),
                     None => Err(Error::NotFound(dataset)),
                 };
                 let _ = reply.send(r);
             }
             Request::Info { dataset, reply } => {
-                let cat = shard.catalog.borrow();
+                let cat = state.catalog.borrow();
                 let r = match dataset {
-                    Some(name) => cat.info(&name, shard.id).map(|i| vec![i]).ok_or(Error::NotFound(name)),
-                    None => Ok(cat.datasets.keys().filter_map(|n| cat.info(n, shard.id)).collect()),
+                    Some(name) => cat.info(&name, state.id).map(|i| vec![i]).ok_or(Error::NotFound(name)),
+                    None => Ok(cat.datasets.keys().filter_map(|n| cat.info(n, state.id)).collect()),
                 };
                 let _ = reply.send(r);
+            }
+            Request::Snapshot { dataset, reply } => {
+                if let Some(name) = &dataset {
+                    if !state.catalog.borrow().datasets.get(name).is_some_and(|d| d.durable) {
+                        let _ = reply.send(Err(Error::NotFound(name.clone())));
+                        continue;
+                    }
+                }
+                let _ = state.snap_tx.send(SnapJob { dataset, reply: Some(reply) });
+            }
+            Request::Configure { snapshot_interval, memory_budget } => {
+                state.snapshot_interval.set(snapshot_interval);
+                state.memory_budget.set(memory_budget);
+                // Wake the worker so the new interval applies now.
+                let _ = state.snap_tx.send(SnapJob { dataset: Some(String::new()), reply: None });
+                state.check_pressure();
+            }
+            Request::Stats { reply } => {
+                let _ = reply.send(Ok(state.stats()));
             }
             Request::Shutdown { reply } => {
                 shutdown_reply = Some(reply);
@@ -135,8 +279,19 @@ pub(crate) async fn serve(shard: Shard, wal: Wal, inbox: flume::Receiver<Request
     }
     drop(commit_tx);
     let closed = committer.await;
+    snapshots::stop_worker(&state, snapshotter).await;
     if let Some(reply) = shutdown_reply {
         let _ = reply.send(closed);
+    }
+}
+
+/// A consistent view for a read: evicted rows come from snapshot files.
+fn read(root: &std::path::Path, name: &str, d: &Dataset) -> DatasetRead {
+    let dir = crate::snapshot::dataset_dir(root, name);
+    DatasetRead {
+        schema: d.schema.clone(),
+        files: d.files.iter().filter(|f| f.max_lsn <= d.evicted_lsn).map(|f| dir.join(&f.name)).collect(),
+        batches: d.batches.iter().map(|(_, b)| b.clone()).collect(),
     }
 }
 
@@ -162,13 +317,23 @@ fn open(cat: &mut Catalog, dataset: &str, schema: arrow::datatypes::SchemaRef) -
     }
 }
 
-async fn commit_loop(
-    shard: ShardId,
-    catalog: Rc<RefCell<Catalog>>,
-    metrics: EngineMetrics,
-    mut wal: Wal,
-    rx: flume::Receiver<Pending>,
-) -> Result<()> {
+/// Waits (bounded) for snapshots to bring memory under the budget. Returns
+/// whether it is under.
+async fn wait_for_memory(state: &State) -> bool {
+    let started = Instant::now();
+    while state.over_budget() {
+        state.check_pressure();
+        if started.elapsed() > MEMORY_WAIT {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending>) -> Result<()> {
+    let shard = state.id;
+    let metrics = state.metrics.clone();
     let mut poisoned = false;
     let mut group: Vec<Pending> = Vec::new();
     while let Ok(first) = rx.recv_async().await {
@@ -185,19 +350,45 @@ async fn commit_loop(
         }
         if poisoned {
             for p in group.drain(..) {
-                fail(p, Error::Poisoned { shard });
+                p.fail(Error::Poisoned { shard });
             }
             continue;
         }
-        let schemas: Vec<Rc<[u8]>> = {
-            let cat = catalog.borrow();
-            let (known, missing): (Vec<_>, Vec<_>) =
-                group.drain(..).partition(|p| cat.datasets.contains_key(p.dataset()));
-            for p in missing {
-                let name = p.dataset().to_owned();
-                fail(p, Error::NotFound(name));
+        if state.over_budget()
+            && group.iter().any(|p| matches!(p, Pending::Batch { .. }))
+            && !wait_for_memory(&state).await
+        {
+            let (batches, rest): (Vec<_>, Vec<_>) = group.drain(..).partition(|p| matches!(p, Pending::Batch { .. }));
+            for p in batches {
+                metrics.memory_refusals.inc();
+                p.fail(Error::Overloaded {
+                    shard,
+                    reason: "the memory limit is reached and snapshots have not freed enough yet",
+                });
             }
-            group = known;
+            group = rest;
+            if group.is_empty() {
+                continue;
+            }
+        }
+        let schemas: Vec<Rc<[u8]>> = {
+            let cat = state.catalog.borrow();
+            let mut kept = Vec::with_capacity(group.len());
+            let mut dropped_here = std::collections::HashSet::new();
+            for p in group.drain(..) {
+                let name = p.dataset().to_owned();
+                // A write after a drop of the same dataset in this commit
+                // would bring it back on replay.
+                if !cat.datasets.contains_key(&name) || dropped_here.contains(&name) {
+                    p.fail(Error::NotFound(name));
+                    continue;
+                }
+                if matches!(p, Pending::Drop { .. }) {
+                    dropped_here.insert(name);
+                }
+                kept.push(p);
+            }
+            group = kept;
             group.iter().map(|p| cat.datasets[p.dataset()].schema_message.clone()).collect()
         };
         if group.is_empty() {
@@ -206,37 +397,22 @@ async fn commit_loop(
         let records: Vec<Record<'_>> = group
             .iter()
             .zip(&schemas)
-            .map(|(p, s)| Record { dataset: p.dataset(), schema_message: s, message: p.message() })
+            .map(|(p, s)| Record {
+                dataset: p.dataset(),
+                schema_message: s,
+                message: p.message(),
+                drop: matches!(p, Pending::Drop { .. }),
+            })
             .collect();
         let result = wal.append_synced(&records).await;
         drop(records);
         match result {
             Ok(first_lsn) => {
                 metrics.wal_commit_batches.observe(group.len() as f64);
-                let mut cat = catalog.borrow_mut();
                 for (i, p) in group.drain(..).enumerate() {
-                    let lsn = first_lsn + i as u64;
-                    match p {
-                        Pending::Create { dataset, reply } => {
-                            if let Some(d) = cat.datasets.get_mut(&dataset) {
-                                if !d.durable {
-                                    metrics.datasets.inc();
-                                }
-                                d.durable = true;
-                            }
-                            let _ = reply.send(Ok(()));
-                        }
-                        Pending::Batch { dataset, batch, reply, .. } => {
-                            let d = cat.datasets.get_mut(&dataset).expect("dataset of a committed batch");
-                            let (rows, bytes) = d.push(batch);
-                            metrics.rows_ingested.inc_by(rows);
-                            metrics.batches_ingested.inc();
-                            metrics.records.inc_by(rows as i64);
-                            metrics.memory_bytes.inc_by(bytes as i64);
-                            let _ = reply.send(Ok(lsn));
-                        }
-                    }
+                    apply(&state, p, first_lsn + i as u64);
                 }
+                state.check_pressure();
             }
             Err(e) => {
                 if wal.is_poisoned() {
@@ -246,7 +422,7 @@ async fn commit_loop(
                     tracing::warn!(shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
                 }
                 let message = e.to_string();
-                let mut cat = catalog.borrow_mut();
+                let mut cat = state.catalog.borrow_mut();
                 for p in group.drain(..) {
                     if let Pending::Create { dataset, .. } = &p {
                         // Never made durable: forget the reservation.
@@ -259,7 +435,7 @@ async fn commit_loop(
                     } else {
                         Error::WalWrite { shard, message: message.clone() }
                     };
-                    fail(p, err);
+                    p.fail(err);
                 }
             }
         }
@@ -270,13 +446,54 @@ async fn commit_loop(
     wal.close().await
 }
 
-fn fail(p: Pending, e: Error) {
+/// Makes a durable record visible and answers its writer.
+fn apply(state: &Rc<State>, p: Pending, lsn: Lsn) {
+    let metrics = &state.metrics;
     match p {
-        Pending::Create { reply, .. } => {
-            let _ = reply.send(Err(e));
+        Pending::Create { dataset, reply } => {
+            let mut cat = state.catalog.borrow_mut();
+            if let Some(d) = cat.datasets.get_mut(&dataset) {
+                if !d.durable {
+                    metrics.datasets.inc();
+                }
+                d.durable = true;
+                d.last_lsn = d.last_lsn.max(lsn);
+            }
+            let _ = reply.send(Ok(()));
         }
-        Pending::Batch { reply, .. } => {
-            let _ = reply.send(Err(e));
+        Pending::Batch { dataset, batch, reply, .. } => {
+            let mut cat = state.catalog.borrow_mut();
+            let d = cat.datasets.get_mut(&dataset).expect("dataset of a committed batch");
+            let (rows, bytes) = d.push(lsn, batch);
+            drop(cat);
+            metrics.rows_ingested.inc_by(rows);
+            metrics.batches_ingested.inc();
+            metrics.records.inc_by(rows as i64);
+            state.add_memory(bytes);
+            let _ = reply.send(Ok(lsn));
+        }
+        Pending::Drop { dataset, reply } => {
+            let removed = state.catalog.borrow_mut().datasets.remove(&dataset);
+            if let Some(d) = removed {
+                metrics.datasets.dec();
+                metrics.records.dec_by(d.records as i64);
+                state.sub_memory(d.bytes);
+            }
+            // The tombstone is durable; its snapshot files go next, and until
+            // they are gone no WAL segment may be deleted.
+            state.pending_drops.set(state.pending_drops.get() + 1);
+            let state = state.clone();
+            glommio::spawn_local(async move {
+                let _permit = state.snapshot_lock.acquire(1).await;
+                let r = crate::snapshot::remove_dataset_dir(&state.snapshot_root, &dataset).await;
+                // On failure the count stays up: WAL segments (and the
+                // tombstone) are kept until a restart removes the files.
+                if r.is_ok() {
+                    state.pending_drops.set(state.pending_drops.get() - 1);
+                }
+                let _ = reply.send(r);
+            })
+            .detach();
         }
     }
 }

@@ -1,10 +1,14 @@
-//! Rebuilding a shard at startup: replay WAL segments in order into the
-//! catalog, finish a segment a crash left unsealed, and open a new segment.
+//! Rebuilding a shard at startup: index the snapshot files of the datasets
+//! it owns (their rows stay on disk until read), replay the WAL records the
+//! snapshots do not cover, finish a segment a crash left unsealed, and open
+//! a new segment.
 //!
 //! After a change of shard count the new shard replays every old shard's
-//! directory, keeps the datasets it now owns, and logs them again into a new
-//! generation of segments in its own directory (see `layout.rs`).
+//! directory, keeps the datasets it now owns, and logs what is not in
+//! snapshots again into a new generation of segments in its own directory
+//! (see `layout.rs`).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -16,9 +20,11 @@ use crate::error::{Error, Result};
 use crate::limits::GROUP_COMMIT_BYTES_MAX;
 use crate::metrics::EngineMetrics;
 use crate::routing::shard_for;
+use crate::snapshot::Manifest;
+use crate::wal::format::FrameKind;
 use crate::wal::ipc::{self, Decoded};
 use crate::wal::replay::{self, CorruptionPolicy, SegmentEnd, SegmentFile};
-use crate::wal::{self, IpcMessage, Lsn, Record, Wal};
+use crate::wal::{self, IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 
 pub(crate) struct Plan {
@@ -34,31 +40,77 @@ pub(crate) struct Plan {
     pub migrate_from: Option<Vec<Vec<SegmentFile>>>,
     pub policy: CorruptionPolicy,
     pub segment_bytes_max: u64,
+    /// Snapshot manifests of the datasets this shard owns.
+    pub manifests: Vec<Manifest>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct RecoveryStats {
     pub segments: u64,
     pub frames: u64,
+    /// Frames skipped because snapshots hold them.
+    pub frames_in_snapshots: u64,
     pub bytes_read: u64,
     pub torn_tails: u64,
+    pub snapshot_datasets: u64,
     pub seconds: f64,
 }
 
-pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<(Catalog, Wal, RecoveryStats)> {
+pub(crate) struct Recovered {
+    pub catalog: Catalog,
+    pub wal: Wal,
+    pub stats: RecoveryStats,
+    /// Datasets whose snapshot directory belongs to a dropped incarnation.
+    pub stale_snapshot_dirs: Vec<String>,
+}
+
+/// Replay state shared by all directories replayed by one shard.
+struct Replay<'a> {
+    catalog: Catalog,
+    stats: RecoveryStats,
+    stale: BTreeSet<String>,
+    metrics: &'a EngineMetrics,
+    policy: CorruptionPolicy,
+}
+
+pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recovered> {
     let started = Instant::now();
-    let mut catalog = Catalog::default();
-    let mut stats = RecoveryStats::default();
+    let mut r = Replay {
+        catalog: Catalog::default(),
+        stats: RecoveryStats::default(),
+        stale: BTreeSet::new(),
+        metrics,
+        policy: plan.policy,
+    };
+    let mut lsn_floor = 0;
+    for m in &plan.manifests {
+        let schema = m.schema().map_err(|e| Error::Corrupt {
+            path: PathBuf::from(&m.dataset),
+            offset: 0,
+            reason: format!("snapshot manifest schema: {e}"),
+        })?;
+        let mut d = Dataset::new(schema);
+        d.durable = true;
+        d.files = m.files.clone();
+        d.covered_lsn = m.covered_lsn;
+        d.evicted_lsn = m.covered_lsn;
+        d.last_lsn = m.covered_lsn;
+        d.has_manifest = true;
+        lsn_floor = lsn_floor.max(m.covered_lsn);
+        r.catalog.datasets.insert(m.dataset.clone(), d);
+        r.stats.snapshot_datasets += 1;
+    }
+
     std::fs::create_dir_all(&plan.dir).map_err(Error::io("creating WAL directory", &plan.dir, 0))?;
     let own = replay::list_segments(&plan.dir)?;
     let next_segment = own.last().map_or(1, |s| s.id + 1);
 
     let wal = match &plan.migrate_from {
         None => {
-            let replayed =
-                replay_segments(&own, plan.generation, &mut catalog, &mut stats, plan.policy, true, |_| true, metrics)
-                    .await?;
-            let next_lsn = replayed.map_or(1, |l| l + 1);
+            let (last, sealed) = r.replay_segments(&own, plan.generation, true, |_| true).await?;
+            // IMPORTANT: LSNs never go back, even if every segment that
+            // held the newest ones was deleted after a snapshot.
+            let next_lsn = last.unwrap_or(0).max(lsn_floor) + 1;
             Wal::create(
                 &plan.dir,
                 plan.shard,
@@ -67,28 +119,21 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<(Cata
                 next_lsn,
                 plan.segment_bytes_max,
                 metrics.clone(),
+                sealed,
             )
             .await?
         }
         Some(sources) => {
-            let mut max_lsn = 0;
+            let mut max_lsn = lsn_floor;
             for segments in sources {
                 let owned = |name: &str| shard_for(name, plan.shards) == plan.shard;
                 // Old directories are read, never repaired: they are deleted
                 // once every shard has logged its datasets again.
-                let last = replay_segments(
-                    segments,
-                    plan.generation,
-                    &mut catalog,
-                    &mut stats,
-                    plan.policy,
-                    false,
-                    owned,
-                    metrics,
-                )
-                .await?;
+                let (last, _) = r.replay_segments(segments, plan.generation, false, owned).await?;
                 max_lsn = max_lsn.max(last.unwrap_or(0));
             }
+            // Old generations' LSNs are all below the new ones, so what the
+            // manifests cover stays below every new record.
             let mut wal = Wal::create(
                 &plan.dir,
                 plan.shard,
@@ -97,108 +142,145 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<(Cata
                 max_lsn + 1,
                 plan.segment_bytes_max,
                 metrics.clone(),
+                Vec::new(),
             )
             .await?;
-            relog(&mut wal, &catalog).await?;
+            relog(&mut wal, &mut r.catalog).await?;
             wal
         }
     };
-    for d in catalog.datasets.values() {
+    for d in r.catalog.datasets.values() {
         metrics.datasets.inc();
         metrics.records.inc_by(d.records as i64);
         metrics.memory_bytes.inc_by(d.bytes as i64);
     }
-    stats.seconds = started.elapsed().as_secs_f64();
-    metrics.wal_replay_seconds.observe(stats.seconds);
-    Ok((catalog, wal, stats))
+    r.stats.seconds = started.elapsed().as_secs_f64();
+    metrics.wal_replay_seconds.observe(r.stats.seconds);
+    let stale_snapshot_dirs = r.stale.into_iter().collect();
+    Ok(Recovered { catalog: r.catalog, wal, stats: r.stats, stale_snapshot_dirs })
 }
 
-/// Replays one directory's segments, all of `generation`, oldest first.
-/// Returns the last LSN.
-#[allow(clippy::too_many_arguments)]
-async fn replay_segments(
-    segments: &[SegmentFile],
-    generation: u64,
-    catalog: &mut Catalog,
-    stats: &mut RecoveryStats,
-    policy: CorruptionPolicy,
-    repair: bool,
-    owned: impl Fn(&str) -> bool,
-    metrics: &EngineMetrics,
-) -> Result<Option<Lsn>> {
-    let mut last_lsn: Option<Lsn> = None;
-    for (i, seg) in segments.iter().enumerate() {
-        let newest = i + 1 == segments.len();
-        let mut frames = 0u64;
-        let path = seg.path.clone();
-        let r = replay::replay_segment(seg, last_lsn.map(|l| l + 1), newest, policy, |frame, offset| {
-            frames += 1;
-            let corrupt = |reason: String| Error::Corrupt { path: path.clone(), offset, reason };
-            let name = std::str::from_utf8(frame.dataset).map_err(|_| corrupt("dataset name is not UTF-8".into()))?;
-            if !owned(name) {
-                return Ok(());
-            }
-            let buf = Buffer::from_slice_ref(frame.payload);
-            let known = catalog.datasets.get(name).map(|d| d.schema.clone());
-            let mut decoded = Vec::new();
-            ipc::decode_payload(&buf, known, |m| decoded.push(m))
-                .map_err(|e| corrupt(format!("undecodable Arrow IPC payload: {e}")))?;
-            for m in decoded {
-                match m {
-                    Decoded::Schema(schema) => {
-                        catalog.datasets.entry(name.to_owned()).or_insert_with(|| {
-                            let mut d = Dataset::new(schema);
-                            d.durable = true;
-                            d
-                        });
+impl Replay<'_> {
+    /// Replays one directory's segments, all of `generation`, oldest first.
+    /// Returns the last LSN and, once repaired, the segments as sealed.
+    async fn replay_segments(
+        &mut self,
+        segments: &[SegmentFile],
+        generation: u64,
+        repair: bool,
+        owned: impl Fn(&str) -> bool,
+    ) -> Result<(Option<Lsn>, Vec<SealedSegment>)> {
+        let mut last_lsn: Option<Lsn> = None;
+        let mut sealed = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let newest = i + 1 == segments.len();
+            let path = seg.path.clone();
+            let (catalog, stats, stale) = (&mut self.catalog, &mut self.stats, &mut self.stale);
+            let r = replay::replay_segment(seg, last_lsn.map(|l| l + 1), newest, self.policy, |frame, offset| {
+                stats.frames += 1;
+                let corrupt = |reason: String| Error::Corrupt { path: path.clone(), offset, reason };
+                let name =
+                    std::str::from_utf8(frame.dataset).map_err(|_| corrupt("dataset name is not UTF-8".into()))?;
+                if !owned(name) {
+                    return Ok(());
+                }
+                let lsn = frame.header.lsn;
+                if catalog.datasets.get(name).is_some_and(|d| d.has_manifest && lsn <= d.covered_lsn) {
+                    stats.frames_in_snapshots += 1;
+                    return Ok(());
+                }
+                if frame.header.kind == FrameKind::Drop {
+                    if let Some(d) = catalog.datasets.remove(name) {
+                        if d.has_manifest {
+                            stale.insert(name.to_owned());
+                        }
                     }
-                    Decoded::Batch(batch) => {
-                        catalog.datasets.get_mut(name).expect("schema precedes batches").push(batch);
+                    return Ok(());
+                }
+                let buf = Buffer::from_slice_ref(frame.payload);
+                let known = catalog.datasets.get(name).map(|d| d.schema.clone());
+                let mut decoded = Vec::new();
+                ipc::decode_payload(&buf, known, |m| decoded.push(m))
+                    .map_err(|e| corrupt(format!("undecodable Arrow IPC payload: {e}")))?;
+                for m in decoded {
+                    match m {
+                        Decoded::Schema(schema) => {
+                            catalog.datasets.entry(name.to_owned()).or_insert_with(|| {
+                                let mut d = Dataset::new(schema);
+                                d.durable = true;
+                                d
+                            });
+                        }
+                        Decoded::Batch(batch) => {
+                            catalog.datasets.get_mut(name).expect("schema precedes batches").push(lsn, batch);
+                        }
                     }
                 }
+                if let Some(d) = catalog.datasets.get_mut(name) {
+                    d.last_lsn = d.last_lsn.max(lsn);
+                }
+                Ok(())
+            })
+            .await?;
+            if r.header.generation != generation {
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: format!("segment of generation {} where {generation} was expected", r.header.generation),
+                });
             }
-            Ok(())
-        })
-        .await?;
-        if r.header.generation != generation {
-            return Err(Error::Corrupt {
+            self.stats.segments += 1;
+            self.stats.bytes_read += r.bytes_read;
+            self.metrics.wal_replay_bytes.inc_by(r.bytes_read);
+            last_lsn = r.last_lsn.or(last_lsn);
+            match &r.end {
+                SegmentEnd::Sealed => {}
+                SegmentEnd::Torn { offset, reason } => {
+                    self.stats.torn_tails += 1;
+                    self.metrics.wal_torn_tails.inc();
+                    tracing::warn!(file = %seg.path.display(), offset, reason, "torn WAL tail: the last, unacknowledged commit was cut short; truncating there");
+                }
+                SegmentEnd::Clean => {}
+            }
+            if r.end != SegmentEnd::Sealed && repair {
+                // IMPORTANT: seal before a new segment exists, so that every
+                // segment but the newest ends with a seal frame.
+                let seal_lsn = last_lsn.map_or(r.header.first_lsn, |l| l + 1);
+                wal::seal_after_crash(
+                    &seg.path,
+                    seg.id,
+                    r.valid_end,
+                    r.header.block_bytes as u64,
+                    seal_lsn,
+                    self.metrics,
+                )
+                .await?;
+                last_lsn = Some(seal_lsn);
+            }
+            sealed.push(SealedSegment {
+                id: seg.id,
                 path: seg.path.clone(),
-                offset: 0,
-                reason: format!("segment of generation {} where {generation} was expected", r.header.generation),
+                last_lsn: last_lsn.unwrap_or(r.header.first_lsn),
             });
         }
-        stats.segments += 1;
-        stats.frames += frames;
-        stats.bytes_read += r.bytes_read;
-        metrics.wal_replay_bytes.inc_by(r.bytes_read);
-        last_lsn = r.last_lsn.or(last_lsn);
-        match &r.end {
-            SegmentEnd::Sealed => {}
-            SegmentEnd::Torn { offset, reason } => {
-                stats.torn_tails += 1;
-                metrics.wal_torn_tails.inc();
-                tracing::warn!(file = %seg.path.display(), offset, reason, "torn WAL tail: the last, unacknowledged commit was cut short; truncating there");
-            }
-            SegmentEnd::Clean => {}
-        }
-        if r.end != SegmentEnd::Sealed && repair {
-            // IMPORTANT: seal before a new segment exists, so that every
-            // segment but the newest ends with a seal frame.
-            let seal_lsn = last_lsn.map_or(r.header.first_lsn, |l| l + 1);
-            wal::seal_after_crash(&seg.path, seg.id, r.valid_end, r.header.block_bytes as u64, seal_lsn, metrics)
-                .await?;
-            last_lsn = Some(seal_lsn);
-        }
+        Ok((last_lsn, sealed))
     }
-    Ok(last_lsn)
 }
 
-/// Logs every dataset of `catalog` into `wal` (after a shard-count change).
-async fn relog(wal: &mut Wal, catalog: &Catalog) -> Result<()> {
-    for (name, d) in &catalog.datasets {
+/// Logs, into `wal`, what of each dataset of `catalog` is not in snapshot
+/// files (after a shard-count change), and renumbers those batches.
+async fn relog(wal: &mut Wal, catalog: &mut Catalog) -> Result<()> {
+    for (name, d) in catalog.datasets.iter_mut() {
+        let pending: Vec<usize> = (0..d.batches.len()).filter(|&i| d.batches[i].0 > d.covered_lsn).collect();
+        if d.has_manifest && pending.is_empty() {
+            continue;
+        }
         let schema: Rc<[u8]> = d.schema_message.clone();
-        wal.append_synced(&[Record { dataset: name, schema_message: &schema, message: None }]).await?;
-        let messages: Vec<IpcMessage> = d.batches.iter().map(IpcMessage::from_batch).collect::<Result<_>>()?;
+        let lsn =
+            wal.append_synced(&[Record { dataset: name, schema_message: &schema, message: None, drop: false }]).await?;
+        d.last_lsn = lsn;
+        let messages: Vec<IpcMessage> =
+            pending.iter().map(|&i| IpcMessage::from_batch(&d.batches[i].1)).collect::<Result<_>>()?;
         let mut start = 0;
         while start < messages.len() {
             let mut end = start;
@@ -211,9 +293,13 @@ async fn relog(wal: &mut Wal, catalog: &Catalog) -> Result<()> {
             }
             let records: Vec<Record<'_>> = messages[start..end]
                 .iter()
-                .map(|m| Record { dataset: name, schema_message: &schema, message: Some(m) })
+                .map(|m| Record { dataset: name, schema_message: &schema, message: Some(m), drop: false })
                 .collect();
-            wal.append_synced(&records).await?;
+            let first = wal.append_synced(&records).await?;
+            for (k, &i) in pending[start..end].iter().enumerate() {
+                d.batches[i].0 = first + k as u64;
+                d.last_lsn = first + k as u64;
+            }
             start = end;
         }
     }

@@ -7,7 +7,7 @@
 //! ```text
 //! 0  magic        u32  "LBWF"
 //! 4  version      u8
-//! 5  kind         u8   1 = data, 2 = seal
+//! 5  kind         u8   1 = data, 2 = seal, 3 = drop (tombstone)
 //! 6  dataset_len  u16
 //! 8  payload_len  u32
 //! 12 crc32c       u32  over bytes 0..12, 16..40, dataset and payload
@@ -37,6 +37,8 @@ pub enum FrameKind {
     Data = 1,
     /// Last frame of a finished segment; nothing follows it.
     Seal = 2,
+    /// Tombstone: the named dataset was dropped; no payload.
+    Drop = 3,
 }
 
 impl FrameKind {
@@ -44,6 +46,7 @@ impl FrameKind {
         match v {
             1 => Some(Self::Data),
             2 => Some(Self::Seal),
+            3 => Some(Self::Drop),
             _ => None,
         }
     }

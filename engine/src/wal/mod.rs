@@ -13,6 +13,7 @@ pub mod format;
 pub mod ipc;
 pub mod replay;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -36,6 +37,16 @@ pub struct Record<'a> {
     pub schema_message: &'a [u8],
     /// `None` logs only the schema (a dataset created with no rows yet).
     pub message: Option<&'a IpcMessage>,
+    /// A tombstone: the dataset was dropped (no schema, no message).
+    pub drop: bool,
+}
+
+/// A finished segment: every record in it has an LSN up to `last_lsn`.
+#[derive(Debug, Clone)]
+pub struct SealedSegment {
+    pub id: u64,
+    pub path: PathBuf,
+    pub last_lsn: Lsn,
 }
 
 pub fn segment_file_name(id: u64) -> String {
@@ -81,10 +92,14 @@ pub struct Wal {
     /// Set when an fdatasync failed: the kernel may have dropped the dirty
     /// pages, so retrying could report success for lost data.
     poisoned: bool,
+    /// Finished segments, oldest first; shared with the snapshot task, which
+    /// deletes those wholly covered by snapshots.
+    sealed: Rc<RefCell<Vec<SealedSegment>>>,
 }
 
 impl Wal {
     /// Starts a new segment `segment_id` in `dir` and logs from `next_lsn`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create(
         dir: &Path,
         shard: u32,
@@ -93,6 +108,7 @@ impl Wal {
         next_lsn: Lsn,
         segment_bytes_max: u64,
         metrics: EngineMetrics,
+        sealed: Vec<SealedSegment>,
     ) -> Result<Self> {
         let active = create_segment(dir, shard, generation, segment_id, next_lsn).await?;
         Ok(Self {
@@ -104,7 +120,13 @@ impl Wal {
             active,
             metrics,
             poisoned: false,
+            sealed: Rc::new(RefCell::new(sealed)),
         })
+    }
+
+    /// The finished segments, oldest first.
+    pub fn sealed_segments(&self) -> Rc<RefCell<Vec<SealedSegment>>> {
+        self.sealed.clone()
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -121,6 +143,10 @@ impl Wal {
         let body: usize = records
             .iter()
             .map(|r| {
+                if r.drop {
+                    seen.remove(r.dataset);
+                    return format::frame_len(r.dataset.len(), 0);
+                }
                 let schema = if self.active.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
                     0
                 } else {
@@ -151,7 +177,10 @@ impl Wal {
         for (i, r) in records.iter().enumerate() {
             let payload_at = at + FRAME_HEADER_BYTES + r.dataset.len();
             let mut payload_len = 0;
-            if !seg.schemas_written.contains(r.dataset) {
+            if r.drop {
+                // A dataset created again after this must log its schema again.
+                seg.schemas_written.remove(r.dataset);
+            } else if !seg.schemas_written.contains(r.dataset) {
                 out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
                 payload_len += r.schema_message.len();
                 seg.schemas_written.insert(r.dataset.to_owned());
@@ -185,6 +214,11 @@ impl Wal {
         self.seal().await?;
         let next = create_segment(&self.dir, self.shard, self.generation, self.active.id + 1, self.next_lsn).await?;
         let old = std::mem::replace(&mut self.active, next);
+        self.sealed.borrow_mut().push(SealedSegment {
+            id: old.id,
+            path: old.path.clone(),
+            last_lsn: self.next_lsn - 1,
+        });
         close(old).await;
         self.metrics.wal_segments_created.inc();
         Ok(())

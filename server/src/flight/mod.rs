@@ -13,6 +13,7 @@ use arrow_flight::{
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use longbow_engine::shard::request::ShardStats;
 use longbow_engine::{DatasetInfo, Engine};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -31,7 +32,40 @@ impl LongbowFlight {
     }
 }
 
-const ACTIONS: &[(&str, &str)] = &[("get_stats", "Per-dataset and per-shard statistics as JSON")];
+const ACTIONS: &[(&str, &str)] = &[
+    (
+        "get_stats",
+        "Statistics as one JSON document: datasets, records, memory_bytes, max_memory_bytes, \
+         snapshot_interval_seconds, wal_bytes, and per dataset its records, memory bytes, snapshot rows and shard",
+    ),
+    (
+        "force_snapshot",
+        "Write Parquet snapshots now and answer once they are durable; body: empty for all datasets, or a dataset name",
+    ),
+    ("drop_dataset", "Remove a dataset from memory, snapshots and (durably) the WAL; body: the dataset name"),
+];
+
+/// An action body that must name a dataset.
+fn body_name(action: &Action, required: bool) -> Result<Option<String>, Status> {
+    if action.body.is_empty() {
+        return if required {
+            Err(Status::invalid_argument(format!("action {:?} needs a dataset name as its body", action.r#type)))
+        } else {
+            Ok(None)
+        };
+    }
+    let name = std::str::from_utf8(&action.body)
+        .map_err(|_| Status::invalid_argument("action body must be a UTF-8 dataset name"))?
+        .trim()
+        .to_owned();
+    longbow_engine::dataset::validate_name(&name).map_err(into_status)?;
+    Ok(Some(name))
+}
+
+fn one_result(body: serde_json::Value) -> Stream<arrow_flight::Result> {
+    let result = arrow_flight::Result { body: serde_json::to_vec(&body).expect("json").into() };
+    futures::stream::iter([Ok(result)]).boxed()
+}
 
 fn flight_info(info: &DatasetInfo) -> Result<FlightInfo, Status> {
     let descriptor = FlightDescriptor::new_path(vec![info.name.clone()]);
@@ -89,10 +123,22 @@ impl FlightService for LongbowFlight {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let name = dataset_from_ticket(&request.get_ref().ticket)?;
-        let (schema, batches) = self.engine.get(&name).await.map_err(into_status)?;
+        let read = self.engine.get(&name).await.map_err(into_status)?;
+        // Evicted rows come from the snapshot files, one file at a time,
+        // read off the async threads; then the batches in memory.
+        let from_files = futures::stream::iter(read.files)
+            .then(|path| async move {
+                let batches = tokio::task::spawn_blocking(move || longbow_engine::snapshot::read_parquet(&path))
+                    .await
+                    .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?
+                    .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?;
+                Ok::<_, arrow_flight::error::FlightError>(futures::stream::iter(batches.into_iter().map(Ok)))
+            })
+            .try_flatten();
+        let in_memory = futures::stream::iter(read.batches.into_iter().map(Ok));
         let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(futures::stream::iter(batches.into_iter().map(Ok)))
+            .with_schema(read.schema)
+            .build(from_files.chain(in_memory))
             .map_err(Status::from);
         Ok(Response::new(stream.boxed()))
     }
@@ -111,9 +157,22 @@ impl FlightService for LongbowFlight {
         match action.r#type.as_str() {
             "get_stats" => {
                 let datasets = self.engine.list().await.map_err(into_status)?;
-                let body = stats_json(&self.engine, &datasets);
-                let result = arrow_flight::Result { body: serde_json::to_vec(&body).expect("json").into() };
-                Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+                let shards = self.engine.shard_stats().await.map_err(into_status)?;
+                Ok(Response::new(one_result(stats_json(&self.engine, &datasets, &shards))))
+            }
+            "force_snapshot" => {
+                let name = body_name(&action, false)?;
+                let r = self.engine.snapshot(name.as_deref()).await.map_err(into_status)?;
+                Ok(Response::new(one_result(serde_json::json!({
+                    "datasets": r.datasets, "files_written": r.files_written, "rows_written": r.rows_written,
+                    "bytes_written": r.bytes_written, "wal_segments_deleted": r.segments_deleted,
+                    "bytes_evicted": r.bytes_evicted,
+                }))))
+            }
+            "drop_dataset" => {
+                let name = body_name(&action, true)?.expect("required");
+                self.engine.drop_dataset(&name).await.map_err(into_status)?;
+                Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
             }
             other => Err(Status::invalid_argument(format!(
                 "unknown action {other:?}; known: {}",
@@ -130,19 +189,26 @@ impl FlightService for LongbowFlight {
     }
 }
 
-fn stats_json(engine: &Engine, datasets: &[DatasetInfo]) -> serde_json::Value {
+fn stats_json(engine: &Engine, datasets: &[DatasetInfo], shards: &[ShardStats]) -> serde_json::Value {
+    let settings = engine.settings();
     let ds: Vec<_> = datasets
         .iter()
         .map(|d| {
             serde_json::json!({
-                "name": d.name, "shard": d.shard, "records": d.records, "bytes": d.bytes, "batches": d.batches,
+                "name": d.name, "shard": d.shard, "records": d.records, "memory_bytes": d.bytes,
+                "batches_in_memory": d.batches, "snapshot_rows": d.snapshot_rows, "snapshot_files": d.snapshot_files,
             })
         })
         .collect();
     serde_json::json!({
-        "shards": engine.shard_count(),
-        "datasets": ds,
-        "total_records": datasets.iter().map(|d| d.records).sum::<u64>(),
-        "total_bytes": datasets.iter().map(|d| d.bytes).sum::<u64>(),
+        "datasets": datasets.len(),
+        "records": datasets.iter().map(|d| d.records).sum::<u64>(),
+        "memory_bytes": shards.iter().map(|s| s.memory_bytes).sum::<u64>(),
+        "max_memory_bytes": settings.max_memory,
+        "snapshot_interval_seconds": settings.snapshot_interval.as_secs_f64(),
+        "wal_bytes": shards.iter().map(|s| s.wal_bytes).sum::<u64>(),
+        "wal_segments": shards.iter().map(|s| s.wal_segments).sum::<u64>(),
+        "shards": shards.len(),
+        "per_dataset": ds,
     })
 }

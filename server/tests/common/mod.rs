@@ -38,6 +38,8 @@ impl Server {
             .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false"])
             .arg("--data-path")
             .arg(data)
+            .arg("--snapshot-path")
+            .arg(data.with_file_name("snapshots"))
             .args(["--shards", &shards.to_string(), "--log-level", "info"])
             .args(extra)
             .env_remove("LONGBOW_LISTEN_ADDR")

@@ -1,0 +1,202 @@
+//! The snapshot worker of a shard: runs on a low-share task queue so that
+//! commits and acknowledgements go first.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use glommio::{Latency, Shares};
+
+use super::request::{Reply, SnapshotReport};
+use super::State;
+use crate::dataset::SnapshotFile;
+use crate::error::{Error, Result};
+use crate::metrics::StatusLabel;
+use crate::snapshot::{self, Manifest};
+
+/// Share of the shard's CPU the snapshot queue gets against the default
+/// queue's 1000 when both have work.
+const SNAPSHOT_SHARES: usize = 50;
+
+/// A request for a snapshot: `dataset` `None` means all; `Some("")` only
+/// wakes the worker (new settings).
+pub struct SnapJob {
+    pub dataset: Option<String>,
+    pub reply: Option<Reply<SnapshotReport>>,
+}
+
+pub(super) fn spawn_worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) -> glommio::task::JoinHandle<()> {
+    let tq = glommio::executor().create_task_queue(
+        Shares::Static(SNAPSHOT_SHARES),
+        Latency::NotImportant,
+        &format!("snapshots-{}", state.id),
+    );
+    glommio::spawn_local_into(worker(state, rx), tq).expect("snapshot task queue").detach()
+}
+
+pub(super) async fn stop_worker(state: &State, handle: glommio::task::JoinHandle<()>) {
+    // The worker ends when its channel closes: all senders are in `state`,
+    // which outlives it, so cancel it instead; a snapshot in progress leaves
+    // only a temporary file, which the next start deletes.
+    let _ = state;
+    handle.cancel();
+}
+
+async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
+    let mut last_run = Instant::now();
+    loop {
+        let interval = state.snapshot_interval.get();
+        let due = interval.saturating_sub(last_run.elapsed());
+        let job = futures::select! {
+            j = rx.recv_async().fuse() => match j {
+                Ok(j) => Some(j),
+                Err(_) => return,
+            },
+            _ = glommio::timer::sleep(due).fuse() => None,
+        };
+        let mut jobs: Vec<SnapJob> = job.into_iter().collect();
+        jobs.extend(rx.try_iter());
+        let timer = jobs.is_empty();
+        jobs.retain(|j| j.dataset.as_deref() != Some("") || j.reply.is_some());
+        if !timer && jobs.is_empty() {
+            continue; // settings changed: recompute the deadline
+        }
+        // One run serves every queued request: all datasets if any asks for
+        // all (or the timer fired), else the named ones.
+        let all = timer || jobs.iter().any(|j| j.dataset.is_none());
+        let names: Option<Vec<String>> = (!all).then(|| jobs.iter().filter_map(|j| j.dataset.clone()).collect());
+        state.pressure_queued.set(false);
+        let r = run(&state, names).await;
+        if all {
+            last_run = Instant::now();
+        }
+        if let Err(e) = &r {
+            tracing::warn!(shard = state.id, error = %e, "snapshot failed; the WAL is kept");
+        }
+        for j in jobs {
+            if let Some(reply) = j.reply {
+                let _ = reply.send(match &r {
+                    Ok(report) => Ok(report.clone()),
+                    Err(e) => Err(Error::WalWrite { shard: state.id, message: format!("snapshot failed: {e}") }),
+                });
+            }
+        }
+    }
+}
+
+/// Snapshots the named datasets (or all), evicts snapshotted batches if
+/// memory is tight, and deletes WAL segments every snapshot covers.
+async fn run(state: &Rc<State>, names: Option<Vec<String>>) -> Result<SnapshotReport> {
+    let started = Instant::now();
+    let permit = state.snapshot_lock.acquire(1).await;
+    let names = match names {
+        Some(n) => n,
+        None => state.catalog.borrow().datasets.iter().filter(|(_, d)| d.durable).map(|(n, _)| n.clone()).collect(),
+    };
+    let mut report = SnapshotReport::default();
+    let mut first_error = None;
+    for name in names {
+        match snapshot_dataset(state, &name, &mut report).await {
+            Ok(()) => {
+                state.metrics.snapshot_operations.get_or_create(&StatusLabel { status: "ok" }).inc();
+            }
+            Err(e) => {
+                state.metrics.snapshot_operations.get_or_create(&StatusLabel { status: "error" }).inc();
+                tracing::warn!(shard = state.id, dataset = name, error = %e, "snapshot of dataset failed");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let budget = state.memory_budget.get();
+    if budget > 0 && state.memory.get() > budget / 2 {
+        report.bytes_evicted = evict(state);
+    }
+    if state.pending_drops.get() == 0 {
+        report.segments_deleted = truncate_wal(state).await?;
+    }
+    drop(permit);
+    state.metrics.snapshot_seconds.observe(started.elapsed().as_secs_f64());
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotReport) -> Result<()> {
+    let (schema, batches, min_lsn, covered, mut files) = {
+        let cat = state.catalog.borrow();
+        let Some(d) = cat.datasets.get(name).filter(|d| d.durable) else { return Ok(()) };
+        if d.has_manifest && d.covered_lsn >= d.last_lsn {
+            return Ok(()); // nothing new since the last snapshot
+        }
+        let pending: Vec<_> = d.unsnapshotted().cloned().collect();
+        let min_lsn = pending.first().map_or(d.last_lsn, |(l, _)| *l);
+        (
+            d.schema.clone(),
+            pending.into_iter().map(|(_, b)| b).collect::<Vec<_>>(),
+            min_lsn,
+            d.last_lsn,
+            d.files.clone(),
+        )
+    };
+    let dir = snapshot::create_dataset_dir(&state.snapshot_root, name).await?;
+    if !batches.is_empty() {
+        let file = format!("part-{covered:020}.parquet");
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let bytes = snapshot::write_parquet(&dir, &file, schema.clone(), &batches, state.compression).await?;
+        files.push(SnapshotFile { name: file, rows, bytes, min_lsn, max_lsn: covered });
+        report.files_written += 1;
+        report.rows_written += rows;
+        report.bytes_written += bytes;
+        state.metrics.snapshot_bytes.inc_by(bytes);
+        state.metrics.snapshot_rows.inc_by(rows);
+    }
+    // IMPORTANT: the manifest is what makes the files count; only after it
+    // is durable may the WAL records it covers go.
+    snapshot::write_manifest(&dir, &Manifest::new(name, &schema, covered, files.clone())).await?;
+    let mut cat = state.catalog.borrow_mut();
+    if let Some(d) = cat.datasets.get_mut(name) {
+        // Same incarnation (not dropped and created again meanwhile).
+        if Arc::ptr_eq(&d.schema, &schema) && d.last_lsn >= covered {
+            d.files = files;
+            d.covered_lsn = covered;
+            d.has_manifest = true;
+            report.datasets += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Drops every snapshotted batch from memory.
+fn evict(state: &State) -> u64 {
+    let mut freed = 0;
+    for d in state.catalog.borrow_mut().datasets.values_mut() {
+        let rows_before = d.records;
+        freed += d.evict();
+        state.metrics.records.dec_by((rows_before - d.records) as i64);
+    }
+    state.sub_memory(freed);
+    state.metrics.evicted_bytes.inc_by(freed);
+    freed
+}
+
+/// Deletes sealed WAL segments whose every record is in snapshot files.
+async fn truncate_wal(state: &State) -> Result<u64> {
+    let needed_from =
+        state.catalog.borrow().datasets.values().filter(|d| d.durable).filter_map(|d| d.wal_needed_from()).min();
+    let doomed: Vec<_> = {
+        let mut sealed = state.sealed.borrow_mut();
+        let keep = sealed.partition_point(|s| needed_from.is_none_or(|n| s.last_lsn < n));
+        sealed.drain(..keep).collect()
+    };
+    for seg in &doomed {
+        glommio::io::remove(&seg.path).await.map_err(Error::glommio("deleting covered WAL segment", &seg.path, 0))?;
+        state.metrics.wal_segments_deleted.inc();
+    }
+    if !doomed.is_empty() {
+        crate::wal::sync_dir(&state.wal_dir).await?;
+        tracing::debug!(shard = state.id, segments = doomed.len(), "deleted WAL segments covered by snapshots");
+    }
+    Ok(doomed.len() as u64)
+}
