@@ -244,3 +244,41 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
         reason: format!("parquet: {e}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+
+    #[test]
+    fn parquet_file_and_manifest_land_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let batch = RecordBatch::try_from_iter([(
+                    "id",
+                    std::sync::Arc::new(Int32Array::from_iter_values(0..1000)) as arrow::array::ArrayRef,
+                )])
+                .unwrap();
+                let d = create_dataset_dir(&root, "ds").await.unwrap();
+                let bytes =
+                    write_parquet(&d, "part-1.parquet", batch.schema(), &[batch.clone()], SnapshotCompression::None)
+                        .await
+                        .unwrap();
+                let file = SnapshotFile { name: "part-1.parquet".into(), rows: 1000, bytes, min_lsn: 1, max_lsn: 1 };
+                write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file])).await.unwrap();
+                let names: Vec<_> =
+                    std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                assert_eq!(names.len(), 2, "{names:?}");
+                assert_eq!(read_parquet(&d.join("part-1.parquet")).unwrap(), vec![batch.clone()]);
+                let manifests = load_manifests(&root).unwrap();
+                assert_eq!(manifests[0].schema().unwrap(), batch.schema());
+                remove_dataset_dir(&root, "ds").await.unwrap();
+                assert!(!d.exists());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

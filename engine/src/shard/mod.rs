@@ -228,6 +228,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                 }
             }
             Request::Drop { dataset, reply } => {
+                tracing::debug!(dataset, "drop requested");
                 if !state.catalog.borrow().datasets.get(&dataset).is_some_and(|d| d.durable) {
                     let _ = reply.send(Err(Error::NotFound(dataset)));
                     continue;
@@ -483,8 +484,11 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn) {
             // they are gone no WAL segment may be deleted.
             state.pending_drops.set(state.pending_drops.get() + 1);
             let state = state.clone();
+            tracing::debug!(dataset, lsn, "drop: tombstone durable");
             glommio::spawn_local(async move {
-                let _permit = state.snapshot_lock.acquire(1).await;
+                tracing::debug!(dataset, "drop: waiting for the snapshot lock");
+                let _permit = state.snapshot_lock.acquire_permit(1).await;
+                tracing::debug!(dataset, "drop: removing snapshot files");
                 let r = crate::snapshot::remove_dataset_dir(&state.snapshot_root, &dataset).await;
                 // On failure the count stays up: WAL segments (and the
                 // tombstone) are kept until a restart removes the files.

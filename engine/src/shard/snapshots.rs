@@ -89,7 +89,7 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
 /// memory is tight, and deletes WAL segments every snapshot covers.
 async fn run(state: &Rc<State>, names: Option<Vec<String>>) -> Result<SnapshotReport> {
     let started = Instant::now();
-    let permit = state.snapshot_lock.acquire(1).await;
+    let permit = state.snapshot_lock.acquire_permit(1).await;
     let names = match names {
         Some(n) => n,
         None => state.catalog.borrow().datasets.iter().filter(|(_, d)| d.durable).map(|(n, _)| n.clone()).collect(),

@@ -188,8 +188,12 @@ impl Wal {
             if let Some(m) = r.message {
                 payload_len += m.write_to(&mut out[payload_at + payload_len..]);
             }
-            let header =
-                FrameHeader { kind: FrameKind::Data, lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
+            let header = FrameHeader {
+                kind: if r.drop { FrameKind::Drop } else { FrameKind::Data },
+                lsn: first_lsn + i as u64,
+                segment_id: seg.id,
+                commit_start,
+            };
             at += format::seal_frame_in_place(&mut out[at..], header, r.dataset.as_bytes(), payload_len);
         }
         out[at..].fill(0);
