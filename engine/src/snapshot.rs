@@ -262,10 +262,15 @@ mod tests {
                 )])
                 .unwrap();
                 let d = create_dataset_dir(&root, "ds").await.unwrap();
-                let bytes =
-                    write_parquet(&d, "part-1.parquet", batch.schema(), &[batch.clone()], SnapshotCompression::None)
-                        .await
-                        .unwrap();
+                let bytes = write_parquet(
+                    &d,
+                    "part-1.parquet",
+                    batch.schema(),
+                    std::slice::from_ref(&batch),
+                    SnapshotCompression::None,
+                )
+                .await
+                .unwrap();
                 let file = SnapshotFile { name: "part-1.parquet".into(), rows: 1000, bytes, min_lsn: 1, max_lsn: 1 };
                 write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file])).await.unwrap();
                 let names: Vec<_> =
