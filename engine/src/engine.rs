@@ -175,6 +175,9 @@ impl Engine {
                 .name(&format!("shard-{k}"))
                 .io_memory(SHARD_IO_MEMORY_BYTES)
                 .ring_depth(SHARD_RING_DEPTH)
+                // Snapshot encoding runs there: let the OS place it, not on
+                // the shard's own core.
+                .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
                 .spawn(move || async move {
                     match recovery::recover(plan, &metrics).await {
                         Ok(r) => {

@@ -31,6 +31,10 @@ use crate::wal::Lsn;
 pub const MANIFEST_FILE: &str = "_manifest.json";
 /// Bytes of encoded Parquet buffered before they are written out.
 const WRITE_CHUNK_BYTES: usize = 8 << 20;
+/// Row groups are closed at this size. Closing one copies and finishes all
+/// its pages in one call that cannot yield, so it bounds how long a snapshot
+/// holds the shard thread (64 MiB groups stalled acknowledgements ~60 ms).
+const ROW_GROUP_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -70,8 +74,11 @@ pub fn dataset_dir(root: &Path, dataset: &str) -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotCompression {
     None,
-    #[default]
     Snappy,
+    /// On random 128-d float vectors: 11.5 % smaller than none at about the
+    /// same snapshot speed (the encoding runs beside the shard, and the
+    /// slow volume's bytes dominate); snappy saved under 1 %.
+    #[default]
     Zstd,
 }
 
@@ -81,7 +88,16 @@ fn properties(compression: SnapshotCompression) -> WriterProperties {
         SnapshotCompression::Snappy => Compression::SNAPPY,
         SnapshotCompression::Zstd => Compression::ZSTD(Default::default()),
     };
-    WriterProperties::builder().set_compression(c).set_max_row_group_bytes(Some(64 << 20)).build()
+    // Dictionary encoding hashes every value and rarely pays off for
+    // embedding floats or unique ids; page-level statistics over millions of
+    // vector elements cost more than they save a reader. Measured in
+    // docs/benchmarks.md.
+    WriterProperties::builder()
+        .set_compression(c)
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+        .build()
 }
 
 /// Reads every manifest under `root` (blocking; at startup). Files in a
@@ -122,8 +138,11 @@ pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
 }
 
 /// Writes `batches` as one Parquet file `name` in `dir`, durably and
-/// atomically. Encodes one batch at a time and yields in between, so the
-/// shard keeps serving. Returns the bytes written.
+/// atomically: temporary name, fsync, rename, fsync the directory. The
+/// encoding and the file writes run on the shard's blocking thread: Parquet
+/// calls that cannot yield (closing a row group, buffered writes into the
+/// page cache) held the shard thread for 15-60 ms when run on it, and
+/// acknowledgements waited behind them. Returns the bytes written.
 pub async fn write_parquet(
     dir: &Path,
     name: &str,
@@ -133,39 +152,69 @@ pub async fn write_parquet(
 ) -> Result<u64> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
-    let file =
-        glommio::io::BufferedFile::create(&tmp).await.map_err(Error::glommio("creating snapshot file", &tmp, 0))?;
-    let result = async {
-        let mut writer =
-            ArrowWriter::try_new(Vec::with_capacity(WRITE_CHUNK_BYTES), schema, Some(properties(compression)))
-                .map_err(|e| Error::InvalidInput(format!("parquet writer: {e}")))?;
-        let mut pos = 0u64;
-        for batch in batches {
-            writer.write(batch).map_err(|e| Error::InvalidInput(format!("encoding parquet: {e}")))?;
-            if writer.inner().len() >= WRITE_CHUNK_BYTES {
-                let chunk = std::mem::take(writer.inner_mut());
-                pos += write_all(&file, chunk, pos, &tmp).await?;
-            }
-            glommio::yield_if_needed().await;
-        }
-        writer.finish().map_err(|e| Error::InvalidInput(format!("finishing parquet: {e}")))?;
-        let chunk = std::mem::take(writer.inner_mut());
-        pos += write_all(&file, chunk, pos, &tmp).await?;
-        file.fdatasync().await.map_err(Error::glommio("fsyncing snapshot file", &tmp, 0))?;
-        Ok::<u64, Error>(pos)
-    }
-    .await;
-    let _ = file.close().await;
-    match result {
+    let batches = batches.to_vec();
+    let job_tmp = tmp.clone();
+    let written = glommio::executor()
+        .spawn_blocking(move || {
+            lower_thread_priority();
+            encode_to_file(&job_tmp, schema, &batches, compression)
+        })
+        .await;
+    match written {
         Ok(bytes) => {
             glommio::io::rename(&tmp, &path).await.map_err(Error::glommio("renaming snapshot file", &tmp, 0))?;
             crate::wal::sync_dir(dir).await?;
             Ok(bytes)
         }
         Err(e) => {
-            let _ = glommio::io::remove(&tmp).await;
+            let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
+    }
+}
+
+/// Snapshot encoding yields the CPU to acknowledgements: the calling
+/// (blocking-pool) thread gets nice 10. Idempotent; failures are ignored
+/// (the work still gets done, just at normal priority).
+fn lower_thread_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = nix::libc::gettid();
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid as nix::libc::id_t, SNAPSHOT_NICE);
+    }
+}
+
+/// Nice value of the thread that encodes snapshots.
+const SNAPSHOT_NICE: i32 = 10;
+
+fn encode_to_file(
+    path: &Path,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    compression: SnapshotCompression,
+) -> Result<u64> {
+    let file = std::fs::File::create(path).map_err(Error::io("creating snapshot file", path, 0))?;
+    let out = std::io::BufWriter::with_capacity(WRITE_CHUNK_BYTES, file);
+    let mut writer = ArrowWriter::try_new(out, schema, Some(properties(compression)))
+        .map_err(|e| Error::InvalidInput(format!("parquet writer: {e}")))?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| parquet_io(path, e))?;
+    }
+    // Writes the footer and hands back the buffered file.
+    let out = writer.into_inner().map_err(|e| parquet_io(path, e))?;
+    let file = out.into_inner().map_err(|e| Error::io("writing snapshot file", path, 0)(e.into_error()))?;
+    file.sync_all().map_err(Error::io("fsyncing snapshot file", path, 0))?;
+    let bytes = file.metadata().map_err(Error::io("stat snapshot file", path, 0))?.len();
+    Ok(bytes)
+}
+
+fn parquet_io(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    match e {
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<std::io::Error>() {
+            Ok(io) => Error::io("writing snapshot file", path, 0)(*io),
+            Err(other) => Error::InvalidInput(format!("encoding parquet: {other}")),
+        },
+        other => Error::InvalidInput(format!("encoding parquet: {other}")),
     }
 }
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as fl
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,3 +124,45 @@ def test_errors_have_codes_pyarrow_understands(server):
         client.get_flight_info(fl.FlightDescriptor.for_path("missing"))
     # Nothing stored was affected and the server still answers.
     assert client.do_get(fl.Ticket(b"good")).read_all().num_rows == 5
+
+
+def action(client, name, body=b""):
+    return json.loads(next(iter(client.do_action(fl.Action(name, body)))).body.to_pybytes())
+
+
+def test_snapshots_are_readable_by_duckdb_and_pandas(server, tmp_path):
+    import duckdb
+    import pandas as pd
+
+    client = server.client()
+    tables = [vectors(i * 500, 500) for i in range(4)]
+    put(client, "emb", tables[:2])
+    assert action(client, "force_snapshot")["rows_written"] == 1000
+    put(client, "emb", tables[2:])
+    assert action(client, "force_snapshot", b"emb")["rows_written"] == 1000
+    snap = tmp_path / "snapshots" / "emb"
+
+    con = duckdb.connect()
+    rows = con.execute(f"select count(*), min(id), max(id) from read_parquet('{snap}/*.parquet')").fetchone()
+    assert rows == (2000, 0, 1999)
+    # The vector column comes back as FLOAT[]; cast it to a fixed-size array.
+    typ = con.execute(f"select typeof(vector) from read_parquet('{snap}/*.parquet') limit 1").fetchone()[0]
+    assert typ == "FLOAT[]"
+    dim = con.execute(
+        f"select len(vector::FLOAT[128]) from read_parquet('{snap}/*.parquet') where id = 7").fetchone()[0]
+    assert dim == 128
+
+    df = pd.read_parquet(snap)
+    assert len(df) == 2000
+    assert sorted(df["id"].tolist()) == list(range(2000))
+    # pyarrow keeps the Arrow schema stored in the files.
+    assert pa.parquet.read_table(snap).schema.field("vector").type == pa.list_(pa.float32(), DIM)
+
+    stats = action(client, "get_stats")
+    emb = next(d for d in stats["per_dataset"] if d["name"] == "emb")
+    assert emb["snapshot_rows"] == 2000 and emb["records"] == 2000
+
+    assert action(client, "drop_dataset", b"emb") == {"dropped": "emb"}
+    assert not snap.exists()
+    with pytest.raises(pa.ArrowKeyError):
+        action(client, "drop_dataset", b"emb")

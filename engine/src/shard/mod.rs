@@ -486,9 +486,7 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn) {
             let state = state.clone();
             tracing::debug!(dataset, lsn, "drop: tombstone durable");
             glommio::spawn_local(async move {
-                tracing::debug!(dataset, "drop: waiting for the snapshot lock");
                 let _permit = state.snapshot_lock.acquire_permit(1).await;
-                tracing::debug!(dataset, "drop: removing snapshot files");
                 let r = crate::snapshot::remove_dataset_dir(&state.snapshot_root, &dataset).await;
                 // On failure the count stays up: WAL segments (and the
                 // tombstone) are kept until a restart removes the files.
