@@ -120,6 +120,10 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     metrics.register(&mut registry);
     let reloads = Family::<StatusLabel, Counter>::default();
     registry.register("longbow_config_reloads", "SIGHUP reloads of the config file by outcome", reloads.clone());
+    let gateway_metrics = metrics::GatewayMetrics::default();
+    gateway_metrics.register(&mut registry);
+    let process_metrics = metrics::ProcessMetrics::default();
+    process_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     tokio::spawn(reload_on_sighup(engine.clone(), base, config.config_file.clone(), reloads));
 
@@ -144,12 +148,16 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
 
     let metrics_server = tokio::spawn({
         let stopped = stopped.clone();
-        async move { axum::serve(metrics_listener, metrics::router(registry)).with_graceful_shutdown(stopped()).await }
+        async move {
+            axum::serve(metrics_listener, metrics::router(registry, process_metrics))
+                .with_graceful_shutdown(stopped())
+                .await
+        }
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let max_message = config.max_message_size.as_u64() as usize;
-    let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone()))
+    let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;

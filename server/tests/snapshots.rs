@@ -55,6 +55,9 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
 
     let report = action(&mut client, "force_snapshot", "").await.unwrap();
     assert_eq!(report["rows_written"], 8000);
+    let text = server.metrics_text().await;
+    assert!(text.contains("longbow_snapshot_operations_total{status=\"ok\"} 2"), "{text}");
+    assert!(text.contains("longbow_snapshot_duration_seconds_count"), "{text}");
     assert!(report["wal_segments_deleted"].as_u64().unwrap() > 0, "covered segments are deleted: {report}");
     let files = parquet_files(&snaps.join("vec"));
     assert_eq!(files.len(), 1, "{files:?}");
@@ -84,6 +87,35 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
     let vec = stats["per_dataset"].as_array().unwrap().iter().find(|d| d["name"] == "vec").unwrap().clone();
     assert_eq!(vec["snapshot_rows"], 8500);
     assert_eq!(vec["records"], 8650);
+
+    // The metrics endpoint parses as OpenMetrics text with the names we promise.
+    let text = server.metrics_text().await;
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    let mut samples = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(name.to_owned(), v);
+    }
+    assert!(body.trim_end().ends_with("# EOF"));
+    for name in [
+        "longbow_wal_writes_total{status=\"ok\"}",
+        "longbow_wal_replay_duration_seconds_count",
+        "longbow_memory_bytes",
+        "longbow_memory_limit_bytes",
+        "longbow_datasets",
+        "longbow_records",
+        "longbow_shard_queue_depth{shard=\"0\"}",
+        "longbow_flight_requests_total{method=\"DoGet\",code=\"OK\"}",
+        "longbow_flight_request_duration_seconds_count{method=\"DoGet\"}",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds",
+    ] {
+        assert!(samples.contains_key(name), "metric {name} missing from:\n{body}");
+    }
+    assert_eq!(samples["longbow_records"], 150.0, "rows in memory: the WAL tail; the rest is in Parquet");
+    assert!(samples["process_resident_memory_bytes"] > 1e6);
     server.terminate();
 }
 

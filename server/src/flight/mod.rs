@@ -18,17 +18,19 @@ use longbow_engine::{DatasetInfo, Engine};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::into_status;
+use crate::metrics::GatewayMetrics;
 use ticket::{dataset_from_descriptor, dataset_from_ticket, ticket_for};
 
 type Stream<T> = BoxStream<'static, Result<T, Status>>;
 
 pub struct LongbowFlight {
     engine: Engine,
+    metrics: GatewayMetrics,
 }
 
 impl LongbowFlight {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    pub fn new(engine: Engine, metrics: GatewayMetrics) -> Self {
+        Self { engine, metrics }
     }
 }
 
@@ -97,15 +99,27 @@ impl FlightService for LongbowFlight {
     }
 
     async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let infos = self.engine.list().await.map_err(into_status)?;
-        let out: Vec<Result<FlightInfo, Status>> = infos.iter().map(flight_info).collect();
-        Ok(Response::new(futures::stream::iter(out).boxed()))
+        let started = std::time::Instant::now();
+        let r = async move {
+            let infos = self.engine.list().await.map_err(into_status)?;
+            let out: Vec<Result<FlightInfo, Status>> = infos.iter().map(flight_info).collect();
+            Ok(Response::new(futures::stream::iter(out).boxed()))
+        }
+        .await;
+        self.metrics.observe("ListFlights", started, &r);
+        r
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        let name = dataset_from_descriptor(Some(request.get_ref()))?;
-        let info = self.engine.info(&name).await.map_err(into_status)?;
-        Ok(Response::new(flight_info(&info)?))
+        let started = std::time::Instant::now();
+        let r = async move {
+            let name = dataset_from_descriptor(Some(request.get_ref()))?;
+            let info = self.engine.info(&name).await.map_err(into_status)?;
+            Ok(Response::new(flight_info(&info)?))
+        }
+        .await;
+        self.metrics.observe("GetFlightInfo", started, &r);
+        r
     }
 
     async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
@@ -113,39 +127,57 @@ impl FlightService for LongbowFlight {
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        let name = dataset_from_descriptor(Some(request.get_ref()))?;
-        let info = self.engine.info(&name).await.map_err(into_status)?;
-        let result = SchemaAsIpc::new(&info.schema, &IpcWriteOptions::default())
-            .try_into()
-            .map_err(|e: arrow::error::ArrowError| Status::internal(format!("encoding schema: {e}")))?;
-        Ok(Response::new(result))
+        let started = std::time::Instant::now();
+        let r = async move {
+            let name = dataset_from_descriptor(Some(request.get_ref()))?;
+            let info = self.engine.info(&name).await.map_err(into_status)?;
+            let result = SchemaAsIpc::new(&info.schema, &IpcWriteOptions::default())
+                .try_into()
+                .map_err(|e: arrow::error::ArrowError| Status::internal(format!("encoding schema: {e}")))?;
+            Ok(Response::new(result))
+        }
+        .await;
+        self.metrics.observe("GetSchema", started, &r);
+        r
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let name = dataset_from_ticket(&request.get_ref().ticket)?;
-        let read = self.engine.get(&name).await.map_err(into_status)?;
-        // Evicted rows come from the snapshot files, one file at a time,
-        // read off the async threads; then the batches in memory.
-        let from_files = futures::stream::iter(read.files)
-            .then(|path| async move {
-                let batches = tokio::task::spawn_blocking(move || longbow_engine::snapshot::read_parquet(&path))
-                    .await
-                    .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?
-                    .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?;
-                Ok::<_, arrow_flight::error::FlightError>(futures::stream::iter(batches.into_iter().map(Ok)))
-            })
-            .try_flatten();
-        let in_memory = futures::stream::iter(read.batches.into_iter().map(Ok));
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(read.schema)
-            .build(from_files.chain(in_memory))
-            .map_err(Status::from);
-        Ok(Response::new(stream.boxed()))
+        let started = std::time::Instant::now();
+        let r = async move {
+            let name = dataset_from_ticket(&request.get_ref().ticket)?;
+            let read = self.engine.get(&name).await.map_err(into_status)?;
+            // Evicted rows come from the snapshot files, one file at a time,
+            // read off the async threads; then the batches in memory.
+            let from_files = futures::stream::iter(read.files)
+                .then(|path| async move {
+                    let batches = tokio::task::spawn_blocking(move || longbow_engine::snapshot::read_parquet(&path))
+                        .await
+                        .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?
+                        .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?;
+                    Ok::<_, arrow_flight::error::FlightError>(futures::stream::iter(batches.into_iter().map(Ok)))
+                })
+                .try_flatten();
+            let in_memory = futures::stream::iter(read.batches.into_iter().map(Ok));
+            let stream = FlightDataEncoderBuilder::new()
+                .with_schema(read.schema)
+                .build(from_files.chain(in_memory))
+                .map_err(Status::from);
+            Ok(Response::new(stream.boxed()))
+        }
+        .await;
+        self.metrics.observe("DoGet", started, &r);
+        r
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        let stream = do_put::do_put(self.engine.clone(), request.into_inner()).await?;
-        Ok(Response::new(stream))
+        let started = std::time::Instant::now();
+        let r = async move {
+            let stream = do_put::do_put(self.engine.clone(), request.into_inner()).await?;
+            Ok(Response::new(stream))
+        }
+        .await;
+        self.metrics.observe("DoPut", started, &r);
+        r
     }
 
     async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
@@ -153,32 +185,38 @@ impl FlightService for LongbowFlight {
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        let action = request.into_inner();
-        match action.r#type.as_str() {
-            "get_stats" => {
-                let datasets = self.engine.list().await.map_err(into_status)?;
-                let shards = self.engine.shard_stats().await.map_err(into_status)?;
-                Ok(Response::new(one_result(stats_json(&self.engine, &datasets, &shards))))
+        let started = std::time::Instant::now();
+        let r = async move {
+            let action = request.into_inner();
+            match action.r#type.as_str() {
+                "get_stats" => {
+                    let datasets = self.engine.list().await.map_err(into_status)?;
+                    let shards = self.engine.shard_stats().await.map_err(into_status)?;
+                    Ok(Response::new(one_result(stats_json(&self.engine, &datasets, &shards))))
+                }
+                "force_snapshot" => {
+                    let name = body_name(&action, false)?;
+                    let r = self.engine.snapshot(name.as_deref()).await.map_err(into_status)?;
+                    Ok(Response::new(one_result(serde_json::json!({
+                        "datasets": r.datasets, "files_written": r.files_written, "rows_written": r.rows_written,
+                        "bytes_written": r.bytes_written, "wal_segments_deleted": r.segments_deleted,
+                        "bytes_evicted": r.bytes_evicted,
+                    }))))
+                }
+                "drop_dataset" => {
+                    let name = body_name(&action, true)?.expect("required");
+                    self.engine.drop_dataset(&name).await.map_err(into_status)?;
+                    Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
+                }
+                other => Err(Status::invalid_argument(format!(
+                    "unknown action {other:?}; known: {}",
+                    ACTIONS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ))),
             }
-            "force_snapshot" => {
-                let name = body_name(&action, false)?;
-                let r = self.engine.snapshot(name.as_deref()).await.map_err(into_status)?;
-                Ok(Response::new(one_result(serde_json::json!({
-                    "datasets": r.datasets, "files_written": r.files_written, "rows_written": r.rows_written,
-                    "bytes_written": r.bytes_written, "wal_segments_deleted": r.segments_deleted,
-                    "bytes_evicted": r.bytes_evicted,
-                }))))
-            }
-            "drop_dataset" => {
-                let name = body_name(&action, true)?.expect("required");
-                self.engine.drop_dataset(&name).await.map_err(into_status)?;
-                Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
-            }
-            other => Err(Status::invalid_argument(format!(
-                "unknown action {other:?}; known: {}",
-                ACTIONS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            ))),
         }
+        .await;
+        self.metrics.observe("DoAction", started, &r);
+        r
     }
 
     async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
