@@ -39,6 +39,7 @@ pub struct Inner {
     pub memory_limit_bytes: Gauge,
     pub memory_refusals: Counter,
     pub wal_segments_deleted: Counter,
+    pub snapshot_compactions: Counter,
     pub wal_segments_created: Counter,
     pub wal_replay_seconds: Histogram,
     pub wal_replay_bytes: Counter,
@@ -82,6 +83,7 @@ impl Default for EngineMetrics {
             memory_limit_bytes: Gauge::default(),
             memory_refusals: Counter::default(),
             wal_segments_deleted: Counter::default(),
+            snapshot_compactions: Counter::default(),
             wal_segments_created: Counter::default(),
             // 1 ms .. ~9 min
             wal_replay_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
@@ -131,6 +133,11 @@ impl EngineMetrics {
             "wal_segments_deleted",
             "WAL segments deleted once snapshots covered them",
             self.wal_segments_deleted.clone(),
+        );
+        r.register(
+            "snapshot_compactions",
+            "Runs of small snapshot files merged into one",
+            self.snapshot_compactions.clone(),
         );
         r.register("wal_commit_batches", "Batches carried by one WAL group commit", self.wal_commit_batches.clone());
         r.register("wal_segments_created", "WAL segment files created", self.wal_segments_created.clone());

@@ -235,6 +235,72 @@ async fn write_all(file: &glommio::io::BufferedFile, chunk: Vec<u8>, pos: u64, p
     Ok(len as u64)
 }
 
+/// Files smaller than this are merged once enough of them pile up.
+pub const COMPACT_FILE_BYTES: u64 = 64 << 20;
+/// How many consecutive small files trigger a merge.
+pub const COMPACT_RUN_FILES: usize = 8;
+
+/// The first run of at least [`COMPACT_RUN_FILES`] consecutive small files
+/// that lies wholly on one side of the eviction boundary `evicted_lsn`.
+pub fn compaction_run(files: &[SnapshotFile], evicted_lsn: Lsn) -> Option<std::ops::Range<usize>> {
+    let mut start = 0;
+    for i in 0..=files.len() {
+        let breaks = i == files.len()
+            || files[i].bytes >= COMPACT_FILE_BYTES
+            || (i > start && (files[i - 1].max_lsn <= evicted_lsn) != (files[i].max_lsn <= evicted_lsn));
+        if breaks {
+            if i - start >= COMPACT_RUN_FILES {
+                return Some(start..i);
+            }
+            start = if i < files.len() && files[i].bytes >= COMPACT_FILE_BYTES { i + 1 } else { i };
+        }
+    }
+    None
+}
+
+/// Writes the rows of `sources` (in order) as one file `name` in `dir`,
+/// durably and atomically; reads one source at a time.
+pub async fn merge_files(
+    dir: &Path,
+    name: &str,
+    schema: SchemaRef,
+    sources: Vec<PathBuf>,
+    compression: SnapshotCompression,
+) -> Result<u64> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    let job_tmp = tmp.clone();
+    let written = glommio::executor()
+        .spawn_blocking(move || {
+            lower_thread_priority();
+            let file = std::fs::File::create(&job_tmp).map_err(Error::io("creating snapshot file", &job_tmp, 0))?;
+            let out = std::io::BufWriter::with_capacity(WRITE_CHUNK_BYTES, file);
+            let mut writer = ArrowWriter::try_new(out, schema, Some(properties(compression)))
+                .map_err(|e| Error::InvalidInput(format!("parquet writer: {e}")))?;
+            for src in &sources {
+                for batch in read_parquet(src)? {
+                    writer.write(&batch).map_err(|e| parquet_io(&job_tmp, e))?;
+                }
+            }
+            let out = writer.into_inner().map_err(|e| parquet_io(&job_tmp, e))?;
+            let file = out.into_inner().map_err(|e| Error::io("writing snapshot file", &job_tmp, 0)(e.into_error()))?;
+            file.sync_all().map_err(Error::io("fsyncing snapshot file", &job_tmp, 0))?;
+            file.metadata().map(|m| m.len()).map_err(Error::io("stat snapshot file", &job_tmp, 0))
+        })
+        .await;
+    match written {
+        Ok(bytes) => {
+            glommio::io::rename(&tmp, &path).await.map_err(Error::glommio("renaming snapshot file", &tmp, 0))?;
+            crate::wal::sync_dir(dir).await?;
+            Ok(bytes)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Replaces the manifest of `dir` atomically.
 pub async fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
@@ -298,6 +364,25 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
 mod tests {
     use super::*;
     use arrow::array::Int32Array;
+
+    fn file(i: u64, bytes: u64) -> SnapshotFile {
+        SnapshotFile { name: format!("f{i}"), rows: 1, bytes, min_lsn: i * 10 + 1, max_lsn: i * 10 + 10 }
+    }
+
+    #[test]
+    fn compaction_picks_runs_of_small_files_on_one_side_of_the_eviction_boundary() {
+        let small: Vec<_> = (0..10).map(|i| file(i, 1000)).collect();
+        assert_eq!(compaction_run(&small[..7], 0), None);
+        assert_eq!(compaction_run(&small, 0), Some(0..10));
+        // Evicted up to file 3 (lsn 40): runs 0..4 and 4..10; only the second is long enough.
+        assert_eq!(compaction_run(&small, 40), None);
+        let more: Vec<_> = (0..14).map(|i| file(i, 1000)).collect();
+        assert_eq!(compaction_run(&more, 40), Some(4..14));
+        // A big file breaks a run.
+        let mut mixed = small.clone();
+        mixed[5] = file(5, COMPACT_FILE_BYTES);
+        assert_eq!(compaction_run(&mixed, 0), None);
+    }
 
     #[test]
     fn parquet_file_and_manifest_land_atomically() {

@@ -304,3 +304,33 @@ async fn ingest_beyond_the_memory_limit_stays_bounded_and_readable() {
     assert_eq!(concat(&got), concat(&written), "every row readable, evicted ones from Parquet");
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_snapshot_files_are_compacted_without_changing_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let snaps = dir.path().join("snapshots");
+    let server = Server::start(&data, 1, &[]);
+    let mut client = server.client().await;
+    let mut written = Vec::new();
+    for i in 0..12 {
+        let b = batches(i * 1000, 2, 50);
+        put(&mut client, "often", b.clone()).await.unwrap();
+        written.extend(b);
+        action(&mut client, "force_snapshot", "often").await.unwrap();
+    }
+    let files = parquet_files(&snaps.join("often"));
+    assert!(files.len() < 12, "small files were merged: {files:?}");
+    let text = server.metrics_text().await;
+    assert!(
+        text.contains("longbow_snapshot_compactions_total 1"),
+        "{}",
+        text.lines().filter(|l| l.contains("compaction")).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(concat(&get(&mut client, "often").await.unwrap()), concat(&written));
+    server.kill9();
+    let server = Server::start(&data, 1, &[]);
+    assert_eq!(concat(&get(&mut server.client().await, "often").await.unwrap()), concat(&written));
+    assert_eq!(parquet_files(&snaps.join("often")), files, "the manifest's files, nothing else");
+    server.terminate();
+}

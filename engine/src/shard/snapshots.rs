@@ -155,16 +155,77 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
     // IMPORTANT: the manifest is what makes the files count; only after it
     // is durable may the WAL records it covers go.
     snapshot::write_manifest(&dir, &Manifest::new(name, &schema, covered, files.clone())).await?;
-    let mut cat = state.catalog.borrow_mut();
-    if let Some(d) = cat.datasets.get_mut(name) {
+    {
+        let mut cat = state.catalog.borrow_mut();
+        let Some(d) = cat.datasets.get_mut(name) else { return Ok(()) };
         // Same incarnation (not dropped and created again meanwhile).
-        if Arc::ptr_eq(&d.schema, &schema) && d.last_lsn >= covered {
-            d.files = files;
-            d.covered_lsn = covered;
-            d.has_manifest = true;
-            report.datasets += 1;
+        if !(Arc::ptr_eq(&d.schema, &schema) && d.last_lsn >= covered) {
+            return Ok(());
         }
+        d.files = files;
+        d.covered_lsn = covered;
+        d.has_manifest = true;
+        report.datasets += 1;
     }
+    compact(state, name, &dir, schema, covered).await
+}
+
+/// Merges a run of small snapshot files into one, so that a dataset
+/// snapshotted often does not pile up files. The run never straddles the
+/// eviction boundary (reads pick files by it). Order: write the merged file
+/// (tmp, fsync, rename), replace the manifest, delete the old files; a
+/// crash in between leaves either manifest complete, and files it does not
+/// list are deleted at the next start. An outside reader globbing the
+/// directory can see the merged file and the old ones together for the
+/// moment between the rename and the deletes.
+async fn compact(
+    state: &Rc<State>,
+    name: &str,
+    dir: &std::path::Path,
+    schema: arrow::datatypes::SchemaRef,
+    covered: u64,
+) -> Result<()> {
+    let (run, evicted) = {
+        let cat = state.catalog.borrow();
+        let Some(d) = cat.datasets.get(name) else { return Ok(()) };
+        (snapshot::compaction_run(&d.files, d.evicted_lsn), d.evicted_lsn)
+    };
+    let Some(run) = run else { return Ok(()) };
+    let (old, merged) = {
+        let cat = state.catalog.borrow();
+        let d = &cat.datasets[name];
+        let old: Vec<SnapshotFile> = d.files[run.clone()].to_vec();
+        let merged = SnapshotFile {
+            name: format!("part-{:020}-{:020}.parquet", old[0].min_lsn, old[old.len() - 1].max_lsn),
+            rows: old.iter().map(|f| f.rows).sum(),
+            bytes: 0,
+            min_lsn: old[0].min_lsn,
+            max_lsn: old[old.len() - 1].max_lsn,
+        };
+        (old, merged)
+    };
+    let sources: Vec<std::path::PathBuf> = old.iter().map(|f| dir.join(&f.name)).collect();
+    let bytes = snapshot::merge_files(dir, &merged.name, schema.clone(), sources.clone(), state.compression).await?;
+    let merged = SnapshotFile { bytes, ..merged };
+    let files = {
+        let cat = state.catalog.borrow();
+        let Some(d) = cat.datasets.get(name) else { return Ok(()) };
+        if d.evicted_lsn != evicted || d.covered_lsn != covered || d.files[run.clone()] != old[..] {
+            return Ok(()); // changed meanwhile; the merged file is dropped at the next start
+        }
+        let mut files = d.files.clone();
+        files.splice(run, [merged]);
+        files
+    };
+    snapshot::write_manifest(dir, &Manifest::new(name, &schema, covered, files.clone())).await?;
+    if let Some(d) = state.catalog.borrow_mut().datasets.get_mut(name) {
+        d.files = files;
+    }
+    for path in &sources {
+        let _ = glommio::io::remove(path).await;
+    }
+    crate::wal::sync_dir(dir).await?;
+    state.metrics.snapshot_compactions.inc();
     Ok(())
 }
 
