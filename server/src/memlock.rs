@@ -6,7 +6,7 @@ use longbow_engine::limits::MEMLOCK_BYTES_MIN;
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
 pub fn raise() -> Result<u64, String> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| format!("reading RLIMIT_MEMLOCK: {e}"))?;
+    let (_, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| format!("reading RLIMIT_MEMLOCK: {e}"))?;
     if hard != RLIM_INFINITY && hard < MEMLOCK_BYTES_MIN {
         // Works with CAP_SYS_RESOURCE (root, or the capability in a container).
         let _ = setrlimit(Resource::RLIMIT_MEMLOCK, MEMLOCK_BYTES_MIN, MEMLOCK_BYTES_MIN);
