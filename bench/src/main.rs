@@ -41,6 +41,11 @@ struct Cli {
 enum Command {
     /// Stream vector batches into a Flight server with DoPut.
     Put(PutArgs),
+    /// Scan a dataset with DoGet from N concurrent streams, `repeat` times each.
+    Get(GetArgs),
+    /// Start a server, write N MiB of WAL, kill -9 it, and time the restart
+    /// until it answers again.
+    Recovery(RecoveryArgs),
     /// A Flight server that decodes and discards DoPut batches.
     NullServer {
         #[arg(long, default_value = "127.0.0.1:3100")]
@@ -75,9 +80,116 @@ struct PutArgs {
     /// each batch only after the previous one is acknowledged.
     #[arg(long, default_value_t = 64)]
     window: usize,
-    /// Print the summary as one JSON line too.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(Parser, Clone)]
+struct GetArgs {
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    addr: String,
+    #[arg(long, default_value = "bench")]
+    dataset: String,
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Full scans per stream.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(Parser, Clone)]
+struct RecoveryArgs {
+    /// The `longbow` binary to start.
+    #[arg(long, default_value = "target/release/longbow")]
+    server_bin: std::path::PathBuf,
+    /// Working directory (data and snapshots go under it; emptied first).
+    #[arg(long, default_value = "target/bench/recovery")]
+    dir: std::path::PathBuf,
+    /// MiB of vector batches to write before the kill.
+    #[arg(long, default_value_t = 1024)]
+    mib: u64,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct OutputArgs {
+    /// `human` (summary line) or `json` (one fio-like document per run).
+    #[arg(long, value_enum, default_value = "human")]
+    output_format: OutputFormat,
+    /// Job name in the report.
+    #[arg(long, default_value = "job")]
+    name: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Human,
+    Json,
+}
+
+/// One job's result, printed as a human line or a fio-like JSON document.
+struct Report {
+    workload: &'static str,
+    options: serde_json::Value,
+    rows: u64,
+    bytes: u64,
+    seconds: f64,
+    /// Microseconds (acknowledgement latency for put, whole-scan time for get).
+    hist: Option<Histogram<u64>>,
+    extra: serde_json::Value,
+}
+
+impl Report {
+    fn print(&self, out: &OutputArgs) {
+        let bw = self.bytes as f64 / self.seconds / (1 << 20) as f64;
+        let rps = self.rows as f64 / self.seconds;
+        match out.output_format {
+            OutputFormat::Human => {
+                let mut line = format!(
+                    "{} [{}]: {} rows in {:.2}s = {rps:.0} rows/s, {bw:.1} MiB/s",
+                    out.name, self.workload, self.rows, self.seconds
+                );
+                if let Some(h) = &self.hist {
+                    line += &format!(
+                        "; latency us min {} p50 {} p95 {} p99 {} p99.9 {} max {}",
+                        h.min(),
+                        h.value_at_quantile(0.5),
+                        h.value_at_quantile(0.95),
+                        h.value_at_quantile(0.99),
+                        h.value_at_quantile(0.999),
+                        h.max()
+                    );
+                }
+                if !self.extra.is_null() {
+                    line += &format!(" {}", self.extra);
+                }
+                println!("{line}");
+            }
+            OutputFormat::Json => {
+                let lat = self.hist.as_ref().map(|h| {
+                    serde_json::json!({
+                        "min": h.min(), "p50": h.value_at_quantile(0.5), "p95": h.value_at_quantile(0.95),
+                        "p99": h.value_at_quantile(0.99), "p99.9": h.value_at_quantile(0.999), "max": h.max(),
+                        "mean": h.mean(), "samples": h.len(),
+                    })
+                });
+                let doc = serde_json::json!({
+                    "longbow-bench version": env!("CARGO_PKG_VERSION"),
+                    "jobs": [{
+                        "jobname": out.name, "workload": self.workload, "options": self.options,
+                        "rows": self.rows, "io_bytes": self.bytes, "runtime_s": self.seconds,
+                        "bw_mib_s": bw, "rows_per_s": rps, "lat_us": lat, "extra": self.extra,
+                    }],
+                });
+                println!("{doc}");
+            }
+        }
+    }
 }
 
 fn vector_batch(rows: usize, dim: i32) -> RecordBatch {
@@ -212,27 +324,163 @@ async fn put(args: PutArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let rows = totals.rows.load(Ordering::Relaxed);
     let bytes = totals.bytes.load(Ordering::Relaxed);
-    let q = |p: f64| hist.value_at_quantile(p);
-    println!(
-        "summary: {rows} rows in {secs:.2}s = {:.0} rows/s, {:.1} MiB/s; ack latency us p50 {} p95 {} p99 {} p99.9 {} max {}",
-        rows as f64 / secs,
-        bytes as f64 / secs / (1 << 20) as f64,
-        q(0.5),
-        q(0.95),
-        q(0.99),
-        q(0.999),
-        hist.max()
-    );
-    if args.json {
-        let j = serde_json::json!({
-            "rows": rows, "seconds": secs, "rows_per_s": rows as f64 / secs,
-            "mib_per_s": bytes as f64 / secs / (1 << 20) as f64,
-            "p50_us": q(0.5), "p95_us": q(0.95), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": hist.max(),
-            "streams": args.streams, "rows_per_batch": args.rows_per_batch, "window": args.window,
-        });
-        println!("{j}");
+    Report {
+        workload: "put",
+        options: serde_json::json!({
+            "addr": args.addr, "streams": args.streams, "rows_per_batch": args.rows_per_batch, "dim": args.dim,
+            "window": args.window, "dataset": args.dataset, "dataset_per_stream": args.dataset_per_stream,
+        }),
+        rows,
+        bytes,
+        seconds: secs,
+        hist: Some(hist),
+        extra: serde_json::Value::Null,
     }
+    .print(&args.out);
     Ok(())
+}
+
+async fn connect(addr: &str) -> anyhow::Result<FlightServiceClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX))
+}
+
+async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.streams)
+        .map(|_| {
+            let args = args.clone();
+            tokio::spawn(async move {
+                let mut client = connect(&args.addr).await?;
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+                let (mut rows, mut bytes) = (0u64, 0u64);
+                for _ in 0..args.repeat {
+                    let t0 = Instant::now();
+                    let ticket = arrow_flight::Ticket { ticket: args.dataset.clone().into() };
+                    let stream = client.do_get(ticket).await?.into_inner();
+                    let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+                        stream.map(|r| r.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)))),
+                    );
+                    while let Some(b) = batches.next().await {
+                        let b = b?;
+                        rows += b.num_rows() as u64;
+                        bytes += b.get_array_memory_size() as u64;
+                    }
+                    hist.saturating_record(t0.elapsed().as_micros() as u64);
+                }
+                Ok::<_, anyhow::Error>((rows, bytes, hist))
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let (mut rows, mut bytes) = (0, 0);
+    for t in tasks {
+        let (r, b, h) = t.await??;
+        rows += r;
+        bytes += b;
+        hist.add(h)?;
+    }
+    Report {
+        workload: "get",
+        options: serde_json::json!({ "addr": args.addr, "dataset": args.dataset, "streams": args.streams, "repeat": args.repeat }),
+        rows,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        hist: Some(hist),
+        extra: serde_json::Value::Null,
+    }
+    .print(&args.out);
+    Ok(())
+}
+
+/// Starts `longbow` on `dir` and returns it with its Flight address once it
+/// prints its ready line.
+fn start_server(args: &RecoveryArgs) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(&args.server_bin)
+        .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--shards", &args.shards.to_string()])
+        .arg("--data-path")
+        .arg(args.dir.join("data"))
+        .arg("--snapshot-path")
+        .arg(args.dir.join("snapshots"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args.server_bin.display()))?;
+    let stdout = child.stdout.take().expect("stdout");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(addr) = line.strip_prefix("longbow ready flight=") {
+            let addr = addr.split_whitespace().next().unwrap_or_default().to_owned();
+            return Ok((child, format!("http://{addr}")));
+        }
+    }
+    bail!("{} exited before it was ready", args.server_bin.display())
+}
+
+async fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)?;
+    let (mut child, addr) = start_server(&args)?;
+    let batch = vector_batch(1000, 128);
+    let rows_total = args.mib * (1 << 20) / batch.get_array_memory_size() as u64 * 1000;
+    let put_args = PutArgs {
+        addr: addr.clone(),
+        streams: args.shards.max(1) * 2,
+        rows_per_batch: 1000,
+        dim: 128,
+        duration: 0.0,
+        total_rows: Some(rows_total),
+        dataset: "recovery".into(),
+        dataset_per_stream: true,
+        window: 64,
+        out: OutputArgs { output_format: OutputFormat::Human, name: "fill".into() },
+    };
+    put(put_args).await?;
+    child.kill()?;
+    child.wait()?;
+    let wal_bytes: u64 = walk_bytes(&args.dir.join("data"));
+    let t0 = Instant::now();
+    let (mut child, addr) = start_server(&args)?;
+    let ready = t0.elapsed().as_secs_f64();
+    let mut client = connect(&addr).await?;
+    let infos: Vec<_> = client.list_flights(arrow_flight::Criteria::default()).await?.into_inner().collect().await;
+    let answered = t0.elapsed().as_secs_f64();
+    let rows: u64 = infos.into_iter().filter_map(|i| i.ok()).map(|i| i.total_records as u64).sum();
+    let _ = child.kill();
+    let _ = child.wait();
+    Report {
+        workload: "recovery",
+        options: serde_json::json!({ "mib": args.mib, "shards": args.shards }),
+        rows,
+        bytes: wal_bytes,
+        seconds: answered,
+        hist: None,
+        extra: serde_json::json!({ "restart_to_ready_s": ready, "restart_to_first_answer_s": answered, "wal_bytes": wal_bytes }),
+    }
+    .print(&args.out);
+    Ok(())
+}
+
+fn walk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Decodes every batch, keeps nothing, acknowledges each like Longbow does.
@@ -326,6 +574,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Put(args) => put(args).await,
+            Command::Get(args) => get(args).await,
+            Command::Recovery(args) => recovery(args).await,
             Command::NullServer { listen } => null_server(listen).await,
         }
     })

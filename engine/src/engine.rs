@@ -108,10 +108,19 @@ pub fn default_shards() -> usize {
 
 impl Engine {
     /// Starts the shards and waits for their recovery. Blocking.
-    pub fn start(config: EngineConfig, metrics: EngineMetrics) -> Result<Engine> {
+    pub fn start(mut config: EngineConfig, metrics: EngineMetrics) -> Result<Engine> {
         if config.shards == 0 {
             return Err(Error::Startup("the shard count must be at least 1".into()));
         }
+        // IMPORTANT: glommio opens directories by absolute path only (a
+        // relative one fails with EBADF), and the defaults are relative.
+        config.data_path =
+            std::path::absolute(&config.data_path).map_err(Error::io("resolving data path", &config.data_path, 0))?;
+        config.snapshot_path = std::path::absolute(&config.snapshot_path).map_err(Error::io(
+            "resolving snapshot path",
+            &config.snapshot_path,
+            0,
+        ))?;
         let data = &config.data_path;
         let lock = layout::lock(data)?;
         let current = match layout::read(data)? {

@@ -361,3 +361,33 @@ async fn changing_the_shard_count_loses_nothing() {
     assert_holds(&server, &expected).await;
     server.terminate();
 }
+
+/// The defaults (`./data`, `./snapshots`) are relative paths: a fresh
+/// machine runs with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_relative_paths_work() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_longbow"))
+        .current_dir(dir.path())
+        .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false"])
+        .env_remove("LONGBOW_DATA_PATH")
+        .env_remove("LONGBOW_SNAPSHOT_PATH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = std::io::BufReader::new(child.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    assert!(line.starts_with("longbow ready"), "{line}");
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("flight=")).unwrap().to_owned();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = arrow_flight::FlightClient::new(channel);
+    put(&mut client, "rel", vec![vector_batch(0, 5, DIM)]).await.unwrap();
+    let action = arrow_flight::Action::new("force_snapshot", "");
+    let _: Vec<_> = client.do_action(action).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(rows(&get(&mut client, "rel").await.unwrap()), 5);
+    assert!(dir.path().join("data/LAYOUT").exists());
+    assert!(dir.path().join("snapshots/rel/_manifest.json").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
