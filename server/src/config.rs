@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
+    /// When set, every Flight call needs `authorization: Bearer <token>`
+    /// (the health service stays open for probes).
+    #[arg(long, env = "LONGBOW_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
     /// Log filter (tracing `EnvFilter` syntax: `info`, `longbow=debug`, ...).
     #[arg(long, env = "LONGBOW_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -9,6 +9,7 @@
 //! - [`error`]: the single engine-error → gRPC status mapping.
 //! - [`metrics`]: the `/metrics` endpoint; [`memlock`]: RLIMIT_MEMLOCK.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod flight;
@@ -160,6 +161,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    // The health service stays outside the check so probes need no token.
+    let flight =
+        tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));
     health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
     let flight_server = tokio::spawn({
         let stopped = stopped.clone();

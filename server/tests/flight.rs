@@ -391,3 +391,30 @@ async fn default_relative_paths_work() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_token_is_required_but_health_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), 1, &["--auth-token", "s3cret-t0ken"]);
+    let mut anonymous = server.client().await;
+    let e = put(&mut anonymous, "x", vec![vector_batch(0, 1, DIM)]).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::Unauthenticated);
+    let e = anonymous.list_flights("").await.err().expect("list needs the token");
+    assert_eq!(code(&e), tonic::Code::Unauthenticated);
+    let mut wrong = server.client().await;
+    wrong.add_header("authorization", "Bearer nope").unwrap();
+    assert_eq!(code(&get(&mut wrong, "x").await.unwrap_err()), tonic::Code::Unauthenticated);
+
+    let mut authed = server.client().await;
+    authed.add_header("authorization", "Bearer s3cret-t0ken").unwrap();
+    put(&mut authed, "x", vec![vector_batch(0, 3, DIM)]).await.unwrap();
+    assert_eq!(rows(&get(&mut authed, "x").await.unwrap()), 3);
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.flight)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert!(!server.log().contains("s3cret-t0ken"), "the token is never logged");
+    server.terminate();
+}

@@ -19,12 +19,12 @@ DIM = 128
 
 
 class Server:
-    def __init__(self, data: Path, shards: int = 2):
+    def __init__(self, data: Path, shards: int = 2, extra=()):
         self.log = open(data.parent / "longbow.log", "ab")
         self.proc = subprocess.Popen(
             [str(BINARY), "--data-path", str(data), "--snapshot-path", str(data.parent / "snapshots"),
              "--shards", str(shards),
-             "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false"],
+             "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false", *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         for line in self.proc.stdout:
             if line.startswith("longbow ready"):
@@ -166,3 +166,19 @@ def test_snapshots_are_readable_by_duckdb_and_pandas(server, tmp_path):
     assert not snap.exists()
     with pytest.raises(pa.ArrowKeyError):
         action(client, "drop_dataset", b"emb")
+
+
+def test_bearer_token_with_pyarrow_call_options(tmp_path):
+    s = Server(tmp_path / "data", extra=["--auth-token", "py-t0ken"])
+    try:
+        client = s.client()
+        with pytest.raises(fl.FlightUnauthenticatedError):
+            list(client.list_flights())
+        opts = fl.FlightCallOptions(headers=[(b"authorization", b"Bearer py-t0ken")])
+        t = vectors(0, 10)
+        writer, reader = client.do_put(fl.FlightDescriptor.for_path("secure"), t.schema, options=opts)
+        writer.write_table(t)
+        writer.close()
+        assert client.do_get(fl.Ticket(b"secure"), options=opts).read_all().num_rows == 10
+    finally:
+        assert s.stop() == 0
