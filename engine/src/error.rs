@@ -23,6 +23,8 @@ pub enum Error {
     Poisoned { shard: ShardId },
     #[error("shard {shard} could not write its WAL: {message}")]
     WalWrite { shard: ShardId, message: String },
+    #[error("shard {shard}: the WAL volume is full ({message}); nothing in this write was stored, retry once space is freed")]
+    DiskFull { shard: ShardId, message: String },
     #[error("engine is shutting down")]
     ShuttingDown,
     #[error("WAL corrupt in {path:?} at offset {offset}: {reason}")]
@@ -36,6 +38,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether this is "no space left on device".
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(nix::libc::ENOSPC))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { op, path, offset, source }

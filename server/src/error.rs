@@ -10,6 +10,7 @@ pub fn into_status(e: Error) -> Status {
         Error::InvalidName { .. } | Error::SchemaMismatch { .. } | Error::InvalidInput(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
         Error::Overloaded { .. } | Error::ShuttingDown => Code::Unavailable,
+        Error::DiskFull { .. } => Code::ResourceExhausted,
         Error::Io { .. }
         | Error::Poisoned { .. }
         | Error::WalWrite { .. }

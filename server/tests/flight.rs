@@ -418,3 +418,67 @@ async fn a_configured_token_is_required_but_health_stays_open() {
     assert!(!server.log().contains("s3cret-t0ken"), "the token is never logged");
     server.terminate();
 }
+
+/// A full WAL volume (a size-limited tmpfs, where O_DIRECT works): writes get
+/// RESOURCE_EXHAUSTED, reads go on, ingest resumes once space returns, and
+/// every acknowledged batch survives a crash. Needs root for the mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_wal_volume_refuses_writes_clearly_and_recovers() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { nix::libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a size-limited tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("wal");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: could not mount a tmpfs");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let server = Server::start(&data, 1, &["--max-wal-size", "4MiB"]);
+    let mut client = server.client().await;
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![1u8; 14 << 20]).unwrap();
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let b = vector_batch(i * 1000, 1000, 128);
+        match put(&mut client, "full", vec![b.clone()]).await {
+            Ok(_) => acked.push(b),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the volume fills up");
+    assert_eq!(code(&e), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("full"), "{e}");
+    // Reads go on, and nothing acknowledged is affected.
+    assert_eq!(concat(&get(&mut client, "full").await.unwrap()), concat(&acked));
+    // Space returns: ingest resumes by itself.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 0..3 {
+        let b = vector_batch(1_000_000 + i * 1000, 1000, 128);
+        put(&mut client, "full", vec![b.clone()]).await.unwrap();
+        acked.push(b);
+    }
+    server.kill9();
+    let server = Server::start(&data, 1, &["--max-wal-size", "4MiB"]);
+    assert_eq!(concat(&get(&mut server.client().await, "full").await.unwrap()), concat(&acked));
+    server.terminate();
+}

@@ -423,6 +423,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                     tracing::warn!(shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
                 }
                 let message = e.to_string();
+                let disk_full = e.is_disk_full();
                 let mut cat = state.catalog.borrow_mut();
                 for p in group.drain(..) {
                     if let Pending::Create { dataset, .. } = &p {
@@ -433,6 +434,8 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                     }
                     let err = if poisoned {
                         Error::Poisoned { shard }
+                    } else if disk_full {
+                        Error::DiskFull { shard, message: message.clone() }
                     } else {
                         Error::WalWrite { shard, message: message.clone() }
                     };
