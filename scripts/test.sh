@@ -29,9 +29,9 @@ scripts/setup-python.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features longbow-server/fault-injection -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --features longbow-server/fault-injection
 echo "== pytest (pyarrow end to end)"
 cargo build --locked -p longbow-server --bin longbow
 .venv/bin/python -m pytest -q tests/python

@@ -25,6 +25,7 @@
 pub mod dataset;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod layout;
 pub mod limits;
 pub mod metrics;

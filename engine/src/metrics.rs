@@ -40,6 +40,7 @@ pub struct Inner {
     pub memory_refusals: Counter,
     pub wal_segments_deleted: Counter,
     pub snapshot_compactions: Counter,
+    pub shards_poisoned: Gauge,
     pub wal_segments_created: Counter,
     pub wal_replay_seconds: Histogram,
     pub wal_replay_bytes: Counter,
@@ -84,6 +85,7 @@ impl Default for EngineMetrics {
             memory_refusals: Counter::default(),
             wal_segments_deleted: Counter::default(),
             snapshot_compactions: Counter::default(),
+            shards_poisoned: Gauge::default(),
             wal_segments_created: Counter::default(),
             // 1 ms .. ~9 min
             wal_replay_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
@@ -133,6 +135,11 @@ impl EngineMetrics {
             "wal_segments_deleted",
             "WAL segments deleted once snapshots covered them",
             self.wal_segments_deleted.clone(),
+        );
+        r.register(
+            "shards_poisoned",
+            "Shards that stopped accepting writes after a failed fsync (restart required)",
+            self.shards_poisoned.clone(),
         );
         r.register(
             "snapshot_compactions",

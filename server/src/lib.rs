@@ -31,6 +31,20 @@ use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 
+/// After a failed fsync a shard refuses writes until restart: say so on
+/// the health service, so that probes restart the pod.
+async fn report_poisoned_shards(metrics: EngineMetrics, health: tonic_health::server::HealthReporter) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if metrics.shards_poisoned.get() > 0 {
+            tracing::error!("a shard is poisoned after a failed fsync: reporting NOT_SERVING; restart to recover");
+            health.set_not_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            return;
+        }
+    }
+}
+
 /// Re-reads the reloadable settings from the config file on every SIGHUP.
 /// A bad file is logged and ignored: the settings in force stay.
 async fn reload_on_sighup(
@@ -95,6 +109,11 @@ pub enum ServerError {
 /// accepting, drains in-flight requests (up to the configured timeout),
 /// seals every WAL and returns.
 pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(n) = std::env::var("LONGBOW_FAULT_FSYNC_FAIL_AFTER").ok().and_then(|v| v.parse().ok()) {
+        tracing::warn!(after = n, "fault injection: WAL fsyncs will fail");
+        longbow_engine::faults::fail_fsync_after(n);
+    }
     let base = config::reloadable(&config);
     if let Some(file) = &config.config_file {
         let s = config::apply_file(base, file).map_err(ServerError::Config)?;
@@ -165,6 +184,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let flight =
         tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));
     health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
+    tokio::spawn(report_poisoned_shards(metrics.clone(), health.clone()));
     let flight_server = tokio::spawn({
         let stopped = stopped.clone();
         // IMPORTANT: acknowledgements are small writes that follow the

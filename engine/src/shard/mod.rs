@@ -419,6 +419,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                 if wal.is_poisoned() {
                     tracing::error!(shard, error = %e, "fsync failed; shard stops accepting writes until restart");
                     poisoned = true;
+                    metrics.shards_poisoned.inc();
                 } else {
                     tracing::warn!(shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
                 }

@@ -340,8 +340,20 @@ fn write_and_sync_inline(
             Err(e) => return Err(SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e.into()))),
         }
     }
+    if crate::faults::fsync_fails() {
+        return Err(injected_fsync_failure(seg, at));
+    }
     nix::unistd::fdatasync(fd)
         .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e.into())))
+}
+
+fn injected_fsync_failure(seg: &ActiveSegment, at: u64) -> SyncError {
+    SyncError::Fsync(Error::Io {
+        op: "fdatasync WAL segment (injected fault)",
+        path: seg.path.clone(),
+        offset: at,
+        source: std::io::Error::from_raw_os_error(nix::libc::EIO),
+    })
 }
 
 async fn write_and_sync_uring(
@@ -357,6 +369,9 @@ async fn write_and_sync_uring(
         .map_err(|e| SyncError::Write(Error::glommio("writing WAL segment", &seg.path, at)(e)))?;
     if written != len {
         return Err(short_write(seg, at, written));
+    }
+    if crate::faults::fsync_fails() {
+        return Err(injected_fsync_failure(seg, at));
     }
     seg.file.fdatasync().await.map_err(|e| SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)))
 }

@@ -32,6 +32,11 @@ impl Server {
 
     /// Like `start`, but returns the server's log if it exits instead.
     pub fn try_start(data: &Path, shards: usize, extra: &[&str]) -> Result<Server, String> {
+        Self::try_start_env(data, shards, extra, &[])
+    }
+
+    /// Like `try_start`, with extra environment variables.
+    pub fn try_start_env(data: &Path, shards: usize, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         let log = data.with_extension(format!("log.{}", rand::random::<u32>()));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_longbow"))
@@ -43,6 +48,7 @@ impl Server {
             .args(["--shards", &shards.to_string(), "--log-level", "info"])
             .args(extra)
             .env_remove("LONGBOW_LISTEN_ADDR")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
