@@ -12,9 +12,12 @@
 //! - [`wal`]: segment files written with O_DIRECT (`mod.rs`), the frame
 //!   format (`format.rs`, pure and property-tested), the Arrow IPC payload
 //!   (`ipc.rs`) and torn-tail versus corruption detection (`replay.rs`).
+//! - [`snapshot`]: Parquet files and manifests (atomic writes, merging);
+//!   the shard's snapshot worker is `shard/snapshots.rs`.
 //! - [`dataset`]: in-memory batches, schemas and name rules; no I/O.
 //! - [`layout`]: the data directory's lock, shard count and WAL generation.
-//! - [`routing`], [`limits`], [`error`], [`metrics`].
+//! - [`routing`], [`limits`], [`error`], [`metrics`], and [`faults`]
+//!   (test-only fault injection, behind the `fault-injection` feature).
 //!
 //! Two choices that may surprise: shards never share state or locks (a
 //! dataset lives on exactly one core, so its writes need no
