@@ -34,5 +34,5 @@ echo "== cargo test"
 cargo test --workspace --locked --features longbow-server/fault-injection
 echo "== pytest (pyarrow end to end)"
 cargo build --locked -p longbow-server --bin longbow
-.venv/bin/python -m pytest -q tests/python
+timeout 1200 .venv/bin/python -m pytest -q tests/python
 echo "== all tests passed"

@@ -182,3 +182,46 @@ def test_bearer_token_with_pyarrow_call_options(tmp_path):
         assert client.do_get(fl.Ticket(b"secure"), options=opts).read_all().num_rows == 10
     finally:
         assert s.stop() == 0
+
+
+def test_malformed_and_edge_inputs_get_clear_errors(tmp_path):
+    s = Server(tmp_path / "data", extra=["--max-message-size", "1MiB"])
+    try:
+        client = s.client()
+        put(client, "base", [vectors(0, 5)])
+        # Names: NUL, 10 kB, unicode, path components.
+        for bad in ["a\x00b", "x" * 10_000, "вектор", "../x", "a/b"]:
+            with pytest.raises(pa.ArrowInvalid, match="invalid dataset name"):
+                put(client, bad, [vectors(0, 1)])
+        # Dictionary-encoded columns are refused with a message saying what to do.
+        d = pa.table({"tag": pa.array(["a", "b", "a"]).dictionary_encode()})
+        with pytest.raises(pa.ArrowInvalid, match="dictionary"):
+            put(client, "dict", [d])
+        # A schema change in the middle of a stream.
+        writer, reader = client.do_put(fl.FlightDescriptor.for_path("base"), vectors(0, 1).schema)
+        writer.write_table(vectors(0, 2))
+        assert reader.read() is not None
+        with pytest.raises(pa.ArrowInvalid):
+            other = pa.table({"x": pa.array([1], pa.int64())})
+            writer.write_table(other)  # pyarrow itself refuses a second schema
+        writer.close()
+        # Zero-row batches are accepted, acknowledged and stored as such.
+        empty = vectors(0, 1).to_batches()[0].slice(0, 0)
+        writer, reader = client.do_put(fl.FlightDescriptor.for_path("empty-rows"), empty.schema)
+        writer.write_batch(empty)
+        assert json.loads(reader.read().to_pybytes())["rows"] == 0
+        writer.close()
+        assert client.do_get(fl.Ticket(b"empty-rows")).read_all().num_rows == 0
+        # A message above the size limit fails clearly (OUT_OF_RANGE, naming
+        # the limit); the server goes on.
+        with pytest.raises(pa.ArrowInvalid, match="too large"):
+            put(client, "huge", [vectors(0, 5000)])  # ~2.6 MB in one message
+        # Unknown action, and an action body that is not a name.
+        with pytest.raises(pa.ArrowInvalid, match="unknown action"):
+            action(client, "no_such_action")
+        with pytest.raises(pa.ArrowInvalid):
+            action(client, "drop_dataset", b"\xff\xfe")
+        # Nothing stored was affected.
+        assert client.do_get(fl.Ticket(b"base")).read_all().num_rows == 7
+    finally:
+        assert s.stop() == 0
