@@ -52,9 +52,8 @@ async fn reload_on_sighup(
     base: longbow_engine::engine::Settings,
     file: Option<std::path::PathBuf>,
     reloads: Family<StatusLabel, Counter>,
+    mut hup: tokio::signal::unix::Signal,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
         let Some(file) = &file else {
             tracing::warn!("SIGHUP: no LONGBOW_CONFIG file is set; the environment cannot change, nothing to reload");
@@ -145,7 +144,11 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let process_metrics = metrics::ProcessMetrics::default();
     process_metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    tokio::spawn(reload_on_sighup(engine.clone(), base, config.config_file.clone(), reloads));
+    // Registered before the server is reachable: SIGHUP's default action
+    // would terminate the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|source| ServerError::Bind { addr: config.listen_addr, source })?;
+    tokio::spawn(reload_on_sighup(engine.clone(), base, config.config_file.clone(), reloads, hup));
 
     let flight_listener = TcpListener::bind(config.listen_addr)
         .await

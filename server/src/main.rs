@@ -19,12 +19,16 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("longbow-gateway").build()?;
     runtime.block_on(async {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        use tokio::signal::unix::{signal, SignalKind};
+        // IMPORTANT: install the handlers now, not when the future is first
+        // polled: the server is reachable before that, and an early SIGTERM
+        // would otherwise kill it without sealing the WAL.
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+                _ = int.recv() => tracing::info!("SIGINT"),
             }
         };
         if let Err(e) = longbow_server::run(config, shutdown).await {
