@@ -102,6 +102,8 @@ pub enum ServerError {
     Join(#[from] tokio::task::JoinError),
     #[error("config file: {0}")]
     Config(String),
+    #[error("installing the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
 }
 
 /// Starts the engine and serves until `shutdown` resolves, then stops
@@ -146,8 +148,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let registry = Arc::new(registry);
     // Registered before the server is reachable: SIGHUP's default action
     // would terminate the process.
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|source| ServerError::Bind { addr: config.listen_addr, source })?;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(ServerError::Signal)?;
     tokio::spawn(reload_on_sighup(engine.clone(), base, config.config_file.clone(), reloads, hup));
 
     let flight_listener = TcpListener::bind(config.listen_addr)
