@@ -122,13 +122,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Indexes of the `shard-<k>` directories in `data`, ascending.
 pub fn shard_dirs(data: &Path) -> Result<Vec<usize>> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(data) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io("listing data directory", data, 0)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(Error::io("listing data directory", data, 0))?;
+    for entry in crate::wal::list_dir(data, "listing data directory")? {
         let name = entry.file_name();
         if let Some(k) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|k| k.parse().ok()) {
             out.push(k);

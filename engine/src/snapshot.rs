@@ -105,13 +105,7 @@ fn properties(compression: SnapshotCompression) -> WriterProperties {
 /// interrupted snapshot and are deleted.
 pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io("listing snapshot directory", root, 0)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(Error::io("listing snapshot directory", root, 0))?;
+    for entry in crate::wal::list_dir(root, "listing snapshot directory")? {
         let dir = entry.path();
         let path = dir.join(MANIFEST_FILE);
         let text = match std::fs::read(&path) {
@@ -124,8 +118,7 @@ pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
             offset: 0,
             reason: format!("unreadable manifest: {e}"),
         })?;
-        for f in std::fs::read_dir(&dir).map_err(Error::io("listing snapshot directory", &dir, 0))? {
-            let f = f.map_err(Error::io("listing snapshot directory", &dir, 0))?;
+        for f in crate::wal::list_dir(&dir, "listing snapshot directory")? {
             let name = f.file_name().to_string_lossy().into_owned();
             if name != MANIFEST_FILE && !m.files.iter().any(|x| x.name == name) {
                 tracing::info!(file = %f.path().display(), "deleting snapshot file not in the manifest (interrupted snapshot)");
@@ -150,14 +143,25 @@ pub async fn write_parquet(
     batches: &[RecordBatch],
     compression: SnapshotCompression,
 ) -> Result<u64> {
+    let batches = batches.to_vec();
+    write_atomically(dir, name, move |tmp| encode_to_file(tmp, schema, batches.into_iter().map(Ok), compression)).await
+}
+
+/// Runs `encode` on the shard's blocking thread (at low priority) to write a
+/// temporary file that it fsyncs, then renames it to `name` and fsyncs `dir`.
+/// Removes the temporary file if anything fails.
+async fn write_atomically(
+    dir: &Path,
+    name: &str,
+    encode: impl FnOnce(&Path) -> Result<u64> + Send + 'static,
+) -> Result<u64> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
-    let batches = batches.to_vec();
     let job_tmp = tmp.clone();
     let written = glommio::executor()
         .spawn_blocking(move || {
             lower_thread_priority();
-            encode_to_file(&job_tmp, schema, &batches, compression)
+            encode(&job_tmp)
         })
         .await;
     match written {
@@ -187,10 +191,12 @@ fn lower_thread_priority() {
 /// Nice value of the thread that encodes snapshots.
 const SNAPSHOT_NICE: i32 = 10;
 
+/// Encodes `batches` into a new Parquet file at `path` and fsyncs it;
+/// returns its size.
 fn encode_to_file(
     path: &Path,
     schema: SchemaRef,
-    batches: &[RecordBatch],
+    batches: impl Iterator<Item = Result<RecordBatch>>,
     compression: SnapshotCompression,
 ) -> Result<u64> {
     let file = std::fs::File::create(path).map_err(Error::io("creating snapshot file", path, 0))?;
@@ -198,7 +204,7 @@ fn encode_to_file(
     let mut writer = ArrowWriter::try_new(out, schema, Some(properties(compression)))
         .map_err(|e| Error::InvalidInput(format!("parquet writer: {e}")))?;
     for batch in batches {
-        writer.write(batch).map_err(|e| parquet_io(path, e))?;
+        writer.write(&batch?).map_err(|e| parquet_io(path, e))?;
     }
     // Writes the footer and hands back the buffered file.
     let out = writer.into_inner().map_err(|e| parquet_io(path, e))?;
@@ -267,38 +273,14 @@ pub async fn merge_files(
     sources: Vec<PathBuf>,
     compression: SnapshotCompression,
 ) -> Result<u64> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
-    let job_tmp = tmp.clone();
-    let written = glommio::executor()
-        .spawn_blocking(move || {
-            lower_thread_priority();
-            let file = std::fs::File::create(&job_tmp).map_err(Error::io("creating snapshot file", &job_tmp, 0))?;
-            let out = std::io::BufWriter::with_capacity(WRITE_CHUNK_BYTES, file);
-            let mut writer = ArrowWriter::try_new(out, schema, Some(properties(compression)))
-                .map_err(|e| Error::InvalidInput(format!("parquet writer: {e}")))?;
-            for src in &sources {
-                for batch in read_parquet(src)? {
-                    writer.write(&batch).map_err(|e| parquet_io(&job_tmp, e))?;
-                }
-            }
-            let out = writer.into_inner().map_err(|e| parquet_io(&job_tmp, e))?;
-            let file = out.into_inner().map_err(|e| Error::io("writing snapshot file", &job_tmp, 0)(e.into_error()))?;
-            file.sync_all().map_err(Error::io("fsyncing snapshot file", &job_tmp, 0))?;
-            file.metadata().map(|m| m.len()).map_err(Error::io("stat snapshot file", &job_tmp, 0))
-        })
-        .await;
-    match written {
-        Ok(bytes) => {
-            glommio::io::rename(&tmp, &path).await.map_err(Error::glommio("renaming snapshot file", &tmp, 0))?;
-            crate::wal::sync_dir(dir).await?;
-            Ok(bytes)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    write_atomically(dir, name, move |tmp| {
+        let batches = sources.into_iter().flat_map(|src| match read_parquet(&src) {
+            Ok(batches) => batches.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        });
+        encode_to_file(tmp, schema, batches, compression)
+    })
+    .await
 }
 
 /// Replaces the manifest of `dir` atomically.

@@ -280,7 +280,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
     }
     drop(commit_tx);
     let closed = committer.await;
-    snapshots::stop_worker(&state, snapshotter).await;
+    snapshots::stop_worker(snapshotter).await;
     if let Some(reply) = shutdown_reply {
         let _ = reply.send(closed);
     }

@@ -35,11 +35,10 @@ pub(super) fn spawn_worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) -> gl
     glommio::spawn_local_into(worker(state, rx), tq).expect("snapshot task queue").detach()
 }
 
-pub(super) async fn stop_worker(state: &State, handle: glommio::task::JoinHandle<()>) {
-    // The worker ends when its channel closes: all senders are in `state`,
-    // which outlives it, so cancel it instead; a snapshot in progress leaves
-    // only a temporary file, which the next start deletes.
-    let _ = state;
+/// The worker would end when its channel closes, but the senders live in
+/// the shard state it shares, so it is cancelled instead; a snapshot in
+/// progress leaves only a temporary file, which the next start deletes.
+pub(super) async fn stop_worker(handle: glommio::task::JoinHandle<()>) {
     handle.cancel();
 }
 

@@ -61,6 +61,16 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// The entries of `dir`; none if it does not exist. `op` names the listing
+/// in errors.
+pub(crate) fn list_dir(dir: &Path, op: &'static str) -> Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map_err(Error::io(op, dir, 0))).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(op, dir, 0)(e)),
+    }
+}
+
 /// fsync a directory, so that creates, renames and deletes in it are durable.
 pub async fn sync_dir(dir: &Path) -> Result<()> {
     let d = glommio::io::Directory::open(dir).await.map_err(Error::glommio("opening directory", dir, 0))?;

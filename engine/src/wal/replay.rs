@@ -21,13 +21,7 @@ pub struct SegmentFile {
 /// Segment files in `dir`, oldest first.
 pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io("listing WAL directory", dir, 0)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(Error::io("listing WAL directory", dir, 0))?;
+    for entry in super::list_dir(dir, "listing WAL directory")? {
         if let Some(id) = entry.file_name().to_str().and_then(super::parse_segment_file_name) {
             out.push(SegmentFile { id, path: entry.path() });
         }
