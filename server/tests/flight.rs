@@ -5,16 +5,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
-use arrow::compute::concat_batches;
 use arrow_flight::{Action, FlightData, FlightDescriptor};
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 
 const DIM: i32 = 16;
-
-fn concat(batches: &[RecordBatch]) -> RecordBatch {
-    concat_batches(&batches[0].schema(), batches).unwrap()
-}
 
 /// Writes `per_dataset` batches of varying sizes into each dataset; returns
 /// what was written, per dataset.
@@ -410,11 +405,7 @@ async fn a_configured_token_is_required_but_health_stays_open() {
     put(&mut authed, "x", vec![vector_batch(0, 3, DIM)]).await.unwrap();
     assert_eq!(rows(&get(&mut authed, "x").await.unwrap()), 3);
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", server.flight)).unwrap().connect().await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
-    assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(server.health().await, tonic_health::pb::health_check_response::ServingStatus::Serving);
     assert!(!server.log().contains("s3cret-t0ken"), "the token is never logged");
     server.terminate();
 }
@@ -509,23 +500,16 @@ async fn a_failed_fsync_poisons_the_shard() {
     assert!(failures.last().unwrap().to_string().contains("poisoned"), "{}", failures.last().unwrap());
     // Reads of what was acknowledged still work.
     assert_eq!(concat(&get(&mut client, "fragile").await.unwrap()), concat(&acked));
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", server.flight)).unwrap().connect().await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut status = 0;
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing;
+    let mut status = server.health().await;
     for _ in 0..40 {
-        status = health
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+        if status == not_serving {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        status = server.health().await;
     }
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    assert_eq!(status, not_serving);
     assert!(server.metrics_text().await.contains("longbow_shards_poisoned 1"));
     server.kill9();
     let server = Server::start(&data, 1, &[]);

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
-use arrow::compute::concat_batches;
 use arrow_flight::{Action, FlightClient};
 use common::*;
 use futures::TryStreamExt;
@@ -22,10 +21,6 @@ async fn action(
 ) -> Result<serde_json::Value, arrow_flight::error::FlightError> {
     let out: Vec<bytes::Bytes> = client.do_action(Action::new(name, body.to_owned())).await?.try_collect().await?;
     Ok(serde_json::from_slice(&out[0]).unwrap())
-}
-
-fn concat(batches: &[RecordBatch]) -> RecordBatch {
-    concat_batches(&batches[0].schema(), batches).unwrap()
 }
 
 fn parquet_files(dir: &Path) -> Vec<String> {

@@ -82,6 +82,23 @@ impl Server {
         FlightClient::new(channel)
     }
 
+    /// The grpc.health.v1 status of the overall server ("" service).
+    pub async fn health(&self) -> tonic_health::pb::health_check_response::ServingStatus {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.flight))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        tonic_health::pb::health_check_response::ServingStatus::try_from(status).unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -174,6 +191,11 @@ pub async fn put(
 
 pub async fn get(client: &mut FlightClient, dataset: &str) -> Result<Vec<RecordBatch>, FlightError> {
     client.do_get(Ticket { ticket: dataset.to_owned().into() }).await?.try_collect().await
+}
+
+/// The batches as one (they share a schema).
+pub fn concat(batches: &[RecordBatch]) -> RecordBatch {
+    arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
 }
 
 pub fn rows(batches: &[RecordBatch]) -> usize {
