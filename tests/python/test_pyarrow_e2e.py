@@ -14,7 +14,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("LONGBOW_BIN", ROOT / "target" / "debug" / "longbow"))
+BINARY = Path(os.environ.get("LONGBOW_BIN", Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "longbow"))
 DIM = 128
 
 
