@@ -33,6 +33,6 @@ cargo clippy --workspace --all-targets --locked --features longbow-server/fault-
 echo "== cargo test"
 cargo test --workspace --locked --features longbow-server/fault-injection
 echo "== pytest (pyarrow end to end)"
-cargo build --locked -p longbow-server --bin longbow
+cargo build --locked -p longbow-server --bin longbow -p longbow-bench --bin longbow-bench
 timeout 1200 .venv/bin/python -m pytest -q tests/python
 echo "== all tests passed"
