@@ -6,7 +6,8 @@
 //!
 //! A job's keys override `[global]`'s (`server-env` adds to them). Global
 //! keys that a job's workload has no use for are skipped; a job key its
-//! workload does not know is an error.
+//! workload does not know is an error. Values may name environment
+//! variables, as in fio: `${NAME}`, or `${NAME:-default}` when unset or empty.
 
 use std::path::Path;
 
@@ -18,6 +19,8 @@ use crate::{Cli, Command};
 
 /// Options that cannot both be set: a job giving one drops the others from `[global]`.
 const EXCLUSIVE: &[&[&str]] = &[&["target", "spawn-server"], &["rate-rows", "rate-batches"]];
+/// Options that only mean something for a spawned server.
+const SPAWN_ONLY: &[&str] = &["binary", "data-path", "snapshot-path", "shards", "server-env"];
 /// Options of the run, not of a job.
 const RUN_OPTIONS: &[&str] = &["output-format", "job-file"];
 
@@ -26,10 +29,14 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Workload>> {
     let mut global: Vec<(String, String)> = vec![];
     let mut jobs: Vec<(String, Vec<(String, String)>)> = vec![];
     for (section, props) in ini.iter() {
-        let keys = props.iter().map(|(k, v)| (k.trim().replace('_', "-"), v.trim().to_owned()));
+        let keys = props
+            .iter()
+            .map(|(k, v)| Ok((k.trim().replace('_', "-"), expand(v.trim()).with_context(|| format!("key {k}"))?)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("{}: [{}]", path.display(), section.unwrap_or("global")))?;
         match section {
             None | Some("global") => global.extend(keys),
-            Some(name) => jobs.push((name.to_owned(), keys.collect())),
+            Some(name) => jobs.push((name.to_owned(), keys)),
         }
     }
     if jobs.is_empty() {
@@ -44,6 +51,30 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Workload>> {
     jobs.iter()
         .map(|(name, keys)| job(&root, name, &global, keys).with_context(|| format!("{}: [{name}]", path.display())))
         .collect()
+}
+
+/// `${NAME}` and `${NAME:-default}` replaced from the environment.
+fn expand(value: &str) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = start + rest[start..].find('}').with_context(|| format!("unclosed ${{ in {value:?}"))?;
+        let inner = &rest[start + 2..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (inner, None),
+        };
+        match (std::env::var(name), default) {
+            (Ok(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Ok(v), _) => out.push_str(&v),
+            (Err(_), Some(d)) => out.push_str(d),
+            (Err(_), None) => bail!("${{{name}}} is not set in the environment"),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// The long name and whether it may repeat, if `workload` has option `key`
@@ -72,11 +103,11 @@ fn job(
     if !WORKLOADS.contains(&workload.as_str()) {
         bail!("unknown workload {workload:?} ({})", WORKLOADS.join(", "));
     }
-    // (long name, value) in command-line order.
-    let mut args: Vec<(String, String)> = vec![];
+    // (long name, value, from [global]) in command-line order.
+    let mut args: Vec<(String, String, bool)> = vec![];
     for (key, value) in global {
         if let Some((long, _)) = canonical(root, &workload, key) {
-            args.push((long, value.clone()));
+            args.push((long, value.clone(), true));
         }
     }
     for (key, value) in own {
@@ -90,16 +121,24 @@ fn job(
             .with_context(|| format!("the {workload} workload has no option {key:?}"))?;
         if !repeats {
             let group = EXCLUSIVE.iter().find(|g| g.contains(&long.as_str())).copied().unwrap_or(&[]);
-            args.retain(|(k, _)| *k != long && !group.contains(&k.as_str()));
+            args.retain(|(k, _, _)| *k != long && !group.contains(&k.as_str()));
         }
-        args.push((long, value.clone()));
+        args.push((long, value.clone(), false));
     }
-    if !args.iter().any(|(k, _)| k == "name") {
-        args.push(("name".into(), name.to_owned()));
+    // [global]'s server options do not reach a job that uses a running server.
+    let spawns = workload == "recovery"
+        || args.iter().any(|(k, v, _)| {
+            k == "spawn-server" && ["", "1", "true", "yes", "y", "on", "t"].contains(&v.to_lowercase().as_str())
+        });
+    if !spawns {
+        args.retain(|(k, _, from_global)| !(*from_global && SPAWN_ONLY.contains(&k.as_str())));
+    }
+    if !args.iter().any(|(k, _, _)| k == "name") {
+        args.push(("name".into(), name.to_owned(), false));
     }
     let argv = std::iter::once("longbow-bench".to_owned())
         .chain(std::iter::once(workload))
-        .chain(args.into_iter().map(|(k, v)| if v.is_empty() { format!("--{k}") } else { format!("--{k}={v}") }));
+        .chain(args.into_iter().map(|(k, v, _)| if v.is_empty() { format!("--{k}") } else { format!("--{k}={v}") }));
     match Cli::try_parse_from(argv) {
         Ok(Cli { command: Some(Command::Workload(w)), .. }) => Ok(w),
         Ok(_) => unreachable!("the first argument is a workload"),
@@ -138,6 +177,7 @@ mod tests {
         assert_eq!(lat.server.server_env.len(), 2, "server-env adds to [global]'s");
         let Workload::Mixed(mix) = &jobs[2] else { panic!("mixed") };
         assert!(!mix.server.spawn_server, "target= drops [global] spawn-server");
+        assert!(mix.server.shards.is_none() && mix.server.server_env.is_empty(), "no [global] server options");
         assert_eq!(mix.server.target.as_deref(), Some("http://127.0.0.1:1"));
         assert_eq!(mix.readers, 1);
     }
@@ -155,9 +195,19 @@ mod tests {
     }
 
     #[test]
-    fn shipped_example_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/example.ini");
-        let jobs = load(&path).expect("bench/jobs/example.ini parses");
-        assert!(jobs.len() >= 4);
+    fn environment_expansion() {
+        let home = std::env::var("HOME").unwrap_or_default();
+        assert_eq!(expand("${HOME}/x").expect("set"), format!("{home}/x"));
+        assert_eq!(expand("a${LONGBOW_BENCH_SURELY_UNSET:-7}b").expect("default"), "a7b");
+        assert_eq!(expand("plain").expect("no variables"), "plain");
+        assert!(expand("${LONGBOW_BENCH_SURELY_UNSET}").is_err());
+        assert!(expand("${OPEN").is_err());
+    }
+
+    #[test]
+    fn shipped_job_files_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+        assert!(load(&dir.join("example.ini")).expect("example.ini parses").len() >= 4);
+        assert!(load(&dir.join("standard.ini")).expect("standard.ini parses").len() >= 6);
     }
 }

@@ -90,7 +90,10 @@ in file order, each with its own server when it spawns one. Keys are the
 long flag names without the dashes (`rows-per-batch` or `rows_per_batch`),
 plus `workload=` (put, get, mixed, snapshot, recovery). Flags take `=1` or
 `=true`. A job's keys override [global]'s (server-env adds to them); global
-keys a workload has no use for are skipped. The section name is the job name.
+keys a workload has no use for are skipped, and so are [global]'s server
+options (binary, data-path, snapshot-path, shards, server-env) for a job that
+uses target=. Values may use ${NAME} or ${NAME:-default} from the
+environment, as in fio. The section name is the job name.
 
   [global]
   spawn-server=1
