@@ -87,6 +87,20 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 
+    /// PEM certificate chain for the Flight port; with --tls-key, Flight
+    /// (and health) are served over TLS only. Both or neither.
+    #[arg(long, env = "LONGBOW_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "LONGBOW_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): with TLS on, clients must present a
+    /// certificate signed by one of them (mutual TLS).
+    #[arg(long, env = "LONGBOW_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log filter (tracing `EnvFilter` syntax: `info`, `longbow=debug`, ...).
     #[arg(long, env = "LONGBOW_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -145,6 +159,14 @@ pub fn apply_file(base: Settings, path: &Path) -> Result<Settings, String> {
 }
 
 impl Config {
+    pub fn tls(&self) -> crate::tls::TlsPaths {
+        crate::tls::TlsPaths {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        }
+    }
+
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             data_path: self.data_path.clone(),

@@ -8,6 +8,8 @@
 //! - [`flight`]: the Flight service; `do_put.rs` holds the ingest path.
 //! - [`error`]: the single engine-error → gRPC status mapping.
 //! - [`metrics`]: the `/metrics` endpoint; [`memlock`]: RLIMIT_MEMLOCK.
+//! - [`tls`]: optional TLS (and mutual TLS) on the Flight port; metrics stay
+//!   plain HTTP.
 
 pub mod auth;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod error;
 pub mod flight;
 pub mod memlock;
 pub mod metrics;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -104,6 +107,8 @@ pub enum ServerError {
     Config(String),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Starts the engine and serves until `shutdown` resolves, then stops
@@ -114,6 +119,18 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     if let Some(n) = std::env::var("LONGBOW_FAULT_FSYNC_FAIL_AFTER").ok().and_then(|v| v.parse().ok()) {
         tracing::warn!(after = n, "fault injection: WAL fsyncs will fail");
         longbow_engine::faults::fail_fsync_after(n);
+    }
+    // Checked before the WAL replay, which can take minutes.
+    let tls = tls::load(&config.tls())?;
+    match &tls {
+        Some(t) => tracing::info!(
+            cert = ?config.tls_cert,
+            key = ?config.tls_key,
+            chain = t.chain_len,
+            client_auth = t.client_auth,
+            "TLS on for Flight and health; metrics stay plain HTTP"
+        ),
+        None => tracing::info!("TLS off: Flight and health are plaintext (set LONGBOW_TLS_CERT and LONGBOW_TLS_KEY)"),
     }
     let base = config::reloadable(&config);
     if let Some(file) = &config.config_file {
@@ -189,13 +206,17 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
         tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));
     health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
     tokio::spawn(report_poisoned_shards(metrics.clone(), health.clone()));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.config)?;
+    }
     let flight_server = tokio::spawn({
         let stopped = stopped.clone();
         // IMPORTANT: acknowledgements are small writes that follow the
         // HTTP/2 window updates for the data they acknowledge; with Nagle on,
         // they wait for the client's delayed ACK (40 ms).
         let incoming = TcpIncoming::from(flight_listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        builder
             .initial_stream_window_size(HTTP2_WINDOW_BYTES)
             .initial_connection_window_size(HTTP2_WINDOW_BYTES)
             .add_service(health_service)
