@@ -58,6 +58,8 @@ GROUP_COMMIT_BYTES_MAX = 4 * MIB  # engine/src/limits.rs
 FD_DELTA = 8
 STALL_SECONDS = 120  # a writer with no acknowledgement and no error for this long is hung
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_ERROR = re.compile(r"^\S+\s+ERROR\s")  # tracing's fmt: timestamp, level, ...
 PARSE_SIZE = re.compile(r"^(\d+)\s*(|k|kib|m|mib|g|gib)$", re.I)
 
 
@@ -265,22 +267,35 @@ def reader_thread(addr, r, states, a, stats, stop):
         d = prng.randrange(a.datasets)
         at_least = expected_rows(states, a, d)
         rows = 0
-        for chunk in client.do_get(fl.Ticket(dataset_of(d, a.datasets).encode()), opts):
-            rows += chunk.data.num_rows
+        try:
+            for chunk in client.do_get(fl.Ticket(dataset_of(d, a.datasets).encode()), opts):
+                rows += chunk.data.num_rows
+        except pa.ArrowKeyError:
+            if at_least:
+                raise
+            stats.inc("reads_not_created_yet")  # NOT_FOUND before its first acknowledged batch is right
+            return
         stats.inc("rows_scanned", rows)
         if rows < at_least:
             stats.error(f"reader {r}: DoGet {dataset_of(d, a.datasets)} gave {rows} rows, "
                         f"{at_least} were acknowledged before it started")
 
     def list_flights():
+        created = sum(1 for d in range(a.datasets) if expected_rows(states, a, d))
         n = sum(1 for _ in client.list_flights(options=opts))
-        if n < a.datasets:
-            raise RuntimeError(f"ListFlights gave {n} flights")
+        if n < created:
+            raise RuntimeError(f"ListFlights gave {n} flights, {created} datasets had acknowledged batches")
 
     def info():
         d = prng.randrange(a.datasets)
         at_least = expected_rows(states, a, d)
-        i = client.get_flight_info(fl.FlightDescriptor.for_path(dataset_of(d, a.datasets)), opts)
+        try:
+            i = client.get_flight_info(fl.FlightDescriptor.for_path(dataset_of(d, a.datasets)), opts)
+        except pa.ArrowKeyError:
+            if at_least:
+                raise
+            stats.inc("reads_not_created_yet")
+            return
         if i.total_records < at_least:
             raise RuntimeError(f"GetFlightInfo total_records {i.total_records} < {at_least} acknowledged")
 
@@ -501,7 +516,8 @@ def main():
         if rows_after != rows:
             problems_after.append(f"{rows} rows before the restart, {rows_after} after")
 
-        log_errors = [ln for ln in server.log_path.read_text(errors="replace").splitlines() if " ERROR " in ln]
+        log = ANSI.sub("", server.log_path.read_text(errors="replace"))
+        log_errors = [ln for ln in log.splitlines() if LOG_ERROR.match(ln)]
         for ln in log_errors[:5]:
             stats.error(f"server log: {ln[:300]}")
 
