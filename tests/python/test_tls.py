@@ -1,0 +1,184 @@
+"""TLS on the Flight port with pyarrow's `grpc+tls://` client: a certificate
+generated here (SAN localhost and 127.0.0.1), a round trip, clients that
+must be refused, mutual TLS, and the startup errors for bad TLS files."""
+
+import datetime
+import ipaddress
+import os
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("LONGBOW_BIN", Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "longbow"))
+# No call may hang the suite: a refused client fails within this.
+CALL = fl.FlightCallOptions(timeout=15)
+
+
+def issue(common_name, sans=(), issuer=None, ca=False):
+    """A certificate and its key (PEM bytes), self-signed or signed by
+    `issuer` = (cert, key) objects. Returns (cert, key, cert_pem, key_pem)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_cert.subject if issuer_cert else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False), critical=True)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    if not ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert, key, cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+LOCALHOST = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    _, _, server_pem, server_key = issue("localhost", LOCALHOST)  # self-signed
+    ca_cert, ca_key, ca_pem, _ = issue("longbow test client CA", ca=True)
+    _, _, client_pem, client_key = issue("client-1", issuer=(ca_cert, ca_key))
+    other_ca = issue("some other CA", ca=True)
+    _, _, stranger_pem, stranger_key = issue("stranger", issuer=other_ca[:2])
+    files = {"server.pem": server_pem, "server.key": server_key, "client-ca.pem": ca_pem,
+             "client.pem": client_pem, "client.key": client_key,
+             "stranger.pem": stranger_pem, "stranger.key": stranger_key}
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return d
+
+
+class Server:
+    def __init__(self, tmp: Path, extra=(), env=None):
+        self.log_path = tmp / "longbow.log"
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--data-path", str(tmp / "data"), "--snapshot-path", str(tmp / "snapshots"),
+             "--shards", "1", "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+             "--pin-cores", "false", *extra],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, **(env or {})})
+        for line in self.proc.stdout:
+            if line.startswith("longbow ready"):
+                fields = dict(w.split("=", 1) for w in line.split()[2:])
+                self.flight, self.metrics = fields["flight"], fields["metrics"]
+                self.port = int(self.flight.rsplit(":", 1)[1])
+                return
+        raise RuntimeError(f"longbow exited with {self.proc.wait()}: {self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def table(n=100):
+    return pa.table({"id": pa.array(range(n), pa.int32()), "name": pa.array([f"row-{i}" for i in range(n)])})
+
+
+def round_trip(client, name):
+    t = table()
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path(name), t.schema, options=CALL)
+    writer.write_table(t)
+    assert reader.read() is not None  # the PutResult: durable
+    writer.done_writing()
+    writer.close()
+    assert client.do_get(fl.Ticket(name.encode()), options=CALL).read_all().equals(t)
+
+
+def refused(client, reason=None):
+    """A call that must fail at connection time (handshake or first read),
+    not by timing out."""
+    with pytest.raises(fl.FlightUnavailableError, match=reason):
+        list(client.list_flights(options=CALL))
+
+
+def test_put_get_over_tls_and_clients_without_the_root_are_refused(pki, tmp_path):
+    # Through the environment, as the Helm chart sets them.
+    s = Server(tmp_path, env={"LONGBOW_TLS_CERT": str(pki / "server.pem"), "LONGBOW_TLS_KEY": str(pki / "server.key")})
+    try:
+        root = (pki / "server.pem").read_bytes()
+        client = fl.connect(f"grpc+tls://localhost:{s.port}", tls_root_certs=root)
+        round_trip(client, "secure")
+        assert [f.descriptor.path for f in client.list_flights(options=CALL)] == [[b"secure"]]
+        # The IP address SAN works too.
+        assert fl.connect(f"grpc+tls://127.0.0.1:{s.port}", tls_root_certs=root).do_get(
+            fl.Ticket(b"secure"), options=CALL).read_all().num_rows == 100
+
+        refused(fl.connect(f"grpc+tls://localhost:{s.port}"), "certificate verify failed")  # system roots only
+        refused(fl.connect(f"grpc://localhost:{s.port}"))  # plaintext
+        # Metrics stay plain HTTP on their own port.
+        assert b"longbow_" in urllib.request.urlopen(f"http://{s.metrics}/metrics", timeout=10).read()
+        assert s.stop() == 0
+    finally:
+        s.kill()
+    assert "TLS on" in s.log_path.read_text()
+
+
+def test_mutual_tls(pki, tmp_path):
+    s = Server(tmp_path, extra=["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+                                "--tls-client-ca", str(pki / "client-ca.pem")])
+    try:
+        root = (pki / "server.pem").read_bytes()
+        uri = f"grpc+tls://localhost:{s.port}"
+        client = fl.connect(uri, tls_root_certs=root, cert_chain=(pki / "client.pem").read_bytes(),
+                            private_key=(pki / "client.key").read_bytes())
+        round_trip(client, "mtls")
+        refused(fl.connect(uri, tls_root_certs=root))  # no client certificate
+        refused(fl.connect(uri, tls_root_certs=root, cert_chain=(pki / "stranger.pem").read_bytes(),
+                           private_key=(pki / "stranger.key").read_bytes()))  # from an untrusted CA
+        assert s.stop() == 0
+    finally:
+        s.kill()
+
+
+@pytest.mark.parametrize("case", ["key-only", "cert-only", "garbage-cert", "garbage-key", "foreign-key"])
+def test_bad_tls_settings_stop_startup_with_a_clear_error(pki, tmp_path, case):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("this is not PEM\n")
+    cert, key = str(pki / "server.pem"), str(pki / "server.key")
+    extra, expected = {
+        "key-only": (["--tls-key", key], "LONGBOW_TLS_CERT"),
+        "cert-only": (["--tls-cert", cert], "LONGBOW_TLS_KEY"),
+        "garbage-cert": (["--tls-cert", str(garbage), "--tls-key", key], "garbage.pem"),
+        "garbage-key": (["--tls-cert", cert, "--tls-key", str(garbage)], "garbage.pem"),
+        "foreign-key": (["--tls-cert", cert, "--tls-key", str(pki / "client.key")], "rejected"),
+    }[case]
+    r = subprocess.run(
+        [str(BINARY), "--data-path", str(tmp_path / "data"), "--snapshot-path", str(tmp_path / "snapshots"),
+         "--shards", "1", "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false",
+         *extra], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "longbow ready" not in r.stdout
+    assert expected in r.stderr and "panicked" not in r.stderr, r.stderr
