@@ -182,3 +182,37 @@ def test_bad_tls_settings_stop_startup_with_a_clear_error(pki, tmp_path, case):
     assert r.returncode == 1, (r.returncode, r.stderr)
     assert "longbow ready" not in r.stdout
     assert expected in r.stderr and "panicked" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("client_auth", [False, True])
+def test_helm_chart_mounts_the_tls_secret(client_auth):
+    import helm_python as helm
+    import kubernetes_validate
+    import yaml
+
+    chart_dir = ROOT / "deploy" / "helm" / "longbow"
+    values = {"tls": {"enabled": True, "secretName": "longbow-tls", "clientAuth": client_auth}}
+    report = helm.lint(chart_dir, values, strict=True, kube_version="v1.30.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+    chart = helm.Chart.load(chart_dir)
+    try:
+        out = chart.render(values, name="lb", namespace="data", is_install=True)
+    finally:
+        chart.close()
+    docs = [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    for d in docs:
+        if not d["apiVersion"].startswith("monitoring.coreos.com"):
+            kubernetes_validate.validate(d, "1.30.0", strict=True)
+    pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LONGBOW_TLS_CERT"] == "/etc/longbow-tls/tls.crt"
+    assert env["LONGBOW_TLS_KEY"] == "/etc/longbow-tls/tls.key"
+    assert ("LONGBOW_TLS_CLIENT_CA" in env) == client_auth
+    assert {"name": "tls", "mountPath": "/etc/longbow-tls", "readOnly": True} in c["volumeMounts"]
+    secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]
+    assert secret["secretName"] == "longbow-tls" and secret["defaultMode"] == 0o440
+    # The kubelet's gRPC probe cannot do TLS.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe].get("tcpSocket") == {"port": 3000} and "grpc" not in c[probe], c[probe]
