@@ -235,4 +235,16 @@ mod tests {
             assert!(matches!(validate_name(bad), Err(Error::InvalidName { .. })), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any string is accepted exactly when it follows the documented
+        /// rule, and never panics the check.
+        #[test]
+        fn names_follow_the_rule(name in "\\PC{0,140}|[A-Za-z0-9_.-]{0,140}") {
+            let rule = (1..=128).contains(&name.len())
+                && !name.starts_with('.')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            proptest::prop_assert_eq!(validate_name(&name).is_ok(), rule, "{:?}", name);
+        }
+    }
 }

@@ -25,6 +25,8 @@ pub enum Error {
     WalWrite { shard: ShardId, message: String },
     #[error("shard {shard}: the WAL volume is full ({message}); nothing in this write was stored, retry once space is freed")]
     DiskFull { shard: ShardId, message: String },
+    #[error("shard {shard}: snapshot failed, the WAL is kept: {message}")]
+    Snapshot { shard: ShardId, message: String, disk_full: bool },
     #[error("engine is shutting down")]
     ShuttingDown,
     #[error("WAL corrupt in {path:?} at offset {offset}: {reason}")]
@@ -40,7 +42,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Whether this is "no space left on device".
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(nix::libc::ENOSPC))
+        match self {
+            Error::Io { source, .. } => source.raw_os_error() == Some(nix::libc::ENOSPC),
+            Error::Snapshot { disk_full, .. } => *disk_full,
+            _ => false,
+        }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64) -> impl FnOnce(std::io::Error) -> Error {

@@ -1,31 +1,67 @@
 //! Fault injection for tests, compiled in only with the `fault-injection`
 //! feature (`cargo test --features longbow-server/fault-injection`). Without
-//! it every check is a constant `false`.
+//! it every check is a constant `false` and the release binary has no seam.
+//!
+//! A fault is armed with "succeed `after` times, then fail `times` times"
+//! (`u64::MAX` times = for ever). The server arms them from
+//! `LONGBOW_FAULT_*` environment variables (see `server/src/lib.rs`).
+
+/// Where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A WAL `fdatasync` reports EIO (the kernel may have dropped the pages).
+    WalFsync = 0,
+    /// A WAL commit write reports EIO after writing only part of the commit.
+    WalWrite = 1,
+    /// Writing a snapshot (Parquet) file reports EIO.
+    SnapshotWrite = 2,
+    /// Writing a new WAL segment's header reports EIO.
+    WalCreate = 3,
+}
 
 #[cfg(feature = "fault-injection")]
-static FSYNC_FAIL_AFTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+static ARMED: std::sync::Mutex<[Option<(u64, u64)>; 4]> = std::sync::Mutex::new([None; 4]);
+
+/// Lets the next `after` checks of `fault` pass, then fails `times` of them.
+#[cfg(feature = "fault-injection")]
+pub fn arm(fault: Fault, after: u64, times: u64) {
+    ARMED.lock().expect("fault table")[fault as usize] = Some((after, times));
+}
 
 /// Makes every WAL `fdatasync` after the first `n` fail with EIO.
 #[cfg(feature = "fault-injection")]
 pub fn fail_fsync_after(n: u64) {
-    FSYNC_FAIL_AFTER.store(n, std::sync::atomic::Ordering::SeqCst);
+    arm(Fault::WalFsync, n, u64::MAX);
 }
 
-/// Whether this WAL fsync must fail.
-pub(crate) fn fsync_fails() -> bool {
+/// Whether this operation must fail.
+pub(crate) fn fails(fault: Fault) -> bool {
     #[cfg(feature = "fault-injection")]
     {
-        use std::sync::atomic::Ordering;
-        let left = FSYNC_FAIL_AFTER.load(Ordering::SeqCst);
-        if left == u64::MAX {
-            return false;
+        let mut armed = ARMED.lock().expect("fault table");
+        match &mut armed[fault as usize] {
+            None => false,
+            Some((after, _)) if *after > 0 => {
+                *after -= 1;
+                false
+            }
+            Some((_, 0)) => false,
+            Some((_, times)) => {
+                if *times != u64::MAX {
+                    *times -= 1;
+                }
+                true
+            }
         }
-        if left == 0 {
-            return true;
-        }
-        FSYNC_FAIL_AFTER.store(left - 1, Ordering::SeqCst);
-        false
     }
     #[cfg(not(feature = "fault-injection"))]
-    false
+    {
+        let _ = fault;
+        false
+    }
+}
+
+/// An EIO as the kernel would report it.
+pub(crate) fn eio() -> std::io::Error {
+    std::io::Error::from_raw_os_error(nix::libc::EIO)
 }

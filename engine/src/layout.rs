@@ -146,35 +146,45 @@ fn read_header(path: &Path) -> std::io::Result<Option<SegmentHeader>> {
     Ok(SegmentHeader::decode(&buf).ok())
 }
 
-/// Deletes every segment whose generation is not `generation`, and a newest
-/// segment whose header never became durable (a crash while creating it:
-/// it holds nothing). Returns each directory's remaining segments.
+/// Deletes every segment whose generation is not `generation` (left by an
+/// interrupted shard-count change) and the temporary files of segments a
+/// crash caught being created (they never held a record). A segment whose
+/// header is missing or damaged is corruption: segments get their names
+/// only once their header is durable. Returns each directory's remaining
+/// segments.
 pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
     let mut out = Vec::new();
     for k in shard_dirs(data)? {
         let dir = shard_dir(data, k);
-        let segments = list_segments(&dir)?;
-        let mut keep = Vec::new();
         let mut deleted = false;
-        for (i, seg) in segments.iter().enumerate() {
+        for entry in crate::wal::list_dir(&dir, "listing WAL directory")? {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".wal.tmp")) {
+                tracing::warn!(file = %entry.path().display(), "deleting a WAL segment a crash caught during its creation (it holds no records)");
+                std::fs::remove_file(entry.path()).map_err(Error::io(
+                    "deleting unfinished segment",
+                    entry.path(),
+                    0,
+                ))?;
+                deleted = true;
+            }
+        }
+        let mut keep = Vec::new();
+        for seg in list_segments(&dir)? {
             let header = read_header(&seg.path).map_err(Error::io("reading segment header", &seg.path, 0))?;
-            let stale = match header {
-                Some(h) => h.generation != generation,
-                None if i + 1 == segments.len() => true,
-                None => {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason: "segment header is damaged and newer segments follow".into(),
-                    })
-                }
+            let Some(header) = header else {
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: "segment header is missing or damaged".into(),
+                });
             };
-            if stale {
-                tracing::info!(file = %seg.path.display(), "deleting WAL segment left by an interrupted shard-count change or segment creation");
+            if header.generation != generation {
+                tracing::info!(file = %seg.path.display(), "deleting WAL segment left by an interrupted shard-count change");
                 std::fs::remove_file(&seg.path).map_err(Error::io("deleting stale segment", &seg.path, 0))?;
                 deleted = true;
             } else {
-                keep.push(seg.clone());
+                keep.push(seg);
             }
         }
         if deleted {

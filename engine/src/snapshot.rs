@@ -166,7 +166,10 @@ async fn write_atomically(
         .await;
     match written {
         Ok(bytes) => {
-            glommio::io::rename(&tmp, &path).await.map_err(Error::glommio("renaming snapshot file", &tmp, 0))?;
+            if let Err(e) = glommio::io::rename(&tmp, &path).await {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::glommio("renaming snapshot file", &tmp, 0)(e));
+            }
             crate::wal::sync_dir(dir).await?;
             Ok(bytes)
         }
@@ -209,6 +212,9 @@ fn encode_to_file(
     // Writes the footer and hands back the buffered file.
     let out = writer.into_inner().map_err(|e| parquet_io(path, e))?;
     let file = out.into_inner().map_err(|e| Error::io("writing snapshot file", path, 0)(e.into_error()))?;
+    if crate::faults::fails(crate::faults::Fault::SnapshotWrite) {
+        return Err(Error::io("fsyncing snapshot file (injected fault)", path, 0)(crate::faults::eio()));
+    }
     file.sync_all().map_err(Error::io("fsyncing snapshot file", path, 0))?;
     let bytes = file.metadata().map_err(Error::io("stat snapshot file", path, 0))?.len();
     Ok(bytes)

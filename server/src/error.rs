@@ -11,6 +11,8 @@ pub fn into_status(e: Error) -> Status {
         Error::NotFound(_) => Code::NotFound,
         Error::Overloaded { .. } | Error::ShuttingDown => Code::Unavailable,
         Error::DiskFull { .. } => Code::ResourceExhausted,
+        Error::Snapshot { disk_full: true, .. } => Code::ResourceExhausted,
+        Error::Snapshot { disk_full: false, .. } => Code::Internal,
         Error::Io { .. }
         | Error::Poisoned { .. }
         | Error::WalWrite { .. }

@@ -89,6 +89,35 @@ async fn reload_on_sighup(
     }
 }
 
+/// Test builds only: `LONGBOW_FAULT_FSYNC_FAIL_AFTER=n` (every WAL fsync
+/// after the n-th fails), `LONGBOW_FAULT_WAL_WRITE_FAIL=after:times` and
+/// `LONGBOW_FAULT_SNAPSHOT_FAIL=after:times` and
+/// `LONGBOW_FAULT_WAL_CREATE_FAIL=after:times` (succeed `after` times, then
+/// fail `times` times with EIO).
+#[cfg(feature = "fault-injection")]
+fn arm_faults_from_env() {
+    use longbow_engine::faults::{arm, fail_fsync_after, Fault};
+    if let Some(n) = std::env::var("LONGBOW_FAULT_FSYNC_FAIL_AFTER").ok().and_then(|v| v.parse().ok()) {
+        tracing::warn!(after = n, "fault injection: WAL fsyncs will fail");
+        fail_fsync_after(n);
+    }
+    for (var, fault) in [
+        ("LONGBOW_FAULT_WAL_WRITE_FAIL", Fault::WalWrite),
+        ("LONGBOW_FAULT_SNAPSHOT_FAIL", Fault::SnapshotWrite),
+        ("LONGBOW_FAULT_WAL_CREATE_FAIL", Fault::WalCreate),
+    ] {
+        let Ok(v) = std::env::var(var) else { continue };
+        let parsed = v.split_once(':').and_then(|(a, t)| Some((a.parse().ok()?, t.parse().ok()?)));
+        match parsed {
+            Some((after, times)) => {
+                tracing::warn!(?fault, after, times, "fault injection armed");
+                arm(fault, after, times);
+            }
+            None => tracing::error!(var, value = v, "fault injection: expected after:times; ignored"),
+        }
+    }
+}
+
 /// HTTP/2 flow-control window per stream and per connection. The 64 KiB
 /// default caps one stream at a window per round trip, far below disk speed.
 pub const HTTP2_WINDOW_BYTES: u32 = 16 << 20;
@@ -116,10 +145,7 @@ pub enum ServerError {
 /// seals every WAL and returns.
 pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     #[cfg(feature = "fault-injection")]
-    if let Some(n) = std::env::var("LONGBOW_FAULT_FSYNC_FAIL_AFTER").ok().and_then(|v| v.parse().ok()) {
-        tracing::warn!(after = n, "fault injection: WAL fsyncs will fail");
-        longbow_engine::faults::fail_fsync_after(n);
-    }
+    arm_faults_from_env();
     // Checked before the WAL replay, which can take minutes.
     let tls = tls::load(&config.tls())?;
     match &tls {

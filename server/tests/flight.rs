@@ -188,13 +188,7 @@ async fn kill9_under_concurrent_writes_keeps_every_acknowledged_batch_once() {
 }
 
 fn newest_segment(shard_dir: &std::path::Path) -> std::path::PathBuf {
-    let mut segs: Vec<_> = std::fs::read_dir(shard_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
+    wal_segments(shard_dir).pop().unwrap()
 }
 
 /// Crash after `n` single-batch commits of `dataset` on a one-shard server.

@@ -8,20 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
-use arrow_flight::{Action, FlightClient};
 use common::*;
-use futures::TryStreamExt;
 
 const DIM: i32 = 32;
-
-async fn action(
-    client: &mut FlightClient,
-    name: &str,
-    body: &str,
-) -> Result<serde_json::Value, arrow_flight::error::FlightError> {
-    let out: Vec<bytes::Bytes> = client.do_action(Action::new(name, body.to_owned())).await?.try_collect().await?;
-    Ok(serde_json::from_slice(&out[0]).unwrap())
-}
 
 fn parquet_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

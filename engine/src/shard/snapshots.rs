@@ -19,6 +19,11 @@ use crate::snapshot::{self, Manifest};
 /// queue's 1000 when both have work.
 const SNAPSHOT_SHARES: usize = 50;
 
+/// After a failed run the worker waits this long before the next, so that a
+/// failing snapshot volume is not hammered (memory pressure asks again
+/// every few milliseconds).
+const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A request for a snapshot: `dataset` `None` means all; `Some("")` only
 /// wakes the worker (new settings).
 pub struct SnapJob {
@@ -70,16 +75,25 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
         if all {
             last_run = Instant::now();
         }
-        if let Err(e) = &r {
-            tracing::warn!(shard = state.id, error = %e, "snapshot failed; the WAL is kept");
+        let r = r.map_err(|e| (e.to_string(), e.is_disk_full()));
+        if let Err((message, _)) = &r {
+            tracing::warn!(
+                shard = state.id,
+                error = message,
+                "snapshot failed, the WAL is kept; next try in {RETRY_BACKOFF:?} at the earliest"
+            );
         }
         for j in jobs {
             if let Some(reply) = j.reply {
-                let _ = reply.send(match &r {
-                    Ok(report) => Ok(report.clone()),
-                    Err(e) => Err(Error::WalWrite { shard: state.id, message: format!("snapshot failed: {e}") }),
-                });
+                let _ = reply.send(r.clone().map_err(|(message, disk_full)| Error::Snapshot {
+                    shard: state.id,
+                    message,
+                    disk_full,
+                }));
             }
+        }
+        if r.is_err() {
+            glommio::timer::sleep(RETRY_BACKOFF).await;
         }
     }
 }

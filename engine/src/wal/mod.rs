@@ -5,7 +5,9 @@
 //! Invariants the recovery code relies on:
 //! - one commit is in flight at a time, so only the last commit can be torn;
 //! - every segment but the newest ends with a seal frame, written and synced
-//!   before the next segment is created;
+//!   before the next segment is created, and nothing is written after a seal;
+//! - a commit whose write failed is sealed over at once (its bytes may be
+//!   partly on disk), so no later commit or replay can pick up its frames;
 //! - LSNs are contiguous within a shard, and every frame records the offset
 //!   of the commit that holds it.
 
@@ -21,6 +23,7 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 
 use crate::error::{Error, Result};
+use crate::faults::Fault;
 use crate::limits::INLINE_COMMIT_BYTES_MAX;
 use crate::metrics::EngineMetrics;
 use format::{FrameHeader, FrameKind, SegmentHeader, FRAME_HEADER_BYTES};
@@ -89,6 +92,11 @@ struct ActiveSegment {
     block: u64,
     /// Datasets whose schema message is already in this segment.
     schemas_written: HashSet<String>,
+    /// A seal frame ends this segment: the next commit needs a new one.
+    sealed: bool,
+    /// A failed write may have left frames from `pos` on: the segment must
+    /// be sealed there before anything else is written.
+    tail_suspect: bool,
 }
 
 pub struct Wal {
@@ -173,8 +181,14 @@ impl Wal {
     /// the first record; the rest follow contiguously.
     pub async fn append_synced(&mut self, records: &[Record<'_>]) -> Result<Lsn> {
         assert!(!records.is_empty());
+        assert!(!self.poisoned, "no WAL write after a failed fsync");
         let mut len = self.commit_len(records);
-        if self.active.pos + len > self.segment_bytes_max && self.active.pos > self.active.block {
+        // Nothing goes after a seal (one may precede a failed rotation) or
+        // after a failed write (sealed over first): a new segment.
+        if self.active.sealed
+            || self.active.tail_suspect
+            || (self.active.pos + len > self.segment_bytes_max && self.active.pos > self.active.block)
+        {
             self.rotate().await?;
             len = self.commit_len(records);
         }
@@ -208,22 +222,39 @@ impl Wal {
         }
         out[at..].fill(0);
         let result = write_and_sync(seg, buf, commit_start, &self.metrics).await;
-        if let Err(SyncError::Fsync(_)) = &result {
-            self.poisoned = true;
-        }
-        let result = result.map_err(SyncError::into_inner);
         if result.is_err() {
             // The commit never became durable: its schemas may be missing
             // from the file, so write them again next time.
             seg.schemas_written.retain(|d| !records.iter().any(|r| r.dataset == d));
-            return result.map(|_| 0);
         }
-        seg.pos += len;
-        self.next_lsn += records.len() as u64;
-        Ok(first_lsn)
+        match result {
+            Ok(()) => {
+                seg.pos += len;
+                self.next_lsn += records.len() as u64;
+                Ok(first_lsn)
+            }
+            Err(SyncError::Fsync(e)) => {
+                self.poisoned = true;
+                Err(e)
+            }
+            Err(SyncError::Write(e)) => {
+                seg.tail_suspect = true;
+                // IMPORTANT: part of the failed commit may be on disk from
+                // `commit_start` on, with valid checksums and the LSNs the
+                // next commit will reuse. A seal frame written over its start
+                // ends the segment there, so neither replay nor a shorter
+                // next commit can take those frames for acknowledged ones.
+                if let Err(seal) = self.seal().await {
+                    tracing::warn!(shard = self.shard, error = %seal, "sealing over a failed WAL write failed too; retried before the next commit");
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Seals the active segment and starts the next one.
+    /// Seals the active segment (unless it is already) and starts the next
+    /// one. If the new file cannot be created the active segment stays
+    /// sealed and the next commit tries again.
     async fn rotate(&mut self) -> Result<()> {
         self.seal().await?;
         let next = create_segment(&self.dir, self.shard, self.generation, self.active.id + 1, self.next_lsn).await?;
@@ -238,12 +269,26 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes the seal frame that marks the active segment complete.
+    /// Writes the seal frame that marks the active segment complete; a
+    /// no-op if it is sealed already. The seal takes an LSN only once it is
+    /// durable, so a retried seal carries the same one.
     pub async fn seal(&mut self) -> Result<()> {
-        let seg = &mut self.active;
+        if self.active.sealed {
+            return Ok(());
+        }
         let lsn = self.next_lsn;
-        self.next_lsn += 1;
-        write_seal(seg, lsn, &self.metrics).await
+        match write_seal(&mut self.active, lsn, &self.metrics).await {
+            Ok(()) => {
+                self.next_lsn += 1;
+                self.active.sealed = true;
+                Ok(())
+            }
+            Err(SyncError::Fsync(e)) => {
+                self.poisoned = true;
+                Err(e)
+            }
+            Err(SyncError::Write(e)) => Err(e),
+        }
     }
 
     /// Seals the active segment and closes it (clean shutdown).
@@ -265,14 +310,14 @@ async fn close(seg: ActiveSegment) {
     }
 }
 
-async fn write_seal(seg: &mut ActiveSegment, lsn: Lsn, metrics: &EngineMetrics) -> Result<()> {
+async fn write_seal(seg: &mut ActiveSegment, lsn: Lsn, metrics: &EngineMetrics) -> std::result::Result<(), SyncError> {
     let header = FrameHeader { kind: FrameKind::Seal, lsn, segment_id: seg.id, commit_start: seg.pos };
     let frame = format::encode_frame(header, b"", b"");
     let mut buf = seg.file.alloc_dma_buffer(seg.block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..frame.len()].copy_from_slice(&frame);
     let at = seg.pos;
-    write_and_sync(seg, buf, at, metrics).await.map_err(SyncError::into_inner)?;
+    write_and_sync(seg, buf, at, metrics).await?;
     seg.pos += seg.block;
     Ok(())
 }
@@ -300,7 +345,9 @@ async fn write_and_sync(
 ) -> std::result::Result<(), SyncError> {
     let len = buf.len();
     let started = std::time::Instant::now();
-    let result = if len as u64 <= INLINE_COMMIT_BYTES_MAX {
+    let result = if crate::faults::fails(Fault::WalWrite) {
+        Err(injected_write_failure(seg, &buf, at))
+    } else if len as u64 <= INLINE_COMMIT_BYTES_MAX {
         write_and_sync_inline(seg, &buf, at)
     } else {
         write_and_sync_uring(seg, buf, at).await
@@ -350,7 +397,7 @@ fn write_and_sync_inline(
             Err(e) => return Err(SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e.into()))),
         }
     }
-    if crate::faults::fsync_fails() {
+    if crate::faults::fails(Fault::WalFsync) {
         return Err(injected_fsync_failure(seg, at));
     }
     nix::unistd::fdatasync(fd)
@@ -362,7 +409,23 @@ fn injected_fsync_failure(seg: &ActiveSegment, at: u64) -> SyncError {
         op: "fdatasync WAL segment (injected fault)",
         path: seg.path.clone(),
         offset: at,
-        source: std::io::Error::from_raw_os_error(nix::libc::EIO),
+        source: crate::faults::eio(),
+    })
+}
+
+/// The worst kind of failed write: the first half of the commit reaches the
+/// file (valid frames among it), then the write reports EIO.
+fn injected_write_failure(seg: &ActiveSegment, buf: &glommio::io::DmaBuffer, at: u64) -> SyncError {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `seg.file`, which outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(seg.file.as_raw_fd()) };
+    let half = (buf.len() / 2).next_multiple_of(seg.block as usize).min(buf.len());
+    let _ = nix::sys::uio::pwrite(fd, &buf.as_bytes()[..half], at as i64);
+    SyncError::Write(Error::Io {
+        op: "writing WAL segment (injected fault)",
+        path: seg.path.clone(),
+        offset: at + half as u64,
+        source: crate::faults::eio(),
     })
 }
 
@@ -380,37 +443,95 @@ async fn write_and_sync_uring(
     if written != len {
         return Err(short_write(seg, at, written));
     }
-    if crate::faults::fsync_fails() {
+    if crate::faults::fails(Fault::WalFsync) {
         return Err(injected_fsync_failure(seg, at));
     }
     seg.file.fdatasync().await.map_err(|e| SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)))
 }
 
+/// The temporary name a segment has until its header is durable.
+pub fn segment_tmp_name(id: u64) -> String {
+    format!(".{}.tmp", segment_file_name(id))
+}
+
+/// Creates segment `id`: header written and synced under a temporary name,
+/// then renamed (never over an existing segment) and the directory synced.
+/// IMPORTANT: a `*.wal` file therefore always has a durable header, so a
+/// segment with a missing or damaged one is damage, never a crash in the
+/// middle of creating it (that leaves only a temporary file, deleted at
+/// start).
 async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_lsn: Lsn) -> Result<ActiveSegment> {
     let path = dir.join(segment_file_name(id));
-    let file =
-        OpenOptions::new().read(true).write(true).create_new(true).dma_open(&path).await.map_err(Error::glommio(
-            "creating WAL segment",
-            &path,
-            0,
-        ))?;
+    let tmp = dir.join(segment_tmp_name(id));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&tmp)
+        .await
+        .map_err(Error::glommio("creating WAL segment", &tmp, 0))?;
+    let created = match init_segment(&tmp, &file, shard, generation, id, first_lsn).await {
+        Ok(block) => rename_no_replace(&tmp, &path).map(|()| block),
+        Err(e) => Err(e),
+    };
+    let created = match created {
+        Ok(block) => sync_dir(dir).await.map(|()| block),
+        Err(e) => Err(e),
+    };
+    match created {
+        Ok(block) => Ok(ActiveSegment {
+            file: Rc::new(file),
+            path,
+            id,
+            pos: block,
+            block,
+            schemas_written: HashSet::new(),
+            sealed: false,
+            tail_suspect: false,
+        }),
+        Err(e) => {
+            let _ = file.close().await;
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
+        .map_err(|e| Error::io("naming new WAL segment", to, 0)(e.into()))
+}
+
+/// Writes and syncs a new segment's header block. Returns the block size.
+async fn init_segment(
+    path: &Path,
+    file: &DmaFile,
+    shard: u32,
+    generation: u64,
+    id: u64,
+    first_lsn: Lsn,
+) -> Result<u64> {
     let block = file.alignment().max(512);
     let header = SegmentHeader { block_bytes: block as u32, shard, generation, segment_id: id, first_lsn };
     let mut buf = file.alloc_dma_buffer(block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    let written = file.write_at(buf, 0).await.map_err(Error::glommio("writing segment header", &path, 0))?;
+    if crate::faults::fails(Fault::WalCreate) {
+        return Err(Error::io("writing segment header (injected fault)", path, 0)(crate::faults::eio()));
+    }
+    let written = file.write_at(buf, 0).await.map_err(Error::glommio("writing segment header", path, 0))?;
     if written as u64 != block {
         return Err(Error::Io {
             op: "writing segment header (short write)",
-            path,
+            path: path.to_owned(),
             offset: written as u64,
             source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
         });
     }
-    file.fdatasync().await.map_err(Error::glommio("fdatasync segment header", &path, 0))?;
-    sync_dir(dir).await?;
-    Ok(ActiveSegment { file: Rc::new(file), path, id, pos: block, block, schemas_written: HashSet::new() })
+    file.fdatasync().await.map_err(Error::glommio("fdatasync segment header", path, 0))?;
+    Ok(block)
 }
 
 /// Finishes a segment left unsealed by a crash: cuts it at `valid_end`
@@ -429,6 +550,21 @@ pub async fn seal_after_crash(
         0,
     ))?;
     let pos = valid_end.next_multiple_of(block);
+    if valid_end < pos {
+        // IMPORTANT: replay checks that a commit's padding is zero; the
+        // torn commit's bytes between the last good frame and the block
+        // end would read as damage once this segment is not the newest.
+        let start = pos - block;
+        let kept = file.read_at(start, (valid_end - start) as usize).await.map_err(Error::glommio(
+            "reading WAL segment",
+            path,
+            start,
+        ))?;
+        let mut buf = file.alloc_dma_buffer(block as usize);
+        buf.as_bytes_mut().fill(0);
+        buf.as_bytes_mut()[..kept.len()].copy_from_slice(&kept);
+        file.write_at(buf, start).await.map_err(Error::glommio("zeroing a torn commit's padding", path, start))?;
+    }
     file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
     let mut seg = ActiveSegment {
         file: Rc::new(file),
@@ -437,8 +573,10 @@ pub async fn seal_after_crash(
         pos,
         block,
         schemas_written: HashSet::new(),
+        sealed: false,
+        tail_suspect: false,
     };
-    write_seal(&mut seg, lsn, metrics).await?;
+    write_seal(&mut seg, lsn, metrics).await.map_err(SyncError::into_inner)?;
     close(seg).await;
     Ok(())
 }

@@ -117,7 +117,22 @@ pub async fn replay_segment(
 
     let reason: String = loop {
         let rel = (pos - buf_start) as usize;
-        let decoded = format::decode_frame(&buf[rel.min(buf.len())..]);
+        let decoded = match format::decode_frame(&buf[rel.min(buf.len())..]) {
+            // Commits are zero-padded to the block: check all of it, so
+            // that damage there is found too.
+            Err(DecodeError::Zero) if pos % block != 0 => {
+                let pad = (pos.next_multiple_of(block) - pos) as usize;
+                match buf.get(rel..rel + pad) {
+                    None if !eof => Err(DecodeError::Truncated),
+                    Some(p) if p.iter().any(|b| *b != 0) => {
+                        let at = pos + p.iter().position(|b| *b != 0).unwrap_or(0) as u64;
+                        break format!("non-zero byte at offset {at} in the padding after a commit");
+                    }
+                    _ => Err(DecodeError::Zero),
+                }
+            }
+            d => d,
+        };
         match decoded {
             Err(DecodeError::Truncated) if !eof => {
                 // Drop what is consumed, then read more.

@@ -72,4 +72,44 @@ mod tests {
         }
         assert_eq!(dataset_from_descriptor(None).unwrap_err().code(), tonic::Code::InvalidArgument);
     }
+
+    proptest::proptest! {
+        /// Any bytes give a dataset name or INVALID_ARGUMENT, never a panic.
+        #[test]
+        fn any_ticket_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            match dataset_from_ticket(&bytes) {
+                // Both ticket forms are UTF-8 text.
+                Ok(_) => proptest::prop_assert!(std::str::from_utf8(&bytes).is_ok()),
+                Err(status) => proptest::prop_assert_eq!(status.code(), tonic::Code::InvalidArgument),
+            }
+        }
+
+        /// Every name survives the ticket the server hands out.
+        #[test]
+        fn tickets_round_trip(name in "\\PC{0,64}") {
+            proptest::prop_assert_eq!(dataset_from_ticket(&ticket_for(&name).ticket).unwrap(), name);
+        }
+
+        /// Any descriptor (type, path, cmd) gives the single path element or
+        /// INVALID_ARGUMENT.
+        #[test]
+        fn any_descriptor_parses_or_fails_cleanly(
+            kind in proptest::num::i32::ANY,
+            path in proptest::collection::vec("\\PC{0,16}", 0..4),
+            cmd in proptest::collection::vec(proptest::num::u8::ANY, 0..32),
+        ) {
+            let d = FlightDescriptor { r#type: kind, path: path.clone(), cmd: cmd.into() };
+            let is_path = DescriptorType::try_from(kind) == Ok(DescriptorType::Path);
+            match dataset_from_descriptor(Some(&d)) {
+                Ok(name) => {
+                    proptest::prop_assert!(is_path && path.len() == 1);
+                    proptest::prop_assert_eq!(&name, &path[0]);
+                }
+                Err(status) => {
+                    proptest::prop_assert!(!is_path || path.len() != 1);
+                    proptest::prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                }
+            }
+        }
+    }
 }

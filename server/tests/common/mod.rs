@@ -218,3 +218,21 @@ pub fn lsn_of(r: &PutResult) -> u64 {
 pub async fn count_stream<T>(s: futures::stream::BoxStream<'static, Result<T, FlightError>>) -> usize {
     s.filter(|r| futures::future::ready(r.is_ok())).count().await
 }
+
+/// The WAL segment files of a shard directory, oldest first.
+pub fn wal_segments(shard_dir: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// Runs a `DoAction` and parses its one JSON result.
+pub async fn action(client: &mut FlightClient, name: &str, body: &str) -> Result<serde_json::Value, FlightError> {
+    let out: Vec<bytes::Bytes> =
+        client.do_action(arrow_flight::Action::new(name, body.to_owned())).await?.try_collect().await?;
+    Ok(serde_json::from_slice(&out[0]).unwrap())
+}
