@@ -560,6 +560,8 @@ def main():
             "rss_max_second_half_mib": round(max((s["rss"] for s in soak[half:]), default=0) / MIB, 1),
             "rss_end_mib": round(smp[-1]["rss"] / MIB, 1),
             "rss_bound_mib": round(rss_bound / MIB, 1),
+            # The bound without the reads of evicted data (informational, not checked).
+            "rss_bound_without_reads_mib": round((rss_bound - a.readers * sampler.max_decoded_file) / MIB, 1),
             "largest_decoded_snapshot_file_mib": round(sampler.max_decoded_file / MIB, 1),
             "memory_metric_max_mib": round(mem_max / MIB, 1), "memory_metric_bound_mib": round(mem_bound / MIB, 1),
             "fd_baseline": fd_baseline, "fd_max": max(s["fds"] for s in smp), "fd_end": fd_end,
