@@ -24,6 +24,7 @@ ulimit -l unlimited 2>/dev/null || true
 PY=.venv/bin/python
 BENCH=./target/release/longbow-bench
 rm -rf "$DIR" && mkdir -p "$DIR/tmp" "$OUT"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 # Servers longbow-bench spawns keep their data under $DIR too (not /tmp, which may be another volume).
 export TMPDIR=$DIR/tmp
 pids=()
@@ -113,7 +114,7 @@ json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M')", "commit": "$(git rev-parse --
            "subject": $(git log -1 --format=%s | $PY -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'),
            "dirty": $([ -n "$(git status --porcelain --untracked-files=no)" ] && echo True || echo False),
            "host": "$(hostname)", "cpus": $cpus, "cpu_model": "$model", "mem_gib": round($mem_kib / 2**20),
-           "kernel": "$(uname -r)", "fs": "$(df -T "$DIR" | awk 'NR==2 {print $2 " on " $1}')", "secs": $SECS},
+           "kernel": "$(uname -r)", "load_start": "$load_start", "load_end": "$(cut -d' ' -f1-3 /proc/loadavg)", "fs": "$(df -T "$DIR" | awk 'NR==2 {print $2 " on " $1}')", "secs": $SECS},
           open(sys.argv[1], "w"))
 EOF
 if [ "${BENCH_DOCS:-1}" != 0 ]; then

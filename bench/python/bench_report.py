@@ -29,6 +29,11 @@ def ratio(a, b):
     return f"{a / b:.2f}" if a and b else ""
 
 
+def shards(job):
+    s = job["server"].get("shards")
+    return "the server's default shards" if s is None else f"{s} shard" + ("s" if s != 1 else "")
+
+
 def render(res: Path) -> str:
     m = json.loads((res / "machine.json").read_text())
     out = [BEGIN, "## Latest run (written by `scripts/bench.sh`)", ""]
@@ -37,7 +42,8 @@ def render(res: Path) -> str:
         f"`scripts/bench.sh {m['secs']}` ({m['secs']} s per measurement), {m['date']} UTC, at commit "
         f"`{m['commit']}` (\"{m['subject']}\"){dirty}. Machine `{m['host']}`: {m['cpus']} CPUs "
         f"({m['cpu_model']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, data on {m['fs']}; clients and "
-        "servers share the machine. Figures from one run: compare ratios within it.",
+        f"servers share the machine; load average (1, 5, 15 min) {m.get('load_start', '?')} at the start, "
+        f"{m.get('load_end', '?')} at the end. Figures from one run: compare ratios within it.",
         "",
     ]
 
@@ -96,7 +102,7 @@ def render(res: Path) -> str:
                 sn = j["snapshot"]
                 b, d = sn["side_before"].get("lat_us") or {}, sn["side_during"].get("lat_us") or {}
                 notes.append(
-                    f"- **{j['jobname']}** ({j['server'].get('shards') or 'default'} shard(s)): `force_snapshot` of "
+                    f"- **{j['jobname']}** ({shards(j)}): `force_snapshot` of "
                     f"{sn['arrow_bytes'] / 2**20:,.1f} MiB (Arrow) took {sn['seconds']:.2f} s = **{sn['mib_per_s']:,.1f} MiB/s**. "
                     f"Side stream ({o.get('side_rows')}-row batches one at a time) ack p50 / p99 / max: "
                     f"before {n(b.get('p50'))} / {n(b.get('p99'))} / {n(b.get('max'))} µs (n={b.get('samples', 0)}), "
@@ -104,7 +110,7 @@ def render(res: Path) -> str:
             if "recovery" in j:
                 r = j["recovery"]
                 notes.append(
-                    f"- **{j['jobname']}** ({j['server'].get('shards')} shards): `kill -9` with {r['wal_bytes'] / 2**20:,.0f} MiB "
+                    f"- **{j['jobname']}** ({shards(j)}): `kill -9` with {r['wal_bytes'] / 2**20:,.0f} MiB "
                     f"of WAL; restart to ready {r['restart_to_ready_s']:.2f} s, to the first ListFlights answer "
                     f"{r['restart_to_first_answer_s']:.2f} s ({r['wal_bytes'] / 2**20 / r['restart_to_first_answer_s']:,.0f} MiB/s "
                     f"of WAL, process start included); rows acknowledged {r['rows_acked']:,}, after restart "
