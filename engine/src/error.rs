@@ -43,7 +43,10 @@ impl Error {
     /// Whether this is "no space left on device".
     pub fn is_disk_full(&self) -> bool {
         match self {
-            Error::Io { source, .. } => source.raw_os_error() == Some(nix::libc::ENOSPC),
+            // glommio's errors arrive re-wrapped: the kind survives, the errno not.
+            Error::Io { source, .. } => {
+                source.raw_os_error() == Some(nix::libc::ENOSPC) || source.kind() == std::io::ErrorKind::StorageFull
+            }
             Error::Snapshot { disk_full, .. } => *disk_full,
             _ => false,
         }

@@ -115,7 +115,8 @@ pub fn write(data: &Path, layout: Layout) -> Result<()> {
     sync_dir(data)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// fsync a directory from a plain thread (startup, before the executors).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsyncing directory", dir, 0))
 }
 

@@ -106,11 +106,20 @@ fn properties(compression: SnapshotCompression) -> WriterProperties {
 pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
     for entry in crate::wal::list_dir(root, "listing snapshot directory")? {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let dir = entry.path();
         let path = dir.join(MANIFEST_FILE);
         let text = match std::fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The first snapshot of a dataset, or a drop, was interrupted
+                // (a drop removes the manifest first): the WAL still holds
+                // every row, and outside readers must not see these files.
+                delete_unlisted(&dir, |_| false)?;
+                continue;
+            }
             Err(e) => return Err(Error::io("reading snapshot manifest", &path, 0)(e)),
         };
         let m: Manifest = serde_json::from_slice(&text).map_err(|e| Error::Corrupt {
@@ -118,16 +127,30 @@ pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
             offset: 0,
             reason: format!("unreadable manifest: {e}"),
         })?;
-        for f in crate::wal::list_dir(&dir, "listing snapshot directory")? {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name != MANIFEST_FILE && !m.files.iter().any(|x| x.name == name) {
-                tracing::info!(file = %f.path().display(), "deleting snapshot file not in the manifest (interrupted snapshot)");
-                let _ = std::fs::remove_file(f.path());
-            }
-        }
+        delete_unlisted(&dir, |name| name == MANIFEST_FILE || m.files.iter().any(|x| x.name == name))?;
         out.push(m);
     }
     Ok(out)
+}
+
+/// Deletes the files of a dataset's snapshot directory that `keep` does not
+/// name (leftovers of an interrupted snapshot, merge or drop), then makes
+/// the deletes durable.
+fn delete_unlisted(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+    let mut deleted = false;
+    for f in crate::wal::list_dir(dir, "listing snapshot directory")? {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if !keep(&name) && f.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::info!(file = %f.path().display(), "deleting snapshot file no manifest lists (interrupted snapshot, merge or drop)");
+            std::fs::remove_file(f.path()).map_err(Error::io("deleting unlisted snapshot file", f.path(), 0))?;
+            deleted = true;
+        }
+    }
+    if deleted {
+        // IMPORTANT: otherwise a power loss could bring the files back.
+        crate::layout::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Writes `batches` as one Parquet file `name` in `dir`, durably and

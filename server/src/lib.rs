@@ -215,8 +215,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
 
     let metrics_server = tokio::spawn({
         let stopped = stopped.clone();
+        let poisoned = metrics.shards_poisoned.clone();
         async move {
-            axum::serve(metrics_listener, metrics::router(registry, process_metrics))
+            axum::serve(metrics_listener, metrics::router(registry, process_metrics, poisoned))
                 .with_graceful_shutdown(stopped())
                 .await
         }

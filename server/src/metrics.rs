@@ -109,7 +109,10 @@ impl ProcessMetrics {
     }
 }
 
-pub fn router(registry: Arc<Registry>, process: ProcessMetrics) -> Router {
+/// `/metrics`, and `/healthz`: 200 "ok", or 503 once a shard is poisoned
+/// (a failed fsync: restart to recover). Plain HTTP, so that probes work
+/// when the Flight port speaks TLS (the kubelet's gRPC probe cannot).
+pub fn router(registry: Arc<Registry>, process: ProcessMetrics, shards_poisoned: Gauge) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -128,5 +131,18 @@ pub fn router(registry: Arc<Registry>, process: ProcessMetrics) -> Router {
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let poisoned = shards_poisoned.get();
+                async move {
+                    if poisoned > 0 {
+                        let body = format!("{poisoned} shard(s) poisoned after a failed fsync: restart required\n");
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+                    } else {
+                        "ok\n".into_response()
+                    }
+                }
+            }),
+        )
 }

@@ -80,6 +80,7 @@ async fn round_trip_across_shards_and_restart() {
         stats["per_dataset"].as_array().unwrap().iter().map(|d| d["shard"].as_u64().unwrap()).collect();
     assert!(used_shards.len() > 1, "8 datasets land on more than one of 3 shards: {used_shards:?}");
 
+    assert!(server.http_get("/healthz").await.starts_with("HTTP/1.1 200"), "healthy");
     let metrics = server.metrics_text().await;
     for name in [
         "longbow_wal_writes_total{status=\"ok\"}",
@@ -455,8 +456,24 @@ async fn a_full_wal_volume_refuses_writes_clearly_and_recovers() {
     assert!(e.to_string().contains("full"), "{e}");
     // Reads go on, and nothing acknowledged is affected.
     assert_eq!(concat(&get(&mut client, "full").await.unwrap()), concat(&acked));
+    // A crash, and a restart with not a byte free: it starts (going on in
+    // the crashed segment needs no space) and serves what is stored.
+    server.kill9();
+    let last_byte = mnt.join("last-byte");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&last_byte).unwrap();
+        while f.write_all(&[7u8; 4096]).is_ok() {}
+        while f.write_all(&[7u8]).is_ok() {}
+    }
+    let server = Server::start(&data, 1, &["--max-wal-size", "4MiB"]);
+    let mut client = server.client().await;
+    assert_eq!(concat(&get(&mut client, "full").await.unwrap()), concat(&acked));
+    let e = put(&mut client, "full", vec![vector_batch(-1000, 1000, 128)]).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::ResourceExhausted, "{e}");
     // Space returns: ingest resumes by itself.
     std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&last_byte).unwrap();
     for i in 0..3 {
         let b = vector_batch(1_000_000 + i * 1000, 1000, 128);
         put(&mut client, "full", vec![b.clone()]).await.unwrap();
@@ -505,6 +522,7 @@ async fn a_failed_fsync_poisons_the_shard() {
     }
     assert_eq!(status, not_serving);
     assert!(server.metrics_text().await.contains("longbow_shards_poisoned 1"));
+    assert!(server.http_get("/healthz").await.starts_with("HTTP/1.1 503"), "/healthz fails too");
     server.kill9();
     let server = Server::start(&data, 1, &[]);
     let got = get(&mut server.client().await, "fragile").await.unwrap();

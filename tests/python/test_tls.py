@@ -213,6 +213,6 @@ def test_helm_chart_mounts_the_tls_secret(client_auth):
     assert {"name": "tls", "mountPath": "/etc/longbow-tls", "readOnly": True} in c["volumeMounts"]
     secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]
     assert secret["secretName"] == "longbow-tls" and secret["defaultMode"] == 0o440
-    # The kubelet's gRPC probe cannot do TLS.
+    # The kubelet's gRPC probe cannot do TLS: plain HTTP /healthz on metrics.
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe].get("tcpSocket") == {"port": 3000} and "grpc" not in c[probe], c[probe]
+        assert c[probe].get("httpGet") == {"path": "/healthz", "port": 9090} and "grpc" not in c[probe], c[probe]

@@ -107,11 +107,26 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
 
     let wal = match &plan.migrate_from {
         None => {
-            let (last, sealed) = r.replay_segments(&own, plan.generation, true, |_| true).await?;
+            let (last, mut sealed, resume) = r.replay_segments(&own, plan.generation, true, |_| true).await?;
             // IMPORTANT: LSNs never go back, even if every segment that
             // held the newest ones was deleted after a snapshot.
-            let next_lsn = last.unwrap_or(0).max(lsn_floor) + 1;
-            Wal::create(
+            let mut next_lsn = last.unwrap_or(0).max(lsn_floor) + 1;
+            let resume = match resume {
+                // Go on in the crashed segment: no space needed to start.
+                Some(res) if res.next_lsn >= next_lsn => {
+                    next_lsn = res.next_lsn;
+                    Some(res)
+                }
+                // Snapshots cover LSNs beyond it (not expected): seal it
+                // with its own next LSN, and go on above the snapshots.
+                Some(res) => {
+                    wal::seal_after_crash(&res.path, res.id, res.valid_end, res.block, res.next_lsn, metrics).await?;
+                    sealed.push(SealedSegment { id: res.id, path: res.path, last_lsn: res.next_lsn });
+                    None
+                }
+                None => None,
+            };
+            Wal::open(
                 &plan.dir,
                 plan.shard,
                 plan.generation,
@@ -120,6 +135,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
                 plan.segment_bytes_max,
                 metrics.clone(),
                 sealed,
+                resume,
             )
             .await?
         }
@@ -129,12 +145,12 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
                 let owned = |name: &str| shard_for(name, plan.shards) == plan.shard;
                 // Old directories are read, never repaired: they are deleted
                 // once every shard has logged its datasets again.
-                let (last, _) = r.replay_segments(segments, plan.generation, false, owned).await?;
+                let (last, _, _) = r.replay_segments(segments, plan.generation, false, owned).await?;
                 max_lsn = max_lsn.max(last.unwrap_or(0));
             }
             // Old generations' LSNs are all below the new ones, so what the
             // manifests cover stays below every new record.
-            let mut wal = Wal::create(
+            let mut wal = Wal::open(
                 &plan.dir,
                 plan.shard,
                 plan.generation + 1,
@@ -143,6 +159,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
                 plan.segment_bytes_max,
                 metrics.clone(),
                 Vec::new(),
+                None,
             )
             .await?;
             relog(&mut wal, &mut r.catalog).await?;
@@ -162,14 +179,15 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
 
 impl Replay<'_> {
     /// Replays one directory's segments, all of `generation`, oldest first.
-    /// Returns the last LSN and, once repaired, the segments as sealed.
+    /// Returns the last LSN, the sealed segments and, when repairing, the
+    /// newest segment if a crash left it unsealed (to go on in).
     async fn replay_segments(
         &mut self,
         segments: &[SegmentFile],
         generation: u64,
         repair: bool,
         owned: impl Fn(&str) -> bool,
-    ) -> Result<(Option<Lsn>, Vec<SealedSegment>)> {
+    ) -> Result<(Option<Lsn>, Vec<SealedSegment>, Option<wal::Resume>)> {
         let mut last_lsn: Option<Lsn> = None;
         let mut sealed = Vec::new();
         for (i, seg) in segments.iter().enumerate() {
@@ -242,10 +260,21 @@ impl Replay<'_> {
                 }
                 SegmentEnd::Clean => {}
             }
+            let seal_lsn = last_lsn.map_or(r.header.first_lsn, |l| l + 1);
+            if r.end != SegmentEnd::Sealed && repair && newest {
+                let block = r.header.block_bytes as u64;
+                let resume = wal::Resume {
+                    id: seg.id,
+                    path: seg.path.clone(),
+                    valid_end: r.valid_end,
+                    block,
+                    next_lsn: seal_lsn,
+                };
+                return Ok((last_lsn, sealed, Some(resume)));
+            }
             if r.end != SegmentEnd::Sealed && repair {
                 // IMPORTANT: seal before a new segment exists, so that every
                 // segment but the newest ends with a seal frame.
-                let seal_lsn = last_lsn.map_or(r.header.first_lsn, |l| l + 1);
                 wal::seal_after_crash(
                     &seg.path,
                     seg.id,
@@ -263,7 +292,7 @@ impl Replay<'_> {
                 last_lsn: last_lsn.unwrap_or(r.header.first_lsn),
             });
         }
-        Ok((last_lsn, sealed))
+        Ok((last_lsn, sealed, None))
     }
 }
 

@@ -105,7 +105,10 @@ pub struct Wal {
     generation: u64,
     segment_bytes_max: u64,
     next_lsn: Lsn,
-    active: ActiveSegment,
+    /// `None` until a segment could be created (the volume was full at
+    /// start): the next commit creates segment `next_segment_id`.
+    active: Option<ActiveSegment>,
+    next_segment_id: u64,
     metrics: EngineMetrics,
     /// Set when an fdatasync failed: the kernel may have dropped the dirty
     /// pages, so retrying could report success for lost data.
@@ -115,10 +118,27 @@ pub struct Wal {
     sealed: Rc<RefCell<Vec<SealedSegment>>>,
 }
 
+/// The newest segment as a crash left it, to go on from: cut at
+/// `valid_end` (a torn commit dropped), not sealed.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub id: u64,
+    pub path: PathBuf,
+    pub valid_end: u64,
+    pub block: u64,
+    /// The LSN the segment's next frame (its seal, first) must carry.
+    pub next_lsn: Lsn,
+}
+
 impl Wal {
-    /// Starts a new segment `segment_id` in `dir` and logs from `next_lsn`.
+    /// Opens the log of a shard that logs from `next_lsn`: in the crashed
+    /// segment `resume`, or else in a new segment `segment_id`. Neither
+    /// needs free space: the crashed segment is only cut (its seal comes
+    /// with the next commit or shutdown), and if the new segment cannot be
+    /// created because the volume is full, the shard starts without one,
+    /// serves reads, and each commit tries again.
     #[allow(clippy::too_many_arguments)]
-    pub async fn create(
+    pub async fn open(
         dir: &Path,
         shard: u32,
         generation: u64,
@@ -127,8 +147,22 @@ impl Wal {
         segment_bytes_max: u64,
         metrics: EngineMetrics,
         sealed: Vec<SealedSegment>,
+        resume: Option<Resume>,
     ) -> Result<Self> {
-        let active = create_segment(dir, shard, generation, segment_id, next_lsn).await?;
+        let active = match resume {
+            Some(r) => {
+                assert_eq!(r.next_lsn, next_lsn, "a resumed segment goes on from its own last LSN");
+                Some(reopen_after_crash(&r).await?)
+            }
+            None => match create_segment(dir, shard, generation, segment_id, next_lsn).await {
+                Ok(a) => Some(a),
+                Err(e) if e.is_disk_full() => {
+                    tracing::warn!(shard, error = %e, "the WAL volume is full: starting without a segment; writes are refused until there is room");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
         Ok(Self {
             dir: dir.to_owned(),
             shard,
@@ -136,6 +170,7 @@ impl Wal {
             segment_bytes_max,
             next_lsn,
             active,
+            next_segment_id: segment_id,
             metrics,
             poisoned: false,
             sealed: Rc::new(RefCell::new(sealed)),
@@ -155,8 +190,8 @@ impl Wal {
         self.next_lsn
     }
 
-    /// Bytes a commit of these records takes in the active segment.
-    fn commit_len(&self, records: &[Record<'_>]) -> u64 {
+    /// Bytes a commit of these records takes in `seg`.
+    fn commit_len(seg: &ActiveSegment, records: &[Record<'_>]) -> u64 {
         let mut seen = HashSet::new();
         let body: usize = records
             .iter()
@@ -165,7 +200,7 @@ impl Wal {
                     seen.remove(r.dataset);
                     return format::frame_len(r.dataset.len(), 0);
                 }
-                let schema = if self.active.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
+                let schema = if seg.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
                     0
                 } else {
                     r.schema_message.len()
@@ -173,7 +208,7 @@ impl Wal {
                 format::frame_len(r.dataset.len(), schema + r.message.map_or(0, |m| m.encoded_len()))
             })
             .sum();
-        (body as u64).next_multiple_of(self.active.block)
+        (body as u64).next_multiple_of(seg.block)
     }
 
     /// Writes `records` as one commit and makes it durable
@@ -182,17 +217,22 @@ impl Wal {
     pub async fn append_synced(&mut self, records: &[Record<'_>]) -> Result<Lsn> {
         assert!(!records.is_empty());
         assert!(!self.poisoned, "no WAL write after a failed fsync");
-        let mut len = self.commit_len(records);
-        // Nothing goes after a seal (one may precede a failed rotation) or
-        // after a failed write (sealed over first): a new segment.
-        if self.active.sealed
-            || self.active.tail_suspect
-            || (self.active.pos + len > self.segment_bytes_max && self.active.pos > self.active.block)
-        {
+        // Nothing goes after a seal (one may precede a failed rotation),
+        // after a failed write or into a crashed segment (both sealed
+        // first): a new segment.
+        let rotate = match &self.active {
+            None => true,
+            Some(a) => {
+                a.sealed
+                    || a.tail_suspect
+                    || (a.pos + Self::commit_len(a, records) > self.segment_bytes_max && a.pos > a.block)
+            }
+        };
+        if rotate {
             self.rotate().await?;
-            len = self.commit_len(records);
         }
-        let seg = &mut self.active;
+        let seg = self.active.as_mut().expect("a rotation leaves an active segment");
+        let len = Self::commit_len(seg, records);
         let commit_start = seg.pos;
         let first_lsn = self.next_lsn;
         let mut buf = seg.file.alloc_dma_buffer(len as usize);
@@ -257,14 +297,16 @@ impl Wal {
     /// sealed and the next commit tries again.
     async fn rotate(&mut self) -> Result<()> {
         self.seal().await?;
-        let next = create_segment(&self.dir, self.shard, self.generation, self.active.id + 1, self.next_lsn).await?;
-        let old = std::mem::replace(&mut self.active, next);
-        self.sealed.borrow_mut().push(SealedSegment {
-            id: old.id,
-            path: old.path.clone(),
-            last_lsn: self.next_lsn - 1,
-        });
-        close(old).await;
+        let id = self.active.as_ref().map_or(self.next_segment_id, |a| a.id + 1);
+        let next = create_segment(&self.dir, self.shard, self.generation, id, self.next_lsn).await?;
+        if let Some(old) = self.active.replace(next) {
+            self.sealed.borrow_mut().push(SealedSegment {
+                id: old.id,
+                path: old.path.clone(),
+                last_lsn: self.next_lsn - 1,
+            });
+            close(old).await;
+        }
         self.metrics.wal_segments_created.inc();
         Ok(())
     }
@@ -273,14 +315,12 @@ impl Wal {
     /// no-op if it is sealed already. The seal takes an LSN only once it is
     /// durable, so a retried seal carries the same one.
     pub async fn seal(&mut self) -> Result<()> {
-        if self.active.sealed {
-            return Ok(());
-        }
+        let Some(active) = self.active.as_mut().filter(|a| !a.sealed) else { return Ok(()) };
         let lsn = self.next_lsn;
-        match write_seal(&mut self.active, lsn, &self.metrics).await {
+        match write_seal(active, lsn, &self.metrics).await {
             Ok(()) => {
                 self.next_lsn += 1;
-                self.active.sealed = true;
+                active.sealed = true;
                 Ok(())
             }
             Err(SyncError::Fsync(e)) => {
@@ -294,13 +334,10 @@ impl Wal {
     /// Seals the active segment and closes it (clean shutdown).
     pub async fn close(mut self) -> Result<()> {
         self.seal().await?;
-        close(self.active).await;
+        if let Some(active) = self.active {
+            close(active).await;
+        }
         Ok(())
-    }
-
-    /// Total bytes in the active segment so far.
-    pub fn active_segment(&self) -> (u64, u64) {
-        (self.active.id, self.active.pos)
     }
 }
 
@@ -544,6 +581,18 @@ pub async fn seal_after_crash(
     lsn: Lsn,
     metrics: &EngineMetrics,
 ) -> Result<()> {
+    let mut seg =
+        reopen_after_crash(&Resume { id: segment_id, path: path.to_owned(), valid_end, block, next_lsn: lsn }).await?;
+    write_seal(&mut seg, lsn, metrics).await.map_err(SyncError::into_inner)?;
+    close(seg).await;
+    Ok(())
+}
+
+/// Opens a segment a crash left unsealed for writing, cut at the block
+/// after `valid_end` (a torn commit dropped, its padding zeroed). It takes
+/// no commit before it is sealed (`tail_suspect`). Frees space, needs none.
+async fn reopen_after_crash(r: &Resume) -> Result<ActiveSegment> {
+    let (path, valid_end, block) = (&r.path, r.valid_end, r.block);
     let file = OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(Error::glommio(
         "opening WAL segment",
         path,
@@ -566,17 +615,14 @@ pub async fn seal_after_crash(
         file.write_at(buf, start).await.map_err(Error::glommio("zeroing a torn commit's padding", path, start))?;
     }
     file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
-    let mut seg = ActiveSegment {
+    Ok(ActiveSegment {
         file: Rc::new(file),
         path: path.to_owned(),
-        id: segment_id,
+        id: r.id,
         pos,
         block,
         schemas_written: HashSet::new(),
         sealed: false,
-        tail_suspect: false,
-    };
-    write_seal(&mut seg, lsn, metrics).await.map_err(SyncError::into_inner)?;
-    close(seg).await;
-    Ok(())
+        tail_suspect: true,
+    })
 }

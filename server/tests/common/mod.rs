@@ -37,7 +37,11 @@ impl Server {
 
     /// Like `try_start`, with extra environment variables.
     pub fn try_start_env(data: &Path, shards: usize, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
-        let log = data.with_extension(format!("log.{}", rand::random::<u32>()));
+        // Beside the data directory, unless that is on a (full) test volume.
+        let log = match data.parent().filter(|p| !p.join("filler").exists()) {
+            Some(_) => data.with_extension(format!("log.{}", rand::random::<u32>())),
+            None => std::env::temp_dir().join(format!("longbow-test-{}.log", rand::random::<u32>())),
+        };
         let log_file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_longbow"))
             .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false"])
@@ -119,9 +123,16 @@ impl Server {
     }
 
     pub async fn metrics_text(&self) -> String {
+        self.http_get("/metrics").await
+    }
+
+    /// The whole HTTP/1.1 response (status line, headers, body) of a GET on
+    /// the metrics port.
+    pub async fn http_get(&self, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(&self.metrics).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
         let mut out = String::new();
         stream.read_to_string(&mut out).await.unwrap();
         out
