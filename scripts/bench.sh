@@ -16,7 +16,9 @@ cd "$(dirname "$0")/.."
 SECS=${1:-8}
 DIR=${BENCH_DIR:-$PWD/target/bench}
 OUT=$DIR/results
-SCALING_MIN_CPUS=16
+# Shard scaling needs a core per shard; both overridable to try the path on a small machine.
+SCALING_MIN_CPUS=${BENCH_SCALING_MIN_CPUS:-16}
+SCALING_SHARDS=${BENCH_SCALING_SHARDS:-1 2 4 8 16}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio >/dev/null; }
 scripts/setup-python.sh
 cargo build --release --locked -p longbow-server -p longbow-bench --bin longbow --bin longbow-bench 2>&1 | tail -1
@@ -97,8 +99,8 @@ printf '{"jobs": %s, "read_mib_s": %s, "write_new_mib_s": %s, "write_overwrite_m
 
 cpus=$(nproc)
 if [ "$cpus" -ge "$SCALING_MIN_CPUS" ]; then
-    echo "## shard scaling, longbow-bench put, 2 streams per shard"
-    for s in 1 2 4 8 16; do
+    echo "## shard scaling ($SCALING_SHARDS shards), longbow-bench put, 2 streams per shard"
+    for s in $SCALING_SHARDS; do
         $BENCH put --spawn-server --shards "$s" --streams $((2 * s)) --dataset-per-stream --window 64 \
             --duration "$SECS" --name "shards-$s" --output-format json >"$OUT/scaling-$s.json"
     done

@@ -173,7 +173,12 @@ async fn run(jobs: Vec<Workload>, job_file: Option<&Path>, format: OutputFormat)
     let started = std::time::SystemTime::now();
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let report = job.run().await.with_context(|| format!("job {} ({})", job.name(), job.kind()))?;
+        // IMPORTANT: on Ctrl-C the job is dropped, not abandoned: dropping
+        // its server kills a spawned `longbow` and removes its temporary directories.
+        let report = tokio::select! {
+            r = job.run() => r.with_context(|| format!("job {} ({})", job.name(), job.kind()))?,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted during job {}", job.name()),
+        };
         match format {
             OutputFormat::Human => report.write_human(&mut std::io::stdout().lock())?,
             OutputFormat::Json => report.write_human(&mut std::io::stderr().lock())?,
