@@ -114,7 +114,18 @@ def proc_status(pid):
             k, _, v = line.partition(":")
             if k in ("VmRSS", "VmHWM", "Threads"):
                 out[k] = int(v.split()[0])
-    return {"rss": out["VmRSS"] * 1024, "hwm": out["VmHWM"] * 1024, "threads": out["Threads"]}
+    r = {"rss": out["VmRSS"] * 1024, "hwm": out["VmHWM"] * 1024, "threads": out["Threads"]}
+    # Anonymous memory, and how much of it the allocator has given back with
+    # MADV_FREE (still counted in RSS until the kernel needs it).
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("Anonymous", "LazyFree"):
+                    r[k.lower()] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return r
 
 
 def open_fds(pid):
@@ -506,6 +517,8 @@ def main():
             fd_end = settled_fds(pid) if alive else None
             if alive:
                 sampler.sample("end", t0)
+                time.sleep(20)  # idle: does resident memory come back down?
+                sampler.sample("idle", t0)
 
         problems, rows = verify(server.flight, states, a) if alive else (["server died"], 0)
         metrics = scrape(server.metrics_url) if alive else {}
@@ -563,7 +576,11 @@ def main():
             "rss_start_mib": round(rss_start / MIB, 1), "rss_max_mib": round(rss_max / MIB, 1),
             "rss_max_first_half_mib": round(max((s["rss"] for s in soak[:half]), default=0) / MIB, 1),
             "rss_max_second_half_mib": round(max((s["rss"] for s in soak[half:]), default=0) / MIB, 1),
-            "rss_end_idle_mib": round(smp[-1]["rss"] / MIB, 1),
+            "rss_end_mib": round(next((s["rss"] for s in smp if s["phase"] == "end"), 0) / MIB, 1),
+            "rss_idle_20s_later_mib": round(smp[-1]["rss"] / MIB, 1),
+            "anonymous_idle_mib": round(smp[-1].get("anonymous", 0) / MIB, 1),
+            "lazyfree_idle_mib": round(smp[-1].get("lazyfree", 0) / MIB, 1),
+            "memory_metric_idle_mib": round((smp[-1].get("longbow_memory_bytes") or 0) / MIB, 1),
             "rss_bound_mib": round(rss_bound / MIB, 1),
             # Not checked: the bound if each reader may hold one decoded snapshot file.
             "rss_bound_with_reads_mib": round(rss_bound_with_reads / MIB, 1),
