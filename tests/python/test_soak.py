@@ -3,7 +3,12 @@
 small memory limit and the smallest WAL segments, so that back-pressure,
 eviction, rotation and truncation happen in that time. Asserts the script's
 own checks; the bounds are the formulas documented in scripts/soak.py and
-docs/reliability.md, not tuned figures, and nothing here depends on speed."""
+docs/reliability.md, not tuned figures, and nothing here depends on speed.
+
+When written, this failed on a real bug: DoGet answers INTERNAL ("opening
+snapshot file ... No such file or directory") when compaction deletes a
+file the scan was about to read (docs/reliability.md, "Last soak run",
+finding 1)."""
 
 import json
 import os
