@@ -10,7 +10,7 @@ endpoint; at the end it checks:
                  back exactly once, in order, and nothing else is (also after
                  a clean restart)
   rss            RSS (VmHWM, the peak) never above
-                     rss_start + max_memory + shards x 96 MiB + (writers + readers) x 1 MiB
+                     rss_start + max_memory + shards x 96 MiB + (writers + readers) x 16 MiB
                  i.e. the memory limit plus a fixed overhead (docs/reliability.md
                  says why each term). Reported, not checked: the same bound plus
                  readers x the largest decoded snapshot file, because DoGet
@@ -58,7 +58,11 @@ MIB = 1 << 20
 # DMA pool (SHARD_IO_MEMORY_BYTES, 32 MiB), a Parquet row group being
 # encoded, gRPC buffers. Each shard has its own pool and snapshot worker.
 FIXED_OVERHEAD_PER_SHARD = 96 * MIB
-PER_STREAM = 1 * MIB  # hyper's default HTTP/2 stream window: what the server buffers per open stream
+# What one client connection can have in flight at the server, unacknowledged:
+# the HTTP/2 stream and connection window the server sets
+# (HTTP2_WINDOW_BYTES in server/src/lib.rs). Each writer and reader here has
+# its own connection.
+PER_STREAM = 16 * MIB
 GROUP_COMMIT_BYTES_MAX = 4 * MIB  # engine/src/limits.rs
 FD_DELTA = 8
 STALL_SECONDS = 120  # a writer with no acknowledgement and no error for this long is hung

@@ -31,6 +31,11 @@ use crate::wal::Lsn;
 pub const MANIFEST_FILE: &str = "_manifest.json";
 /// Bytes of encoded Parquet buffered before they are written out.
 const WRITE_CHUNK_BYTES: usize = 8 << 20;
+/// Writeback of a snapshot file is started every this many bytes (as
+/// RocksDB's `bytes_per_sync`), and the range before it waited for, so the
+/// final fsync has little left and no burst of dirty pages queues the WAL's
+/// `fdatasync`s behind it.
+const WRITEBACK_BYTES: u64 = 8 << 20;
 /// Row groups are closed at this size. Closing one copies and finishes all
 /// its pages in one call that cannot yield, so it bounds how long a snapshot
 /// holds the shard thread (64 MiB groups stalled acknowledgements ~60 ms).
@@ -226,6 +231,7 @@ fn encode_to_file(
     compression: SnapshotCompression,
 ) -> Result<u64> {
     let file = std::fs::File::create(path).map_err(Error::io("creating snapshot file", path, 0))?;
+    let file = WritebackAhead { file, written: 0, started: 0 };
     let out = std::io::BufWriter::with_capacity(WRITE_CHUNK_BYTES, file);
     let mut writer = ArrowWriter::try_new(out, schema, Some(properties(compression)))
         .map_err(|e| Error::InvalidInput(format!("parquet writer: {e}")))?;
@@ -234,13 +240,50 @@ fn encode_to_file(
     }
     // Writes the footer and hands back the buffered file.
     let out = writer.into_inner().map_err(|e| parquet_io(path, e))?;
-    let file = out.into_inner().map_err(|e| Error::io("writing snapshot file", path, 0)(e.into_error()))?;
+    let file = out.into_inner().map_err(|e| Error::io("writing snapshot file", path, 0)(e.into_error()))?.file;
     if crate::faults::fails(crate::faults::Fault::SnapshotWrite) {
         return Err(Error::io("fsyncing snapshot file (injected fault)", path, 0)(crate::faults::eio()));
     }
     file.sync_all().map_err(Error::io("fsyncing snapshot file", path, 0))?;
     let bytes = file.metadata().map_err(Error::io("stat snapshot file", path, 0))?.len();
     Ok(bytes)
+}
+
+/// A file whose dirty pages are written back as it grows (see
+/// [`WRITEBACK_BYTES`]).
+struct WritebackAhead {
+    file: std::fs::File,
+    written: u64,
+    /// Writeback was started for `0..started`.
+    started: u64,
+}
+
+impl std::io::Write for WritebackAhead {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_BYTES {
+            use nix::libc::{SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE};
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a descriptor this struct owns. Wait
+            // for the previous range, start the new one. Advice only: an
+            // error here shows up again at the fsync.
+            unsafe {
+                nix::libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    0,
+                    self.written as i64,
+                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn parquet_io(path: &Path, e: parquet::errors::ParquetError) -> Error {
@@ -294,7 +337,7 @@ pub fn compaction_run(files: &[SnapshotFile], evicted_lsn: Lsn) -> Option<std::o
 }
 
 /// Writes the rows of `sources` (in order) as one file `name` in `dir`,
-/// durably and atomically; reads one source at a time.
+/// durably and atomically; streams them, one row group at a time.
 pub async fn merge_files(
     dir: &Path,
     name: &str,
@@ -303,9 +346,14 @@ pub async fn merge_files(
     compression: SnapshotCompression,
 ) -> Result<u64> {
     write_atomically(dir, name, move |tmp| {
-        let batches = sources.into_iter().flat_map(|src| match read_parquet(&src) {
-            Ok(batches) => batches.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
+        let batches = sources.into_iter().flat_map(|src| {
+            let reader = std::fs::File::open(&src)
+                .map_err(Error::io("opening snapshot file", &src, 0))
+                .and_then(|f| SnapshotReader::new(&src, f));
+            match reader {
+                Ok(reader) => Box::new(reader) as Box<dyn Iterator<Item = Result<RecordBatch>>>,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
         });
         encode_to_file(tmp, schema, batches, compression)
     })
@@ -360,16 +408,45 @@ pub async fn remove_dataset_dir(root: &Path, dataset: &str) -> Result<()> {
 /// threads).
 pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path).map_err(Error::io("opening snapshot file", path, 0))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::Corrupt { path: path.to_owned(), offset: 0, reason: format!("parquet: {e}") })?
-        .build()
-        .map_err(|e| Error::Corrupt { path: path.to_owned(), offset: 0, reason: format!("parquet: {e}") })?;
-    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Corrupt {
-        path: path.to_owned(),
-        offset: 0,
-        reason: format!("parquet: {e}"),
-    })
+    SnapshotReader::new(path, file)?.collect()
 }
+
+/// The batches of one snapshot file, read as they are asked for: one row
+/// group in memory at a time, whatever the file's size.
+pub struct SnapshotReader {
+    path: PathBuf,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+}
+
+impl SnapshotReader {
+    /// Reads `file`, already open: a file opened when a read began stays
+    /// readable even if a merge deletes it meanwhile.
+    pub fn new(path: &Path, file: std::fs::File) -> Result<Self> {
+        let corrupt = |e: parquet::errors::ParquetError| Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            reason: format!("parquet: {e}"),
+        };
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(corrupt)?
+            .with_batch_size(READ_BATCH_ROWS)
+            .build()
+            .map_err(corrupt)?;
+        Ok(Self { path: path.to_owned(), reader })
+    }
+}
+
+impl Iterator for SnapshotReader {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = self.reader.next()?;
+        Some(next.map_err(|e| Error::Corrupt { path: self.path.clone(), offset: 0, reason: format!("parquet: {e}") }))
+    }
+}
+
+/// Rows per batch read back from snapshot files.
+const READ_BATCH_ROWS: usize = 8192;
 
 #[cfg(test)]
 mod tests {

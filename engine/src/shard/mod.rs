@@ -240,7 +240,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
             Request::Get { dataset, reply } => {
                 let cat = state.catalog.borrow();
                 let r = match cat.datasets.get(&dataset).filter(|d| d.durable) {
-                    Some(d) => Ok(read(&state.snapshot_root, &dataset, d)),
+                    Some(d) => read(&state.snapshot_root, &dataset, d),
                     None => Err(Error::NotFound(dataset)),
                 };
                 let _ = reply.send(r);
@@ -286,14 +286,18 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
     }
 }
 
-/// A consistent view for a read: evicted rows come from snapshot files.
-fn read(root: &std::path::Path, name: &str, d: &Dataset) -> DatasetRead {
+/// A consistent view for a read: evicted rows come from snapshot files,
+/// opened now (a handful of `open`s on the shard thread), so that a merge
+/// deleting them later cannot break the read.
+fn read(root: &std::path::Path, name: &str, d: &Dataset) -> Result<DatasetRead> {
     let dir = crate::snapshot::dataset_dir(root, name);
-    DatasetRead {
-        schema: d.schema.clone(),
-        files: d.files.iter().filter(|f| f.max_lsn <= d.evicted_lsn).map(|f| dir.join(&f.name)).collect(),
-        batches: d.batches.iter().map(|(_, b)| b.clone()).collect(),
+    let mut files = Vec::new();
+    for f in d.files.iter().filter(|f| f.max_lsn <= d.evicted_lsn) {
+        let path = dir.join(&f.name);
+        let file = std::fs::File::open(&path).map_err(Error::io("opening snapshot file", &path, 0))?;
+        files.push((path, file));
     }
+    Ok(DatasetRead { schema: d.schema.clone(), files, batches: d.batches.iter().map(|(_, b)| b.clone()).collect() })
 }
 
 enum Opened {

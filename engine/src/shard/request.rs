@@ -15,10 +15,13 @@ pub type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// What a read sees: rows evicted from memory are read from `files` (in
 /// order), then `batches`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DatasetRead {
     pub schema: SchemaRef,
-    pub files: Vec<PathBuf>,
+    /// The snapshot files holding evicted rows, in order, opened when the
+    /// read was served: a merge that deletes them meanwhile cannot take
+    /// them away from this read.
+    pub files: Vec<(PathBuf, std::fs::File)>,
     pub batches: Vec<RecordBatch>,
 }
 

@@ -34,6 +34,10 @@ impl LongbowFlight {
     }
 }
 
+/// Batches read from snapshot files ahead of the client, per DoGet; the
+/// reading thread waits when they are not taken.
+const SNAPSHOT_READ_AHEAD_BATCHES: usize = 2;
+
 const ACTIONS: &[(&str, &str)] = &[
     (
         "get_stats",
@@ -146,17 +150,36 @@ impl FlightService for LongbowFlight {
         let r = async move {
             let name = dataset_from_ticket(&request.get_ref().ticket)?;
             let read = self.engine.get(&name).await.map_err(into_status)?;
-            // Evicted rows come from the snapshot files, one file at a time,
-            // read off the async threads; then the batches in memory.
-            let from_files = futures::stream::iter(read.files)
-                .then(|path| async move {
-                    let batches = tokio::task::spawn_blocking(move || longbow_engine::snapshot::read_parquet(&path))
-                        .await
-                        .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?
-                        .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)))?;
-                    Ok::<_, arrow_flight::error::FlightError>(futures::stream::iter(batches.into_iter().map(Ok)))
+            // Evicted rows come from the snapshot files, streamed by a
+            // blocking thread through a small channel (one row group and a
+            // few batches in memory per read, and it stops when the client
+            // goes); then the batches in memory.
+            let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_READ_AHEAD_BATCHES);
+            if !read.files.is_empty() {
+                tokio::task::spawn_blocking(move || {
+                    for (path, file) in read.files {
+                        let reader = match longbow_engine::snapshot::SnapshotReader::new(&path, file) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e));
+                                return;
+                            }
+                        };
+                        for batch in reader {
+                            let failed = batch.is_err();
+                            if tx.blocking_send(batch).is_err() || failed {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            let from_files = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |r| {
+                r.map_err(|e| {
+                    tracing::error!(dataset = name, error = %e, "reading a snapshot file for DoGet");
+                    arrow_flight::error::FlightError::ExternalError(Box::new(e))
                 })
-                .try_flatten();
+            });
             let in_memory = futures::stream::iter(read.batches.into_iter().map(Ok));
             let stream = FlightDataEncoderBuilder::new()
                 .with_schema(read.schema)
