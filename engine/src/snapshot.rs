@@ -79,11 +79,14 @@ pub fn dataset_dir(root: &Path, dataset: &str) -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotCompression {
     None,
-    Snappy,
-    /// On random 128-d float vectors: 11.5 % smaller than none at about the
-    /// same snapshot speed (the encoding runs beside the shard, and the
-    /// slow volume's bytes dominate); snappy saved under 1 %.
+    /// The default. Encoding on one core (snapshot files on tmpfs): none
+    /// 506, snappy 516, zstd 308 MB/s of random 128-d float vectors; zstd
+    /// saves 11.5 % of the bytes there, snappy < 1 %, but snappy is as cheap
+    /// as none and shrinks compressible columns (ids, strings) a lot.
     #[default]
+    Snappy,
+    /// 11.5 % fewer bytes on random float vectors for ~40 % less speed: for
+    /// a snapshot volume slower than the encoder.
     Zstd,
 }
 

@@ -47,7 +47,7 @@ pub struct Config {
     pub snapshot_interval: Duration,
 
     /// Parquet compression of snapshot files.
-    #[arg(long, env = "LONGBOW_SNAPSHOT_COMPRESSION", value_enum, default_value = "zstd")]
+    #[arg(long, env = "LONGBOW_SNAPSHOT_COMPRESSION", value_enum, default_value = "snappy")]
     pub snapshot_compression: Compression,
 
     /// Arrow data held in memory across all shards (e.g. 8GiB; 0 = no limit).
