@@ -384,24 +384,8 @@ async fn mixed(a: &MixedArgs, server: &Server, name: &str, report: &mut JobRepor
 
 async fn snapshot(a: &SnapshotArgs, server: &Server, name: &str, report: &mut JobReport) -> anyhow::Result<()> {
     let pool = BatchPool::new(a.rows_per_batch, a.dim)?;
-    let batches = ((a.mib * MIB) / pool.batch_bytes() as f64).ceil().max(1.0) as u64;
-    let plan = PutPlan {
-        streams: a.streams.max(1),
-        window: 64,
-        dataset: a.dataset.clone(),
-        dataset_per_stream: false,
-        deadline: None,
-        rows_total: Some(batches * a.rows_per_batch as u64),
-        batches_per_s_per_stream: None,
-    };
-    announce(name, &pool, &plan, server);
-    let ingest = Meter::new("ingest");
-    let t0 = Instant::now();
-    {
-        let _progress = Progress::start(name.to_owned(), vec![ingest.clone()]);
-        run_puts(server.addr(), &pool, &plan, &ingest).await?;
-    }
-    let ingested = ingest.stats(t0.elapsed());
+    let (_, ingested) =
+        measured_fill(name, server, &pool, a.mib, a.streams, (a.dataset.clone(), false), "ingest").await?;
     report.write = Some(ingested.clone());
 
     let (before, during) = (Meter::new("side-before"), Meter::new("side-during"));
@@ -458,26 +442,44 @@ async fn force_snapshot(server: &Server, dataset: &str) -> anyhow::Result<serde_
     Ok(serde_json::Value::Array(answers))
 }
 
-async fn recovery(a: &RecoveryArgs, server: &mut Server, name: &str, report: &mut JobReport) -> anyhow::Result<()> {
-    let pool = BatchPool::new(1000, 128)?;
-    let batches = ((a.mib * MIB) / pool.batch_bytes() as f64).ceil().max(1.0) as u64;
+/// Puts `mib` MiB of the pool's batches through `streams` streams, as fast
+/// as they are acknowledged (the fill before a measurement), with a
+/// progress line. `dataset`: the name, and whether each stream gets its own.
+async fn measured_fill(
+    name: &str,
+    server: &Server,
+    pool: &Arc<BatchPool>,
+    mib: f64,
+    streams: usize,
+    dataset: (String, bool),
+    label: &'static str,
+) -> anyhow::Result<(Arc<Meter>, crate::meter::Stats)> {
+    let batches = ((mib * MIB) / pool.batch_bytes() as f64).ceil().max(1.0) as u64;
     let plan = PutPlan {
-        streams: a.streams.max(1),
+        streams: streams.max(1),
         window: 64,
-        dataset: "recovery".into(),
-        dataset_per_stream: true,
+        dataset: dataset.0,
+        dataset_per_stream: dataset.1,
         deadline: None,
-        rows_total: Some(batches * 1000),
+        rows_total: Some(batches * pool.rows_per_batch as u64),
         batches_per_s_per_stream: None,
     };
-    announce(name, &pool, &plan, server);
-    let meter = Meter::new("fill");
+    announce(name, pool, &plan, server);
+    let meter = Meter::new(label);
     let t0 = Instant::now();
     {
         let _progress = Progress::start(name.to_owned(), vec![meter.clone()]);
-        run_puts(server.addr(), &pool, &plan, &meter).await?;
+        run_puts(server.addr(), pool, &plan, &meter).await?;
     }
-    report.write = Some(meter.stats(t0.elapsed()));
+    let stats = meter.stats(t0.elapsed());
+    Ok((meter, stats))
+}
+
+async fn recovery(a: &RecoveryArgs, server: &mut Server, name: &str, report: &mut JobReport) -> anyhow::Result<()> {
+    let pool = BatchPool::new(1000, 128)?;
+    let (meter, filled) =
+        measured_fill(name, server, &pool, a.mib, a.streams, ("recovery".into(), true), "fill").await?;
+    report.write = Some(filled);
     server.kill9().await?;
     let wal_bytes = walk_bytes(server.data_path().expect("recovery spawns its server"));
     eprintln!("{name}: killed (-9) with {:.1} MiB of WAL; restarting", wal_bytes as f64 / MIB);
