@@ -230,14 +230,20 @@ async fn read_full(reader: &mut glommio::io::DmaStreamReader, out: &mut [u8]) ->
 /// segment that starts a later commit, and for any non-zero byte. Only an
 /// unsealed segment (after a crash) pays for this.
 fn scan_after(path: &Path, segment_id: u64, from: u64) -> Result<(Option<u64>, bool)> {
-    let rest = std::fs::read(path).map_err(Error::io("reading WAL segment", path, from))?;
-    let nonzero = rest.get(from as usize..).is_some_and(|t| t.iter().any(|b| *b != 0));
-    let start = (from as usize).next_multiple_of(format::FRAME_ALIGN) + format::FRAME_ALIGN;
-    let mut at = start.min(rest.len());
+    use std::io::{Read, Seek};
+    // Only the part after the log's end (usually one torn commit) is read.
+    let mut rest = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(std::io::SeekFrom::Start(from)).and_then(|_| f.read_to_end(&mut rest)))
+        .map_err(Error::io("reading WAL segment", path, from))?;
+    let nonzero = rest.iter().any(|b| *b != 0);
+    let first = from.next_multiple_of(format::FRAME_ALIGN as u64) + format::FRAME_ALIGN as u64;
+    let mut at = (first - from) as usize;
     while at + format::FRAME_HEADER_BYTES <= rest.len() {
         if let Ok(f) = format::decode_frame(&rest[at..]) {
-            if f.header.segment_id == segment_id && f.header.commit_start > from && f.header.commit_start == at as u64 {
-                return Ok((Some(at as u64), nonzero));
+            let offset = from + at as u64;
+            if f.header.segment_id == segment_id && f.header.commit_start > from && f.header.commit_start == offset {
+                return Ok((Some(offset), nonzero));
             }
         }
         at += format::FRAME_ALIGN;
