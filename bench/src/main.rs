@@ -82,6 +82,9 @@ Examples:
   # kill -9 with 1 GiB of WAL, time the restart
   longbow-bench recovery --mib 1024 --shards 2
 
+  # a secured server: bearer token (or LONGBOW_AUTH_TOKEN) and TLS with its CA
+  longbow-bench put --target https://longbow.example:3000 --token \"$TOKEN\" --tls-ca ca.pem
+
   # several jobs from a file, one after another
   longbow-bench run bench/jobs/example.ini --output-format json > run.json
 

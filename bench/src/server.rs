@@ -14,6 +14,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tonic::service::interceptor::InterceptedService;
 
 /// HTTP/2 flow-control window, as Longbow's gateway uses.
 pub const WINDOW_BYTES: u32 = 16 << 20;
@@ -25,7 +26,30 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_TAIL_LINES: usize = 40;
 const DEFAULT_TARGET: &str = "http://127.0.0.1:3000";
 
-pub type Client = FlightServiceClient<tonic::transport::Channel>;
+pub type Client = FlightServiceClient<InterceptedService<tonic::transport::Channel, BearerAuth>>;
+
+/// How clients reach the server of the job running now (jobs run one after
+/// another; [`Server::open`] sets it).
+static ACCESS: Mutex<Access> = Mutex::new(Access { token: None, tls_ca: None });
+
+#[derive(Clone)]
+struct Access {
+    token: Option<String>,
+    tls_ca: Option<PathBuf>,
+}
+
+/// Sends `authorization: Bearer <token>` on every call when a token is set.
+#[derive(Clone)]
+pub struct BearerAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 #[derive(clap::Args, Clone, Debug, Default, Serialize)]
 #[command(next_help_heading = "Server (a running one, or one this process starts)")]
@@ -55,6 +79,15 @@ pub struct ServerArgs {
     /// or LONGBOW_SNAPSHOT_COMPRESSION=none (repeat it for several).
     #[arg(long, value_name = "NAME=VALUE", value_parser = parse_env)]
     pub server_env: Vec<String>,
+    /// Bearer token for a server started with LONGBOW_AUTH_TOKEN (a spawned
+    /// server gets it too). Never printed.
+    #[arg(long, env = "LONGBOW_AUTH_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// target, a server with
+    /// LONGBOW_TLS_CERT.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn parse_env(s: &str) -> Result<String, String> {
@@ -87,6 +120,7 @@ impl Server {
     /// Connects to `--target`, or starts a server when `--spawn-server` is
     /// given or `spawn` is true (workloads that must own the server).
     pub async fn open(args: &ServerArgs, spawn: bool) -> anyhow::Result<Self> {
+        *ACCESS.lock().expect("access lock") = Access { token: args.token.clone(), tls_ca: args.tls_ca.clone() };
         if !(args.spawn_server || spawn) {
             let spawn_only = [
                 ("--binary", args.binary.is_some()),
@@ -128,6 +162,7 @@ impl Server {
                 .iter()
                 .filter_map(|e| e.split_once('='))
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .chain(args.token.iter().map(|t| ("LONGBOW_AUTH_TOKEN".to_owned(), t.clone())))
                 .collect(),
             child: None,
             stderr_tail: Arc::default(),
@@ -272,13 +307,26 @@ impl Spawned {
 }
 
 /// A Flight client with the transport settings Longbow's gateway uses.
+/// With `--token`, every call carries it; an https:// address needs
+/// `--tls-ca`.
 pub async fn connect(addr: &str) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())?
+    let access = ACCESS.lock().expect("access lock").clone();
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())?
         .tcp_nodelay(true)
         .initial_stream_window_size(WINDOW_BYTES)
-        .initial_connection_window_size(WINDOW_BYTES)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX))
+        .initial_connection_window_size(WINDOW_BYTES);
+    if addr.starts_with("https://") {
+        let Some(ca) = &access.tls_ca else { bail!("{addr} speaks TLS: give the CA certificate with --tls-ca") };
+        let pem = std::fs::read(ca).with_context(|| format!("reading --tls-ca {}", ca.display()))?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {addr}"))?;
+    let auth = match &access.token {
+        Some(t) => Some(format!("Bearer {t}").parse().context("--token must be printable ASCII")?),
+        None => None,
+    };
+    Ok(FlightServiceClient::with_interceptor(channel, BearerAuth(auth))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
 }

@@ -141,3 +141,22 @@ def test_get_against_a_running_server(tmp_path):
         assert p.returncode != 0 and "not found" in p.stderr
     finally:
         assert server.stop() == 0
+
+
+def test_token_reaches_a_secured_server(tmp_path):
+    """--token authenticates every call (and is never written out); without
+    it a secured server refuses the job with UNAUTHENTICATED."""
+    env = {k: v for k, v in os.environ.items() if k != "LONGBOW_AUTH_TOKEN"}
+    server = Server(tmp_path / "data", extra=["--auth-token", "s3cret-bench"])
+    try:
+        target = f"http://{server.flight}"
+        p = subprocess.run([str(BENCH), "put", "--target", target, "--token", "s3cret-bench", "--total-rows", "2000",
+                            "--output-format", "json"], capture_output=True, text=True, timeout=120, env=env)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["jobs"][0]["write"]["rows"] == 2000
+        assert "s3cret-bench" not in p.stdout + p.stderr
+        p = subprocess.run([str(BENCH), "put", "--target", target, "--total-rows", "2000"],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert p.returncode != 0 and "missing or wrong bearer token" in p.stderr, p.stderr
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ must be refused, mutual TLS, and the startup errors for bad TLS files."""
 
 import datetime
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -216,3 +217,23 @@ def test_helm_chart_mounts_the_tls_secret(client_auth):
     # The kubelet's gRPC probe cannot do TLS: plain HTTP /healthz on metrics.
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe].get("httpGet") == {"path": "/healthz", "port": 9090} and "grpc" not in c[probe], c[probe]
+
+
+def test_bench_harness_over_tls(pki, tmp_path):
+    """longbow-bench reaches a TLS server with --tls-ca, and says what is
+    missing without it."""
+    bench = Path(os.environ.get("LONGBOW_BENCH_BIN", BINARY.with_name("longbow-bench")))
+    s = Server(tmp_path, extra=["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")])
+    try:
+        target = f"https://localhost:{s.port}"
+        p = subprocess.run([str(bench), "put", "--target", target, "--tls-ca", str(pki / "server.pem"),
+                            "--total-rows", "2000", "--output-format", "json"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["jobs"][0]["write"]["rows"] == 2000
+        p = subprocess.run([str(bench), "put", "--target", target, "--total-rows", "2000"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and "give the CA certificate with --tls-ca" in p.stderr, p.stderr
+        assert s.stop() == 0
+    finally:
+        s.kill()
