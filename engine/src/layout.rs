@@ -160,7 +160,7 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
         let mut deleted = false;
         for entry in crate::wal::list_dir(&dir, "listing WAL directory")? {
             let name = entry.file_name();
-            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".wal.tmp")) {
+            if name.to_str().is_some_and(crate::wal::is_segment_tmp_name) {
                 tracing::warn!(file = %entry.path().display(), "deleting a WAL segment a crash caught during its creation (it holds no records)");
                 std::fs::remove_file(entry.path()).map_err(Error::io(
                     "deleting unfinished segment",

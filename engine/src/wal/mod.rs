@@ -487,8 +487,13 @@ async fn write_and_sync_uring(
 }
 
 /// The temporary name a segment has until its header is durable.
-pub fn segment_tmp_name(id: u64) -> String {
+fn segment_tmp_name(id: u64) -> String {
     format!(".{}.tmp", segment_file_name(id))
+}
+
+/// Whether `name` is a segment's temporary name (see [`segment_tmp_name`]).
+pub fn is_segment_tmp_name(name: &str) -> bool {
+    name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).and_then(parse_segment_file_name).is_some()
 }
 
 /// Creates segment `id`: header written and synced under a temporary name,
@@ -508,14 +513,15 @@ async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_
         .dma_open(&tmp)
         .await
         .map_err(Error::glommio("creating WAL segment", &tmp, 0))?;
-    let created = match init_segment(&tmp, &file, shard, generation, id, first_lsn).await {
-        Ok(block) => rename_no_replace(&tmp, &path).map(|()| block),
-        Err(e) => Err(e),
-    };
-    let created = match created {
-        Ok(block) => sync_dir(dir).await.map(|()| block),
-        Err(e) => Err(e),
-    };
+    let mut named = false;
+    let created = async {
+        let block = init_segment(&tmp, &file, shard, generation, id, first_lsn).await?;
+        rename_no_replace(&tmp, &path)?;
+        named = true;
+        sync_dir(dir).await?;
+        Ok(block)
+    }
+    .await;
     match created {
         Ok(block) => Ok(ActiveSegment {
             file: Rc::new(file),
@@ -528,8 +534,10 @@ async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_
             tail_suspect: false,
         }),
         Err(e) => {
+            // Nothing was logged in it yet: remove it, whatever its name,
+            // so that the next try can create it again.
             let _ = file.close().await;
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(if named { &path } else { &tmp });
             Err(e)
         }
     }
