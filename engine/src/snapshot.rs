@@ -365,14 +365,9 @@ pub async fn merge_files(
     compression: SnapshotCompression,
 ) -> Result<u64> {
     write_atomically(dir, name, move |tmp| {
-        let batches = sources.into_iter().flat_map(|src| {
-            let reader = std::fs::File::open(&src)
-                .map_err(Error::io("opening snapshot file", &src, 0))
-                .and_then(|f| SnapshotReader::new(&src, f));
-            match reader {
-                Ok(reader) => Box::new(reader) as Box<dyn Iterator<Item = Result<RecordBatch>>>,
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            }
+        let batches = sources.into_iter().flat_map(|src| match SnapshotReader::open(&src) {
+            Ok(reader) => Box::new(reader) as Box<dyn Iterator<Item = Result<RecordBatch>>>,
+            Err(e) => Box::new(std::iter::once(Err(e))),
         });
         encode_to_file(tmp, schema, batches, compression)
     })
@@ -423,13 +418,6 @@ pub async fn remove_dataset_dir(root: &Path, dataset: &str) -> Result<()> {
     crate::wal::sync_dir(root).await
 }
 
-/// Reads a snapshot file back (blocking; the gateway calls it off the async
-/// threads).
-pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
-    let file = std::fs::File::open(path).map_err(Error::io("opening snapshot file", path, 0))?;
-    SnapshotReader::new(path, file)?.collect()
-}
-
 /// The batches of one snapshot file, read as they are asked for: one row
 /// group in memory at a time, whatever the file's size.
 pub struct SnapshotReader {
@@ -452,6 +440,12 @@ impl SnapshotReader {
             .build()
             .map_err(corrupt)?;
         Ok(Self { path: path.to_owned(), reader })
+    }
+
+    /// Opens and reads the file at `path` (blocking).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(Error::io("opening snapshot file", path, 0))?;
+        Self::new(path, file)
     }
 }
 
@@ -517,7 +511,8 @@ mod tests {
                 let names: Vec<_> =
                     std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
                 assert_eq!(names.len(), 2, "{names:?}");
-                assert_eq!(read_parquet(&d.join("part-1.parquet")).unwrap(), vec![batch.clone()]);
+                let read: Result<Vec<_>> = SnapshotReader::open(&d.join("part-1.parquet")).unwrap().collect();
+                assert_eq!(read.unwrap(), vec![batch.clone()]);
                 let manifests = load_manifests(&root).unwrap();
                 assert_eq!(manifests[0].schema().unwrap(), batch.schema());
                 remove_dataset_dir(&root, "ds").await.unwrap();
