@@ -8,32 +8,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::RecordBatch;
-use arrow_flight::error::FlightError;
-use arrow_flight::FlightClient;
 use common::*;
 
 const DIM: i32 = 16;
 
-/// Puts `n` single-batch commits one at a time; returns what was
-/// acknowledged and the errors of the rest.
-async fn put_each(
-    client: &mut FlightClient,
-    dataset: &str,
-    first: i32,
-    n: usize,
-) -> (Vec<RecordBatch>, Vec<FlightError>) {
-    let (mut acked, mut failed) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let b = vector_batch(first + i as i32 * 100, 100, DIM);
-        match put(client, dataset, vec![b.clone()]).await {
-            Ok(_) => acked.push(b),
-            Err(e) => failed.push(e),
-        }
-    }
-    (acked, failed)
+/// `n` batches of 100 rows, ids from `first`.
+fn small_batches(first: i32, n: usize) -> Vec<RecordBatch> {
+    (0..n).map(|i| vector_batch(first + i as i32 * 100, 100, DIM)).collect()
 }
 
 async fn held(server: &Server, dataset: &str) -> RecordBatch {
@@ -55,7 +39,7 @@ async fn a_failed_wal_write_is_refused_sealed_over_and_never_replayed() {
     let env = [("LONGBOW_FAULT_WAL_WRITE_FAIL", "4:3")];
     let server = Server::try_start_env(&data, 1, &[], &env).unwrap();
     let mut client = server.client().await;
-    let (acked, failed) = put_each(&mut client, "eio", 0, 10).await;
+    let (acked, failed) = put_each(&mut client, "eio", small_batches(0, 10)).await;
     assert_eq!((acked.len(), failed.len()), (8, 2), "{failed:?}");
     for e in &failed {
         assert_eq!(code(e), tonic::Code::Internal, "{e}");
@@ -86,15 +70,9 @@ async fn a_failed_segment_creation_is_retried_and_loses_nothing() {
     let env = [("LONGBOW_FAULT_WAL_CREATE_FAIL", "1:2")];
     let server = Server::try_start_env(&data, 1, &["--max-wal-size", "1MiB"], &env).unwrap();
     let mut client = server.client().await;
-    let (mut acked, mut failed) = (Vec::new(), Vec::new());
-    for i in 0..12 {
-        // 256 KiB batches: a rotation every few commits.
-        let b = vector_batch(i * 4000, 4000, DIM);
-        match put(&mut client, "rotating", vec![b.clone()]).await {
-            Ok(_) => acked.push(b),
-            Err(e) => failed.push(e),
-        }
-    }
+    // 256 KiB batches: a rotation every few commits.
+    let batches = (0..12).map(|i| vector_batch(i * 4000, 4000, DIM)).collect();
+    let (acked, failed) = put_each(&mut client, "rotating", batches).await;
     assert_eq!(failed.len(), 2, "{failed:?}");
     for e in &failed {
         assert_eq!(code(e), tonic::Code::Internal, "{e}");
@@ -119,7 +97,7 @@ async fn a_failing_snapshot_volume_keeps_the_wal_and_ingest_until_the_memory_lim
     let args = ["--max-memory", "4MiB", "--max-wal-size", "1MiB"];
     let server = Server::try_start_env(&data, 1, &args, &env).unwrap();
     let mut client = server.client().await;
-    let (acked, _) = put_each(&mut client, "kept", 0, 3).await;
+    let (acked, _) = put_each(&mut client, "kept", small_batches(0, 3)).await;
     let e = action(&mut client, "force_snapshot", "").await.unwrap_err();
     assert_eq!(code(&e), tonic::Code::Internal, "{e}");
     assert!(e.to_string().contains("snapshot failed, the WAL is kept"), "{e}");
@@ -170,46 +148,6 @@ fn snapshot_files(root: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-/// A size-limited tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` (the test is skipped, saying so) without root.
-    fn mount(at: PathBuf, size: &str) -> Option<Tmpfs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { nix::libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: mounting a size-limited tmpfs needs root");
-            return None;
-        }
-        std::fs::create_dir_all(&at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: could not mount a tmpfs");
-            return None;
-        }
-        Some(Tmpfs(at))
-    }
-
-    fn resize(&self, size: &str) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "remount {size}");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// A full snapshot volume: `force_snapshot` answers RESOURCE_EXHAUSTED, the

@@ -410,30 +410,9 @@ async fn a_configured_token_is_required_but_health_stays_open() {
 /// every acknowledged batch survives a crash. Needs root for the mount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_wal_volume_refuses_writes_clearly_and_recovers() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { nix::libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: mounting a size-limited tmpfs needs root");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("wal");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED: could not mount a tmpfs");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let Some(wal) = Tmpfs::mount(dir.path().join("wal"), "24m") else { return };
+    let mnt = wal.0.clone();
     let data = mnt.join("data");
     let server = Server::start(&data, 1, &["--max-wal-size", "4MiB"]);
     let mut client = server.client().await;
@@ -495,15 +474,8 @@ async fn a_failed_fsync_poisons_the_shard() {
     let data = dir.path().join("data");
     let server = Server::try_start_env(&data, 1, &[], &[("LONGBOW_FAULT_FSYNC_FAIL_AFTER", "6")]).unwrap();
     let mut client = server.client().await;
-    let mut acked = Vec::new();
-    let mut failures = Vec::new();
-    for i in 0..10 {
-        let b = vector_batch(i * 10, 10, DIM);
-        match put(&mut client, "fragile", vec![b.clone()]).await {
-            Ok(_) => acked.push(b),
-            Err(e) => failures.push(e),
-        }
-    }
+    let batches = (0..10).map(|i| vector_batch(i * 10, 10, DIM)).collect();
+    let (acked, failures) = put_each(&mut client, "fragile", batches).await;
     assert!(!acked.is_empty() && failures.len() >= 4, "{} acked, {} failed", acked.len(), failures.len());
     for e in &failures {
         assert_eq!(code(e), tonic::Code::Internal, "{e}");

@@ -200,6 +200,24 @@ pub async fn put(
     client.do_put(stream).await?.try_collect().await
 }
 
+/// Puts each batch in a stream of its own, waiting for its acknowledgement
+/// (one commit each); returns the acknowledged batches and the errors of the
+/// rest.
+pub async fn put_each(
+    client: &mut FlightClient,
+    dataset: &str,
+    batches: Vec<RecordBatch>,
+) -> (Vec<RecordBatch>, Vec<FlightError>) {
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    for b in batches {
+        match put(client, dataset, vec![b.clone()]).await {
+            Ok(_) => acked.push(b),
+            Err(e) => failed.push(e),
+        }
+    }
+    (acked, failed)
+}
+
 pub async fn get(client: &mut FlightClient, dataset: &str) -> Result<Vec<RecordBatch>, FlightError> {
     client.do_get(Ticket { ticket: dataset.to_owned().into() }).await?.try_collect().await
 }
@@ -246,4 +264,44 @@ pub async fn action(client: &mut FlightClient, name: &str, body: &str) -> Result
     let out: Vec<bytes::Bytes> =
         client.do_action(arrow_flight::Action::new(name, body.to_owned())).await?.try_collect().await?;
     Ok(serde_json::from_slice(&out[0]).unwrap())
+}
+
+/// A size-limited tmpfs mounted for the test, unmounted when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// `None` (the test is skipped, saying so) without root.
+    pub fn mount(at: PathBuf, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { nix::libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a size-limited tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: could not mount a tmpfs");
+            return None;
+        }
+        Some(Tmpfs(at))
+    }
+
+    pub fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {size}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
