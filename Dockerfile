@@ -2,8 +2,9 @@
 #   docker build -t longbow .
 #   docker run --ulimit memlock=-1:-1 --security-opt seccomp=deploy/helm/longbow/files/seccomp-longbow.json \
 #     -p 3000:3000 -p 9090:9090 -v longbow-wal:/data -v longbow-snapshots:/snapshots longbow
-# io_uring needs io_uring_setup/enter/register (blocked by some default seccomp
-# profiles: use the shipped one, or --security-opt seccomp=unconfined), and
+# io_uring needs io_uring_setup/enter/register (refused by Docker's default
+# seccomp profile: use the shipped one, Docker's default plus those three, or
+# --security-opt seccomp=unconfined), and
 # glommio needs >= 512 KiB of RLIMIT_MEMLOCK (--ulimit memlock, or the
 # IPC_LOCK / SYS_RESOURCE capabilities).
 

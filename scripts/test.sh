@@ -10,6 +10,9 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# tests/python/test_seccomp.py builds its filter with libseccomp's bindings,
+# packaged for the system interpreter only.
+/usr/bin/python3 -c 'import seccomp' 2>/dev/null || need_apt+=(python3-seccomp)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== apt-get install ${need_apt[*]}"
     $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
