@@ -1,101 +1,222 @@
 #!/usr/bin/env bash
 # The standard benchmark suite, all measured in one run on this machine so
 # that ratios are comparable: pyarrow and Rust (longbow-bench) clients against
-# longbow and reference servers, mixed/snapshot/recovery jobs
-# (bench/jobs/standard.ini), WAL replay, fio on the same volume, and (on
-# machines with >= 16 cores) shard scaling. It then rewrites the block between
+# longbow and reference servers, a memory-limited longbow, mixed/snapshot/
+# recovery jobs (bench/jobs/standard.ini), WAL replay, fio on the same volume,
+# and (on machines with >= 16 cores) shard scaling. It ends with the targets
+# table (bench/python/targets.py: each measure, its reference from this run,
+# the ratio, the target, met or not), then rewrites the block between
 # `<!-- bench.sh:begin -->` and `<!-- bench.sh:end -->` in docs/benchmarks.md
 # with this run's figures, date, commit and machine; the prose around it stays.
 #
-# Usage: scripts/bench.sh [seconds-per-run]      (default 8)
-#   BENCH_DIR=…     where servers keep their data (default target/bench; same volume as fio)
-#   BENCH_DOCS=0    measure and print, but leave docs/benchmarks.md alone
-# Needs fio (apt-get installed if missing) and the Python venv.
+# Usage: scripts/bench.sh [seconds-per-run]      (default 8; 2 or less = quick mode)
+#   BENCH_DIR=…         where servers keep their data (default target/bench; same volume as fio)
+#   BENCH_DOCS=0        measure and print, but leave docs/benchmarks.md alone
+#   BENCH_QUICK=1       smaller fio files, snapshot and recovery jobs (the default for <= 2 s),
+#                       to check the script end to end in a few minutes
+#   BENCH_BUILD=0       use the binaries in target/release as they are (no cargo build)
+#   BENCH_TMPFS_GIB=N   size of the tmpfs for the WAL-on-tmpfs server and the fast snapshot
+#                       volume (default a quarter of available memory, 1 to 8 GiB)
+#   BENCH_MEM_LIMIT_MIB=256   LONGBOW_MAX_MEMORY of the memory-limited row (4x that is written)
+# Needs fio (apt-get installed if missing), the Python venv, and root to mount
+# the tmpfs (otherwise /dev/shm is used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
 DIR=${BENCH_DIR:-$PWD/target/bench}
 OUT=$DIR/results
+SECS_INT=$(( ${SECS%.*} > 0 ? ${SECS%.*} : 1 ))
+QUICK=${BENCH_QUICK:-$([ "$SECS_INT" -le 2 ] && echo 1 || echo 0)}
+if [ "$QUICK" = 1 ]; then
+    FIO_SIZE=256m
+    export BENCH_SNAPSHOT_MIB=${BENCH_SNAPSHOT_MIB:-64} BENCH_RECOVERY_MIB=${BENCH_RECOVERY_MIB:-128}
+else
+    FIO_SIZE=1g
+fi
 # Shard scaling needs a core per shard; both overridable to try the path on a small machine.
 SCALING_MIN_CPUS=${BENCH_SCALING_MIN_CPUS:-16}
 SCALING_SHARDS=${BENCH_SCALING_SHARDS:-1 2 4 8 16}
+MEM_LIMIT_MIB=${BENCH_MEM_LIMIT_MIB:-256}
+MEM_FACTOR=4
+avail_gib=$(awk '/^MemAvailable/ {print int($2 / 2^20)}' /proc/meminfo)
+TMPFS_GIB=${BENCH_TMPFS_GIB:-$(( avail_gib / 4 > 8 ? 8 : (avail_gib / 4 < 1 ? 1 : avail_gib / 4) ))}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio >/dev/null; }
 scripts/setup-python.sh
-cargo build --release --locked -p longbow-server -p longbow-bench --bin longbow --bin longbow-bench 2>&1 | tail -1
+if [ "${BENCH_BUILD:-1}" != 0 ]; then
+    cargo build --release --locked -p longbow-server -p longbow-bench --bin longbow --bin longbow-bench 2>&1 | tail -1
+fi
+for b in target/release/longbow target/release/longbow-bench; do
+    [ -x "$b" ] || { echo "$b missing: build it (cargo build --release) or drop BENCH_BUILD=0" >&2; exit 1; }
+done
 ulimit -l unlimited 2>/dev/null || true
 PY=.venv/bin/python
 BENCH=./target/release/longbow-bench
+# A tmpfs left mounted by an interrupted run would stop rm -rf.
+mountpoint -q "$DIR/tmpfs" 2>/dev/null && umount "$DIR/tmpfs"
 rm -rf "$DIR" && mkdir -p "$DIR/tmp" "$OUT"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 # Servers longbow-bench spawns keep their data under $DIR too (not /tmp, which may be another volume).
 export TMPDIR=$DIR/tmp
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+TMPFS=$DIR/tmpfs
+tmpfs_mounted=false
+shm_dir=
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if $tmpfs_mounted; then umount "$TMPFS" 2>/dev/null || umount -l "$TMPFS" || true; fi
+    [ -z "$shm_dir" ] || rm -rf "$shm_dir"
+}
 trap cleanup EXIT
 
-start_longbow() {
-    ./target/release/longbow --data-path "$DIR/data" --snapshot-path "$DIR/snapshots" \
-        --listen-addr 127.0.0.1:3000 --metrics-addr 127.0.0.1:9090 \
-        >"$DIR/longbow.out" 2>>"$DIR/longbow.log" &
-    LB=$!; pids+=($LB)
-    until grep -q "longbow ready" "$DIR/longbow.out" 2>/dev/null; do
-        kill -0 "$LB" 2>/dev/null || { tail -20 "$DIR/longbow.log"; exit 1; }
+# The WAL-on-tmpfs server and the memory-limited server's snapshot volume.
+mkdir -p "$TMPFS"
+if mount -t tmpfs -o "size=${TMPFS_GIB}g" tmpfs "$TMPFS" 2>/dev/null; then
+    tmpfs_mounted=true
+    tmpfs_desc="a ${TMPFS_GIB} GiB tmpfs"
+else
+    TMPFS=/dev/shm/longbow-bench-$$; shm_dir=$TMPFS; mkdir -p "$TMPFS"
+    tmpfs_desc="/dev/shm (mounting a tmpfs failed)"
+fi
+echo "## tmpfs volume: $tmpfs_desc at $TMPFS"
+# longbow keeps what it is sent in memory too: a WAL-on-tmpfs run stops after this much.
+TMPFS_CAP_BYTES=$(( TMPFS_GIB * 3 * 2**30 / 4 ))
+
+# wait_ready NAME OUT_FILE PID LOG: until the server prints its "ready" line.
+wait_ready() {
+    until grep -q " ready" "$2" 2>/dev/null; do
+        kill -0 "$3" 2>/dev/null || { echo "$1 exited before it was ready:" >&2; tail -20 "$4" >&2; exit 1; }
         sleep 0.1
     done
 }
 
-echo "## pyarrow client, 2 streams of 1000-row x 128-d batches, ${SECS}s each"
-$PY bench/python/ref_server.py --mode null --port 3200 >/dev/null 2>&1 & pids+=($!)
-$PY bench/python/ref_server.py --mode fsync --port 3300 --data "$DIR/ref-fsync" >/dev/null 2>&1 & pids+=($!)
-$BENCH null-server --listen 127.0.0.1:3100 >/dev/null 2>&1 & pids+=($!)
-start_longbow
-sleep 2
-for target in "pyarrow-null-sink 3200" "rust-null-sink 3100" "pyarrow-fsync-server 3300" "longbow 3000"; do
-    set -- $target
-    $PY bench/python/put_bench.py --addr 127.0.0.1:$2 --streams 2 --seconds "$SECS" --label "$1" --dataset "tp" | tee -a "$OUT/py-throughput.jsonl"
+# stop_server PID: SIGTERM, wait, forget it.
+stop_server() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" || true
+    local keep=() p
+    for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    pids=("${keep[@]}")
+}
+
+# start_longbow NAME PORT METRICS_PORT DATA_PATH SNAPSHOT_PATH [flags…]: sets LB_PID.
+start_longbow() {
+    local name=$1 port=$2 mport=$3 data=$4 snaps=$5
+    shift 5
+    ./target/release/longbow --data-path "$data" --snapshot-path "$snaps" \
+        --listen-addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$mport" "$@" \
+        >"$DIR/$name.out" 2>>"$DIR/$name.log" &
+    LB_PID=$!; pids+=("$LB_PID")
+    wait_ready "$name" "$DIR/$name.out" "$LB_PID" "$DIR/$name.log"
+}
+
+put() { $PY bench/python/put_bench.py "$@"; }
+
+echo "## pyarrow client, 1 and 2 streams of 1000-row x 128-d batches, ${SECS}s each"
+$PY bench/python/ref_server.py --mode null --port 3200 >"$DIR/ref-null.out" 2>&1 & pids+=($!)
+wait_ready pyarrow-null-sink "$DIR/ref-null.out" $! "$DIR/ref-null.out"
+$PY bench/python/ref_server.py --mode fsync --port 3300 --data "$DIR/ref-fsync" >"$DIR/ref-fsync.out" 2>&1 & pids+=($!)
+wait_ready pyarrow-fsync-server "$DIR/ref-fsync.out" $! "$DIR/ref-fsync.out"
+$BENCH null-server --listen 127.0.0.1:3100 >"$DIR/rust-null.out" 2>&1 & pids+=($!)
+wait_ready rust-null-sink "$DIR/rust-null.out" $! "$DIR/rust-null.out"
+start_longbow longbow 3000 9090 "$DIR/data" "$DIR/snapshots"
+LB=$LB_PID
+for streams in 1 2; do
+    # The Rust sink next to the WAL-on-tmpfs server (the CPU-path ratio), longbow next to the fsync server.
+    for target in "pyarrow-null-sink 3200" "rust-null-sink 3100" "longbow-tmpfs 3001" "longbow 3000" "pyarrow-fsync-server 3300"; do
+        set -- $target
+        limit=()
+        if [ "$1" = longbow-tmpfs ]; then
+            # A fresh server per run, WAL and snapshots on the tmpfs, wiped afterwards.
+            start_longbow longbow-tmpfs 3001 9091 "$TMPFS/data" "$TMPFS/snapshots"
+            limit=(--bytes "$TMPFS_CAP_BYTES")
+        fi
+        put --addr "127.0.0.1:$2" --streams "$streams" --seconds "$SECS" "${limit[@]}" --label "$1" \
+            --dataset "tp$streams" | tee -a "$OUT/py-throughput.jsonl"
+        if [ "$1" = longbow-tmpfs ]; then stop_server "$LB_PID"; rm -rf "$TMPFS/data" "$TMPFS/snapshots"; fi
+    done
 done
 # Group commit size during the throughput runs.
 curl -s 127.0.0.1:9090/metrics | grep -E "^longbow_wal_commit_(duration_seconds|batches)_(sum|count)" | tee "$OUT/commit-metrics.txt" || true
-echo "## pyarrow client, 10-row batches one at a time (ack latency)"
-for target in "pyarrow-null-sink 3200" "longbow 3000"; do
-    set -- $target
-    $PY bench/python/put_bench.py --addr 127.0.0.1:$2 --streams 1 --rows 10 --one-at-a-time --seconds "$SECS" --label "$1" --dataset "lat" | tee -a "$OUT/py-latency.jsonl"
+
+echo "## 10-row batches one at a time (ack latency), ${SECS}s each; fio 8 KiB write + fdatasync on the WAL's volume"
+lat() {
+    put --addr "127.0.0.1:$2" --streams 1 --rows 10 --one-at-a-time --seconds "$SECS" --label "$1" --dataset lat \
+        | tee -a "$OUT/py-latency.jsonl"
+}
+# The parts of the reference (Rust sink round trip, fio write + fdatasync) measured right before longbow.
+lat rust-null-sink 3100
+F_LAT="$DIR/fio-lat"; mkdir -p "$F_LAT"
+[ "$(stat -c %d "$F_LAT")" = "$(stat -c %d "$DIR/data")" ] || echo "warning: $F_LAT is not on the WAL's volume ($DIR/data)"
+fio --directory="$F_LAT" --name=l --rw=write --direct=1 --bs=8k --fdatasync=1 --size=64m --runtime="$SECS_INT" --time_based \
+    --output-format=json 2>/dev/null | $PY -c '
+import json,sys; j=json.load(sys.stdin)["jobs"][0]; w=j["write"]["clat_ns"]["percentile"]; s=j["sync"]["lat_ns"]["percentile"]
+print(json.dumps({"write_p50_us": w["50.000000"]/1e3, "write_p99_us": w["99.000000"]/1e3, "fdatasync_p50_us": s["50.000000"]/1e3, "fdatasync_p99_us": s["99.000000"]/1e3}))' \
+    | tee "$OUT/fio-small.json" | sed 's/^/fio O_DIRECT write 8 KiB + fdatasync, 1 job: /'
+rm -rf "$F_LAT"
+# Stage histogram over the longbow latency run only: the scrape before is subtracted.
+curl -s 127.0.0.1:9090/metrics >"$OUT/metrics-before-latency.txt" || true
+lat longbow 3000
+curl -s 127.0.0.1:9090/metrics >"$OUT/metrics-after-latency.txt" || true
+echo "## longbow_put_stage_seconds during the longbow latency run"
+$PY bench/python/stages.py "$OUT/metrics-after-latency.txt" --before "$OUT/metrics-before-latency.txt" --json "$OUT/stages.json"
+lat pyarrow-null-sink 3200
+
+mem_bytes=$(( MEM_FACTOR * MEM_LIMIT_MIB * 2**20 ))
+echo "## memory limit: one producer writes ${MEM_FACTOR}x LONGBOW_MAX_MEMORY=${MEM_LIMIT_MIB}MiB, and the same into longbow without a limit"
+echo "{\"limit_mib\": $MEM_LIMIT_MIB, \"factor\": $MEM_FACTOR, \"bytes\": $mem_bytes}" >"$OUT/memory-limit.json"
+for variant in unlimited limited; do
+    extra=()
+    if [ "$variant" = limited ]; then extra=(--max-memory "${MEM_LIMIT_MIB}MiB"); fi
+    # WAL on disk as in the on-disk rows; snapshots on the tmpfs, a volume fast enough to keep up.
+    start_longbow "longbow-$variant" 3002 9092 "$DIR/data-$variant" "$TMPFS/snapshots-$variant" "${extra[@]}"
+    put --addr 127.0.0.1:3002 --streams 1 --bytes "$mem_bytes" --seconds $(( SECS_INT * 30 > 300 ? SECS_INT * 30 : 300 )) \
+        --rss-pid "$LB_PID" --verify --label "longbow-$variant" --dataset mem | tee -a "$OUT/memory.jsonl"
+    curl -s 127.0.0.1:9092/metrics >"$OUT/metrics-longbow-$variant.txt" || true
+    grep -E '^longbow_(snapshot_operations|memory_bytes|memory_limit_bytes)' "$OUT/metrics-longbow-$variant.txt" \
+        | sed 's/^/  /' || true
+    $PY - "$OUT/memory.jsonl" <<'EOF'
+import json, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+print(f"  {r['label']}: {r['mb_per_s']} MB/s, {r['errors']} errors, RSS peak {max(r['rss_peak_mib'], r['rss_hwm_mib'])} MiB; "
+      f"rows acknowledged {r['rows_acked']:,}, stored (DoGet) {r['rows_stored'] or 0:,}: "
+      + ("equal" if r["stored_equals_acked"] else "MISMATCH " + r.get("verify_error", "")))
+EOF
+    stop_server "$LB_PID"
+    rm -rf "$TMPFS/snapshots-$variant" "$DIR/data-$variant"
 done
 
 echo "## longbow-bench (Rust client): bench/jobs/standard.ini"
 BENCH_SECS=$SECS BENCH_NULL_SINK=http://127.0.0.1:3100 $BENCH run bench/jobs/standard.ini --output-format json >"$OUT/rust.json"
 
 echo "## WAL replay after restart (page cache dropped)"
-kill -TERM "$LB"; wait "$LB" || true
+stop_server "$LB"
 du -sb "$DIR/data" | awk '{printf "WAL on disk: %.2f GiB\n", $1/2^30}'
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null && dropped=true || { dropped=false; echo "(could not drop caches: not root)"; }
-: >"$DIR/longbow.out"; start_longbow
+start_longbow longbow 3000 9090 "$DIR/data" "$DIR/snapshots"
+LB=$LB_PID
 replay=$(grep "WAL replayed" "$DIR/longbow.log" | tail -1 | sed 's/\x1b\[[0-9;]*m//g')
 echo "$replay"
 shards=$(curl -s 127.0.0.1:9090/metrics | grep -c '^longbow_shard_queue_depth{') || true
 [ "${shards:-0}" -gt 0 ] || shards=2
-kill -TERM "$LB"; wait "$LB" || true
+stop_server "$LB"
 bytes=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$replay"); seconds=$(sed -n 's/.*seconds=\([0-9.e-]*\).*/\1/p' <<<"$replay")
 printf '{"bytes": %s, "seconds": %s, "shards": %s, "caches_dropped": %s}\n' "${bytes:-null}" "${seconds:-null}" "$shards" "$dropped" >"$OUT/replay.json"
 
 echo "## fio references on the same volume"
 F="$DIR/fio"; mkdir -p "$F"
 fio_bw() { fio --directory="$F" --output-format=terse --terse-version=3 --group_reporting "$@" 2>/dev/null | awk -F';' '{print ($7>0?$7:$48)/1024}'; }
-read_mib=$(fio_bw --name=r --rw=read --direct=1 --bs=8m --ioengine=io_uring --iodepth=4 --size=1g --numjobs="$shards")
+read_mib=$(fio_bw --name=r --rw=read --direct=1 --bs=8m --ioengine=io_uring --iodepth=4 --size="$FIO_SIZE" --numjobs="$shards")
 echo "O_DIRECT sequential read, 8 MiB, ${shards} jobs (replay reference): $read_mib MiB/s"
 rm -f "$F"/*
-write_new=$(fio_bw --name=w --rw=write --direct=1 --bs=4m --fdatasync=1 --size=1g --numjobs="$shards")
+write_new=$(fio_bw --name=w --rw=write --direct=1 --bs=4m --fdatasync=1 --size="$FIO_SIZE" --numjobs="$shards")
 echo "O_DIRECT write 4 MiB + fdatasync, new files, ${shards} jobs: $write_new MiB/s"
-write_over=$(fio_bw --name=w --rw=write --direct=1 --bs=4m --fdatasync=1 --size=1g --numjobs="$shards")
-echo "O_DIRECT write 4 MiB + fdatasync, overwrite, ${shards} jobs: $write_over MiB/s"
-rm -f "$F"/*
-small=$(fio --directory="$F" --name=l --rw=write --direct=1 --bs=8k --fdatasync=1 --size=64m --runtime=4 --time_based --output-format=json 2>/dev/null | $PY -c '
-import json,sys; j=json.load(sys.stdin)["jobs"][0]; w=j["write"]["clat_ns"]["percentile"]; s=j["sync"]["lat_ns"]["percentile"]
-print(json.dumps({"write_p50_us": w["50.000000"]/1e3, "write_p99_us": w["99.000000"]/1e3, "fdatasync_p50_us": s["50.000000"]/1e3, "fdatasync_p99_us": s["99.000000"]/1e3}))')
-echo "O_DIRECT write 8 KiB + fdatasync, 1 job: $small"
+write_over=$(fio_bw --name=w --rw=write --direct=1 --bs=4m --fdatasync=1 --size="$FIO_SIZE" --numjobs="$shards")
+echo "O_DIRECT write 4 MiB + fdatasync, overwrite, ${shards} jobs (the WAL-on-disk reference): $write_over MiB/s"
 rm -rf "$F"
-printf '{"jobs": %s, "read_mib_s": %s, "write_new_mib_s": %s, "write_overwrite_mib_s": %s, "small_sync": %s}\n' \
-    "$shards" "${read_mib:-null}" "${write_new:-null}" "${write_over:-null}" "${small:-null}" >"$OUT/fio.json"
+small=$(cat "$OUT/fio-small.json" 2>/dev/null || true)
+printf '{"jobs": %s, "size": "%s", "read_mib_s": %s, "write_new_mib_s": %s, "write_overwrite_mib_s": %s, "small_sync": %s}\n' \
+    "$shards" "$FIO_SIZE" "${read_mib:-null}" "${write_new:-null}" "${write_over:-null}" "${small:-null}" >"$OUT/fio.json"
 
 cpus=$(nproc)
 if [ "$cpus" -ge "$SCALING_MIN_CPUS" ]; then
@@ -116,9 +237,12 @@ json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M')", "commit": "$(git rev-parse --
            "subject": $(git log -1 --format=%s | $PY -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'),
            "dirty": $([ -n "$(git status --porcelain --untracked-files=no)" ] && echo True || echo False),
            "host": "$(hostname)", "cpus": $cpus, "cpu_model": "$model", "mem_gib": round($mem_kib / 2**20),
-           "kernel": "$(uname -r)", "load_start": "$load_start", "load_end": "$(cut -d' ' -f1-3 /proc/loadavg)", "fs": "$(df -T "$DIR" | awk 'NR==2 {print $2 " on " $1}')", "secs": $SECS},
+           "kernel": "$(uname -r)", "load_start": "$load_start", "load_end": "$(cut -d' ' -f1-3 /proc/loadavg)", "fs": "$(df -T "$DIR" | awk 'NR==2 {print $2 " on " $1}')", "secs": $SECS,
+           "quick": $([ "$QUICK" = 1 ] && echo True || echo False), "tmpfs": "$tmpfs_desc", "tmpfs_cap_bytes": $TMPFS_CAP_BYTES},
           open(sys.argv[1], "w"))
 EOF
+echo "## targets (each against its reference from this run)"
+$PY bench/python/targets.py "$OUT"
 if [ "${BENCH_DOCS:-1}" != 0 ]; then
     $PY bench/python/bench_report.py "$OUT" docs/benchmarks.md
     echo "## docs/benchmarks.md: generated block rewritten from $OUT"

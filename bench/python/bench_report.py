@@ -11,12 +11,23 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import targets as targets_mod  # noqa: E402
+
 BEGIN = "<!-- bench.sh:begin -->"
 END = "<!-- bench.sh:end -->"
 
 
 def jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# Throughput rows in this order.
+SERVERS = ["pyarrow-null-sink", "rust-null-sink", "pyarrow-fsync-server", "longbow", "longbow-tmpfs"]
+
+
+def load(path):
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def n(x, digits=0):
@@ -43,37 +54,107 @@ def render(res: Path) -> str:
         f"`{m['commit']}` (\"{m['subject']}\"){dirty}. Machine `{m['host']}`: {m['cpus']} CPUs "
         f"({m['cpu_model']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, data on {m['fs']}; clients and "
         f"servers share the machine; load average (1, 5, 15 min) {m.get('load_start', '?')} at the start, "
-        f"{m.get('load_end', '?')} at the end. Figures from one run: compare ratios within it.",
+        f"{m.get('load_end', '?')} at the end. Figures from one run: compare ratios within it."
+        + (" Quick mode (smaller fio files, snapshot and recovery jobs): a check of the script, not a measurement."
+           if m.get("quick") else ""),
         "",
     ]
 
-    tp = {r["label"]: r for r in jsonl(res / "py-throughput.jsonl")}
+    t = res / "targets.json"
+    if t.exists():
+        doc = json.loads(t.read_text())
+        out += ["### Targets", "",
+                f"Each measure against its reference from this run: {doc['passed']} met, {doc['failed']} missed"
+                + (f", {doc['not_measured']} not measured" if doc["not_measured"] else "") + ".", "",
+                "| measure | figure | reference | ratio | target | result |", "|---|---|---|---|---|---|"]
+        for r in doc["rows"]:
+            result = targets_mod.verdict(r)
+            result = f"**{result}**" if r["pass"] is False else result
+            note = f" ({r['note']})" if r.get("note") else ""
+            ratio_text = "" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+            target = re.sub(r"(\d)x\b", "\\1×", r["target"])
+            out.append(f"| {r['measure']} | {targets_mod.fmt(r['figure'])} {r['unit']} | "
+                       f"{targets_mod.fmt(r['reference'])} {r['unit']} ({r['reference_of']}) | {ratio_text} | "
+                       f"{target} | {result}{note} |")
+        out.append("")
+
+    runs = jsonl(res / "py-throughput.jsonl")
+    tp = {(r["label"], r.get("streams", 2)): r for r in runs}
     if tp:
-        sink = tp.get("pyarrow-null-sink", {}).get("mb_per_s")
-        fsync = tp.get("pyarrow-fsync-server", {}).get("mb_per_s")
-        out += ["### Ingest, pyarrow client: 2 streams, 1,000-row × 128-d batches", "",
-                "| server | MB/s | rows/s | vs pyarrow no-op sink | vs fsync server |", "|---|---|---|---|---|"]
-        for label in ["pyarrow-null-sink", "rust-null-sink", "pyarrow-fsync-server", "longbow"]:
-            r = tp.get(label)
-            if r:
-                name = f"**{label}**" if label == "longbow" else label
-                out.append(f"| {name} | {n(r['mb_per_s'], 1)} | {n(r['rows_per_s'])} | {ratio(r['mb_per_s'], sink)} | "
-                           f"{ratio(r['mb_per_s'], fsync) if label in ('longbow', 'pyarrow-fsync-server') else ''} |")
+        out += ["### Ingest, pyarrow client: 1,000-row × 128-d batches", "",
+                "| server | streams | MB/s | rows/s | vs pyarrow no-op sink | vs Rust no-op sink | vs fsync server |",
+                "|---|---|---|---|---|---|---|"]
+        capped = []
+        for streams in sorted({s for _, s in tp}):
+            mb = lambda label: tp.get((label, streams), {}).get("mb_per_s")
+            for label in SERVERS:
+                r = tp.get((label, streams))
+                if not r:
+                    continue
+                name = f"**{label}**" if label.startswith("longbow") else label
+                durable = label in ("longbow", "pyarrow-fsync-server")
+                out.append(f"| {name} | {streams} | {n(r['mb_per_s'], 1)} | {n(r['rows_per_s'])} | "
+                           f"{ratio(r['mb_per_s'], mb('pyarrow-null-sink'))} | {ratio(r['mb_per_s'], mb('rust-null-sink'))} | "
+                           f"{ratio(r['mb_per_s'], mb('pyarrow-fsync-server')) if durable else ''} |")
+                if r.get("complete") and r.get("target_batches"):
+                    capped.append(f"{label} ({streams} stream{'s' if streams != 1 else ''}): "
+                                  f"{r['batches'] * r['batch_bytes'] / 2**30:.1f} GiB in {r['seconds']:.1f} s")
+        out += ["", "longbow: WAL and snapshots on the data volume; longbow-tmpfs: both on "
+                f"{m.get('tmpfs', 'a tmpfs')}, a fresh server per run (the CPU path)."]
+        if capped:
+            out += ["", "Stopped at the tmpfs's size before the time was up (longbow holds what it is sent in memory "
+                        "as well): " + "; ".join(capped) + "."]
         metrics = dict(line.split() for line in (res / "commit-metrics.txt").read_text().splitlines()
                        if len(line.split()) == 2) if (res / "commit-metrics.txt").exists() else {}
         b_sum, b_cnt = metrics.get("longbow_wal_commit_batches_sum"), metrics.get("longbow_wal_commit_batches_count")
         if b_sum and b_cnt and float(b_cnt) > 0:
-            out += ["", f"longbow's group commits carried {float(b_sum) / float(b_cnt):.1f} batches on average."]
+            out += ["", f"longbow's group commits (WAL on disk) carried {float(b_sum) / float(b_cnt):.1f} batches on "
+                        "average."]
         out.append("")
 
     lat = jsonl(res / "py-latency.jsonl")
+    fio = load(res / "fio.json")
+    small = fio.get("small_sync") or load(res / "fio-small.json")
     if lat:
         out += ["### Ack latency, pyarrow client: 10-row batches one at a time", "",
                 "| server | p50 µs | p95 | p99 | p99.9 | max |", "|---|---|---|---|---|---|"]
         for r in lat:
             out.append(f"| {r['label']} | {n(r.get('p50_us'))} | {n(r.get('p95_us'))} | {n(r.get('p99_us'))} | "
                        f"{n(r.get('p999_us'))} | {n(r.get('max_us'))} |")
-        out.append("")
+        if small:
+            out.append(f"| fio 8 KiB O_DIRECT write + fdatasync, same volume (write / fdatasync) | "
+                       f"{small['write_p50_us']:.0f} / {small['fdatasync_p50_us']:.0f} | | "
+                       f"{small['write_p99_us']:.0f} / {small['fdatasync_p99_us']:.0f} | | |")
+        out += ["", "Measured in this order: Rust sink, fio, longbow (WAL on disk), pyarrow sink; the reference of "
+                    "the targets is the sum of the first two.", ""]
+
+    stages = load(res / "stages.json")
+    if stages:
+        out += ["### Where a batch's time goes: `longbow_put_stage_seconds` during the longbow latency run", ""]
+        if not stages.get("exported"):
+            out += [f"`{stages.get('family', 'longbow_put_stage_seconds')}`: not exported by this build.", ""]
+        else:
+            out += ["| stage | count | mean µs | p50 µs | p99 µs |", "|---|---|---|---|---|"]
+            for r in stages["stages"]:
+                out.append(f"| {r['stage']} | {n(r['count'])} | {n(r['mean_us'], 1)} | {n(r['p50_us'], 1)} | "
+                           f"{n(r['p99_us'], 1)} |")
+            out += ["", "p50 and p99 are estimated from the histogram's buckets (linear inside a bucket).", ""]
+
+    mem = {r["label"]: r for r in jsonl(res / "memory.jsonl")}
+    limit = load(res / "memory-limit.json")
+    if mem:
+        out += [f"### Memory limit: one producer writes {limit.get('factor', 4)}× `LONGBOW_MAX_MEMORY` "
+                f"({limit.get('limit_mib', '?')} MiB)", "",
+                "| server | MB/s | seconds | errors | RSS peak MiB | rows acknowledged | rows stored (DoGet) |",
+                "|---|---|---|---|---|---|---|"]
+        for label in ["longbow-unlimited", "longbow-limited"]:
+            r = mem.get(label)
+            if r:
+                rss = max(r.get("rss_peak_mib", 0), r.get("rss_hwm_mib", 0))
+                out.append(f"| {label} | {n(r['mb_per_s'], 1)} | {r['seconds']:.1f} | {r['errors']} | {n(rss)} | "
+                           f"{n(r['rows_acked'])} | {n(r.get('rows_stored'))} |")
+        out += ["", "Both fresh, WAL on the data volume, snapshots on the tmpfs; RSS sampled every 50 ms "
+                    "(and VmHWM) while the producer runs, before the rows are read back.", ""]
 
     rust = res / "rust.json"
     if rust.exists():
@@ -124,22 +205,17 @@ def render(res: Path) -> str:
             "64-batch window it is mostly queueing. Scan latency is one whole DoGet of a dataset that grows "
             "meanwhile.", ""]
 
-    replay, fio = res / "replay.json", res / "fio.json"
-    fio = json.loads(fio.read_text()) if fio.exists() else {}
+    replay = res / "replay.json"
     if fio:
-        lb = tp.get("longbow", {}).get("mb_per_s")
+        lb = max((r["mb_per_s"] for (label, _), r in tp.items() if label == "longbow"), default=None)
         lb_mib = lb * 1e6 / 2**20 if lb else None
         out += ["### Disk references: fio on the same volume", "",
-                "| fio | MiB/s | longbow (pyarrow ingest) as a fraction |", "|---|---|---|"]
+                "| fio | MiB/s | longbow (WAL on disk, pyarrow ingest, best of 1 and 2 streams) as a fraction |",
+                "|---|---|---|"]
         for label, key in [(f"O_DIRECT 4 MiB writes + fdatasync each, new files, {fio['jobs']} jobs", "write_new_mib_s"),
-                           ("the same, overwriting those files", "write_overwrite_mib_s")]:
+                           ("the same, overwriting those files (the target's reference)", "write_overwrite_mib_s")]:
             out.append(f"| {label} | {n(fio.get(key))} | {ratio(lb_mib, fio.get(key))} |")
         out.append(f"| O_DIRECT sequential read, 8 MiB, queue depth 4, {fio['jobs']} jobs | {n(fio.get('read_mib_s'))} | |")
-        small = fio.get("small_sync") or {}
-        if small:
-            out += ["", f"8 KiB O_DIRECT write + fdatasync, 1 job: write p50/p99 {small['write_p50_us']:.0f}/"
-                        f"{small['write_p99_us']:.0f} µs, fdatasync p50/p99 {small['fdatasync_p50_us']:.0f}/"
-                        f"{small['fdatasync_p99_us']:.0f} µs."]
         out.append("")
     if replay.exists():
         r = json.loads(replay.read_text())

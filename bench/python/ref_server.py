@@ -4,7 +4,9 @@
   fsync  appends each batch to an Arrow IPC stream file and fsyncs it before
          acknowledging (the straightforward durable server).
 
-Both send one PutResult per batch, as Longbow does.
+Both send one PutResult per batch, as Longbow does. --fail-every N ends every
+Nth DoPut batch's stream with UNAVAILABLE instead (that batch not stored), to
+test how clients count and retry errors.
 """
 
 import argparse
@@ -17,12 +19,14 @@ import pyarrow.flight as fl
 
 
 class RefServer(fl.FlightServerBase):
-    def __init__(self, location, mode, data_dir):
+    def __init__(self, location, mode, data_dir, fail_every=0):
         super().__init__(location)
         self.mode = mode
         self.data_dir = data_dir
+        self.fail_every = fail_every
         self.lock = threading.Lock()
         self.n = 0
+        self.batches = 0
 
     def do_put(self, context, descriptor, reader, writer):
         name = descriptor.path[0].decode()
@@ -36,6 +40,12 @@ class RefServer(fl.FlightServerBase):
         try:
             for chunk in reader:
                 batch = chunk.data
+                if self.fail_every:
+                    with self.lock:
+                        self.batches += 1
+                        fail = self.batches % self.fail_every == 0
+                    if fail:
+                        raise fl.FlightUnavailableError("ref-server: refused (--fail-every)")
                 if sink is not None:
                     sink.write_batch(batch)
                     f.flush()
@@ -52,9 +62,10 @@ def main():
     p.add_argument("--mode", choices=["null", "fsync"], required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--data", default="/tmp/longbow-ref")
+    p.add_argument("--fail-every", type=int, default=0, help="refuse every Nth batch with UNAVAILABLE")
     a = p.parse_args()
     os.makedirs(a.data, exist_ok=True)
-    server = RefServer(f"grpc://127.0.0.1:{a.port}", a.mode, a.data)
+    server = RefServer(f"grpc://127.0.0.1:{a.port}", a.mode, a.data, a.fail_every)
     print(f"ref-server ready flight=127.0.0.1:{server.port}", flush=True)
     server.serve()
 
