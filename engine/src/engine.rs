@@ -17,14 +17,15 @@ use crate::dataset::{validate_name, DatasetInfo};
 use crate::error::{Error, Result};
 use crate::layout::{self, DirLock, Layout};
 use crate::limits::{SEGMENT_BYTES_MIN, SHARD_INBOX_DEPTH_MAX, SHARD_IO_MEMORY_BYTES, SHARD_RING_DEPTH};
+use crate::memory::MemoryBudget;
 use crate::metrics::EngineMetrics;
 use crate::routing::shard_for;
 use crate::shard::recovery::{self, Plan, RecoveryStats};
-use crate::shard::request::{DatasetRead, ShardStats, SnapshotReport};
+use crate::shard::request::{Committed, DatasetRead, PutStream, ShardStats, SnapshotReport};
 use crate::shard::{self, ShardHandle, ShardSetup};
 use crate::snapshot::{self as snapshots, SnapshotCompression};
 use crate::wal::replay::CorruptionPolicy;
-use crate::wal::{IpcMessage, Lsn};
+use crate::wal::IpcMessage;
 use crate::ShardId;
 
 /// Everything the engine needs; reads no environment.
@@ -43,6 +44,9 @@ pub struct EngineConfig {
     pub corruption: CorruptionPolicy,
     /// Pin shard `k` to the `k`-th CPU this process may run on.
     pub pin_cores: bool,
+    /// How long a write waits under the memory limit while snapshots free
+    /// nothing, before it is refused with `Overloaded`.
+    pub backpressure_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -59,6 +63,7 @@ impl EngineConfig {
             segment_bytes_max: 8 * crate::limits::MIB,
             corruption: CorruptionPolicy::Refuse,
             pin_cores: false,
+            backpressure_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -70,6 +75,7 @@ struct Inner {
     shards: Vec<ShardHandle>,
     executors: Mutex<Vec<ExecutorJoinHandle<()>>>,
     metrics: EngineMetrics,
+    budget: Arc<MemoryBudget>,
     recovery: Vec<RecoveryStats>,
     settings: Mutex<Settings>,
     _lock: DirLock,
@@ -81,14 +87,6 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// Bytes across all shards; 0 = no limit.
     pub max_memory: u64,
-}
-
-fn memory_budget(max_memory: u64, shards: usize) -> u64 {
-    if max_memory == 0 {
-        0
-    } else {
-        (max_memory / shards as u64).max(1)
-    }
 }
 
 /// CPUs this process may run on, ascending.
@@ -147,7 +145,7 @@ impl Engine {
         for m in snapshots::load_manifests(&config.snapshot_path)? {
             manifests[shard_for(&m.dataset, config.shards) as usize].push(m);
         }
-        let budget = memory_budget(config.max_memory, config.shards);
+        let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
         metrics.memory_limit_bytes.set(config.max_memory as i64);
 
         let cpus = allowed_cpus();
@@ -157,7 +155,7 @@ impl Engine {
         for k in 0..config.shards {
             let id = k as ShardId;
             let (tx, inbox) = flume::bounded(SHARD_INBOX_DEPTH_MAX);
-            handles.push(ShardHandle { id, tx });
+            handles.push(ShardHandle { id, tx, backpressure_timeout: config.backpressure_timeout });
             let plan = Plan {
                 shard: id,
                 shards: config.shards,
@@ -174,7 +172,7 @@ impl Engine {
                 snapshot_root: config.snapshot_path.clone(),
                 compression: config.snapshot_compression,
                 snapshot_interval: config.snapshot_interval,
-                memory_budget: budget,
+                budget: budget.clone(),
                 wal_dir: layout::shard_dir(data, k),
             };
             let placement = if config.pin_cores { Placement::Fixed(cpus[k % cpus.len()]) } else { Placement::Unbound };
@@ -257,6 +255,7 @@ impl Engine {
             shards: handles,
             executors: Mutex::new(executors),
             metrics,
+            budget,
             recovery,
             settings,
             _lock: lock,
@@ -287,15 +286,21 @@ impl Engine {
         self.shard(dataset)?.open(dataset.to_owned(), schema).await
     }
 
-    /// Queues a batch; the outer future resolves once the shard accepted it,
-    /// the inner one once it is durable, with its LSN.
+    /// Queues a batch of `stream`; the outer future resolves once the shard
+    /// accepted it, the inner one once it is durable, with its LSN.
     pub async fn append(
         &self,
         dataset: &str,
         batch: RecordBatch,
         message: IpcMessage,
-    ) -> Result<impl std::future::Future<Output = Result<Lsn>> + Send + 'static> {
-        self.shard(dataset)?.append(dataset.to_owned(), batch, message).await
+        stream: &PutStream,
+    ) -> Result<impl std::future::Future<Output = Result<Committed>> + Send + 'static> {
+        self.shard(dataset)?.append(dataset.to_owned(), batch, message, stream.clone()).await
+    }
+
+    /// The memory budget all shards share.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.0.budget
     }
 
     /// The dataset as of now: snapshot files holding evicted rows, then the
@@ -339,9 +344,9 @@ impl Engine {
     pub async fn reconfigure(&self, new: Settings) -> Result<()> {
         *self.0.settings.lock().expect("settings lock") = new;
         self.0.metrics.memory_limit_bytes.set(new.max_memory as i64);
-        let budget = memory_budget(new.max_memory, self.0.shards.len());
+        self.0.budget.set_limit(new.max_memory);
         for s in &self.0.shards {
-            s.configure(new.snapshot_interval, budget).await?;
+            s.configure(new.snapshot_interval).await?;
         }
         Ok(())
     }

@@ -19,6 +19,10 @@ pub enum Error {
     InvalidInput(String),
     #[error("shard {shard} is overloaded: {reason}; retry later")]
     Overloaded { shard: ShardId, reason: &'static str },
+    #[error("shard {shard} held this write back under the memory limit and gave up: {cause}; nothing in it was stored, retry later")]
+    HeldBack { shard: ShardId, cause: String },
+    #[error("not stored: {reason}")]
+    NotStored { reason: &'static str },
     #[error("shard {shard} poisoned after a failed fsync; restart required")]
     Poisoned { shard: ShardId },
     #[error("shard {shard} could not write its WAL: {message}")]

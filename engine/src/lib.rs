@@ -16,12 +16,13 @@
 //!   the shard's snapshot worker is `shard/snapshots.rs`.
 //! - [`dataset`]: in-memory batches, schemas and name rules; no I/O.
 //! - [`layout`]: the data directory's lock, shard count and WAL generation.
+//! - [`memory`]: the one memory budget all shards share (atomics).
 //! - [`routing`], [`limits`], [`error`], [`metrics`], and [`faults`]
 //!   (test-only fault injection, behind the `fault-injection` feature).
 //!
-//! Two choices that may surprise: shards never share state or locks (a
-//! dataset lives on exactly one core, so its writes need no
-//! synchronization), and a batch becomes visible to readers only after the
+//! Two choices that may surprise: shards share no state or locks but the
+//! memory budget's atomics (a dataset lives on exactly one core, so its
+//! writes need no synchronization), and a batch becomes visible to readers only after the
 //! commit holding it is durable, so a read never returns data a crash could
 //! take back.
 
@@ -31,6 +32,7 @@ pub mod error;
 pub mod faults;
 pub mod layout;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod routing;
 pub mod shard;
@@ -44,6 +46,7 @@ pub use dataset::DatasetInfo;
 pub use engine::{default_shards, Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use metrics::EngineMetrics;
+pub use shard::request::{Committed, PutStream};
 pub use shard::ShardHandle;
 pub use wal::replay::CorruptionPolicy;
 pub use wal::{IpcMessage, Lsn};

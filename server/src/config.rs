@@ -52,9 +52,23 @@ pub struct Config {
 
     /// Arrow data held in memory across all shards (e.g. 8GiB; 0 = no limit).
     /// Above it, snapshotted data is evicted and read back from Parquet, and
-    /// ingest is slowed, then refused with UNAVAILABLE. Reloadable.
+    /// ingest is held back until snapshots free memory (refused with
+    /// UNAVAILABLE only if they free nothing for LONGBOW_BACKPRESSURE_TIMEOUT).
+    /// Shared by all shards. Reloadable.
     #[arg(long, env = "LONGBOW_MAX_MEMORY", default_value = "0")]
     pub max_memory: ByteSize,
+
+    /// Under LONGBOW_MAX_MEMORY, how long a write is held back while
+    /// snapshots free nothing at all before it is refused with UNAVAILABLE
+    /// (`30s`, `2m`). A client waits at most twice this for an answer.
+    #[arg(long, env = "LONGBOW_BACKPRESSURE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub backpressure_timeout: Duration,
+
+    /// Bytes of DoPut batches all streams together may hold between being
+    /// read off the socket and acknowledged; beyond it, streams are not
+    /// read (HTTP/2 flow control pushes back on clients).
+    #[arg(long, env = "LONGBOW_MAX_INFLIGHT", default_value = "256MiB")]
+    pub max_inflight: ByteSize,
 
     /// A file of `NAME=value` lines (e.g. a mounted ConfigMap) whose
     /// reloadable settings (LONGBOW_MAX_MEMORY, LONGBOW_SNAPSHOT_INTERVAL)
@@ -116,7 +130,7 @@ pub enum Compression {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 30s, 5m, 1h)"))?;
     if d.is_zero() {
-        return Err("the snapshot interval must be above zero".into());
+        return Err("the duration must be above zero".into());
     }
     Ok(d)
 }
@@ -185,6 +199,7 @@ impl Config {
                 Compression::Zstd => SnapshotCompression::Zstd,
             },
             max_memory: self.max_memory.as_u64(),
+            backpressure_timeout: self.backpressure_timeout,
         }
     }
 }

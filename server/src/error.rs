@@ -9,7 +9,8 @@ pub fn into_status(e: Error) -> Status {
     let code = match &e {
         Error::InvalidName { .. } | Error::SchemaMismatch { .. } | Error::InvalidInput(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
-        Error::Overloaded { .. } | Error::ShuttingDown => Code::Unavailable,
+        Error::Overloaded { .. } | Error::HeldBack { .. } | Error::ShuttingDown => Code::Unavailable,
+        Error::NotStored { .. } => Code::Aborted,
         Error::DiskFull { .. } => Code::ResourceExhausted,
         Error::Snapshot { disk_full: true, .. } => Code::ResourceExhausted,
         Error::Snapshot { disk_full: false, .. } => Code::Internal,

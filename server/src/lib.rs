@@ -225,7 +225,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let max_message = config.max_message_size.as_u64() as usize;
-    let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics))
+    let admission = Arc::new(flight::do_put::Admission::new(config.max_inflight.as_u64(), config.backpressure_timeout));
+    let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics, admission))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     // The health service stays outside the check so probes need no token.

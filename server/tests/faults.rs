@@ -9,6 +9,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use common::*;
@@ -137,6 +138,75 @@ async fn a_failing_snapshot_volume_keeps_the_wal_and_ingest_until_the_memory_lim
     // Without the fault the same data snapshots, and the WAL it covers goes.
     action(&mut server.client().await, "force_snapshot", "").await.unwrap();
     assert!(wal_segments(&data.join("shard-0")).len() < wal.len());
+    server.terminate();
+}
+
+/// Several producers stream into their own datasets while snapshots fail:
+/// once memory is full every stream is refused part-way (UNAVAILABLE,
+/// naming the failing snapshots). What is stored is exactly what was
+/// acknowledged: none of the batches each client had sent after its refused
+/// one is written, then or later, not even after a restart.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_streams_store_exactly_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("LONGBOW_FAULT_SNAPSHOT_FAIL", "0:1000000")];
+    let args = ["--max-memory", "8MiB", "--backpressure-timeout", "2s"];
+    let server = Server::try_start_env(&data, 2, &args, &env).unwrap();
+    let producers = 4;
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let name = format!("producer-{p}");
+            // 64 KiB batches, 4x the limit per producer.
+            let batches: Vec<RecordBatch> = (0..512).map(|i| vector_batch(i * 1000, 1000, DIM)).collect();
+            let stream = arrow_flight::encode::FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(Some(arrow_flight::FlightDescriptor::new_path(vec![name.clone()])))
+                .build(futures::stream::iter(batches.clone().into_iter().map(Ok)));
+            let mut results = client.do_put(stream).await.unwrap();
+            let mut acked = 0;
+            let mut error = None;
+            while let Some(r) = futures::StreamExt::next(&mut results).await {
+                match r {
+                    Ok(_) => acked += 1,
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            (name, batches[..acked].to_vec(), error)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    // Let anything still queued reach the committer, if it were to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut client = server.client().await;
+    for (name, acked, error) in &outcomes {
+        let e = error.as_ref().unwrap_or_else(|| panic!("{name}: 4x the limit with failing snapshots is refused"));
+        assert_eq!(code(e), tonic::Code::Unavailable, "{e}");
+        assert!(e.to_string().contains("snapshots are failing"), "says why: {e}");
+        let stored = get(&mut client, name).await.unwrap();
+        assert_eq!(rows(&stored), acked.len() * 1000, "{name}: stored == acknowledged");
+        if !acked.is_empty() {
+            assert_eq!(concat(&stored), concat(acked), "{name}");
+        }
+    }
+    assert!(outcomes.iter().any(|(_, a, _)| !a.is_empty()), "some batches were acknowledged before memory filled");
+    let metrics = server.metrics_text().await;
+    assert!(metrics.contains("longbow_batches_not_stored_total"), "{metrics}");
+    server.kill9();
+    let server = Server::start(&data, 2, &[]);
+    let mut client = server.client().await;
+    for (name, acked, _) in &outcomes {
+        let stored = get(&mut client, name).await.unwrap();
+        assert_eq!(rows(&stored), acked.len() * 1000, "{name} after a crash: stored == acknowledged");
+    }
     server.terminate();
 }
 

@@ -1,24 +1,27 @@
 //! The one type that crosses from the gateway's tokio threads to a shard's
 //! glommio thread: a `Send + Clone` handle over a bounded channel.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::channel::oneshot;
 use futures::FutureExt;
 
-use super::request::{DatasetRead, Request, ShardStats, SnapshotReport};
+use super::request::{Committed, DatasetRead, PutStream, Request, ShardStats, SnapshotReport};
 use crate::dataset::DatasetInfo;
 use crate::error::{Error, Result};
 use crate::limits::SHARD_SEND_TIMEOUT_MS;
-use crate::wal::{IpcMessage, Lsn};
+use crate::wal::IpcMessage;
 use crate::ShardId;
 
 #[derive(Clone)]
 pub struct ShardHandle {
     pub(crate) id: ShardId,
     pub(crate) tx: flume::Sender<Request>,
+    /// How long an append waits for room in a full inbox: the shard is
+    /// pushing back (memory limit, slow disk), which is not a failure.
+    pub(crate) backpressure_timeout: Duration,
 }
 
 impl ShardHandle {
@@ -29,6 +32,10 @@ impl ShardHandle {
     /// Sends a request, waiting for room in the inbox up to
     /// [`SHARD_SEND_TIMEOUT_MS`]; past that the shard is overloaded.
     async fn send(&self, req: Request) -> Result<()> {
+        self.send_within(req, Duration::from_millis(SHARD_SEND_TIMEOUT_MS)).await
+    }
+
+    async fn send_within(&self, req: Request, wait: Duration) -> Result<()> {
         // Fast path without a timer: there is room.
         let req = match self.tx.try_send(req) {
             Ok(()) => return Ok(()),
@@ -36,7 +43,7 @@ impl ShardHandle {
             Err(flume::TrySendError::Full(req)) => req,
         };
         let send = self.tx.send_async(req);
-        let timeout = futures_timer::Delay::new(Duration::from_millis(SHARD_SEND_TIMEOUT_MS));
+        let timeout = futures_timer::Delay::new(wait);
         futures::select! {
             r = send.fuse() => r.map_err(|_| Error::ShuttingDown)?,
             _ = timeout.fuse() => return Err(Error::Overloaded { shard: self.id, reason: "its inbox stayed full" }),
@@ -54,16 +61,19 @@ impl ShardHandle {
         self.call(|reply| Request::Open { dataset, schema, reply }).await
     }
 
-    /// Queues a batch. The outer future resolves once the shard has taken it
-    /// (back-pressure); the returned one once it is durable.
+    /// Queues a batch of `stream`. The outer future resolves once the shard
+    /// has taken it (back-pressure: it waits for room up to the
+    /// back-pressure timeout); the returned one once it is durable.
     pub async fn append(
         &self,
         dataset: String,
         batch: RecordBatch,
         message: IpcMessage,
-    ) -> Result<impl std::future::Future<Output = Result<Lsn>> + Send + 'static> {
+        stream: PutStream,
+    ) -> Result<impl std::future::Future<Output = Result<Committed>> + Send + 'static> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Append { dataset, batch, message, reply }).await?;
+        let req = Request::Append { dataset, batch, message, stream, queued_at: Instant::now(), reply };
+        self.send_within(req, self.backpressure_timeout).await?;
         Ok(async move { rx.await.map_err(|_| Error::ShuttingDown)? })
     }
 
@@ -83,8 +93,8 @@ impl ShardHandle {
         self.call(|reply| Request::Stats { reply }).await
     }
 
-    pub async fn configure(&self, snapshot_interval: std::time::Duration, memory_budget: u64) -> Result<()> {
-        self.send(Request::Configure { snapshot_interval, memory_budget }).await
+    pub async fn configure(&self, snapshot_interval: std::time::Duration) -> Result<()> {
+        self.send(Request::Configure { snapshot_interval }).await
     }
 
     pub async fn info(&self, dataset: Option<String>) -> Result<Vec<DatasetInfo>> {

@@ -20,6 +20,7 @@ mod snapshots;
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -27,36 +28,29 @@ use arrow::array::RecordBatch;
 use crate::dataset::{Catalog, Dataset};
 use crate::error::{Error, Result};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
+use crate::memory::MemoryBudget;
 use crate::metrics::{EngineMetrics, ShardLabel};
 use crate::snapshot::SnapshotCompression;
 use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
-use request::{DatasetRead, Reply, Request, ShardStats};
+use request::{Committed, DatasetRead, PutStream, Reply, Request, ShardStats};
 pub use snapshots::SnapJob;
-
-/// How long a commit waits for snapshots to bring memory under the limit
-/// before it refuses the batches in it.
-const MEMORY_WAIT: Duration = Duration::from_secs(2);
 
 /// A write waiting for the committer.
 enum Pending {
     /// A new dataset's schema.
-    Create {
-        dataset: String,
-        reply: Reply<()>,
-    },
+    Create { dataset: String, reply: Reply<()> },
     Batch {
         dataset: String,
         batch: RecordBatch,
         message: IpcMessage,
-        reply: Reply<Lsn>,
+        stream: PutStream,
+        queued_at: Instant,
+        reply: Reply<Committed>,
     },
     /// A tombstone.
-    Drop {
-        dataset: String,
-        reply: Reply<()>,
-    },
+    Drop { dataset: String, reply: Reply<()> },
 }
 
 impl Pending {
@@ -80,15 +74,23 @@ impl Pending {
         }
     }
 
+    /// Answers with `e`; a batch's stream fails with it, so none of its
+    /// later batches is stored.
     fn fail(self, e: Error) {
         match self {
             Pending::Create { reply, .. } | Pending::Drop { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
-            Pending::Batch { reply, .. } => {
+            Pending::Batch { reply, stream, .. } => {
+                stream.fail();
                 let _ = reply.send(Err(e));
             }
         }
+    }
+
+    /// A batch whose stream failed after it was queued.
+    fn is_abandoned(&self) -> bool {
+        matches!(self, Pending::Batch { stream, .. } if stream.is_failed())
     }
 }
 
@@ -99,8 +101,8 @@ pub(crate) struct ShardSetup {
     pub snapshot_root: PathBuf,
     pub compression: SnapshotCompression,
     pub snapshot_interval: Duration,
-    /// Bytes of Arrow data this shard may hold (0 = no limit).
-    pub memory_budget: u64,
+    /// The memory budget all shards share.
+    pub budget: Arc<MemoryBudget>,
     pub wal_dir: PathBuf,
 }
 
@@ -112,7 +114,8 @@ pub(crate) struct State {
     pub snapshot_root: PathBuf,
     pub compression: SnapshotCompression,
     pub snapshot_interval: Cell<Duration>,
-    pub memory_budget: Cell<u64>,
+    /// Shared by all shards; this shard's part is `memory`.
+    pub budget: Arc<MemoryBudget>,
     /// Arrow bytes this shard holds in memory.
     pub memory: Cell<u64>,
     /// Serializes snapshot runs with the removal of dropped datasets' files.
@@ -128,15 +131,10 @@ pub(crate) struct State {
 }
 
 impl State {
-    fn over_budget(&self) -> bool {
-        let budget = self.memory_budget.get();
-        budget > 0 && self.memory.get() > budget
-    }
-
-    /// Asks for a snapshot (and eviction) if memory is above 3/4 of the budget.
+    /// Asks for a snapshot (and eviction) if the shared budget is above 3/4
+    /// and this shard holds something a snapshot can free.
     fn check_pressure(&self) {
-        let budget = self.memory_budget.get();
-        if budget > 0 && self.memory.get() > budget / 4 * 3 && !self.pressure_queued.get() {
+        if self.budget.above_quarters(3) && self.memory.get() > 0 && !self.pressure_queued.get() {
             self.pressure_queued.set(true);
             let _ = self.snap_tx.try_send(SnapJob { dataset: None, reply: None });
         }
@@ -144,11 +142,14 @@ impl State {
 
     fn add_memory(&self, bytes: u64) {
         self.memory.set(self.memory.get() + bytes);
+        self.budget.add(bytes);
         self.metrics.memory_bytes.inc_by(bytes as i64);
     }
 
     fn sub_memory(&self, bytes: u64) {
-        self.memory.set(self.memory.get().saturating_sub(bytes));
+        let bytes = bytes.min(self.memory.get());
+        self.memory.set(self.memory.get() - bytes);
+        self.budget.sub(bytes);
         self.metrics.memory_bytes.dec_by(bytes as i64);
     }
 
@@ -171,6 +172,7 @@ impl State {
 pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: flume::Receiver<Request>) {
     let (snap_tx, snap_rx) = flume::unbounded();
     let memory: u64 = catalog.datasets.values().map(|d| d.bytes).sum();
+    setup.budget.add(memory);
     let state = Rc::new(State {
         id: setup.id,
         catalog: RefCell::new(catalog),
@@ -178,7 +180,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         snapshot_root: setup.snapshot_root,
         compression: setup.compression,
         snapshot_interval: Cell::new(setup.snapshot_interval),
-        memory_budget: Cell::new(setup.memory_budget),
+        budget: setup.budget,
         memory: Cell::new(memory),
         snapshot_lock: glommio::sync::Semaphore::new(1),
         pending_drops: Cell::new(0),
@@ -212,18 +214,21 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                     }
                 }
             }
-            Request::Append { dataset, batch, message, reply } => {
+            Request::Append { dataset, batch, message, stream, queued_at, reply } => {
                 let checked = match state.catalog.borrow().datasets.get(&dataset) {
+                    _ if stream.is_failed() => Err(not_stored()),
                     None => Err(Error::NotFound(dataset.clone())),
                     Some(d) => d.check_schema(&dataset, &batch.schema()),
                 };
                 if let Err(e) = checked {
+                    stream.fail();
                     let _ = reply.send(Err(e));
                     continue;
                 }
                 // IMPORTANT: waits while the committer is behind; the inbox
                 // then fills and callers are pushed back.
-                if commit_tx.send_async(Pending::Batch { dataset, batch, message, reply }).await.is_err() {
+                let pending = Pending::Batch { dataset, batch, message, stream, queued_at, reply };
+                if commit_tx.send_async(pending).await.is_err() {
                     break;
                 }
             }
@@ -262,9 +267,8 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                 }
                 let _ = state.snap_tx.send(SnapJob { dataset, reply: Some(reply) });
             }
-            Request::Configure { snapshot_interval, memory_budget } => {
+            Request::Configure { snapshot_interval } => {
                 state.snapshot_interval.set(snapshot_interval);
-                state.memory_budget.set(memory_budget);
                 // Wake the worker so the new interval applies now.
                 let _ = state.snap_tx.send(SnapJob { dataset: Some(String::new()), reply: None });
                 state.check_pressure();
@@ -322,18 +326,39 @@ fn open(cat: &mut Catalog, dataset: &str, schema: arrow::datatypes::SchemaRef) -
     }
 }
 
-/// Waits (bounded) for snapshots to bring memory under the budget. Returns
-/// whether it is under.
-async fn wait_for_memory(state: &State) -> bool {
-    let started = Instant::now();
-    while state.over_budget() {
-        state.check_pressure();
-        if started.elapsed() > MEMORY_WAIT {
-            return false;
-        }
-        glommio::timer::sleep(Duration::from_millis(5)).await;
+fn not_stored() -> Error {
+    Error::NotStored { reason: "an earlier batch of this DoPut stream failed or its client went away" }
+}
+
+/// Waits while the shared budget is spent and snapshots are freeing memory
+/// (back-pressure: meanwhile the queues fill and the gateway stops reading
+/// streams). Fails when nothing was freed for the back-pressure timeout, or
+/// when snapshots are failing; the error says which.
+async fn wait_for_memory(state: &State) -> std::result::Result<(), String> {
+    let budget = &state.budget;
+    if !budget.over() {
+        return Ok(());
     }
-    true
+    state.metrics.commits_throttled.inc();
+    let mut freed = budget.freed();
+    let mut progress_at = Instant::now();
+    while budget.over() {
+        state.check_pressure();
+        if let Some((message, _)) = budget.snapshot_failure() {
+            return Err(format!("snapshots are failing, so memory cannot be freed: {message}"));
+        }
+        if budget.freed() != freed {
+            freed = budget.freed();
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() > budget.backpressure_timeout() {
+            return Err(format!(
+                "snapshots freed no memory for {:?} (LONGBOW_BACKPRESSURE_TIMEOUT)",
+                budget.backpressure_timeout()
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
 
 async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending>) -> Result<()> {
@@ -359,21 +384,33 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
             }
             continue;
         }
-        if state.over_budget()
-            && group.iter().any(|p| matches!(p, Pending::Batch { .. }))
-            && !wait_for_memory(&state).await
-        {
-            let (batches, rest): (Vec<_>, Vec<_>) = group.drain(..).partition(|p| matches!(p, Pending::Batch { .. }));
-            for p in batches {
-                metrics.memory_refusals.inc();
-                p.fail(Error::Overloaded {
-                    shard,
-                    reason: "the memory limit is reached and snapshots have not freed enough yet",
-                });
+        if group.iter().any(|p| matches!(p, Pending::Batch { .. })) {
+            if let Err(cause) = wait_for_memory(&state).await {
+                tracing::warn!(shard, cause, "memory limit: refusing the batches of a commit");
+                let (batches, rest): (Vec<_>, Vec<_>) =
+                    group.drain(..).partition(|p| matches!(p, Pending::Batch { .. }));
+                for p in batches {
+                    metrics.memory_refusals.inc();
+                    p.fail(Error::HeldBack { shard, cause: cause.clone() });
+                }
+                group = rest;
             }
-            group = rest;
-            if group.is_empty() {
-                continue;
+        }
+        // IMPORTANT: a batch whose stream failed after it was queued (an
+        // earlier batch was refused, the client went away) is never written.
+        let (abandoned, kept): (Vec<_>, Vec<_>) = group.drain(..).partition(Pending::is_abandoned);
+        group = kept;
+        for p in abandoned {
+            metrics.batches_not_stored.inc();
+            p.fail(not_stored());
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let picked_at = Instant::now();
+        for p in &group {
+            if let Pending::Batch { queued_at, .. } = p {
+                metrics.stage(crate::metrics::Stage::Queue).observe((picked_at - *queued_at).as_secs_f64());
             }
         }
         let schemas: Vec<Rc<[u8]>> = {
@@ -414,8 +451,9 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
         match result {
             Ok(first_lsn) => {
                 metrics.wal_commit_batches.observe(group.len() as f64);
+                let durable_at = Instant::now();
                 for (i, p) in group.drain(..).enumerate() {
-                    apply(&state, p, first_lsn + i as u64);
+                    apply(&state, p, first_lsn + i as u64, durable_at);
                 }
                 state.check_pressure();
             }
@@ -456,7 +494,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
 }
 
 /// Makes a durable record visible and answers its writer.
-fn apply(state: &Rc<State>, p: Pending, lsn: Lsn) {
+fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
     let metrics = &state.metrics;
     match p {
         Pending::Create { dataset, reply } => {
@@ -479,7 +517,7 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn) {
             metrics.batches_ingested.inc();
             metrics.records.inc_by(rows as i64);
             state.add_memory(bytes);
-            let _ = reply.send(Ok(lsn));
+            let _ = reply.send(Ok(Committed { lsn, durable_at }));
         }
         Pending::Drop { dataset, reply } => {
             let removed = state.catalog.borrow_mut().datasets.remove(&dataset);

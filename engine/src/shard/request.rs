@@ -1,7 +1,9 @@
 //! Messages from the gateway to a shard. Each carries a oneshot for its reply.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -12,6 +14,37 @@ use crate::error::Result;
 use crate::wal::{IpcMessage, Lsn};
 
 pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// One DoPut stream as the shard sees it. Once any of its batches fails,
+/// the stream is failed: none of its later batches is stored, wherever it
+/// waits (inbox or committer queue). The gateway fails it too when the
+/// client goes away, so unanswered batches are not stored behind its back.
+#[derive(Debug, Clone, Default)]
+pub struct PutStream {
+    failed: Arc<AtomicBool>,
+}
+
+impl PutStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// A durable batch: its LSN, and when its commit became durable (the
+/// gateway measures the acknowledgement's way back from there).
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub lsn: Lsn,
+    pub durable_at: Instant,
+}
 
 /// What a read sees: rows evicted from memory are read from `files` (in
 /// order), then `batches`.
@@ -52,12 +85,15 @@ pub enum Request {
         schema: SchemaRef,
         reply: Reply<()>,
     },
-    /// Log a batch; the reply comes once it is durable.
+    /// Log a batch; the reply comes once it is durable. Not stored if
+    /// `stream` has failed before it is committed.
     Append {
         dataset: String,
         batch: RecordBatch,
         message: IpcMessage,
-        reply: Reply<Lsn>,
+        stream: PutStream,
+        queued_at: Instant,
+        reply: Reply<Committed>,
     },
     /// A dataset's schema and data, as of now.
     Get {
@@ -79,10 +115,9 @@ pub enum Request {
         dataset: String,
         reply: Reply<()>,
     },
-    /// New reloadable settings: snapshot interval and this shard's memory budget (0 = none).
+    /// A new snapshot interval; the shared memory budget has changed too.
     Configure {
         snapshot_interval: Duration,
-        memory_budget: u64,
     },
     Stats {
         reply: Reply<ShardStats>,

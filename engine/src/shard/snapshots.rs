@@ -76,6 +76,10 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
             last_run = Instant::now();
         }
         let r = r.map_err(|e| (e.to_string(), e.is_disk_full()));
+        match &r {
+            Ok(_) => state.budget.snapshot_succeeded(),
+            Err((message, disk_full)) => state.budget.snapshot_failed(message.clone(), *disk_full),
+        }
         if let Err((message, _)) = &r {
             tracing::warn!(
                 shard = state.id,
@@ -121,8 +125,8 @@ async fn run(state: &Rc<State>, names: Option<Vec<String>>) -> Result<SnapshotRe
             }
         }
     }
-    let budget = state.memory_budget.get();
-    if budget > 0 && state.memory.get() > budget / 2 {
+    // Under the shared budget's half, evicted rows would only cost reads.
+    if state.budget.above_quarters(2) {
         report.bytes_evicted = evict(state);
     }
     if state.pending_drops.get() == 0 {

@@ -25,7 +25,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use crate::error::{Error, Result};
 use crate::faults::Fault;
 use crate::limits::INLINE_COMMIT_BYTES_MAX;
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, Stage};
 use format::{FrameHeader, FrameKind, SegmentHeader, FRAME_HEADER_BYTES};
 pub use ipc::IpcMessage;
 
@@ -385,9 +385,9 @@ async fn write_and_sync(
     let result = if crate::faults::fails(Fault::WalWrite) {
         Err(injected_write_failure(seg, &buf, at))
     } else if len as u64 <= INLINE_COMMIT_BYTES_MAX {
-        write_and_sync_inline(seg, &buf, at)
+        write_and_sync_inline(seg, &buf, at, metrics)
     } else {
-        write_and_sync_uring(seg, buf, at).await
+        write_and_sync_uring(seg, buf, at, metrics).await
     };
     match &result {
         Ok(()) => {
@@ -420,7 +420,9 @@ fn write_and_sync_inline(
     seg: &ActiveSegment,
     buf: &glommio::io::DmaBuffer,
     at: u64,
+    metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
+    let started = std::time::Instant::now();
     use std::os::fd::{AsRawFd, BorrowedFd};
     // SAFETY: the descriptor belongs to `seg.file`, which outlives this call.
     let fd = unsafe { BorrowedFd::borrow_raw(seg.file.as_raw_fd()) };
@@ -434,11 +436,15 @@ fn write_and_sync_inline(
             Err(e) => return Err(SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e.into()))),
         }
     }
+    let written_at = std::time::Instant::now();
+    metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
     if crate::faults::fails(Fault::WalFsync) {
         return Err(injected_fsync_failure(seg, at));
     }
     nix::unistd::fdatasync(fd)
-        .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e.into())))
+        .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e.into())))?;
+    metrics.stage(Stage::Fdatasync).observe(written_at.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn injected_fsync_failure(seg: &ActiveSegment, at: u64) -> SyncError {
@@ -470,7 +476,9 @@ async fn write_and_sync_uring(
     seg: &ActiveSegment,
     buf: glommio::io::DmaBuffer,
     at: u64,
+    metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
+    let started = std::time::Instant::now();
     let len = buf.len();
     let written = seg
         .file
@@ -480,10 +488,17 @@ async fn write_and_sync_uring(
     if written != len {
         return Err(short_write(seg, at, written));
     }
+    let written_at = std::time::Instant::now();
+    metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
     if crate::faults::fails(Fault::WalFsync) {
         return Err(injected_fsync_failure(seg, at));
     }
-    seg.file.fdatasync().await.map_err(|e| SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)))
+    seg.file
+        .fdatasync()
+        .await
+        .map_err(|e| SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)))?;
+    metrics.stage(Stage::Fdatasync).observe(written_at.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// The temporary name a segment has until its header is durable.

@@ -1,18 +1,30 @@
 //! DoPut: decode FlightData once, hand the batch and its untouched IPC bytes
 //! to the owning shard, and send one `PutResult` per batch once it is durable.
 //!
-//! One task per stream alternates between reading the next batch and
-//! answering acknowledgements in order. Up to [`PUT_WINDOW_BATCHES`] batches
-//! of one stream wait for their commit at once; that is what lets one stream
-//! fill a group commit.
+//! Two tasks per stream: the reader takes messages off the socket, charges
+//! each batch's bytes to the admission budget shared by every stream,
+//! decodes it and queues it on its shard; the writer awaits the
+//! acknowledgements in order and sends them. When the budget is spent the
+//! reader stops reading, so HTTP/2 flow control pushes back on the client:
+//! back-pressure, not refusals.
+//!
+//! Refused means not stored: once a batch fails, the stream is failed
+//! ([`PutStream`]) and the shard drops every later batch of it that is not
+//! committed yet; the same happens when the client goes away. The error the
+//! client gets follows the acknowledgements of the batches before it.
 
-use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
-use arrow_flight::error::FlightError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::buffer::Buffer;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::MessageHeader;
 use arrow_flight::{FlightData, PutResult};
-use futures::stream::{BoxStream, FuturesOrdered};
+use futures::stream::BoxStream;
 use futures::{Future, StreamExt};
-use longbow_engine::{Engine, IpcMessage, Lsn};
-use tokio::sync::mpsc;
+use longbow_engine::metrics::Stage;
+use longbow_engine::{Committed, Engine, IpcMessage, PutStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -22,11 +34,55 @@ use crate::error::into_status;
 /// Batches of one DoPut stream accepted by the shard but not yet acknowledged.
 pub const PUT_WINDOW_BATCHES: usize = 512;
 
-type Ack = std::pin::Pin<Box<dyn Future<Output = (usize, longbow_engine::Result<Lsn>)> + Send>>;
-type Out = mpsc::UnboundedSender<Result<PutResult, Status>>;
+/// Bytes every DoPut stream together may hold between reading a batch off
+/// the socket and its acknowledgement (decoded or queued). A batch waits
+/// for its share before it is decoded, and its stream is not read meanwhile.
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    capacity_bytes: u32,
+    /// The longest a client waits for one acknowledgement: a write held
+    /// back longer than this is answered UNAVAILABLE (twice the engine's
+    /// back-pressure timeout, after which the engine refuses on its own).
+    ack_timeout: Duration,
+}
+
+impl Admission {
+    pub fn new(capacity_bytes: u64, backpressure_timeout: Duration) -> Self {
+        let capacity_bytes = capacity_bytes.clamp(1 << 20, u32::MAX as u64) as u32;
+        Self {
+            permits: Arc::new(Semaphore::new(capacity_bytes as usize)),
+            capacity_bytes,
+            ack_timeout: backpressure_timeout * 2,
+        }
+    }
+
+    /// Waits for room for `bytes`; a batch larger than the whole budget
+    /// takes all of it.
+    async fn admit(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let n = (bytes.max(1) as u64).min(self.capacity_bytes as u64) as u32;
+        self.permits.clone().acquire_many_owned(n).await.expect("the admission semaphore is never closed")
+    }
+
+    /// Bytes admitted and not yet acknowledged.
+    pub fn in_flight_bytes(&self) -> u64 {
+        (self.capacity_bytes as usize - self.permits.available_permits()) as u64
+    }
+}
+
+type Ack = std::pin::Pin<Box<dyn Future<Output = (usize, longbow_engine::Result<Committed>)> + Send>>;
+/// PutResults with the time each acknowledgement arrived.
+type Out = mpsc::UnboundedSender<(Result<PutResult, Status>, Instant)>;
+
+/// What the reader hands the writer, in stream order.
+enum Step {
+    Ack(Ack),
+    /// The input ended badly: report it after the acknowledgements before it.
+    Fail(Status),
+}
 
 pub async fn do_put(
     engine: Engine,
+    admission: Arc<Admission>,
     mut input: Streaming<FlightData>,
 ) -> Result<BoxStream<'static, Result<PutResult, Status>>, Status> {
     let first = input
@@ -37,98 +93,209 @@ pub async fn do_put(
     // Checked here too so a bad name fails before any data is read.
     longbow_engine::dataset::validate_name(&dataset).map_err(into_status)?;
 
-    let rest = input.map(|r| r.map_err(|s| FlightError::Tonic(Box::new(s))));
-    let decoder = FlightDataDecoder::new(futures::stream::once(async { Ok(first) }).chain(rest));
     // Unbounded, so a client that reads PutResults late never stalls
-    // ingest; each entry is a few dozen bytes per batch.
+    // ingest; each entry is a few dozen bytes per batch, and at most
+    // PUT_WINDOW_BATCHES of them wait.
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pump(engine, dataset, decoder, out_tx));
-    Ok(UnboundedReceiverStream::new(out_rx).boxed())
+    let (step_tx, step_rx) = mpsc::channel(PUT_WINDOW_BATCHES);
+    let stream = PutStream::new();
+    let metrics = engine.metrics().clone();
+    let ack_timeout = admission.ack_timeout;
+    let reader = Reader { engine, admission, dataset, stream: stream.clone(), schema: None, steps: step_tx };
+    tokio::spawn(reader.run(first, input));
+    tokio::spawn(write_acks(step_rx, out_tx, stream, ack_timeout));
+    let send = metrics.stage(Stage::Send).clone();
+    // The `send` stage ends when the transport takes the PutResult.
+    let out = UnboundedReceiverStream::new(out_rx).map(move |(r, acked_at): (Result<PutResult, Status>, Instant)| {
+        send.observe(acked_at.elapsed().as_secs_f64());
+        r
+    });
+    Ok(out.boxed())
 }
 
-async fn pump(engine: Engine, dataset: String, mut decoder: FlightDataDecoder, out: Out) {
-    let mut acks: FuturesOrdered<Ack> = FuturesOrdered::new();
-    let mut opened = false;
-    let mut reading = true;
-    // An input error is reported after the acknowledgements before it.
-    let mut failure: Option<Status> = None;
-    loop {
-        tokio::select! {
-            biased;
-            Some((rows, result)) = acks.next(), if !acks.is_empty() => {
-                let reply = result.map(|lsn| put_result(rows, lsn)).map_err(into_status);
-                let failed = reply.is_err();
-                if out.send(reply).is_err() || failed {
+struct Reader {
+    engine: Engine,
+    admission: Arc<Admission>,
+    dataset: String,
+    stream: PutStream,
+    schema: Option<SchemaRef>,
+    steps: mpsc::Sender<Step>,
+}
+
+impl Reader {
+    async fn run(mut self, first: FlightData, mut input: Streaming<FlightData>) {
+        let mut next = Some(first);
+        loop {
+            let data = match next.take() {
+                Some(d) => d,
+                None => match input.message().await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // The client's side of the stream broke: it will not
+                        // read acknowledgements either.
+                        self.stream.fail();
+                        let _ = self.steps.send(Step::Fail(status)).await;
+                        return;
+                    }
+                },
+            };
+            if self.stream.is_failed() {
+                return; // the writer reported the failure
+            }
+            match self.one(data).await {
+                Ok(None) => {}
+                Ok(Some(ack)) => {
+                    if self.steps.send(Step::Ack(ack)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(status) => {
+                    let _ = self.steps.send(Step::Fail(status)).await;
                     return;
                 }
             }
-            item = decoder.next(), if reading && acks.len() < PUT_WINDOW_BATCHES => {
-                let step = match item {
-                    None => {
-                        reading = false;
-                        if !opened {
-                            failure = Some(Status::invalid_argument(format!(
-                                "DoPut for dataset {dataset:?} carried no schema message"
-                            )));
-                        }
-                        continue;
-                    }
-                    Some(item) => read_one(&engine, &dataset, item, &mut opened).await,
+        }
+        if self.schema.is_none() {
+            let status =
+                Status::invalid_argument(format!("DoPut for dataset {:?} carried no schema message", self.dataset));
+            let _ = self.steps.send(Step::Fail(status)).await;
+        }
+    }
+
+    /// One message: a schema opens the dataset, a batch is admitted,
+    /// decoded and queued on its shard, yielding its acknowledgement.
+    async fn one(&mut self, data: FlightData) -> Result<Option<Ack>, Status> {
+        if data.data_header.is_empty() {
+            return Ok(None); // app_metadata only, or the descriptor alone
+        }
+        let dataset = &self.dataset;
+        let bad = |e: String| Status::invalid_argument(format!("undecodable FlightData for dataset {dataset:?}: {e}"));
+        let message = arrow::ipc::root_as_message(&data.data_header).map_err(|e| bad(e.to_string()))?;
+        match message.header_type() {
+            MessageHeader::Schema => {
+                let schema = SchemaRef::new(arrow::datatypes::Schema::try_from(&data).map_err(|e| bad(e.to_string()))?);
+                if self.schema.is_some() {
+                    return Err(Status::invalid_argument(format!(
+                        "DoPut for dataset {dataset:?} sent a second schema message"
+                    )));
+                }
+                self.engine.open(dataset, schema.clone()).await.map_err(into_status)?;
+                self.schema = Some(schema);
+                Ok(None)
+            }
+            MessageHeader::RecordBatch => {
+                let Some(schema) = self.schema.clone() else {
+                    return Err(Status::invalid_argument(format!(
+                        "DoPut for dataset {dataset:?} sent a record batch before its schema"
+                    )));
                 };
-                match step {
-                    Ok(Some(ack)) => acks.push_back(ack),
-                    Ok(None) => {}
-                    Err(status) => {
-                        reading = false;
-                        failure = Some(status);
+                let bytes = data.data_header.len() + data.data_body.len();
+                let permit = self.admission.admit(bytes).await;
+                let metrics = self.engine.metrics().clone();
+                let decoding = Instant::now();
+                let batch = decode_batch(&data, &message, schema).map_err(bad)?;
+                metrics.stage(Stage::Decode).observe(decoding.elapsed().as_secs_f64());
+                let rows = batch.num_rows();
+                let ipc = IpcMessage { header: data.data_header, body: data.data_body };
+                let queued = Instant::now();
+                let ack = self.engine.append(dataset, batch, ipc, &self.stream).await.map_err(|e| {
+                    self.stream.fail();
+                    into_status(e)
+                })?;
+                Ok(Some(Box::pin(async move {
+                    let result = ack.await;
+                    drop(permit);
+                    if let Ok(c) = &result {
+                        metrics.stage(Stage::Ack).observe(c.durable_at.elapsed().as_secs_f64());
+                    }
+                    metrics.put_ack_seconds.observe(queued.elapsed().as_secs_f64());
+                    (rows, result)
+                })))
+            }
+            MessageHeader::DictionaryBatch => Err(Status::invalid_argument(format!(
+                "DoPut for dataset {dataset:?}: dictionary batches are not supported; cast dictionary columns to their value type"
+            ))),
+            other => Err(bad(format!("unexpected IPC message {:?}", other.variant_name()))),
+        }
+    }
+}
+
+/// Decodes a record batch message. The body is copied once into aligned
+/// memory if the transport left it misaligned (it usually does: the gRPC
+/// and protobuf framing put it at an arbitrary offset), so the columns are
+/// then sliced from one buffer instead of each being realigned on its own.
+fn decode_batch(
+    data: &FlightData,
+    message: &arrow::ipc::Message<'_>,
+    schema: SchemaRef,
+) -> Result<arrow::array::RecordBatch, String> {
+    let fb = message.header_as_record_batch().ok_or("unreadable IPC record batch header")?;
+    let declared = usize::try_from(message.bodyLength()).map_err(|_| "negative IPC body length")?;
+    if declared > data.data_body.len() {
+        return Err(format!(
+            "the IPC header declares a {declared}-byte body, the message carries {}",
+            data.data_body.len()
+        ));
+    }
+    let mut body = Buffer::from(data.data_body.clone());
+    if body.as_ptr().align_offset(64) != 0 {
+        body = Buffer::from_slice_ref(body.as_slice());
+    }
+    arrow::ipc::reader::read_record_batch(
+        &body,
+        fb,
+        schema,
+        &std::collections::HashMap::new(),
+        None,
+        &message.version(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Sends the acknowledgements in stream order. The first failure ends the
+/// stream: the error names how many queued batches were not stored.
+async fn write_acks(mut steps: mpsc::Receiver<Step>, out: Out, stream: PutStream, ack_timeout: Duration) {
+    while let Some(step) = steps.recv().await {
+        let reply = match step {
+            Step::Fail(status) => Err(status),
+            Step::Ack(ack) => {
+                tokio::select! {
+                    (rows, result) = ack => result.map(|c| put_result(rows, c.lsn)).map_err(into_status),
+                    _ = tokio::time::sleep(ack_timeout) => Err(Status::unavailable(format!(
+                        "no acknowledgement within {ack_timeout:?}: the batch was held back (memory limit, slow \
+                         disk); it may still be stored if its commit was already being written; retry with a \
+                         producer id to be safe"
+                    ))),
+                    _ = out.closed() => {
+                        // The client went away: what it was not told about is not stored.
+                        stream.fail();
+                        return;
                     }
                 }
             }
-            else => break,
-        }
-    }
-    if let Some(status) = failure {
-        let _ = out.send(Err(status));
-    }
-}
-
-/// Handles one decoded message: a schema opens the dataset, a batch is
-/// queued on its shard and yields the future of its acknowledgement.
-async fn read_one(
-    engine: &Engine,
-    dataset: &str,
-    item: Result<arrow_flight::decode::DecodedFlightData, FlightError>,
-    opened: &mut bool,
-) -> Result<Option<Ack>, Status> {
-    let decoded = match item {
-        Err(FlightError::Tonic(status)) => return Err(*status),
-        Err(e) => return Err(Status::invalid_argument(format!("undecodable FlightData for dataset {dataset:?}: {e}"))),
-        Ok(d) => d,
-    };
-    match decoded.payload {
-        DecodedPayload::None => Ok(None),
-        DecodedPayload::Schema(schema) => {
-            engine.open(dataset, schema).await.map_err(into_status)?;
-            *opened = true;
-            Ok(None)
-        }
-        DecodedPayload::RecordBatch(batch) => {
-            assert!(*opened, "the decoder yields batches only after a schema");
-            let rows = batch.num_rows();
-            let message = IpcMessage { header: decoded.inner.data_header, body: decoded.inner.data_body };
-            let started = std::time::Instant::now();
-            let ack = engine.append(dataset, batch, message).await.map_err(into_status)?;
-            let metrics = engine.metrics().clone();
-            Ok(Some(Box::pin(async move {
-                let result = ack.await;
-                metrics.put_ack_seconds.observe(started.elapsed().as_secs_f64());
-                (rows, result)
-            })))
+        };
+        let failed = reply.is_err();
+        let reply = reply.map_err(|status| {
+            stream.fail();
+            let queued = steps.len();
+            if queued == 0 {
+                return status;
+            }
+            Status::with_details(
+                status.code(),
+                format!("{}; the {queued} batches received after it were not stored either", status.message()),
+                status.details().to_vec().into(),
+            )
+        });
+        if out.send((reply, Instant::now())).is_err() || failed {
+            stream.fail();
+            return;
         }
     }
 }
 
-fn put_result(rows: usize, lsn: Lsn) -> PutResult {
+fn put_result(rows: usize, lsn: longbow_engine::Lsn) -> PutResult {
     let body = serde_json::json!({ "rows": rows, "lsn": lsn });
     PutResult { app_metadata: serde_json::to_vec(&body).expect("json").into() }
 }

@@ -26,11 +26,12 @@ type Stream<T> = BoxStream<'static, Result<T, Status>>;
 pub struct LongbowFlight {
     engine: Engine,
     metrics: GatewayMetrics,
+    admission: std::sync::Arc<do_put::Admission>,
 }
 
 impl LongbowFlight {
-    pub fn new(engine: Engine, metrics: GatewayMetrics) -> Self {
-        Self { engine, metrics }
+    pub fn new(engine: Engine, metrics: GatewayMetrics, admission: std::sync::Arc<do_put::Admission>) -> Self {
+        Self { engine, metrics, admission }
     }
 }
 
@@ -195,7 +196,7 @@ impl FlightService for LongbowFlight {
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         let started = std::time::Instant::now();
         let r = async move {
-            let stream = do_put::do_put(self.engine.clone(), request.into_inner()).await?;
+            let stream = do_put::do_put(self.engine.clone(), self.admission.clone(), request.into_inner()).await?;
             Ok(Response::new(stream))
         }
         .await;
