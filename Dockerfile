@@ -1,10 +1,11 @@
 # Longbow container image.
 #   docker build -t longbow .
-#   docker run --ulimit memlock=-1:-1 --security-opt seccomp=deploy/helm/longbow/files/seccomp-longbow.json \
+#   docker run --ulimit memlock=-1:-1 --security-opt seccomp=deploy/seccomp/seccomp-longbow.docker.json \
 #     -p 3000:3000 -p 9090:9090 -v longbow-wal:/data -v longbow-snapshots:/snapshots longbow
 # io_uring needs io_uring_setup/enter/register (refused by Docker's default
-# seccomp profile: use the shipped one, Docker's default plus those three, or
-# --security-opt seccomp=unconfined), and
+# seccomp profile: use the shipped one, Docker's default plus those three in
+# Docker's own conditional format, so --cap-add still unlocks what it does by
+# default; or --security-opt seccomp=unconfined), and
 # glommio needs >= 512 KiB of RLIMIT_MEMLOCK (--ulimit memlock, or the
 # IPC_LOCK / SYS_RESOURCE capabilities).
 

@@ -27,13 +27,14 @@ The profile is read the way the runtime named by --runtime reads it:
 Capabilities: conditions are judged as if the process had Docker's default
 capability set (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FSETID, CAP_FOWNER,
 CAP_MKNOD, CAP_NET_RAW, CAP_SETGID, CAP_SETUID, CAP_SETFCAP, CAP_SETPCAP,
-CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_KILL, CAP_AUDIT_WRITE) plus any
---cap-add: CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_NICE and the others that
-unlock entries of the default profile are absent unless added. This is what
-a container started without --cap-add gets, and the Helm chart only adds
-CAP_IPC_LOCK and CAP_SYS_RESOURCE, which no entry of the default profile
-names. The loader only judges the conditions; it does not change the
-capabilities the process really has.
+CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_KILL, CAP_AUDIT_WRITE) less any
+--cap-drop (ALL: every one) plus any --cap-add, as docker run's options
+combine: CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_NICE and the others that
+unlock entries of the default profile are absent unless added. Without
+options this is what a container started without --cap-add gets; the Helm
+chart's container is `--cap-drop ALL --cap-add CAP_IPC_LOCK --cap-add
+CAP_SYS_RESOURCE`. The loader only judges the conditions; it does not change
+the capabilities the process really has.
 
 Rules are then added as runc adds them: actions as runc maps them
 (SCMP_ACT_ERRNO without errnoRet is EPERM, SCMP_ACT_KILL kills the thread),
@@ -129,9 +130,12 @@ def kept(entry, arch, caps):
     return True
 
 
-def build(profile, runtime, caps):
-    """Returns (filter, names skipped as unknown to libseccomp)."""
-    machine = platform.machine()
+def build(profile, runtime, caps, machine=None):
+    """Returns (filter, names skipped as unknown to libseccomp). machine (uname
+    -m) builds, without loading it, the filter a node of another architecture
+    would get (the tests compare filters of both chart architectures)."""
+    native = machine is None or machine == platform.machine()
+    machine = machine or platform.machine()
     default = action(profile["defaultAction"], profile.get("defaultErrnoRet"))
     f = seccomp.SyscallFilter(default)
     f.set_attr(seccomp.Attr.CTL_NNP, 1)
@@ -147,10 +151,14 @@ def build(profile, runtime, caps):
     else:
         arches = list(profile.get("architectures") or [])
         entries = list(profile.get("syscalls") or [])
+    if not native and not arches:
+        arches = [SCMP_ARCH[machine]]  # that machine's native architecture, as this one's is below
     for a in arches:
         arch = getattr(seccomp.Arch, a.removeprefix("SCMP_ARCH_"))
         if not f.exist_arch(arch):  # the native one is there from the start
             f.add_arch(arch)
+    if not native and SCMP_ARCH.get(platform.machine()) not in arches:
+        f.remove_arch(seccomp.Arch.NATIVE)  # another machine's filter: this one's architecture only if listed
     skipped = []
     for e in entries:
         act = action(e["action"], e.get("errnoRet"))
@@ -172,6 +180,14 @@ def build(profile, runtime, caps):
     return f, skipped
 
 
+def capabilities(drop, add):
+    """Docker's default set, less drop (or all of it for ALL), plus add."""
+    def full(c):
+        return c if c.startswith("CAP_") else f"CAP_{c}"
+    base = frozenset() if "ALL" in drop else DOCKER_DEFAULT_CAPS - {full(c) for c in drop}
+    return base | {full(c) for c in add}
+
+
 def main():
     argv = sys.argv[1:]
     if "--" not in argv:
@@ -181,6 +197,8 @@ def main():
     p.add_argument("profile")
     p.add_argument("--runtime", choices=["docker", "containerd"], default="docker",
                    help="read the profile as this runtime does (default docker)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                   help="a capability of Docker's default set to count as absent, or ALL")
     p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
                    help="a capability to count as present besides Docker's default set (CAP_SYS_ADMIN, ...)")
     p.add_argument("-v", "--verbose", action="store_true", help="list skipped syscall names on stderr")
@@ -190,7 +208,7 @@ def main():
         raise SystemExit("seccomp_exec: no command after --")
     with open(opts.profile) as fh:
         profile = json.load(fh)
-    caps = DOCKER_DEFAULT_CAPS | {c if c.startswith("CAP_") else f"CAP_{c}" for c in opts.cap_add}
+    caps = capabilities(opts.cap_drop, opts.cap_add)
     f, skipped = build(profile, opts.runtime, caps)
     if opts.verbose and skipped:
         print(f"seccomp_exec: {len(skipped)} syscall names unknown to this libseccomp, skipped: {' '.join(skipped)}",
