@@ -7,7 +7,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, SchemaRef};
 
 use crate::error::{Error, Result};
-use crate::limits::DATASET_NAME_BYTES_MAX;
+use crate::limits::{DATASET_NAME_BYTES_MAX, PRODUCER_WINDOW};
 use crate::wal::Lsn;
 use crate::ShardId;
 
@@ -75,6 +75,74 @@ pub struct SnapshotFile {
     pub max_lsn: Lsn,
 }
 
+/// Sequence numbers of one idempotent producer in one dataset: the newest
+/// [`PRODUCER_WINDOW`] stored, each with the LSN that logged it, so that a
+/// retried batch is acknowledged again with its original LSN.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProducerSeqs {
+    /// `(seq, lsn)`, ascending and contiguous in `seq`.
+    pub recent: std::collections::VecDeque<(u64, Lsn)>,
+}
+
+/// What a producer's sequence number means for a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// The next one (or the producer's first): store it.
+    Next,
+    /// Already stored, with this LSN: acknowledge again, store nothing.
+    Stored(Lsn),
+    /// Stored long ago: below the window this server remembers.
+    TooOld { oldest: u64 },
+    /// A gap: `expected` is the next sequence number.
+    Gap { expected: u64 },
+}
+
+impl ProducerSeqs {
+    pub fn last(&self) -> Option<u64> {
+        self.recent.back().map(|(s, _)| *s)
+    }
+
+    pub fn check(&self, seq: u64) -> SeqCheck {
+        let Some(last) = self.last() else { return SeqCheck::Next };
+        if seq == last + 1 {
+            return SeqCheck::Next;
+        }
+        if seq > last {
+            return SeqCheck::Gap { expected: last + 1 };
+        }
+        let oldest = self.recent.front().map_or(last, |(s, _)| *s);
+        if seq < oldest {
+            return SeqCheck::TooOld { oldest };
+        }
+        SeqCheck::Stored(self.recent[(seq - oldest) as usize].1)
+    }
+
+    /// Records a stored sequence number (replay may see one again: ignored).
+    pub fn record(&mut self, seq: u64, lsn: Lsn) {
+        if let Some(last) = self.last() {
+            if seq <= last {
+                return;
+            }
+            if seq != last + 1 {
+                // A restart point (the producer's state was lost or it began
+                // again): the window starts over.
+                self.recent.clear();
+            }
+        }
+        self.recent.push_back((seq, lsn));
+        while self.recent.len() > PRODUCER_WINDOW {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Keeps the newer of two states of the same producer.
+    pub fn merge(&mut self, other: &ProducerSeqs) {
+        for (seq, lsn) in &other.recent {
+            self.record(*seq, *lsn);
+        }
+    }
+}
+
 pub struct Dataset {
     pub schema: SchemaRef,
     /// The encapsulated IPC schema message, written once per segment.
@@ -98,6 +166,8 @@ pub struct Dataset {
     /// Rows up to this LSN were dropped from memory and are read from the
     /// snapshot files. A file boundary, at most `covered_lsn`.
     pub evicted_lsn: Lsn,
+    /// Idempotent producers' stored sequence numbers, by producer id.
+    pub producers: BTreeMap<String, ProducerSeqs>,
 }
 
 impl Dataset {
@@ -115,6 +185,7 @@ impl Dataset {
             covered_lsn: 0,
             has_manifest: false,
             evicted_lsn: 0,
+            producers: BTreeMap::new(),
         }
     }
 
@@ -258,5 +329,34 @@ mod tests {
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
             proptest::prop_assert_eq!(validate_name(&name).is_ok(), rule, "{:?}", name);
         }
+    }
+}
+
+#[cfg(test)]
+mod producer_tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_are_checked_against_the_window() {
+        let mut p = ProducerSeqs::default();
+        assert_eq!(p.check(7), SeqCheck::Next, "a new producer starts anywhere");
+        p.record(7, 100);
+        p.record(8, 105);
+        assert_eq!(p.check(9), SeqCheck::Next);
+        assert_eq!(p.check(8), SeqCheck::Stored(105));
+        assert_eq!(p.check(7), SeqCheck::Stored(100));
+        assert_eq!(p.check(6), SeqCheck::TooOld { oldest: 7 });
+        assert_eq!(p.check(11), SeqCheck::Gap { expected: 9 });
+        p.record(8, 999);
+        assert_eq!(p.check(8), SeqCheck::Stored(105), "replaying a stored one changes nothing");
+        for s in 9..9 + PRODUCER_WINDOW as u64 {
+            p.record(s, 1000 + s);
+        }
+        assert_eq!(p.recent.len(), PRODUCER_WINDOW);
+        assert!(matches!(p.check(8), SeqCheck::TooOld { .. }));
+        let mut q = ProducerSeqs::default();
+        q.record(5, 1);
+        q.merge(&p);
+        assert_eq!(q.last(), p.last());
     }
 }

@@ -21,7 +21,7 @@ use crate::memory::MemoryBudget;
 use crate::metrics::EngineMetrics;
 use crate::routing::shard_for;
 use crate::shard::recovery::{self, Plan, RecoveryStats};
-use crate::shard::request::{Committed, DatasetRead, PutStream, ShardStats, SnapshotReport};
+use crate::shard::request::{Committed, DatasetRead, ProducerSeq, PutStream, ShardStats, SnapshotReport};
 use crate::shard::{self, ShardHandle, ShardSetup};
 use crate::snapshot::{self as snapshots, SnapshotCompression};
 use crate::wal::replay::CorruptionPolicy;
@@ -286,16 +286,18 @@ impl Engine {
         self.shard(dataset)?.open(dataset.to_owned(), schema).await
     }
 
-    /// Queues a batch of `stream`; the outer future resolves once the shard
-    /// accepted it, the inner one once it is durable, with its LSN.
+    /// Queues a batch of `stream` (with its idempotent producer's sequence
+    /// number, if any); the outer future resolves once the shard accepted
+    /// it, the inner one once it is durable, with its LSN.
     pub async fn append(
         &self,
         dataset: &str,
         batch: RecordBatch,
         message: IpcMessage,
+        producer: Option<ProducerSeq>,
         stream: &PutStream,
     ) -> Result<impl std::future::Future<Output = Result<Committed>> + Send + 'static> {
-        self.shard(dataset)?.append(dataset.to_owned(), batch, message, stream.clone()).await
+        self.shard(dataset)?.append(dataset.to_owned(), batch, message, producer, stream.clone()).await
     }
 
     /// The memory budget all shards share.

@@ -21,6 +21,10 @@ pub enum Error {
     Overloaded { shard: ShardId, reason: &'static str },
     #[error("shard {shard} held this write back under the memory limit and gave up: {cause}; nothing in it was stored, retry later")]
     HeldBack { shard: ShardId, cause: String },
+    #[error("producer {producer:?} sent sequence number {seq} for dataset {dataset:?}, expected {expected}: a batch is missing; nothing after it was stored")]
+    SequenceGap { dataset: String, producer: String, seq: u64, expected: u64 },
+    #[error("producer {producer:?} resent sequence number {seq} for dataset {dataset:?}: stored long ago, older than the oldest this server remembers ({oldest})")]
+    SequenceTooOld { dataset: String, producer: String, seq: u64, oldest: u64 },
     #[error("not stored: {reason}")]
     NotStored { reason: &'static str },
     #[error("shard {shard} poisoned after a failed fsync; restart required")]

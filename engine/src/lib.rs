@@ -46,7 +46,7 @@ pub use dataset::DatasetInfo;
 pub use engine::{default_shards, Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use metrics::EngineMetrics;
-pub use shard::request::{Committed, PutStream};
+pub use shard::request::{Committed, ProducerSeq, PutStream};
 pub use shard::ShardHandle;
 pub use wal::replay::CorruptionPolicy;
 pub use wal::{IpcMessage, Lsn};

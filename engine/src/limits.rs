@@ -42,6 +42,14 @@ pub const SEGMENT_BYTES_MIN: u64 = MIB;
 /// Read size while replaying a segment.
 pub const REPLAY_READ_BYTES: usize = 8 * MIB as usize;
 
+/// Stored sequence numbers an idempotent producer's retry is checked
+/// against, per producer and dataset (16 bytes each). A retry resends at
+/// most what was in flight, which one stream bounds at 512 batches.
+pub const PRODUCER_WINDOW: usize = 1024;
+
+/// Longest idempotent producer id, in bytes.
+pub const PRODUCER_ID_BYTES_MAX: usize = 256;
+
 /// Longest dataset name, in bytes.
 pub const DATASET_NAME_BYTES_MAX: usize = 128;
 

@@ -95,6 +95,7 @@ pub struct Inner {
     stages: [Histogram; 6],
     pub commits_throttled: Counter,
     pub batches_not_stored: Counter,
+    pub batches_deduplicated: Counter,
 }
 
 impl std::ops::Deref for EngineMetrics {
@@ -150,6 +151,7 @@ impl Default for EngineMetrics {
             stages,
             commits_throttled: Counter::default(),
             batches_not_stored: Counter::default(),
+            batches_deduplicated: Counter::default(),
         }))
     }
 }
@@ -233,6 +235,11 @@ impl EngineMetrics {
             "batches_not_stored",
             "Queued batches dropped unwritten because their DoPut stream had failed or its client had gone",
             self.batches_not_stored.clone(),
+        );
+        r.register(
+            "batches_deduplicated",
+            "Idempotent producers' retried batches acknowledged again with their original LSN, not stored twice",
+            self.batches_deduplicated.clone(),
         );
     }
 }

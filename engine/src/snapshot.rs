@@ -14,6 +14,7 @@
 //! Readers (DuckDB, pandas) see `*.parquet` files only once complete:
 //! temporary files end in `.tmp`, the manifest starts with `_`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
@@ -24,7 +25,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::SnapshotFile;
+use crate::dataset::{ProducerSeqs, SnapshotFile};
 use crate::error::{Error, Result};
 use crate::wal::Lsn;
 
@@ -50,12 +51,16 @@ pub struct Manifest {
     /// Every row logged up to this LSN (of the owning shard) is in `files`.
     pub covered_lsn: Lsn,
     pub files: Vec<SnapshotFile>,
+    /// Idempotent producers' stored sequence numbers as of the snapshot:
+    /// they outlive the WAL segments that logged them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub producers: BTreeMap<String, ProducerSeqs>,
 }
 
 impl Manifest {
     pub fn new(dataset: &str, schema: &SchemaRef, covered_lsn: Lsn, files: Vec<SnapshotFile>) -> Self {
         let schema_ipc = base64::engine::general_purpose::STANDARD.encode(crate::wal::ipc::schema_message(schema));
-        Self { version: 1, dataset: dataset.to_owned(), schema_ipc, covered_lsn, files }
+        Self { version: 1, dataset: dataset.to_owned(), schema_ipc, covered_lsn, files, producers: BTreeMap::new() }
     }
 
     pub fn schema(&self) -> std::result::Result<SchemaRef, String> {

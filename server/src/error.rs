@@ -11,6 +11,7 @@ pub fn into_status(e: Error) -> Status {
         Error::NotFound(_) => Code::NotFound,
         Error::Overloaded { .. } | Error::HeldBack { .. } | Error::ShuttingDown => Code::Unavailable,
         Error::NotStored { .. } => Code::Aborted,
+        Error::SequenceGap { .. } | Error::SequenceTooOld { .. } => Code::FailedPrecondition,
         Error::DiskFull { .. } => Code::ResourceExhausted,
         Error::Snapshot { disk_full: true, .. } => Code::ResourceExhausted,
         Error::Snapshot { disk_full: false, .. } => Code::Internal,

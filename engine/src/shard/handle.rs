@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use futures::channel::oneshot;
 use futures::FutureExt;
 
-use super::request::{Committed, DatasetRead, PutStream, Request, ShardStats, SnapshotReport};
+use super::request::{Committed, DatasetRead, ProducerSeq, PutStream, Request, ShardStats, SnapshotReport};
 use crate::dataset::DatasetInfo;
 use crate::error::{Error, Result};
 use crate::limits::SHARD_SEND_TIMEOUT_MS;
@@ -69,10 +69,11 @@ impl ShardHandle {
         dataset: String,
         batch: RecordBatch,
         message: IpcMessage,
+        producer: Option<ProducerSeq>,
         stream: PutStream,
     ) -> Result<impl std::future::Future<Output = Result<Committed>> + Send + 'static> {
         let (reply, rx) = oneshot::channel();
-        let req = Request::Append { dataset, batch, message, stream, queued_at: Instant::now(), reply };
+        let req = Request::Append { dataset, batch, message, producer, stream, queued_at: Instant::now(), reply };
         self.send_within(req, self.backpressure_timeout).await?;
         Ok(async move { rx.await.map_err(|_| Error::ShuttingDown)? })
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
-use crate::dataset::{Catalog, Dataset};
+use crate::dataset::{Catalog, Dataset, SeqCheck};
 use crate::error::{Error, Result};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
 use crate::memory::MemoryBudget;
@@ -34,7 +34,7 @@ use crate::snapshot::SnapshotCompression;
 use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
-use request::{Committed, DatasetRead, PutStream, Reply, Request, ShardStats};
+use request::{Committed, DatasetRead, ProducerSeq, PutStream, Reply, Request, ShardStats};
 pub use snapshots::SnapJob;
 
 /// A write waiting for the committer.
@@ -45,6 +45,7 @@ enum Pending {
         dataset: String,
         batch: RecordBatch,
         message: IpcMessage,
+        producer: Option<ProducerSeq>,
         stream: PutStream,
         queued_at: Instant,
         reply: Reply<Committed>,
@@ -63,6 +64,13 @@ impl Pending {
     fn message(&self) -> Option<&IpcMessage> {
         match self {
             Pending::Batch { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    fn producer(&self) -> Option<(&str, u64)> {
+        match self {
+            Pending::Batch { producer: Some(p), .. } => Some((&p.id, p.seq)),
             _ => None,
         }
     }
@@ -214,7 +222,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                     }
                 }
             }
-            Request::Append { dataset, batch, message, stream, queued_at, reply } => {
+            Request::Append { dataset, batch, message, producer, stream, queued_at, reply } => {
                 let checked = match state.catalog.borrow().datasets.get(&dataset) {
                     _ if stream.is_failed() => Err(not_stored()),
                     None => Err(Error::NotFound(dataset.clone())),
@@ -227,7 +235,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                 }
                 // IMPORTANT: waits while the committer is behind; the inbox
                 // then fills and callers are pushed back.
-                let pending = Pending::Batch { dataset, batch, message, stream, queued_at, reply };
+                let pending = Pending::Batch { dataset, batch, message, producer, stream, queued_at, reply };
                 if commit_tx.send_async(pending).await.is_err() {
                     break;
                 }
@@ -417,7 +425,15 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
             let cat = state.catalog.borrow();
             let mut kept = Vec::with_capacity(group.len());
             let mut dropped_here = std::collections::HashSet::new();
+            // Sequence numbers taken by earlier batches of this commit.
+            let mut taken: std::collections::HashMap<(String, Arc<str>), u64> = std::collections::HashMap::new();
             for p in group.drain(..) {
+                if p.is_abandoned() {
+                    // An earlier batch of its stream failed in this commit.
+                    metrics.batches_not_stored.inc();
+                    p.fail(not_stored());
+                    continue;
+                }
                 let name = p.dataset().to_owned();
                 // A write after a drop of the same dataset in this commit
                 // would bring it back on replay.
@@ -427,8 +443,45 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                 }
                 if matches!(p, Pending::Drop { .. }) {
                     dropped_here.insert(name);
+                    kept.push(p);
+                    continue;
                 }
-                kept.push(p);
+                let Pending::Batch { producer: Some(ps), .. } = &p else {
+                    kept.push(p);
+                    continue;
+                };
+                // IMPORTANT: checked here, one commit at a time, so the state
+                // is exact: every earlier commit's outcome is known.
+                let key = (name.clone(), ps.id.clone());
+                let (producer, seq) = (ps.id.to_string(), ps.seq);
+                let check = match taken.get(&key) {
+                    Some(&t) if seq == t + 1 => SeqCheck::Next,
+                    Some(&t) if seq > t + 1 => SeqCheck::Gap { expected: t + 1 },
+                    Some(_) => {
+                        p.fail(Error::NotStored {
+                            reason: "another stream of this producer is committing the same sequence number now; \
+                                     retry to get its acknowledgement",
+                        });
+                        continue;
+                    }
+                    None => cat.datasets[&name].producers.get(&producer).map_or(SeqCheck::Next, |s| s.check(seq)),
+                };
+                match check {
+                    SeqCheck::Next => {
+                        taken.insert(key, seq);
+                        kept.push(p);
+                    }
+                    SeqCheck::Stored(lsn) => {
+                        metrics.batches_deduplicated.inc();
+                        if let Pending::Batch { reply, .. } = p {
+                            let _ = reply.send(Ok(Committed { lsn, durable_at: Instant::now(), duplicate: true }));
+                        }
+                    }
+                    SeqCheck::Gap { expected } => p.fail(Error::SequenceGap { dataset: name, producer, seq, expected }),
+                    SeqCheck::TooOld { oldest } => {
+                        p.fail(Error::SequenceTooOld { dataset: name, producer, seq, oldest })
+                    }
+                }
             }
             group = kept;
             group.iter().map(|p| cat.datasets[p.dataset()].schema_message.clone()).collect()
@@ -444,6 +497,8 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                 schema_message: s,
                 message: p.message(),
                 drop: matches!(p, Pending::Drop { .. }),
+                producer: p.producer(),
+                producers_state: None,
             })
             .collect();
         let result = wal.append_synced(&records).await;
@@ -508,16 +563,19 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
             }
             let _ = reply.send(Ok(()));
         }
-        Pending::Batch { dataset, batch, reply, .. } => {
+        Pending::Batch { dataset, batch, producer, reply, .. } => {
             let mut cat = state.catalog.borrow_mut();
             let d = cat.datasets.get_mut(&dataset).expect("dataset of a committed batch");
+            if let Some(p) = producer {
+                d.producers.entry(p.id.to_string()).or_default().record(p.seq, lsn);
+            }
             let (rows, bytes) = d.push(lsn, batch);
             drop(cat);
             metrics.rows_ingested.inc_by(rows);
             metrics.batches_ingested.inc();
             metrics.records.inc_by(rows as i64);
             state.add_memory(bytes);
-            let _ = reply.send(Ok(Committed { lsn, durable_at }));
+            let _ = reply.send(Ok(Committed { lsn, durable_at, duplicate: false }));
         }
         Pending::Drop { dataset, reply } => {
             let removed = state.catalog.borrow_mut().datasets.remove(&dataset);

@@ -8,14 +8,14 @@
 //! snapshots again into a new generation of segments in its own directory
 //! (see `layout.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use arrow::buffer::Buffer;
 
-use crate::dataset::{Catalog, Dataset};
+use crate::dataset::{Catalog, Dataset, ProducerSeqs};
 use crate::error::{Error, Result};
 use crate::limits::GROUP_COMMIT_BYTES_MAX;
 use crate::metrics::EngineMetrics;
@@ -96,6 +96,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
         d.evicted_lsn = m.covered_lsn;
         d.last_lsn = m.covered_lsn;
         d.has_manifest = true;
+        d.producers = m.producers.clone();
         lsn_floor = lsn_floor.max(m.covered_lsn);
         r.catalog.datasets.insert(m.dataset.clone(), d);
         r.stats.snapshot_datasets += 1;
@@ -215,6 +216,15 @@ impl Replay<'_> {
                     }
                     return Ok(());
                 }
+                if frame.header.kind == FrameKind::Producers {
+                    let state: BTreeMap<String, ProducerSeqs> =
+                        serde_json::from_slice(frame.payload).map_err(|e| corrupt(format!("producers' state: {e}")))?;
+                    if let Some(d) = catalog.datasets.get_mut(name) {
+                        merge_producers(&mut d.producers, &state);
+                        d.last_lsn = d.last_lsn.max(lsn);
+                    }
+                    return Ok(());
+                }
                 let buf = Buffer::from_slice_ref(frame.payload);
                 let known = catalog.datasets.get(name).map(|d| d.schema.clone());
                 let mut decoded = Vec::new();
@@ -231,6 +241,10 @@ impl Replay<'_> {
                         }
                         Decoded::Batch(batch) => {
                             catalog.datasets.get_mut(name).expect("schema precedes batches").push(lsn, batch);
+                        }
+                        Decoded::Producer { id, seq } => {
+                            let d = catalog.datasets.get_mut(name).expect("schema precedes batches");
+                            d.producers.entry(id).or_default().record(seq, lsn);
                         }
                     }
                 }
@@ -305,8 +319,7 @@ async fn relog(wal: &mut Wal, catalog: &mut Catalog) -> Result<()> {
             continue;
         }
         let schema: Rc<[u8]> = d.schema_message.clone();
-        let lsn =
-            wal.append_synced(&[Record { dataset: name, schema_message: &schema, message: None, drop: false }]).await?;
+        let lsn = wal.append_synced(&[Record::data(name, &schema, None)]).await?;
         d.last_lsn = lsn;
         let messages: Vec<IpcMessage> =
             pending.iter().map(|&i| IpcMessage::from_batch(&d.batches[i].1)).collect::<Result<_>>()?;
@@ -320,10 +333,8 @@ async fn relog(wal: &mut Wal, catalog: &mut Catalog) -> Result<()> {
                 bytes += messages[end].encoded_len() as u64;
                 end += 1;
             }
-            let records: Vec<Record<'_>> = messages[start..end]
-                .iter()
-                .map(|m| Record { dataset: name, schema_message: &schema, message: Some(m), drop: false })
-                .collect();
+            let records: Vec<Record<'_>> =
+                messages[start..end].iter().map(|m| Record::data(name, &schema, Some(m))).collect();
             let first = wal.append_synced(&records).await?;
             for (k, &i) in pending[start..end].iter().enumerate() {
                 d.batches[i].0 = first + k as u64;
@@ -331,6 +342,22 @@ async fn relog(wal: &mut Wal, catalog: &mut Catalog) -> Result<()> {
             }
             start = end;
         }
+        if !d.producers.is_empty() {
+            // The producers' state moves with the dataset: the old
+            // generation's frames and manifests that held it are about to go
+            // (its manifest stays, but frames above `covered_lsn` held the
+            // newest sequence numbers).
+            let state = serde_json::to_vec(&d.producers).expect("producers' state is JSON");
+            let record = Record { producers_state: Some(&state), ..Record::data(name, &schema, None) };
+            d.last_lsn = wal.append_synced(&[record]).await?;
+        }
     }
     Ok(())
+}
+
+/// Keeps, for each producer, the newer of two states.
+pub(crate) fn merge_producers(into: &mut BTreeMap<String, ProducerSeqs>, from: &BTreeMap<String, ProducerSeqs>) {
+    for (id, seqs) in from {
+        into.entry(id.clone()).or_default().merge(seqs);
+    }
 }

@@ -44,6 +44,16 @@ impl PutStream {
 pub struct Committed {
     pub lsn: Lsn,
     pub durable_at: Instant,
+    /// An idempotent producer's retry of a batch stored before: `lsn` is
+    /// the original one and nothing was stored now.
+    pub duplicate: bool,
+}
+
+/// An idempotent producer's id and the sequence number of one batch.
+#[derive(Debug, Clone)]
+pub struct ProducerSeq {
+    pub id: Arc<str>,
+    pub seq: u64,
 }
 
 /// What a read sees: rows evicted from memory are read from `files` (in
@@ -91,6 +101,7 @@ pub enum Request {
         dataset: String,
         batch: RecordBatch,
         message: IpcMessage,
+        producer: Option<ProducerSeq>,
         stream: PutStream,
         queued_at: Instant,
         reply: Reply<Committed>,

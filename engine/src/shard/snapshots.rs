@@ -141,7 +141,7 @@ async fn run(state: &Rc<State>, names: Option<Vec<String>>) -> Result<SnapshotRe
 }
 
 async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotReport) -> Result<()> {
-    let (schema, batches, min_lsn, covered, mut files) = {
+    let (schema, batches, min_lsn, covered, mut files, producers) = {
         let cat = state.catalog.borrow();
         let Some(d) = cat.datasets.get(name).filter(|d| d.durable) else { return Ok(()) };
         if d.has_manifest && d.covered_lsn >= d.last_lsn {
@@ -155,6 +155,8 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
             min_lsn,
             d.last_lsn,
             d.files.clone(),
+            // As of `covered`: a batch and its sequence number are recorded together.
+            d.producers.clone(),
         )
     };
     let dir = snapshot::create_dataset_dir(&state.snapshot_root, name).await?;
@@ -171,7 +173,8 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
     }
     // IMPORTANT: the manifest is what makes the files count; only after it
     // is durable may the WAL records it covers go.
-    snapshot::write_manifest(&dir, &Manifest::new(name, &schema, covered, files.clone())).await?;
+    let manifest = Manifest { producers, ..Manifest::new(name, &schema, covered, files.clone()) };
+    snapshot::write_manifest(&dir, &manifest).await?;
     {
         let mut cat = state.catalog.borrow_mut();
         let Some(d) = cat.datasets.get_mut(name) else { return Ok(()) };
@@ -224,7 +227,7 @@ async fn compact(
     let sources: Vec<std::path::PathBuf> = old.iter().map(|f| dir.join(&f.name)).collect();
     let bytes = snapshot::merge_files(dir, &merged.name, schema.clone(), sources.clone(), state.compression).await?;
     let merged = SnapshotFile { bytes, ..merged };
-    let files = {
+    let (files, producers) = {
         let cat = state.catalog.borrow();
         let Some(d) = cat.datasets.get(name) else { return Ok(()) };
         if d.evicted_lsn != evicted || d.covered_lsn != covered || d.files[run.clone()] != old[..] {
@@ -232,9 +235,12 @@ async fn compact(
         }
         let mut files = d.files.clone();
         files.splice(run, [merged]);
-        files
+        // Sequence numbers stored since the snapshot are durable too (in
+        // the WAL): keeping them here is harmless.
+        (files, d.producers.clone())
     };
-    snapshot::write_manifest(dir, &Manifest::new(name, &schema, covered, files.clone())).await?;
+    let manifest = Manifest { producers, ..Manifest::new(name, &schema, covered, files.clone()) };
+    snapshot::write_manifest(dir, &manifest).await?;
     if let Some(d) = state.catalog.borrow_mut().datasets.get_mut(name) {
         d.files = files;
     }

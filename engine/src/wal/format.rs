@@ -24,7 +24,14 @@ use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
 
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"LBWF");
 pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"LBWS");
+/// Version of frames without an idempotent producer's sequence number, and
+/// of segment headers.
 pub const FORMAT_VERSION: u8 = 1;
+/// Version of data frames whose payload ends with a producer trailer (see
+/// `ipc.rs`). Readers take both; a frame is written as version 1 whenever
+/// it can be, so that a log without producers stays readable by older
+/// binaries.
+pub const FORMAT_VERSION_PRODUCER: u8 = 2;
 pub const FRAME_HEADER_BYTES: usize = 40;
 pub const SEGMENT_HEADER_BYTES: usize = 48;
 pub const FRAME_ALIGN: usize = 8;
@@ -39,6 +46,9 @@ pub enum FrameKind {
     Seal = 2,
     /// Tombstone: the named dataset was dropped; no payload.
     Drop = 3,
+    /// The idempotent producers' state of a dataset (JSON), logged again
+    /// after a shard-count change moved the dataset.
+    Producers = 4,
 }
 
 impl FrameKind {
@@ -47,6 +57,7 @@ impl FrameKind {
             1 => Some(Self::Data),
             2 => Some(Self::Seal),
             3 => Some(Self::Drop),
+            4 => Some(Self::Producers),
             _ => None,
         }
     }
@@ -68,6 +79,7 @@ pub struct FrameRef<'a> {
     pub payload: &'a [u8],
     /// Bytes the frame occupies, padding included.
     pub len: usize,
+    pub version: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,12 +128,24 @@ pub const fn frame_len(dataset_len: usize, payload_len: usize) -> usize {
 /// payloads are copied once, straight into the DMA buffer. Returns the frame
 /// length. `out` must hold at least `frame_len(..)` bytes.
 pub fn seal_frame_in_place(out: &mut [u8], header: FrameHeader, dataset: &[u8], payload_len: usize) -> usize {
+    seal_frame_in_place_version(out, header, dataset, payload_len, FORMAT_VERSION)
+}
+
+/// [`seal_frame_in_place`] for a given frame version.
+pub fn seal_frame_in_place_version(
+    out: &mut [u8],
+    header: FrameHeader,
+    dataset: &[u8],
+    payload_len: usize,
+    version: u8,
+) -> usize {
+    assert!(version == FORMAT_VERSION || version == FORMAT_VERSION_PRODUCER);
     let len = frame_len(dataset.len(), payload_len);
     assert!(out.len() >= len, "frame buffer too small");
     assert!(dataset.len() <= u16::MAX as usize);
     assert!(payload_len as u64 <= FRAME_PAYLOAD_BYTES_MAX);
     out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-    out[4] = FORMAT_VERSION;
+    out[4] = version;
     out[5] = header.kind as u8;
     out[6..8].copy_from_slice(&(dataset.len() as u16).to_le_bytes());
     out[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
@@ -180,8 +204,9 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
     if buf.len() < FRAME_HEADER_BYTES {
         return Err(DecodeError::Truncated);
     }
-    if buf[4] != FORMAT_VERSION {
-        return Err(DecodeError::BadVersion(buf[4]));
+    let version = buf[4];
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_PRODUCER {
+        return Err(DecodeError::BadVersion(version));
     }
     let kind = FrameKind::from_u8(buf[5]).ok_or(DecodeError::BadKind(buf[5]))?;
     let dataset_len = u16_at(buf, 6) as usize;
@@ -204,6 +229,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
         dataset: &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + dataset_len],
         payload: &buf[FRAME_HEADER_BYTES + dataset_len..body_end],
         len,
+        version,
     })
 }
 

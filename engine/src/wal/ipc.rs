@@ -4,7 +4,14 @@
 //! ```text
 //! 0xFFFFFFFF  u32 metadata_len (8-aligned)  metadata + zero pad  body
 //! ```
-//! so a frame payload is a valid Arrow IPC stream fragment.
+//! so a frame payload is a valid Arrow IPC stream fragment. A data frame of
+//! version 2 ends with a producer trailer after its IPC messages, the
+//! idempotent producer's id and sequence number for the batch, under the
+//! same checksum (so a batch and its sequence number are durable together):
+//!
+//! ```text
+//! "LBPS"  u16 id_len  u16 0  u64 seq  id  zero pad to 8
+//! ```
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
@@ -14,6 +21,25 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 
 const CONTINUATION: [u8; 4] = [0xFF; 4];
+const PRODUCER_MAGIC: [u8; 4] = *b"LBPS";
+const PRODUCER_TRAILER_HEADER_BYTES: usize = 16;
+
+/// Bytes the producer trailer of an id of `id_len` bytes takes.
+pub fn producer_trailer_len(id_len: usize) -> usize {
+    (PRODUCER_TRAILER_HEADER_BYTES + id_len).next_multiple_of(8)
+}
+
+/// Writes the producer trailer at the start of `out`; returns its length.
+pub fn write_producer_trailer(out: &mut [u8], id: &str, seq: u64) -> usize {
+    let len = producer_trailer_len(id.len());
+    out[0..4].copy_from_slice(&PRODUCER_MAGIC);
+    out[4..6].copy_from_slice(&(id.len() as u16).to_le_bytes());
+    out[6..8].fill(0);
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    out[16..16 + id.len()].copy_from_slice(id.as_bytes());
+    out[16 + id.len()..len].fill(0);
+    len
+}
 
 /// One IPC message: flatbuffer metadata and body, as they came off the wire.
 #[derive(Debug, Clone)]
@@ -74,6 +100,11 @@ pub fn schema_message(schema: &Schema) -> Vec<u8> {
 pub enum Decoded {
     Schema(arrow::datatypes::SchemaRef),
     Batch(RecordBatch),
+    /// The idempotent producer and sequence number of the frame's batch.
+    Producer {
+        id: String,
+        seq: u64,
+    },
 }
 
 /// Splits a frame payload into its encapsulated IPC messages and decodes
@@ -94,6 +125,20 @@ pub fn decode_payload(
                 .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
                 .ok_or_else(|| format!("message cut short at {i}"))
         };
+        if word(at)? == u32::from_le_bytes(PRODUCER_MAGIC) {
+            let id_len = (word(at + 4)? & 0xFFFF) as usize;
+            let end = at + producer_trailer_len(id_len);
+            if end != bytes.len() {
+                return Err(format!("producer trailer at payload offset {at} does not end the payload"));
+            }
+            let seq = u64::from(word(at + 8)?) | (u64::from(word(at + 12)?) << 32);
+            let id = std::str::from_utf8(
+                &bytes[at + PRODUCER_TRAILER_HEADER_BYTES..at + PRODUCER_TRAILER_HEADER_BYTES + id_len],
+            )
+            .map_err(|_| "producer id is not UTF-8")?;
+            out(Decoded::Producer { id: id.to_owned(), seq });
+            return Ok(());
+        }
         if word(at)? != u32::from_le_bytes(CONTINUATION) {
             return Err(format!("no IPC continuation marker at payload offset {at}"));
         }

@@ -42,6 +42,29 @@ pub struct Record<'a> {
     pub message: Option<&'a IpcMessage>,
     /// A tombstone: the dataset was dropped (no schema, no message).
     pub drop: bool,
+    /// The idempotent producer and sequence number of `message`, logged in
+    /// the same frame (version 2) so both are durable together.
+    pub producer: Option<(&'a str, u64)>,
+    /// The dataset's producers' state as JSON, alone in a `Producers`
+    /// frame (no schema, no message).
+    pub producers_state: Option<&'a [u8]>,
+}
+
+impl<'a> Record<'a> {
+    /// A data record: the schema if this segment lacks it, and `message`.
+    pub fn data(dataset: &'a str, schema_message: &'a [u8], message: Option<&'a IpcMessage>) -> Self {
+        Self { dataset, schema_message, message, drop: false, producer: None, producers_state: None }
+    }
+
+    fn payload_extra(&self) -> usize {
+        self.producer.map_or(0, |(id, _)| ipc::producer_trailer_len(id.len()))
+            + self.producers_state.map_or(0, |s| s.len())
+    }
+
+    /// Whether this record's frame carries no schema message.
+    fn is_bare(&self) -> bool {
+        self.drop || self.producers_state.is_some()
+    }
 }
 
 /// A finished segment: every record in it has an LSN up to `last_lsn`.
@@ -200,12 +223,18 @@ impl Wal {
                     seen.remove(r.dataset);
                     return format::frame_len(r.dataset.len(), 0);
                 }
+                if r.is_bare() {
+                    return format::frame_len(r.dataset.len(), r.payload_extra());
+                }
                 let schema = if seg.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
                     0
                 } else {
                     r.schema_message.len()
                 };
-                format::frame_len(r.dataset.len(), schema + r.message.map_or(0, |m| m.encoded_len()))
+                format::frame_len(
+                    r.dataset.len(),
+                    schema + r.message.map_or(0, |m| m.encoded_len()) + r.payload_extra(),
+                )
             })
             .sum();
         (body as u64).next_multiple_of(seg.block)
@@ -244,7 +273,7 @@ impl Wal {
             if r.drop {
                 // A dataset created again after this must log its schema again.
                 seg.schemas_written.remove(r.dataset);
-            } else if !seg.schemas_written.contains(r.dataset) {
+            } else if !r.is_bare() && !seg.schemas_written.contains(r.dataset) {
                 out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
                 payload_len += r.schema_message.len();
                 seg.schemas_written.insert(r.dataset.to_owned());
@@ -252,13 +281,23 @@ impl Wal {
             if let Some(m) = r.message {
                 payload_len += m.write_to(&mut out[payload_at + payload_len..]);
             }
-            let header = FrameHeader {
-                kind: if r.drop { FrameKind::Drop } else { FrameKind::Data },
-                lsn: first_lsn + i as u64,
-                segment_id: seg.id,
-                commit_start,
+            if let Some(state) = r.producers_state {
+                out[payload_at..payload_at + state.len()].copy_from_slice(state);
+                payload_len += state.len();
+            }
+            let mut version = format::FORMAT_VERSION;
+            if let Some((id, seq)) = r.producer {
+                payload_len += ipc::write_producer_trailer(&mut out[payload_at + payload_len..], id, seq);
+                version = format::FORMAT_VERSION_PRODUCER;
+            }
+            let kind = match () {
+                _ if r.drop => FrameKind::Drop,
+                _ if r.producers_state.is_some() => FrameKind::Producers,
+                _ => FrameKind::Data,
             };
-            at += format::seal_frame_in_place(&mut out[at..], header, r.dataset.as_bytes(), payload_len);
+            let header = FrameHeader { kind, lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
+            at +=
+                format::seal_frame_in_place_version(&mut out[at..], header, r.dataset.as_bytes(), payload_len, version);
         }
         out[at..].fill(0);
         let result = write_and_sync(seg, buf, commit_start, &self.metrics).await;

@@ -12,6 +12,12 @@
 //! ([`PutStream`]) and the shard drops every later batch of it that is not
 //! committed yet; the same happens when the client goes away. The error the
 //! client gets follows the acknowledgements of the batches before it.
+//!
+//! Idempotent producers: a batch may carry `{"producer": id, "seq": n}` as
+//! its FlightData `app_metadata` (or the stream names the producer once in
+//! a CMD descriptor `{"dataset": name, "producer": id, "seq": first}` and
+//! each batch takes the next number). The shard stores each (producer,
+//! seq) once; a retried one is acknowledged again with its original LSN.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +29,7 @@ use arrow_flight::{FlightData, PutResult};
 use futures::stream::BoxStream;
 use futures::{Future, StreamExt};
 use longbow_engine::metrics::Stage;
-use longbow_engine::{Committed, Engine, IpcMessage, PutStream};
+use longbow_engine::{Committed, Engine, IpcMessage, ProducerSeq, PutStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Status, Streaming};
@@ -69,7 +75,9 @@ impl Admission {
     }
 }
 
-type Ack = std::pin::Pin<Box<dyn Future<Output = (usize, longbow_engine::Result<Committed>)> + Send>>;
+/// An acknowledgement to come: rows, and the commit with the batch's
+/// producer sequence number.
+type Ack = std::pin::Pin<Box<dyn Future<Output = (usize, longbow_engine::Result<(Committed, Option<u64>)>)> + Send>>;
 /// PutResults with the time each acknowledgement arrived.
 type Out = mpsc::UnboundedSender<(Result<PutResult, Status>, Instant)>;
 
@@ -89,7 +97,7 @@ pub async fn do_put(
         .message()
         .await?
         .ok_or_else(|| Status::invalid_argument("empty DoPut stream: expected a path FlightDescriptor and a schema"))?;
-    let dataset = dataset_from_descriptor(first.flight_descriptor.as_ref())?;
+    let (dataset, producer) = open_descriptor(first.flight_descriptor.as_ref())?;
     // Checked here too so a bad name fails before any data is read.
     longbow_engine::dataset::validate_name(&dataset).map_err(into_status)?;
 
@@ -101,7 +109,7 @@ pub async fn do_put(
     let stream = PutStream::new();
     let metrics = engine.metrics().clone();
     let ack_timeout = admission.ack_timeout;
-    let reader = Reader { engine, admission, dataset, stream: stream.clone(), schema: None, steps: step_tx };
+    let reader = Reader { engine, admission, dataset, producer, stream: stream.clone(), schema: None, steps: step_tx };
     tokio::spawn(reader.run(first, input));
     tokio::spawn(write_acks(step_rx, out_tx, stream, ack_timeout));
     let send = metrics.stage(Stage::Send).clone();
@@ -117,6 +125,9 @@ struct Reader {
     engine: Engine,
     admission: Arc<Admission>,
     dataset: String,
+    /// The producer the descriptor named, and the sequence number its next
+    /// batch takes unless its app_metadata gives one.
+    producer: Option<NamedProducer>,
     stream: PutStream,
     schema: Option<SchemaRef>,
     steps: mpsc::Sender<Step>,
@@ -169,7 +180,7 @@ impl Reader {
         if data.data_header.is_empty() {
             return Ok(None); // app_metadata only, or the descriptor alone
         }
-        let dataset = &self.dataset;
+        let dataset = &self.dataset.clone();
         let bad = |e: String| Status::invalid_argument(format!("undecodable FlightData for dataset {dataset:?}: {e}"));
         let message = arrow::ipc::root_as_message(&data.data_header).map_err(|e| bad(e.to_string()))?;
         match message.header_type() {
@@ -185,6 +196,7 @@ impl Reader {
                 Ok(None)
             }
             MessageHeader::RecordBatch => {
+                let producer = self.producer_of(&data.app_metadata)?;
                 let Some(schema) = self.schema.clone() else {
                     return Err(Status::invalid_argument(format!(
                         "DoPut for dataset {dataset:?} sent a record batch before its schema"
@@ -199,7 +211,8 @@ impl Reader {
                 let rows = batch.num_rows();
                 let ipc = IpcMessage { header: data.data_header, body: data.data_body };
                 let queued = Instant::now();
-                let ack = self.engine.append(dataset, batch, ipc, &self.stream).await.map_err(|e| {
+                let seq = producer.as_ref().map(|p| p.seq);
+                let ack = self.engine.append(dataset, batch, ipc, producer, &self.stream).await.map_err(|e| {
                     self.stream.fail();
                     into_status(e)
                 })?;
@@ -210,7 +223,7 @@ impl Reader {
                         metrics.stage(Stage::Ack).observe(c.durable_at.elapsed().as_secs_f64());
                     }
                     metrics.put_ack_seconds.observe(queued.elapsed().as_secs_f64());
-                    (rows, result)
+                    (rows, result.map(|c| (c, seq)))
                 })))
             }
             MessageHeader::DictionaryBatch => Err(Status::invalid_argument(format!(
@@ -261,7 +274,7 @@ async fn write_acks(mut steps: mpsc::Receiver<Step>, out: Out, stream: PutStream
             Step::Fail(status) => Err(status),
             Step::Ack(ack) => {
                 tokio::select! {
-                    (rows, result) = ack => result.map(|c| put_result(rows, c.lsn)).map_err(into_status),
+                    (rows, result) = ack => result.map(|(c, seq)| put_result(rows, c, seq)).map_err(into_status),
                     _ = tokio::time::sleep(ack_timeout) => Err(Status::unavailable(format!(
                         "no acknowledgement within {ack_timeout:?}: the batch was held back (memory limit, slow \
                          disk); it may still be stored if its commit was already being written; retry with a \
@@ -295,7 +308,91 @@ async fn write_acks(mut steps: mpsc::Receiver<Step>, out: Out, stream: PutStream
     }
 }
 
-fn put_result(rows: usize, lsn: longbow_engine::Lsn) -> PutResult {
-    let body = serde_json::json!({ "rows": rows, "lsn": lsn });
+fn put_result(rows: usize, c: Committed, seq: Option<u64>) -> PutResult {
+    let mut body = serde_json::json!({ "rows": rows, "lsn": c.lsn });
+    if let Some(seq) = seq {
+        body["seq"] = seq.into();
+    }
+    if c.duplicate {
+        body["duplicate"] = true.into();
+    }
     PutResult { app_metadata: serde_json::to_vec(&body).expect("json").into() }
+}
+
+/// The idempotent-producer fields a DoPut may carry.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ProducerFields {
+    dataset: Option<String>,
+    producer: Option<String>,
+    seq: Option<u64>,
+}
+
+/// A producer named once for a whole stream, and its next sequence number.
+type NamedProducer = (Arc<str>, u64);
+
+/// The dataset a DoPut writes, from a PATH descriptor `[name]`, or a CMD
+/// descriptor `{"dataset": name, "producer": id, "seq": first}`.
+fn open_descriptor(d: Option<&arrow_flight::FlightDescriptor>) -> Result<(String, Option<NamedProducer>), Status> {
+    use arrow_flight::flight_descriptor::DescriptorType;
+    let Some(d) = d.filter(|d| d.r#type == DescriptorType::Cmd as i32) else {
+        return Ok((dataset_from_descriptor(d)?, None));
+    };
+    let f: ProducerFields = serde_json::from_slice(&d.cmd).map_err(|e| {
+        Status::invalid_argument(format!(
+            "a CMD descriptor for DoPut must be JSON {{\"dataset\": name, \"producer\": id, \"seq\": first}}: {e}"
+        ))
+    })?;
+    let dataset = f.dataset.ok_or_else(|| Status::invalid_argument("the CMD descriptor names no \"dataset\""))?;
+    let producer = match f.producer {
+        Some(p) => Some((checked_producer(p)?, f.seq.unwrap_or(0))),
+        None => None,
+    };
+    Ok((dataset, producer))
+}
+
+fn checked_producer(id: String) -> Result<Arc<str>, Status> {
+    if id.is_empty() || id.len() > longbow_engine::limits::PRODUCER_ID_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "a producer id must be 1 to {} bytes",
+            longbow_engine::limits::PRODUCER_ID_BYTES_MAX
+        )));
+    }
+    Ok(id.into())
+}
+
+impl Reader {
+    /// The producer and sequence number of a batch: from its app_metadata
+    /// (a JSON object with "seq", and "producer" unless the descriptor named
+    /// one), else the descriptor's producer's next number. Other
+    /// app_metadata is the client's own and ignored.
+    fn producer_of(&mut self, app_metadata: &[u8]) -> Result<Option<ProducerSeq>, Status> {
+        let fields = (!app_metadata.is_empty() && app_metadata[0] == b'{')
+            .then(|| serde_json::from_slice::<ProducerFields>(app_metadata).ok())
+            .flatten()
+            .filter(|f| f.producer.is_some() || f.seq.is_some());
+        let (id, seq) = match (fields, &self.producer) {
+            (Some(f), named) => {
+                let id =
+                    match (f.producer, named) {
+                        (Some(p), _) => checked_producer(p)?,
+                        (None, Some((id, _))) => id.clone(),
+                        (None, None) => return Err(Status::invalid_argument(
+                            "a batch's app_metadata gives a \"seq\" but no \"producer\", and the descriptor names none",
+                        )),
+                    };
+                let seq = f.seq.ok_or_else(|| {
+                    Status::invalid_argument("a batch's app_metadata names a \"producer\" but gives no \"seq\"")
+                })?;
+                (id, seq)
+            }
+            (None, Some((id, next))) => (id.clone(), *next),
+            (None, None) => return Ok(None),
+        };
+        if let Some((named, next)) = &mut self.producer {
+            if *named == id {
+                *next = seq + 1;
+            }
+        }
+        Ok(Some(ProducerSeq { id, seq }))
+    }
 }
