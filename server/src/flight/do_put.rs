@@ -206,10 +206,14 @@ impl Reader {
                 let permit = self.admission.admit(bytes).await;
                 let metrics = self.engine.metrics().clone();
                 let decoding = Instant::now();
-                let batch = decode_batch(&data, &message, schema).map_err(bad)?;
+                let (batch, ipc) = decode_batch(&data, &message, schema).map_err(bad)?;
+                // IMPORTANT: from here on nothing of this stream's tonic
+                // buffer is kept when the body was copied, so tonic reuses
+                // its memory for the next message on this thread instead of
+                // faulting in fresh pages (17 % of CPU under a memory limit).
+                drop(data);
                 metrics.stage(Stage::Decode).observe(decoding.elapsed().as_secs_f64());
                 let rows = batch.num_rows();
-                let ipc = IpcMessage { header: data.data_header, body: data.data_body };
                 let queued = Instant::now();
                 let seq = producer.as_ref().map(|p| p.seq);
                 let ack = self.engine.append(dataset, batch, ipc, producer, &self.stream).await.map_err(|e| {
@@ -238,11 +242,13 @@ impl Reader {
 /// memory if the transport left it misaligned (it usually does: the gRPC
 /// and protobuf framing put it at an arbitrary offset), so the columns are
 /// then sliced from one buffer instead of each being realigned on its own.
+/// The returned IPC message (what the WAL logs) is then that copy too, and
+/// holds nothing of the transport's buffer.
 fn decode_batch(
     data: &FlightData,
     message: &arrow::ipc::Message<'_>,
     schema: SchemaRef,
-) -> Result<arrow::array::RecordBatch, String> {
+) -> Result<(arrow::array::RecordBatch, IpcMessage), String> {
     let fb = message.header_as_record_batch().ok_or("unreadable IPC record batch header")?;
     let declared = usize::try_from(message.bodyLength()).map_err(|_| "negative IPC body length")?;
     if declared > data.data_body.len() {
@@ -252,10 +258,15 @@ fn decode_batch(
         ));
     }
     let mut body = Buffer::from(data.data_body.clone());
+    let mut ipc = IpcMessage { header: data.data_header.clone(), body: data.data_body.clone() };
     if body.as_ptr().align_offset(64) != 0 {
         body = Buffer::from_slice_ref(body.as_slice());
+        ipc = IpcMessage {
+            header: bytes::Bytes::copy_from_slice(&data.data_header),
+            body: bytes::Bytes::from_owner(body.clone()),
+        };
     }
-    arrow::ipc::reader::read_record_batch(
+    let batch = arrow::ipc::reader::read_record_batch(
         &body,
         fb,
         schema,
@@ -263,7 +274,8 @@ fn decode_batch(
         None,
         &message.version(),
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok((batch, ipc))
 }
 
 /// Sends the acknowledgements in stream order. The first failure ends the
