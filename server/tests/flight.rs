@@ -312,6 +312,13 @@ async fn bad_input_gets_the_right_code_and_harms_nothing() {
     assert_eq!(code(&e), tonic::Code::NotFound);
     let e = client.do_action(Action::new("no_such_action", "")).await.err().expect("unknown action fails");
     assert_eq!(code(&e), tonic::Code::InvalidArgument);
+    // Action bodies name datasets exactly as DoPut does: nothing is trimmed.
+    for body in ["good ", " good", "good\n"] {
+        for name in ["drop_dataset", "force_snapshot"] {
+            let e = action(&mut client, name, body).await.unwrap_err();
+            assert_eq!(code(&e), tonic::Code::InvalidArgument, "{name} {body:?}: {e}");
+        }
+    }
 
     // The server still serves and the stored data is intact.
     let got = get(&mut client, "good").await.unwrap();
@@ -399,6 +406,12 @@ async fn a_configured_token_is_required_but_health_stays_open() {
     authed.add_header("authorization", "Bearer s3cret-t0ken").unwrap();
     put(&mut authed, "x", vec![vector_batch(0, 3, DIM)]).await.unwrap();
     assert_eq!(rows(&get(&mut authed, "x").await.unwrap()), 3);
+    // RFC 7235: the scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER"] {
+        let mut c = server.client().await;
+        c.add_header("authorization", &format!("{scheme} s3cret-t0ken")).unwrap();
+        assert_eq!(rows(&get(&mut c, "x").await.unwrap()), 3, "{scheme}");
+    }
 
     assert_eq!(server.health().await, tonic_health::pb::health_check_response::ServingStatus::Serving);
     assert!(!server.log().contains("s3cret-t0ken"), "the token is never logged");

@@ -52,7 +52,8 @@ const ACTIONS: &[(&str, &str)] = &[
     ("drop_dataset", "Remove a dataset from memory, snapshots and (durably) the WAL; body: the dataset name"),
 ];
 
-/// An action body that must name a dataset.
+/// An action body that must name a dataset: checked exactly as DoPut checks
+/// a descriptor's name, nothing trimmed ("name " is not `name`).
 fn body_name(action: &Action, required: bool) -> Result<Option<String>, Status> {
     if action.body.is_empty() {
         return if required {
@@ -63,7 +64,6 @@ fn body_name(action: &Action, required: bool) -> Result<Option<String>, Status> 
     }
     let name = std::str::from_utf8(&action.body)
         .map_err(|_| Status::invalid_argument("action body must be a UTF-8 dataset name"))?
-        .trim()
         .to_owned();
     longbow_engine::dataset::validate_name(&name).map_err(into_status)?;
     Ok(Some(name))
