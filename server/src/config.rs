@@ -64,6 +64,13 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_BACKPRESSURE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub backpressure_timeout: Duration,
 
+    /// How long an idle shard keeps polling before it sleeps (`0s`,
+    /// `200us`): a request arriving meanwhile skips a thread wake-up, which
+    /// cuts small-batch acknowledgement latency, while each shard's core is
+    /// kept busy that long after every burst.
+    #[arg(long, env = "LONGBOW_SHARD_SPIN", default_value = "0s", value_parser = parse_duration_or_zero)]
+    pub shard_spin: Duration,
+
     /// Bytes of DoPut batches all streams together may hold between being
     /// read off the socket and acknowledged; beyond it, streams are not
     /// read (HTTP/2 flow control pushes back on clients).
@@ -83,6 +90,46 @@ pub struct Config {
     /// Largest gRPC message accepted (one FlightData, i.e. one batch).
     #[arg(long, env = "LONGBOW_MAX_MESSAGE_SIZE", default_value = "64MiB")]
     pub max_message_size: ByteSize,
+
+    /// Flight connections open at once; one more is closed on arrival
+    /// (its client gets UNAVAILABLE). Each costs a descriptor and up to its
+    /// HTTP/2 window (16 MiB) of buffered data; Flight clients multiplex
+    /// their calls on one connection, so 1024 serves hundreds of producers.
+    #[arg(long, env = "LONGBOW_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// HTTP/2 streams (calls) one connection may have open at once; the
+    /// client queues more. 100 is what RFC 9113 asks servers to allow at
+    /// least; each DoPut stream can hold a message being received.
+    #[arg(long, env = "LONGBOW_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Interval of HTTP/2 PINGs on each connection (`off` to disable). A
+    /// client whose host died or was cut off sends no FIN; without pings
+    /// its streams hold their memory until TCP gives up (~15 min) or, if
+    /// idle, for ever.
+    // The full path keeps clap from treating the field as an optional flag:
+    // the parser gives the Option (`off` is None).
+    #[arg(long, env = "LONGBOW_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = parse_duration_or_off)]
+    pub keepalive_interval: ::std::option::Option<Duration>,
+
+    /// A connection whose PING is not answered within this is closed.
+    #[arg(long, env = "LONGBOW_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// A connection without an open stream for this long is closed (`off`
+    /// to keep them): it frees its descriptor and its connection slot;
+    /// clients reconnect on their next call. Pings do not count as use.
+    #[arg(long, env = "LONGBOW_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration_or_off)]
+    pub idle_timeout: ::std::option::Option<Duration>,
+
+    /// Largest HTTP/2 header list (all headers of a request, decoded)
+    /// accepted, 1KiB..16MiB. hyper's default and gRPC's usual limit: a
+    /// Flight call carries a few short headers and the bearer token.
+    #[arg(long, env = "LONGBOW_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = parse_header_size)]
+    pub max_header_size: ByteSize,
 
     /// What to do with WAL damage that is not a torn tail.
     #[arg(long, env = "LONGBOW_ON_CORRUPTION", value_enum, default_value = "refuse")]
@@ -125,6 +172,10 @@ pub enum Compression {
     None,
     Snappy,
     Zstd,
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 0s, 100us, 1ms)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -200,6 +251,37 @@ impl Config {
             },
             max_memory: self.max_memory.as_u64(),
             backpressure_timeout: self.backpressure_timeout,
+            shard_spin: self.shard_spin,
+        }
+    }
+}
+
+/// A duration, or `off` (also `0`) for none.
+fn parse_duration_or_off(s: &str) -> Result<Option<Duration>, String> {
+    match s.trim() {
+        "off" | "0" => Ok(None),
+        other => parse_duration(other).map(Some),
+    }
+}
+
+fn parse_header_size(s: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(1 << 10..=16 << 20).contains(&size.as_u64()) {
+        return Err(format!("{s:?}: the header size limit must be between 1KiB and 16MiB"));
+    }
+    Ok(size)
+}
+
+impl Config {
+    pub fn transport(&self) -> crate::transport::TransportConfig {
+        crate::transport::TransportConfig {
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            idle_timeout: self.idle_timeout,
+            max_header_list_bytes: self.max_header_size.as_u64() as u32,
+            max_message_bytes: self.max_message_size.as_u64() as usize,
         }
     }
 }

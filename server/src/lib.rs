@@ -7,7 +7,11 @@
 //! - [`config`]: CLI flags and their `LONGBOW_*` environment variables.
 //! - [`flight`]: the Flight service; `do_put.rs` holds the ingest path.
 //! - [`error`]: the single engine-error → gRPC status mapping.
-//! - [`metrics`]: the `/metrics` endpoint; [`memlock`]: RLIMIT_MEMLOCK.
+//! - [`metrics`]: the `/metrics` endpoint; [`memlock`]: RLIMIT_MEMLOCK;
+//!   [`nofile`]: RLIMIT_NOFILE.
+//! - [`transport`]: what a client can make the Flight port hold: the
+//!   connection limit, idle connections, no buffer for message bytes that
+//!   have not arrived, tonic's client-error statuses corrected.
 //! - [`tls`]: optional TLS (and mutual TLS) on the Flight port; metrics stay
 //!   plain HTTP.
 
@@ -17,7 +21,9 @@ pub mod error;
 pub mod flight;
 pub mod memlock;
 pub mod metrics;
+pub mod nofile;
 pub mod tls;
+pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +36,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 
@@ -118,6 +123,34 @@ fn arm_faults_from_env() {
     }
 }
 
+/// Logs the transport limits, and warns when descriptors would run out
+/// before the connection limit applies.
+fn log_transport_limits(limits: &transport::TransportConfig) {
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        keepalive_interval = ?limits.keepalive_interval,
+        keepalive_timeout = ?limits.keepalive_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        max_header_list_bytes = limits.max_header_list_bytes,
+        "Flight transport limits"
+    );
+    // WAL segments, snapshot files being read, io_uring and the metrics
+    // port need descriptors too.
+    const OTHER_DESCRIPTORS: u64 = 256;
+    match nofile::limits() {
+        Ok((soft, _)) if soft < limits.max_connections as u64 + OTHER_DESCRIPTORS => tracing::warn!(
+            rlimit_nofile = soft,
+            max_connections = limits.max_connections,
+            "RLIMIT_NOFILE leaves too few descriptors for LONGBOW_MAX_CONNECTIONS: new connections will fail \
+             (EMFILE) before the limit applies; raise the hard limit (`ulimit -n`, systemd LimitNOFILE, docker \
+             --ulimit nofile) or lower LONGBOW_MAX_CONNECTIONS"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = e, "RLIMIT_NOFILE"),
+    }
+}
+
 /// HTTP/2 flow-control window per stream and per connection. The 64 KiB
 /// default caps one stream at a window per round trip, far below disk speed.
 pub const HTTP2_WINDOW_BYTES: u32 = 16 << 20;
@@ -188,6 +221,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     gateway_metrics.register(&mut registry);
     let process_metrics = metrics::ProcessMetrics::default();
     process_metrics.register(&mut registry);
+    let transport_metrics = transport::TransportMetrics::default();
+    transport_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     // Registered before the server is reachable: SIGHUP's default action
     // would terminate the process.
@@ -238,15 +273,19 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.config)?;
     }
+    let limits = config.transport();
+    log_transport_limits(&limits);
     let flight_server = tokio::spawn({
         let stopped = stopped.clone();
-        // IMPORTANT: acknowledgements are small writes that follow the
-        // HTTP/2 window updates for the data they acknowledge; with Nagle on,
-        // they wait for the client's delayed ACK (40 ms).
-        let incoming = TcpIncoming::from(flight_listener).with_nodelay(Some(true));
+        let incoming = transport::Incoming::new(flight_listener, &limits, transport_metrics);
         builder
             .initial_stream_window_size(HTTP2_WINDOW_BYTES)
             .initial_connection_window_size(HTTP2_WINDOW_BYTES)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_bytes)
+            .http2_keepalive_interval(limits.keepalive_interval)
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .layer(transport::Layer::new(limits.max_message_bytes))
             .add_service(health_service)
             .add_service(flight)
             .serve_with_incoming_shutdown(incoming, stopped())

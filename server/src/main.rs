@@ -1,5 +1,5 @@
 use clap::Parser;
-use longbow_server::{memlock, Config};
+use longbow_server::{memlock, nofile, Config};
 use tracing_subscriber::EnvFilter;
 
 // Every DoPut batch is a large, short-lived allocation; glibc serves those
@@ -34,6 +34,10 @@ fn main() -> anyhow::Result<()> {
     if let Err(message) = memlock::raise() {
         eprintln!("longbow: {message}");
         std::process::exit(2);
+    }
+    match nofile::raise() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "RLIMIT_NOFILE (open descriptors: connections, files)"),
+        Err(e) => tracing::warn!(error = e, "RLIMIT_NOFILE"),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("longbow-gateway").build()?;
     runtime.block_on(async {

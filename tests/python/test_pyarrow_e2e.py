@@ -189,6 +189,9 @@ def test_bearer_token_with_pyarrow_call_options(tmp_path):
         client = s.client()
         with pytest.raises(fl.FlightUnauthenticatedError):
             list(client.list_flights())
+        # The scheme is case-insensitive (RFC 7235).
+        shouting = fl.FlightCallOptions(headers=[(b"authorization", b"BEARER py-t0ken")])
+        assert list(client.list_flights(options=shouting)) == []
         opts = fl.FlightCallOptions(headers=[(b"authorization", b"Bearer py-t0ken")])
         t = vectors(0, 10)
         writer, reader = client.do_put(fl.FlightDescriptor.for_path("secure"), t.schema, options=opts)
@@ -227,10 +230,19 @@ def test_malformed_and_edge_inputs_get_clear_errors(tmp_path):
         assert json.loads(reader.read().to_pybytes())["rows"] == 0
         writer.close()
         assert client.do_get(fl.Ticket(b"empty-rows")).read_all().num_rows == 0
-        # A message above the size limit fails clearly (OUT_OF_RANGE, naming
-        # the limit); the server goes on.
-        with pytest.raises(pa.ArrowInvalid, match="too large"):
+        # A message above the size limit fails clearly (INVALID_ARGUMENT,
+        # naming the limit); the server goes on.
+        with pytest.raises(pa.ArrowInvalid, match="invalid argument error.*too large"):
             put(client, "huge", [vectors(0, 5000)])  # ~2.6 MB in one message
+        # A descriptor path that is not UTF-8: tonic's decoder refuses it
+        # (INVALID_ARGUMENT, no longer INTERNAL / FlightInternalError).
+        with pytest.raises(pa.ArrowInvalid, match="not UTF-8"):
+            client.get_flight_info(fl.FlightDescriptor.for_path(b"\xff\xfe"))
+        with pytest.raises(pa.ArrowInvalid, match="not UTF-8"):
+            put(client, b"\xff\xfe", [vectors(0, 1)])
+        # Action bodies are names exactly: "base " is not base.
+        with pytest.raises(pa.ArrowInvalid, match="invalid dataset name"):
+            action(client, "drop_dataset", b"base ")
         # Unknown action, and an action body that is not a name.
         with pytest.raises(pa.ArrowInvalid, match="unknown action"):
             action(client, "no_such_action")
