@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::layout::{self, DirLock, Layout};
 use crate::limits::{SEGMENT_BYTES_MIN, SHARD_INBOX_DEPTH_MAX, SHARD_IO_MEMORY_BYTES, SHARD_RING_DEPTH};
 use crate::memory::MemoryBudget;
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, ShardLabel};
 use crate::routing::shard_for;
 use crate::shard::recovery::{self, Plan, RecoveryStats};
 use crate::shard::request::{Committed, DatasetRead, ProducerSeq, PutStream, ShardStats, SnapshotReport};
@@ -84,6 +84,7 @@ struct Inner {
 /// The settings that can change while running (SIGHUP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
+    _snapshot_lock: DirLock,
     pub snapshot_interval: Duration,
     /// Bytes across all shards; 0 = no limit.
     pub max_memory: u64,
@@ -146,6 +147,26 @@ impl Engine {
             manifests[shard_for(&m.dataset, config.shards) as usize].push(m);
         }
         let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
+        // Before the replay: a volume that cannot take a file stops the
+        // start; a full one does not (snapshot::probe_root says why).
+        let snapshot_full = match snapshots::probe_root(&config.snapshot_path)? {
+            snapshots::RootProbe::Writable => false,
+            snapshots::RootProbe::Full(e) => {
+                tracing::warn!(
+                    path = %config.snapshot_path.display(),
+                    error = %e,
+                    "the snapshot volume is full: starting, but snapshots fail (and the WAL is kept) until space \
+                     is freed; longbow_snapshot_failing is 1"
+                );
+                true
+            }
+        };
+        // IMPORTANT: before the manifests are read, which deletes files no
+        // manifest lists: another server's snapshot in progress.
+        let snapshot_lock = snapshots::lock_root(&config.snapshot_path)?;
+        for k in 0..config.shards {
+            metrics.snapshot_failing.get_or_create(&ShardLabel { shard: k as ShardId }).set(snapshot_full as i64);
+        }
         metrics.memory_limit_bytes.set(config.max_memory as i64);
 
         let cpus = allowed_cpus();
@@ -265,6 +286,7 @@ impl Engine {
     pub fn shard_count(&self) -> usize {
         self.0.shards.len()
     }
+            _snapshot_lock: snapshot_lock,
 
     pub fn metrics(&self) -> &EngineMetrics {
         &self.0.metrics

@@ -52,16 +52,21 @@ pub fn shard_dir(data: &Path, shard: usize) -> PathBuf {
 /// Takes the exclusive lock on `data`, creating the directory if needed.
 pub fn lock(data: &Path) -> Result<DirLock> {
     std::fs::create_dir_all(data).map_err(Error::io("creating data directory", data, 0))?;
-    let path = data.join(LOCK_FILE);
-    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(Error::io(
+    lock_file(&data.join(LOCK_FILE), "data directory", data)
+}
+
+/// Takes an exclusive flock(2) on `path` (created if needed), which guards
+/// the directory `dir`; a second holder gets an error naming `what`.
+pub(crate) fn lock_file(path: &Path, what: &str, dir: &Path) -> Result<DirLock> {
+    let file = File::options().create(true).truncate(false).write(true).open(path).map_err(Error::io(
         "opening lock file",
-        &path,
+        path,
         0,
     ))?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         Error::Startup(format!(
-            "data directory {} is in use by another longbow process ({}: {errno})",
-            data.display(),
+            "{what} {} is in use by another longbow process ({}: {errno})",
+            dir.display(),
             path.display()
         ))
     })?;

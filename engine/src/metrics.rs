@@ -82,6 +82,9 @@ pub struct Inner {
     pub shards_poisoned: Gauge,
     pub wal_segments_created: Counter,
     pub wal_replay_seconds: Histogram,
+    /// Per shard: 1 while its last snapshot run (or the startup probe of a
+    /// full volume) failed.
+    pub snapshot_failing: Family<ShardLabel, Gauge>,
     pub wal_replay_bytes: Counter,
     pub wal_torn_tails: Counter,
     pub rows_ingested: Counter,
@@ -149,6 +152,7 @@ impl Default for EngineMetrics {
             shard_queue_depth: Family::default(),
             put_stage_seconds,
             stages,
+            snapshot_failing: Family::default(),
             commits_throttled: Counter::default(),
             batches_not_stored: Counter::default(),
             batches_deduplicated: Counter::default(),
@@ -223,6 +227,11 @@ impl EngineMetrics {
         r.register("shard_queue_depth", "Requests waiting in a shard's inbox", self.shard_queue_depth.clone());
         r.register(
             "put_stage_seconds",
+        r.register(
+            "snapshot_failing",
+            "1 while a shard's last snapshot run failed (the WAL is kept and grows); 0 once one succeeds",
+            self.snapshot_failing.clone(),
+        );
             "Time a DoPut batch spends in each stage: decode, queue, commit_write, fdatasync (per commit), ack, send",
             self.put_stage_seconds.clone(),
         );

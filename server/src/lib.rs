@@ -250,9 +250,13 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
 
     let metrics_server = tokio::spawn({
         let stopped = stopped.clone();
-        let poisoned = metrics.shards_poisoned.clone();
+        let health = metrics::Health {
+            shards_poisoned: metrics.shards_poisoned.clone(),
+            snapshot_failing: metrics.snapshot_failing.clone(),
+            shards: engine.shard_count() as u32,
+        };
         async move {
-            axum::serve(metrics_listener, metrics::router(registry, process_metrics, poisoned))
+            axum::serve(metrics_listener, metrics::router(registry, process_metrics, health))
                 .with_graceful_shutdown(stopped())
                 .await
         }

@@ -6,6 +6,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use longbow_engine::metrics::ShardLabel;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -109,10 +110,30 @@ impl ProcessMetrics {
     }
 }
 
-/// `/metrics`, and `/healthz`: 200 "ok", or 503 once a shard is poisoned
-/// (a failed fsync: restart to recover). Plain HTTP, so that probes work
-/// when the Flight port speaks TLS (the kubelet's gRPC probe cannot).
-pub fn router(registry: Arc<Registry>, process: ProcessMetrics, shards_poisoned: Gauge) -> Router {
+/// What `/healthz` reports.
+#[derive(Clone)]
+pub struct Health {
+    pub shards_poisoned: Gauge,
+    /// Per shard, 1 while its snapshots fail (`longbow_snapshot_failing`).
+    pub snapshot_failing: Family<ShardLabel, Gauge>,
+    pub shards: u32,
+}
+
+impl Health {
+    fn failing_snapshot_shards(&self) -> Vec<u32> {
+        (0..self.shards).filter(|&shard| self.snapshot_failing.get_or_create(&ShardLabel { shard }).get() > 0).collect()
+    }
+}
+
+/// `/metrics`, and `/healthz`: 200 "ok"; 503 once a shard is poisoned (a
+/// failed fsync: restart to recover); 200 "degraded: …" while snapshots
+/// fail. That is no 503 on purpose: the chart's liveness probe would
+/// restart the pod, which cannot fix a volume and replays a WAL that grows
+/// while snapshots fail; writes are refused only once memory is full, and
+/// reads go on. Alert on `longbow_snapshot_failing`. Plain HTTP, so that
+/// probes work when the Flight port speaks TLS (the kubelet's gRPC probe
+/// cannot).
+pub fn router(registry: Arc<Registry>, process: ProcessMetrics, health: Health) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -134,11 +155,18 @@ pub fn router(registry: Arc<Registry>, process: ProcessMetrics, shards_poisoned:
         .route(
             "/healthz",
             get(move || {
-                let poisoned = shards_poisoned.get();
+                let poisoned = health.shards_poisoned.get();
+                let snapshots_failing = health.failing_snapshot_shards();
                 async move {
                     if poisoned > 0 {
                         let body = format!("{poisoned} shard(s) poisoned after a failed fsync: restart required\n");
                         (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+                    } else if !snapshots_failing.is_empty() {
+                        format!(
+                            "degraded: snapshots are failing on shard(s) {snapshots_failing:?} (see the log): the WAL \
+                             is kept and grows, and under LONGBOW_MAX_MEMORY ingest stops once memory is full\n"
+                        )
+                        .into_response()
                     } else {
                         "ok\n".into_response()
                     }

@@ -12,7 +12,7 @@ use super::request::{Reply, SnapshotReport};
 use super::State;
 use crate::dataset::SnapshotFile;
 use crate::error::{Error, Result};
-use crate::metrics::StatusLabel;
+use crate::metrics::{ShardLabel, StatusLabel};
 use crate::snapshot::{self, Manifest};
 
 /// Share of the shard's CPU the snapshot queue gets against the default
@@ -76,6 +76,7 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
             last_run = Instant::now();
         }
         let r = r.map_err(|e| (e.to_string(), e.is_disk_full()));
+        state.metrics.snapshot_failing.get_or_create(&ShardLabel { shard: state.id }).set(r.is_err() as i64);
         match &r {
             Ok(_) => state.budget.snapshot_succeeded(),
             Err((message, disk_full)) => state.budget.snapshot_failed(message.clone(), *disk_full),
