@@ -79,12 +79,12 @@ struct Inner {
     recovery: Vec<RecoveryStats>,
     settings: Mutex<Settings>,
     _lock: DirLock,
+    _snapshot_lock: DirLock,
 }
 
 /// The settings that can change while running (SIGHUP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    _snapshot_lock: DirLock,
     pub snapshot_interval: Duration,
     /// Bytes across all shards; 0 = no limit.
     pub max_memory: u64,
@@ -142,11 +142,6 @@ impl Engine {
             &config.snapshot_path,
             0,
         ))?;
-        let mut manifests: Vec<Vec<snapshots::Manifest>> = vec![Vec::new(); config.shards];
-        for m in snapshots::load_manifests(&config.snapshot_path)? {
-            manifests[shard_for(&m.dataset, config.shards) as usize].push(m);
-        }
-        let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
         // Before the replay: a volume that cannot take a file stops the
         // start; a full one does not (snapshot::probe_root says why).
         let snapshot_full = match snapshots::probe_root(&config.snapshot_path)? {
@@ -167,6 +162,11 @@ impl Engine {
         for k in 0..config.shards {
             metrics.snapshot_failing.get_or_create(&ShardLabel { shard: k as ShardId }).set(snapshot_full as i64);
         }
+        let mut manifests: Vec<Vec<snapshots::Manifest>> = vec![Vec::new(); config.shards];
+        for m in snapshots::load_manifests(&config.snapshot_path)? {
+            manifests[shard_for(&m.dataset, config.shards) as usize].push(m);
+        }
+        let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
         metrics.memory_limit_bytes.set(config.max_memory as i64);
 
         let cpus = allowed_cpus();
@@ -280,13 +280,13 @@ impl Engine {
             recovery,
             settings,
             _lock: lock,
+            _snapshot_lock: snapshot_lock,
         })))
     }
 
     pub fn shard_count(&self) -> usize {
         self.0.shards.len()
     }
-            _snapshot_lock: snapshot_lock,
 
     pub fn metrics(&self) -> &EngineMetrics {
         &self.0.metrics

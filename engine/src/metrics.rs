@@ -74,6 +74,9 @@ pub struct Inner {
     pub snapshot_seconds: Histogram,
     pub snapshot_bytes: Counter,
     pub snapshot_rows: Counter,
+    /// Per shard: 1 while its last snapshot run (or the startup probe of a
+    /// full volume) failed.
+    pub snapshot_failing: Family<ShardLabel, Gauge>,
     pub evicted_bytes: Counter,
     pub memory_limit_bytes: Gauge,
     pub memory_refusals: Counter,
@@ -82,9 +85,6 @@ pub struct Inner {
     pub shards_poisoned: Gauge,
     pub wal_segments_created: Counter,
     pub wal_replay_seconds: Histogram,
-    /// Per shard: 1 while its last snapshot run (or the startup probe of a
-    /// full volume) failed.
-    pub snapshot_failing: Family<ShardLabel, Gauge>,
     pub wal_replay_bytes: Counter,
     pub wal_torn_tails: Counter,
     pub rows_ingested: Counter,
@@ -133,6 +133,7 @@ impl Default for EngineMetrics {
             snapshot_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
             snapshot_bytes: Counter::default(),
             snapshot_rows: Counter::default(),
+            snapshot_failing: Family::default(),
             evicted_bytes: Counter::default(),
             memory_limit_bytes: Gauge::default(),
             memory_refusals: Counter::default(),
@@ -152,7 +153,6 @@ impl Default for EngineMetrics {
             shard_queue_depth: Family::default(),
             put_stage_seconds,
             stages,
-            snapshot_failing: Family::default(),
             commits_throttled: Counter::default(),
             batches_not_stored: Counter::default(),
             batches_deduplicated: Counter::default(),
@@ -184,6 +184,11 @@ impl EngineMetrics {
         r.register("snapshot_duration_seconds", "Time of one snapshot run of a shard", self.snapshot_seconds.clone());
         r.register("snapshot_bytes_written", "Parquet bytes written by snapshots", self.snapshot_bytes.clone());
         r.register("snapshot_rows_written", "Rows written to Parquet by snapshots", self.snapshot_rows.clone());
+        r.register(
+            "snapshot_failing",
+            "1 while a shard's last snapshot run failed (the WAL is kept and grows); 0 once one succeeds",
+            self.snapshot_failing.clone(),
+        );
         r.register(
             "evicted_bytes",
             "Arrow bytes dropped from memory after being snapshotted",
@@ -227,11 +232,6 @@ impl EngineMetrics {
         r.register("shard_queue_depth", "Requests waiting in a shard's inbox", self.shard_queue_depth.clone());
         r.register(
             "put_stage_seconds",
-        r.register(
-            "snapshot_failing",
-            "1 while a shard's last snapshot run failed (the WAL is kept and grows); 0 once one succeeds",
-            self.snapshot_failing.clone(),
-        );
             "Time a DoPut batch spends in each stage: decode, queue, commit_write, fdatasync (per commit), ack, send",
             self.put_stage_seconds.clone(),
         );
