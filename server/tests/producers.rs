@@ -176,7 +176,30 @@ async fn a_producer_retrying_everything_after_kill9_gets_every_row_exactly_once(
     let mut client = server.client().await;
     const N: u64 = 300;
     let stream = flight_data(path("once"), &with_seqs("gamma", 0..N));
-    let sending = tokio::spawn(async move { send(&mut client, stream).await });
+    // Paced (1 ms a batch) so the crash surely lands mid-stream.
+    let sending = tokio::spawn(async move {
+        let paced = futures::stream::iter(stream).then(|d| async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(d)
+        });
+        let mut acks = 0u64;
+        let mut error = None;
+        match client.do_put(paced).await {
+            Ok(mut results) => {
+                while let Some(r) = results.next().await {
+                    match r {
+                        Ok(_) => acks += 1,
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => error = Some(e),
+        }
+        (acks, error)
+    });
     // Kill once some batches are acknowledged (the stream is still going).
     loop {
         let m = server.metrics_text().await;
@@ -187,7 +210,6 @@ async fn a_producer_retrying_everything_after_kill9_gets_every_row_exactly_once(
     }
     server.kill9();
     let (acked, e) = sending.await.unwrap();
-    let acked = acked.len() as u64;
     assert!(acked < N, "the crash cut the stream short ({acked} acknowledged, {e:?})");
     let server = Server::start(&data, 1, &[]);
     let mut client = server.client().await;
