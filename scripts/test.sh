@@ -13,6 +13,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # tests/python/test_seccomp.py builds its filter with libseccomp's bindings,
 # packaged for the system interpreter only.
 /usr/bin/python3 -c 'import seccomp' 2>/dev/null || need_apt+=(python3-seccomp)
+# tests/python/test_metrics.py and test_monitoring.py: promtool (metrics
+# lint, rule unit tests) and a real Prometheus scraping the server.
+{ command -v promtool && command -v prometheus; } >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== apt-get install ${need_apt[*]}"
     $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,7 +72,14 @@ pub struct Inner {
     pub wal_commit_batches: Histogram,
     pub put_ack_seconds: Histogram,
     pub snapshot_operations: Family<StatusLabel, Counter>,
+    /// Snapshot runs without their compactions.
     pub snapshot_seconds: Histogram,
+    /// Per shard: Unix time of its last run over all datasets that
+    /// succeeded (absent until the first).
+    pub snapshot_last_success: Family<ShardLabel, Gauge<f64, AtomicU64>>,
+    pub compaction_seconds: Histogram,
+    pub compaction_bytes_read: Counter,
+    pub compaction_bytes_written: Counter,
     pub snapshot_bytes: Counter,
     pub snapshot_rows: Counter,
     /// Per shard: 1 while its last snapshot run (or the startup probe of a
@@ -118,6 +126,12 @@ impl Default for EngineMetrics {
             Histogram::new(exponential_buckets(5e-6, 2.0, 20))
         });
         let stages = Stage::ALL.map(|s| put_stage_seconds.get_or_create(&StageLabel { stage: s.name() }).clone());
+        // Both outcomes from the start, so that `increase(...{status="error"})`
+        // sees the first failure.
+        let snapshot_operations = Family::<StatusLabel, Counter>::default();
+        for status in ["ok", "error"] {
+            let _ = snapshot_operations.get_or_create(&StatusLabel { status });
+        }
         Self(Arc::new(Inner {
             wal_writes,
             wal_writes_ok,
@@ -128,9 +142,14 @@ impl Default for EngineMetrics {
             wal_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             // 20 µs .. ~2.6 s
             put_ack_seconds: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
-            snapshot_operations: Family::default(),
+            snapshot_operations,
             // 1 ms .. ~9 min
             snapshot_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
+            snapshot_last_success: Family::default(),
+            // 1 ms .. ~9 min
+            compaction_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
+            compaction_bytes_read: Counter::default(),
+            compaction_bytes_written: Counter::default(),
             snapshot_bytes: Counter::default(),
             snapshot_rows: Counter::default(),
             snapshot_failing: Family::default(),
@@ -181,7 +200,31 @@ impl EngineMetrics {
             self.put_ack_seconds.clone(),
         );
         r.register("snapshot_operations", "Dataset snapshots by outcome", self.snapshot_operations.clone());
-        r.register("snapshot_duration_seconds", "Time of one snapshot run of a shard", self.snapshot_seconds.clone());
+        r.register(
+            "snapshot_duration_seconds",
+            "Time of one snapshot run of a shard, without the compactions it started",
+            self.snapshot_seconds.clone(),
+        );
+        r.register(
+            "snapshot_last_success_timestamp_seconds",
+            "Unix time of a shard's last snapshot run over all its datasets that succeeded",
+            self.snapshot_last_success.clone(),
+        );
+        r.register(
+            "snapshot_compaction_duration_seconds",
+            "Time of one compaction: merged file written, manifest replaced, old files deleted",
+            self.compaction_seconds.clone(),
+        );
+        r.register(
+            "snapshot_compaction_bytes_read",
+            "Bytes of the snapshot files compactions merged",
+            self.compaction_bytes_read.clone(),
+        );
+        r.register(
+            "snapshot_compaction_bytes_written",
+            "Bytes of the merged files compactions wrote",
+            self.compaction_bytes_written.clone(),
+        );
         r.register("snapshot_bytes_written", "Parquet bytes written by snapshots", self.snapshot_bytes.clone());
         r.register("snapshot_rows_written", "Rows written to Parquet by snapshots", self.snapshot_rows.clone());
         r.register(

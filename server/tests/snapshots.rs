@@ -43,6 +43,7 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
     let text = server.metrics_text().await;
     assert!(text.contains("longbow_snapshot_operations_total{status=\"ok\"} 2"), "{text}");
     assert!(text.contains("longbow_snapshot_duration_seconds_count"), "{text}");
+    assert!(text.contains("longbow_snapshot_last_success_timestamp_seconds{shard=\"1\"}"), "{text}");
     assert!(report["wal_segments_deleted"].as_u64().unwrap() > 0, "covered segments are deleted: {report}");
     let files = parquet_files(&snaps.join("vec"));
     assert_eq!(files.len(), 1, "{files:?}");
@@ -73,16 +74,31 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
     assert_eq!(vec["snapshot_rows"], 8500);
     assert_eq!(vec["records"], 8650);
 
-    // The metrics endpoint parses as OpenMetrics text with the names we promise.
+    // The metrics endpoint: Prometheus text 0.0.4 by default, OpenMetrics
+    // text when asked (as Prometheus does), with the same samples and the
+    // names we promise.
     let text = server.metrics_text().await;
-    let body = text.split("\r\n\r\n").nth(1).unwrap();
-    let mut samples = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
-        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        samples.insert(name.to_owned(), v);
-    }
-    assert!(body.trim_end().ends_with("# EOF"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(!body.contains("# EOF"));
+    assert!(body.contains("# TYPE longbow_snapshot_operations_total counter\n"), "{body}");
+    let openmetrics = server.metrics_openmetrics().await;
+    let (om_head, om_body) = openmetrics.split_once("\r\n\r\n").unwrap();
+    assert!(om_head.contains("application/openmetrics-text; version=1.0.0"), "{om_head}");
+    assert!(om_body.trim_end().ends_with("# EOF"));
+    assert!(om_body.contains("# TYPE longbow_snapshot_operations counter\n"), "{om_body}");
+    let samples_of = |body: &str| {
+        let mut samples = BTreeMap::new();
+        for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+            let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            samples.insert(name.to_owned(), v);
+        }
+        samples
+    };
+    let samples = samples_of(body);
+    let om_samples = samples_of(om_body);
+    assert_eq!(samples.keys().collect::<Vec<_>>(), om_samples.keys().collect::<Vec<_>>());
     for name in [
         "longbow_wal_writes_total{status=\"ok\"}",
         "longbow_wal_replay_duration_seconds_count",
@@ -93,14 +109,30 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
         "longbow_shard_queue_depth{shard=\"0\"}",
         "longbow_flight_requests_total{method=\"DoGet\",code=\"OK\"}",
         "longbow_flight_request_duration_seconds_count{method=\"DoGet\"}",
+        "longbow_snapshot_operations_total{status=\"error\"}",
+        "longbow_flight_active_streams{method=\"DoPut\"}",
+        "longbow_do_get_rows_total",
+        "longbow_wal_disk_bytes{shard=\"1\"}",
+        "longbow_snapshot_lag_rows{shard=\"0\"}",
+        "longbow_volume_available_bytes{volume=\"snapshots\"}",
+        "longbow_build_info{version=\"0.1.0\"}",
         "process_resident_memory_bytes",
         "process_open_fds",
-        "process_cpu_seconds",
+        "process_max_fds",
+        "process_threads",
+        "process_virtual_memory_bytes",
+        "process_start_time_seconds",
+        "process_cpu_seconds_total",
     ] {
         assert!(samples.contains_key(name), "metric {name} missing from:\n{body}");
     }
     assert_eq!(samples["longbow_records"], 150.0, "rows in memory: the WAL tail; the rest is in Parquet");
     assert!(samples["process_resident_memory_bytes"] > 1e6);
+    assert_eq!(samples["longbow_snapshot_operations_total{status=\"error\"}"], 0.0);
+    assert!(samples["longbow_do_get_rows_total"] >= 8650.0, "the DoGet above");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let started = samples["process_start_time_seconds"];
+    assert!(started > now - 600.0 && started <= now + 1.0, "{started} vs {now}");
     server.terminate();
 }
 

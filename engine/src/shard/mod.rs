@@ -172,7 +172,22 @@ impl State {
                 }
             }
         }
-        ShardStats { memory_bytes: self.memory.get(), wal_bytes, wal_segments }
+        // Batches are in LSN order: those after `covered_lsn` are a suffix.
+        let (mut unsnapshotted_rows, mut unsnapshotted_batches) = (0, 0);
+        for d in self.catalog.borrow().datasets.values() {
+            let first = d.batches.partition_point(|(lsn, _)| *lsn <= d.covered_lsn);
+            unsnapshotted_batches += (d.batches.len() - first) as u64;
+            unsnapshotted_rows += d.batches[first..].iter().map(|(_, b)| b.num_rows() as u64).sum::<u64>();
+        }
+        ShardStats {
+            memory_bytes: self.memory.get(),
+            wal_bytes,
+            wal_segments,
+            unsnapshotted_rows,
+            unsnapshotted_batches,
+            wal_volume: request::VolumeUsage::of(&self.wal_dir),
+            snapshot_volume: request::VolumeUsage::of(&self.snapshot_root),
+        }
     }
 }
 

@@ -68,12 +68,43 @@ pub struct DatasetRead {
     pub batches: Vec<RecordBatch>,
 }
 
-/// A shard's figures for `get_stats`.
+/// A shard's figures for `get_stats` and the gateway's gauges.
 #[derive(Debug, Clone, Default)]
 pub struct ShardStats {
     pub memory_bytes: u64,
     pub wal_bytes: u64,
     pub wal_segments: u64,
+    /// Rows logged and not yet in any snapshot file (all in memory), and
+    /// their batches.
+    pub unsnapshotted_rows: u64,
+    pub unsnapshotted_batches: u64,
+    /// The filesystems of the shard's WAL directory and of the snapshot
+    /// root (`None` if `statvfs` failed).
+    pub wal_volume: Option<VolumeUsage>,
+    pub snapshot_volume: Option<VolumeUsage>,
+}
+
+/// A filesystem's size and free space, from `statvfs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeUsage {
+    pub size_bytes: u64,
+    /// Free for an unprivileged process (`f_bavail`): what Longbow can use.
+    pub available_bytes: u64,
+    /// Used by anyone (size - `f_bfree`).
+    pub used_bytes: u64,
+}
+
+impl VolumeUsage {
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        let s = nix::sys::statvfs::statvfs(path).ok()?;
+        let block = s.fragment_size() as u64;
+        let size_bytes = s.blocks() as u64 * block;
+        Some(Self {
+            size_bytes,
+            available_bytes: s.blocks_available() as u64 * block,
+            used_bytes: size_bytes.saturating_sub(s.blocks_free() as u64 * block),
+        })
+    }
 }
 
 /// What one snapshot request did.

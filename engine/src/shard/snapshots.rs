@@ -107,6 +107,9 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
 /// memory is tight, and deletes WAL segments every snapshot covers.
 async fn run(state: &Rc<State>, names: Option<Vec<String>>) -> Result<SnapshotReport> {
     let started = Instant::now();
+    // Compactions have their own histogram; `snapshot_seconds` leaves them out.
+    let mut compacting = std::time::Duration::ZERO;
+    let all = names.is_none();
     let permit = state.snapshot_lock.acquire_permit(1).await;
     let names = match names {
         Some(n) => n,
@@ -115,7 +118,17 @@ async fn run(state: &Rc<State>, names: Option<Vec<String>>) -> Result<SnapshotRe
     let mut report = SnapshotReport::default();
     let mut first_error = None;
     for name in names {
-        match snapshot_dataset(state, &name, &mut report).await {
+        let done = match snapshot_dataset(state, &name, &mut report).await {
+            Ok(Some(c)) => {
+                let t = Instant::now();
+                let r = compact(state, &name, &c.dir, c.schema, c.covered).await;
+                compacting += t.elapsed();
+                r
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(()) => {
                 state.metrics.snapshot_operations.get_or_create(&StatusLabel { status: "ok" }).inc();
             }
@@ -134,19 +147,38 @@ async fn run(state: &Rc<State>, names: Option<Vec<String>>) -> Result<SnapshotRe
         report.segments_deleted = truncate_wal(state).await?;
     }
     drop(permit);
-    state.metrics.snapshot_seconds.observe(started.elapsed().as_secs_f64());
+    state.metrics.snapshot_seconds.observe(started.elapsed().saturating_sub(compacting).as_secs_f64());
     match first_error {
         Some(e) => Err(e),
-        None => Ok(report),
+        None => {
+            if all {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                state
+                    .metrics
+                    .snapshot_last_success
+                    .get_or_create(&ShardLabel { shard: state.id })
+                    .set(now.as_secs_f64());
+            }
+            Ok(report)
+        }
     }
 }
 
-async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotReport) -> Result<()> {
+/// What `compact` needs after a dataset's snapshot.
+struct Compaction {
+    dir: std::path::PathBuf,
+    schema: arrow::datatypes::SchemaRef,
+    covered: u64,
+}
+
+/// Writes the dataset's new rows and its manifest; then a compaction may
+/// be due (the caller runs it, timed apart).
+async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotReport) -> Result<Option<Compaction>> {
     let (schema, batches, min_lsn, covered, mut files, producers) = {
         let cat = state.catalog.borrow();
-        let Some(d) = cat.datasets.get(name).filter(|d| d.durable) else { return Ok(()) };
+        let Some(d) = cat.datasets.get(name).filter(|d| d.durable) else { return Ok(None) };
         if d.has_manifest && d.covered_lsn >= d.last_lsn {
-            return Ok(()); // nothing new since the last snapshot
+            return Ok(None); // nothing new since the last snapshot
         }
         let pending: Vec<_> = d.unsnapshotted().cloned().collect();
         let min_lsn = pending.first().map_or(d.last_lsn, |(l, _)| *l);
@@ -178,17 +210,17 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
     snapshot::write_manifest(&dir, &manifest).await?;
     {
         let mut cat = state.catalog.borrow_mut();
-        let Some(d) = cat.datasets.get_mut(name) else { return Ok(()) };
+        let Some(d) = cat.datasets.get_mut(name) else { return Ok(None) };
         // Same incarnation (not dropped and created again meanwhile).
         if !(Arc::ptr_eq(&d.schema, &schema) && d.last_lsn >= covered) {
-            return Ok(());
+            return Ok(None);
         }
         d.files = files;
         d.covered_lsn = covered;
         d.has_manifest = true;
         report.datasets += 1;
     }
-    compact(state, name, &dir, schema, covered).await
+    Ok(Some(Compaction { dir, schema, covered }))
 }
 
 /// Merges a run of small snapshot files into one, so that a dataset
@@ -212,6 +244,7 @@ async fn compact(
         (snapshot::compaction_run(&d.files, d.evicted_lsn), d.evicted_lsn)
     };
     let Some(run) = run else { return Ok(()) };
+    let started = Instant::now();
     let (old, merged) = {
         let cat = state.catalog.borrow();
         let d = &cat.datasets[name];
@@ -250,6 +283,9 @@ async fn compact(
     }
     crate::wal::sync_dir(dir).await?;
     state.metrics.snapshot_compactions.inc();
+    state.metrics.compaction_bytes_read.inc_by(old.iter().map(|f| f.bytes).sum());
+    state.metrics.compaction_bytes_written.inc_by(bytes);
+    state.metrics.compaction_seconds.observe(started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -30,7 +30,9 @@ pub struct LongbowFlight {
 }
 
 impl LongbowFlight {
+    /// Also starts refreshing `metrics`' storage gauges from `engine`.
     pub fn new(engine: Engine, metrics: GatewayMetrics, admission: std::sync::Arc<do_put::Admission>) -> Self {
+        metrics.watch(engine.clone());
         Self { engine, metrics, admission }
     }
 }
@@ -100,7 +102,9 @@ impl FlightService for LongbowFlight {
         &self,
         _: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented("Longbow needs no handshake"))
+        let r = Err(Status::unimplemented("Longbow needs no handshake"));
+        self.metrics.observe("Handshake", std::time::Instant::now(), &r);
+        r
     }
 
     async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
@@ -128,7 +132,9 @@ impl FlightService for LongbowFlight {
     }
 
     async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("PollFlightInfo is not supported; use GetFlightInfo"))
+        let r = Err(Status::unimplemented("PollFlightInfo is not supported; use GetFlightInfo"));
+        self.metrics.observe("PollFlightInfo", std::time::Instant::now(), &r);
+        r
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
@@ -147,7 +153,7 @@ impl FlightService for LongbowFlight {
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let started = std::time::Instant::now();
+        let call = self.metrics.stream_call("DoGet");
         let r = async move {
             let name = dataset_from_ticket(&request.get_ref().ticket)?;
             let read = self.engine.get(&name).await.map_err(into_status)?;
@@ -182,36 +188,58 @@ impl FlightService for LongbowFlight {
                 })
             });
             let in_memory = futures::stream::iter(read.batches.into_iter().map(Ok));
+            let rows = self.metrics.do_get_rows.clone();
+            let batches = from_files.chain(in_memory).inspect(move |b| {
+                if let Ok(b) = b {
+                    rows.inc_by(b.num_rows() as u64);
+                }
+            });
+            let bytes = self.metrics.do_get_bytes.clone();
+            let count_bytes = move |d: &Result<FlightData, Status>| {
+                if let Ok(d) = d {
+                    bytes.inc_by((d.data_header.len() + d.data_body.len() + d.app_metadata.len()) as u64);
+                }
+            };
             let stream = FlightDataEncoderBuilder::new()
                 .with_schema(read.schema)
-                .build(from_files.chain(in_memory))
-                .map_err(Status::from);
-            Ok(Response::new(stream.boxed()))
+                .build(batches)
+                .map_err(Status::from)
+                .inspect(count_bytes);
+            Ok(stream.boxed())
         }
         .await;
-        self.metrics.observe("DoGet", started, &r);
-        r
+        match r {
+            Ok(stream) => Ok(Response::new(call.stream(stream))),
+            Err(e) => {
+                call.failed(&e);
+                Err(e)
+            }
+        }
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        let started = std::time::Instant::now();
-        let r = async move {
-            let stream = do_put::do_put(self.engine.clone(), self.admission.clone(), request.into_inner()).await?;
-            Ok(Response::new(stream))
+        // Until the response stream ends: its code is that of the batch
+        // that failed, if any (refusals come in the stream).
+        let call = self.metrics.stream_call("DoPut");
+        match do_put::do_put(self.engine.clone(), self.admission.clone(), request.into_inner()).await {
+            Ok(stream) => Ok(Response::new(call.stream(stream))),
+            Err(e) => {
+                call.failed(&e);
+                Err(e)
+            }
         }
-        .await;
-        self.metrics.observe("DoPut", started, &r);
-        r
     }
 
     async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented("DoExchange is not supported"))
+        let r = Err(Status::unimplemented("DoExchange is not supported"));
+        self.metrics.observe("DoExchange", std::time::Instant::now(), &r);
+        r
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let started = std::time::Instant::now();
-        let r = async move {
-            let action = request.into_inner();
+        let action = request.into_inner();
+        let r = async {
             match action.r#type.as_str() {
                 "get_stats" => {
                     let datasets = self.engine.list().await.map_err(into_status)?;
@@ -239,15 +267,19 @@ impl FlightService for LongbowFlight {
             }
         }
         .await;
-        self.metrics.observe("DoAction", started, &r);
+        let known = ACTIONS.iter().map(|(name, _)| *name).find(|name| *name == action.r#type);
+        self.metrics.observe_action(known.unwrap_or("unknown"), started, &r);
         r
     }
 
     async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let started = std::time::Instant::now();
         let out = ACTIONS.iter().map(|(name, description)| {
             Ok(ActionType { r#type: (*name).to_owned(), description: (*description).to_owned() })
         });
-        Ok(Response::new(futures::stream::iter(out.collect::<Vec<_>>()).boxed()))
+        let r = Ok(Response::new(futures::stream::iter(out.collect::<Vec<_>>()).boxed()));
+        self.metrics.observe("ListActions", started, &r);
+        r
     }
 }
 

@@ -122,16 +122,28 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// `/metrics` as a client sending no `Accept` gets it: Prometheus text
+    /// 0.0.4 (the whole response, headers included).
     pub async fn metrics_text(&self) -> String {
         self.http_get("/metrics").await
+    }
+
+    /// `/metrics` as Prometheus asks for it: OpenMetrics text.
+    pub async fn metrics_openmetrics(&self) -> String {
+        self.http_get_with("/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n").await
     }
 
     /// The whole HTTP/1.1 response (status line, headers, body) of a GET on
     /// the metrics port.
     pub async fn http_get(&self, path: &str) -> String {
+        self.http_get_with(path, "").await
+    }
+
+    /// As `http_get`, with more request headers (each ending in CRLF).
+    pub async fn http_get_with(&self, path: &str, headers: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(&self.metrics).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut out = String::new();
         stream.read_to_string(&mut out).await.unwrap();
