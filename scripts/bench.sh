@@ -14,7 +14,10 @@
 #   BENCH_DOCS=0        measure and print, but leave docs/benchmarks.md alone
 #   BENCH_QUICK=1       smaller fio files, snapshot and recovery jobs (the default for <= 2 s),
 #                       to check the script end to end in a few minutes
-#   BENCH_BUILD=0       use the binaries in target/release as they are (no cargo build)
+#   BENCH_BUILD=0       use the binaries in target/$BENCH_PROFILE as they are (no cargo build)
+#   BENCH_PROFILE=profiling   build and run the cargo profile of that name (default release,
+#                       which has no debuginfo); `profiling` is release plus debuginfo, for
+#                       `perf record --call-graph dwarf -p <pid>` on the servers it starts
 #   BENCH_TMPFS_GIB=N   size of the tmpfs for the WAL-on-tmpfs server and the fast snapshot
 #                       volume (default a quarter of available memory, 1 to 8 GiB)
 #   BENCH_MEM_LIMIT_MIB=256   LONGBOW_MAX_MEMORY of the memory-limited row (4x that is written)
@@ -42,15 +45,18 @@ avail_gib=$(awk '/^MemAvailable/ {print int($2 / 2^20)}' /proc/meminfo)
 TMPFS_GIB=${BENCH_TMPFS_GIB:-$(( avail_gib / 4 > 8 ? 8 : (avail_gib / 4 < 1 ? 1 : avail_gib / 4) ))}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio >/dev/null; }
 scripts/setup-python.sh
+PROFILE=${BENCH_PROFILE:-release}
+BIN=target/$PROFILE
 if [ "${BENCH_BUILD:-1}" != 0 ]; then
-    cargo build --release --locked -p longbow-server -p longbow-bench --bin longbow --bin longbow-bench 2>&1 | tail -1
+    cargo build --profile "$PROFILE" --locked -p longbow-server -p longbow-bench --bin longbow --bin longbow-bench 2>&1 | tail -1
 fi
-for b in target/release/longbow target/release/longbow-bench; do
-    [ -x "$b" ] || { echo "$b missing: build it (cargo build --release) or drop BENCH_BUILD=0" >&2; exit 1; }
+for b in "$BIN/longbow" "$BIN/longbow-bench"; do
+    [ -x "$b" ] || { echo "$b missing: build it (cargo build --profile $PROFILE) or drop BENCH_BUILD=0" >&2; exit 1; }
 done
 ulimit -l unlimited 2>/dev/null || true
 PY=.venv/bin/python
-BENCH=./target/release/longbow-bench
+# longbow-bench starts the longbow beside it (--spawn-server), from the same profile.
+BENCH=./$BIN/longbow-bench
 # A tmpfs left mounted by an interrupted run would stop rm -rf.
 mountpoint -q "$DIR/tmpfs" 2>/dev/null && umount "$DIR/tmpfs"
 rm -rf "$DIR" && mkdir -p "$DIR/tmp" "$OUT"
@@ -103,7 +109,7 @@ stop_server() {
 start_longbow() {
     local name=$1 port=$2 mport=$3 data=$4 snaps=$5
     shift 5
-    ./target/release/longbow --data-path "$data" --snapshot-path "$snaps" \
+    "./$BIN/longbow" --data-path "$data" --snapshot-path "$snaps" \
         --listen-addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$mport" "$@" \
         >"$DIR/$name.out" 2>>"$DIR/$name.log" &
     LB_PID=$!; pids+=("$LB_PID")
