@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "longbow"
+RULES = CHART.parents[1] / "prometheus" / "longbow-rules.yaml"
+DASHBOARD = CHART.parents[1] / "grafana" / "longbow.json"
 KUBE_VERSION = "1.30.0"
 VALUE_SETS = [None, "values-minimal.yaml", "values-full.yaml", "values-options.yaml"]
 
@@ -102,8 +104,44 @@ def test_statefulset_shape():
     assert sts["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"] == "Localhost"
     assert any(d["kind"] == "ServiceMonitor" for d in docs)
     assert any(d["kind"] == "PodDisruptionBudget" for d in docs)
-    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    cm = one(docs, "ConfigMap", "lb-longbow")
     assert "LONGBOW_MAX_MEMORY=8GiB" in cm["data"]["longbow.conf"]
+    assert sts["spec"]["replicas"] == 1
+    assert any(d["kind"] == "PrometheusRule" for d in docs)
+    assert one(docs, "ConfigMap", "lb-longbow-dashboard")["metadata"]["annotations"] == {"grafana_folder": "Storage"}
+
+
+def test_more_than_one_replica_fails_with_the_reason():
+    for n in (2, 3):
+        with pytest.raises(helm.HelmRenderError) as e:
+            render("values-full.yaml", overrides={"replicaCount": n})
+        message = str(e.value)
+        assert f"replicaCount is {n}: Longbow runs one replica until scale-out lands" in message, message
+        assert "Set replicaCount: 1" in message
+    for n in (0, 1):  # 0: scaled down for maintenance
+        assert one(render(overrides={"replicaCount": n}), "StatefulSet")["spec"]["replicas"] == n
+
+
+def test_alerts_and_dashboard_are_the_shipped_files():
+    """The PrometheusRule's spec is deploy/prometheus/longbow-rules.yaml and
+    the dashboard ConfigMap carries deploy/grafana/longbow.json, unchanged
+    (files/ links to them: one source)."""
+    for name in ("longbow-rules.yaml", "longbow-dashboard.json"):
+        assert (CHART / "files" / name).is_symlink()
+    docs = render(overrides={"prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+                             "grafanaDashboard": {"enabled": True, "labels": {"team": "data"}}})
+    rule = one(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["name"] == "lb-longbow"
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    assert "{{ $labels.instance }}" in rule["spec"]["groups"][0]["rules"][0]["annotations"]["summary"]
+    dashboard = one(docs, "ConfigMap", "lb-longbow-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["labels"]["team"] == "data"
+    assert json.loads(dashboard["data"]["longbow.json"]) == json.loads(DASHBOARD.read_text())
+    defaults = render()
+    assert not [d for d in defaults if d["kind"] == "PrometheusRule"]
+    assert [d["metadata"]["name"] for d in defaults if d["kind"] == "ConfigMap"] == ["lb-longbow"]
 
 
 SELECTOR = {"app.kubernetes.io/name": "longbow", "app.kubernetes.io/instance": "lb"}
@@ -318,6 +356,8 @@ BAD_VALUES = [
     {"terminationGracePeriodSeconds": -1},
     {"podDisruptionBudget": {"maxUnavailable": "half"}},
     {"tests": {"image": {"tag": ""}}},
+    {"prometheusRule": {"enabled": "yes"}},
+    {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
 ]
 
 
