@@ -2,8 +2,17 @@
 //!
 //! ```text
 //! $SNAPSHOTS/<dataset>/part-<max lsn, 20 digits>.parquet   rows logged up to that LSN
-//! $SNAPSHOTS/<dataset>/_manifest.json                      files + covered LSN + schema
+//! $SNAPSHOTS/.longbow/manifests/<dataset>.json             files + covered LSN + schema
+//! $SNAPSHOTS/.longbow/tmp/                                  files being written
 //! ```
+//!
+//! A dataset's directory holds complete Parquet files and nothing else:
+//! polars (`read_parquet(dir)`) reads every file under a directory,
+//! subdirectories and hidden names included, and pyarrow.dataset every file
+//! not starting with `.` or `_`, so manifests and temporary files live
+//! under `.longbow/` (a leading dot is never a dataset name). Manifests
+//! written by older versions as `<dataset>/_manifest.json` are moved there
+//! at start.
 //!
 //! A snapshot writes only the batches logged since the dataset's last one
 //! (cost proportional to new data), as a new file: temporary name, fsync,
@@ -11,8 +20,8 @@
 //! only then do the WAL segments it covers become deletable. A crash at any
 //! point leaves the previous manifest in force: a file it does not list is
 //! ignored at startup and deleted, and its rows are replayed from the WAL.
-//! Readers (DuckDB, pandas) see `*.parquet` files only once complete:
-//! temporary files end in `.tmp`, the manifest starts with `_`.
+//! Readers see a file only once complete: it is written under `.longbow/tmp/`
+//! and renamed into the dataset's directory.
 //!
 //! The root holds `.lock`, flock(2)-held while a server runs: two servers
 //! with different data directories but one snapshot path would each take
@@ -34,7 +43,11 @@ use crate::dataset::{ProducerSeqs, SnapshotFile};
 use crate::error::{Error, Result};
 use crate::wal::Lsn;
 
-pub const MANIFEST_FILE: &str = "_manifest.json";
+/// The manifest's name in a dataset directory before manifests moved out
+/// (read and moved at start).
+pub const LEGACY_MANIFEST_FILE: &str = "_manifest.json";
+/// Longbow's own files under the snapshot root.
+pub const META_DIR: &str = ".longbow";
 /// Bytes of encoded Parquet buffered before they are written out.
 const WRITE_CHUNK_BYTES: usize = 8 << 20;
 /// Writeback of a snapshot file is started every this many bytes (as
@@ -82,6 +95,36 @@ impl Manifest {
 
 pub fn dataset_dir(root: &Path, dataset: &str) -> PathBuf {
     root.join(dataset)
+}
+
+fn manifests_dir(root: &Path) -> PathBuf {
+    root.join(META_DIR).join("manifests")
+}
+
+fn tmp_dir(root: &Path) -> PathBuf {
+    root.join(META_DIR).join("tmp")
+}
+
+/// Where the manifest of `dataset` lives.
+pub fn manifest_path(root: &Path, dataset: &str) -> PathBuf {
+    manifests_dir(root).join(format!("{dataset}.json"))
+}
+
+/// The snapshot root of a dataset directory.
+fn root_of(dir: &Path) -> &Path {
+    dir.parent().expect("a dataset directory has the snapshot root as parent")
+}
+
+/// Creates `.longbow/manifests` and `.longbow/tmp`, durably.
+fn create_meta_dirs(root: &Path) -> Result<()> {
+    for dir in [manifests_dir(root), tmp_dir(root)] {
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(Error::io("creating snapshot metadata directory", &dir, 0))?;
+            crate::layout::sync_dir(dir.parent().expect("under the root"))?;
+            crate::layout::sync_dir(root)?;
+        }
+    }
+    Ok(())
 }
 
 /// Parquet compression for snapshot files. Chosen by measurement, see
@@ -189,13 +232,17 @@ pub fn probe_root(root: &Path) -> Result<RootProbe> {
 /// dataset directory that its manifest does not list are leftovers of an
 /// interrupted snapshot and are deleted.
 pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
+    create_meta_dirs(root)?;
     let mut out = Vec::new();
     for entry in crate::wal::list_dir(root, "listing snapshot directory")? {
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `.longbow`, `.lock`, probes: never a dataset (names cannot start with a dot).
+        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let dir = entry.path();
-        let path = dir.join(MANIFEST_FILE);
+        migrate_legacy_manifest(root, &name, &dir)?;
+        let path = manifest_path(root, &name);
         let text = match std::fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -212,10 +259,56 @@ pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
             offset: 0,
             reason: format!("unreadable manifest: {e}"),
         })?;
-        delete_unlisted(&dir, |name| name == MANIFEST_FILE || m.files.iter().any(|x| x.name == name))?;
+        roll_forward(&dir, &m)?;
+        delete_unlisted(&dir, |name| m.files.iter().any(|x| x.name == name))?;
         out.push(m);
     }
+    // What is left there was never listed by a manifest.
+    delete_unlisted(&tmp_dir(root), |_| false)?;
     Ok(out)
+}
+
+/// A merge whose manifest became durable before its file was renamed into
+/// place (a crash in between): finish the rename. A listed file found
+/// nowhere is damage.
+fn roll_forward(dir: &Path, m: &Manifest) -> Result<()> {
+    let mut moved = false;
+    for f in &m.files {
+        let path = dir.join(&f.name);
+        if path.exists() {
+            continue;
+        }
+        let tmp = temp_path(dir, &f.name);
+        if !tmp.exists() {
+            return Err(Error::Corrupt {
+                path,
+                offset: 0,
+                reason: "the manifest lists this snapshot file but it is missing".into(),
+            });
+        }
+        std::fs::rename(&tmp, &path).map_err(Error::io("finishing a snapshot merge", &tmp, 0))?;
+        tracing::info!(file = %path.display(), "finished a snapshot merge a crash interrupted");
+        moved = true;
+    }
+    if moved {
+        crate::layout::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Moves `<dataset>/_manifest.json` (older versions) to `.longbow/manifests/`.
+fn migrate_legacy_manifest(root: &Path, dataset: &str, dir: &Path) -> Result<()> {
+    let legacy = dir.join(LEGACY_MANIFEST_FILE);
+    if !legacy.exists() {
+        return Ok(());
+    }
+    let to = manifest_path(root, dataset);
+    std::fs::rename(&legacy, &to).map_err(Error::io("moving a snapshot manifest to .longbow/manifests", &legacy, 0))?;
+    // IMPORTANT: the new entry first: a power loss must not lose both.
+    crate::layout::sync_dir(&manifests_dir(root))?;
+    crate::layout::sync_dir(dir)?;
+    tracing::info!(dataset, to = %to.display(), "moved the snapshot manifest out of the dataset directory");
+    Ok(())
 }
 
 /// Deletes the files of a dataset's snapshot directory that `keep` does not
@@ -263,8 +356,30 @@ async fn write_atomically(
     name: &str,
     encode: impl FnOnce(&Path) -> Result<u64> + Send + 'static,
 ) -> Result<u64> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
+    let (tmp, bytes) = write_temp(dir, name, encode).await?;
+    if let Err(e) = install(&tmp, dir, name).await {
+        discard(&tmp);
+        return Err(e);
+    }
+    crate::wal::sync_dir(dir).await?;
+    Ok(bytes)
+}
+
+/// The temporary path under `.longbow/tmp` of file `name` of the dataset
+/// directory `dir`.
+fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    let dataset = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tmp_dir(root_of(dir)).join(format!("{dataset}.{name}.tmp"))
+}
+
+/// Runs `encode` on the shard's blocking thread (at low priority) to write
+/// and fsync the temporary file of `name`; returns its path and size.
+async fn write_temp(
+    dir: &Path,
+    name: &str,
+    encode: impl FnOnce(&Path) -> Result<u64> + Send + 'static,
+) -> Result<(PathBuf, u64)> {
+    let tmp = temp_path(dir, name);
     let job_tmp = tmp.clone();
     let written = glommio::executor()
         .spawn_blocking(move || {
@@ -273,19 +388,25 @@ async fn write_atomically(
         })
         .await;
     match written {
-        Ok(bytes) => {
-            if let Err(e) = glommio::io::rename(&tmp, &path).await {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::glommio("renaming snapshot file", &tmp, 0)(e));
-            }
-            crate::wal::sync_dir(dir).await?;
-            Ok(bytes)
-        }
+        Ok(bytes) => Ok((tmp, bytes)),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
     }
+}
+
+/// Renames a complete temporary file into the dataset directory (the
+/// caller fsyncs `dir`).
+/// The temporary file is left in place if the rename fails (a manifest may
+/// already list it: the next start rolls the rename forward).
+pub async fn install(tmp: &Path, dir: &Path, name: &str) -> Result<()> {
+    glommio::io::rename(tmp, dir.join(name)).await.map_err(Error::glommio("renaming snapshot file", tmp, 0))
+}
+
+/// Drops a temporary file that will not be installed.
+pub fn discard(tmp: &Path) {
+    let _ = std::fs::remove_file(tmp);
 }
 
 /// Snapshot encoding yields the CPU to acknowledgements: the calling
@@ -417,16 +538,20 @@ pub fn compaction_run(files: &[SnapshotFile], evicted_lsn: Lsn) -> Option<std::o
     None
 }
 
-/// Writes the rows of `sources` (in order) as one file `name` in `dir`,
-/// durably and atomically; streams them, one row group at a time.
+/// Writes the rows of `sources` (in order) as the durable temporary file
+/// of `name` in `dir`, streaming them one row group at a time; returns its
+/// path (to [`install`]) and size. The caller writes the manifest that lists
+/// it first, so that the swap for outside readers is one rename and a few
+/// deletes with nothing in between; a crash after the manifest rolls the
+/// install forward at start.
 pub async fn merge_files(
     dir: &Path,
     name: &str,
     schema: SchemaRef,
     sources: Vec<PathBuf>,
     compression: SnapshotCompression,
-) -> Result<u64> {
-    write_atomically(dir, name, move |tmp| {
+) -> Result<(PathBuf, u64)> {
+    write_temp(dir, name, move |tmp| {
         let batches = sources.into_iter().flat_map(|src| match SnapshotReader::open(&src) {
             Ok(reader) => Box::new(reader) as Box<dyn Iterator<Item = Result<RecordBatch>>>,
             Err(e) => Box::new(std::iter::once(Err(e))),
@@ -436,10 +561,11 @@ pub async fn merge_files(
     .await
 }
 
-/// Replaces the manifest of `dir` atomically.
+/// Replaces the manifest of the dataset whose directory is `dir`, atomically.
 pub async fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-    let path = dir.join(MANIFEST_FILE);
+    let root = root_of(dir);
+    let tmp = tmp_dir(root).join(format!("{}.manifest.tmp", manifest.dataset));
+    let path = manifest_path(root, &manifest.dataset);
     let bytes = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
     let file =
         glommio::io::BufferedFile::create(&tmp).await.map_err(Error::glommio("creating snapshot manifest", &tmp, 0))?;
@@ -451,11 +577,12 @@ pub async fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let _ = file.close().await;
     r?;
     glommio::io::rename(&tmp, &path).await.map_err(Error::glommio("renaming snapshot manifest", &tmp, 0))?;
-    crate::wal::sync_dir(dir).await
+    crate::wal::sync_dir(&manifests_dir(root)).await
 }
 
 /// Creates a dataset's snapshot directory (and makes its entry durable).
 pub async fn create_dataset_dir(root: &Path, dataset: &str) -> Result<PathBuf> {
+    create_meta_dirs(root)?;
     let dir = dataset_dir(root, dataset);
     if !dir.exists() {
         std::fs::create_dir_all(&dir).map_err(Error::io("creating snapshot directory", &dir, 0))?;
@@ -471,10 +598,10 @@ pub async fn remove_dataset_dir(root: &Path, dataset: &str) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    let manifest = dir.join(MANIFEST_FILE);
+    let manifest = manifest_path(root, dataset);
     if manifest.exists() {
         glommio::io::remove(&manifest).await.map_err(Error::glommio("removing snapshot manifest", &manifest, 0))?;
-        crate::wal::sync_dir(&dir).await?;
+        crate::wal::sync_dir(&manifests_dir(root)).await?;
     }
     std::fs::remove_dir_all(&dir).map_err(Error::io("removing snapshot directory", &dir, 0))?;
     crate::wal::sync_dir(root).await
@@ -572,7 +699,12 @@ mod tests {
                 write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file])).await.unwrap();
                 let names: Vec<_> =
                     std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-                assert_eq!(names.len(), 2, "{names:?}");
+                assert_eq!(
+                    names,
+                    vec!["part-1.parquet".to_owned()],
+                    "only complete Parquet files in a dataset directory"
+                );
+                assert!(manifest_path(&root, "ds").exists());
                 let read: Result<Vec<_>> = SnapshotReader::open(&d.join("part-1.parquet")).unwrap().collect();
                 assert_eq!(read.unwrap(), vec![batch.clone()]);
                 let manifests = load_manifests(&root).unwrap();

@@ -384,7 +384,7 @@ async fn default_relative_paths_work() {
     let _: Vec<_> = client.do_action(action).await.unwrap().try_collect().await.unwrap();
     assert_eq!(rows(&get(&mut client, "rel").await.unwrap()), 5);
     assert!(dir.path().join("data/LAYOUT").exists());
-    assert!(dir.path().join("snapshots/rel/_manifest.json").exists());
+    assert!(dir.path().join("snapshots/.longbow/manifests/rel.json").exists());
     child.kill().unwrap();
     child.wait().unwrap();
 }

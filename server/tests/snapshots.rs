@@ -47,7 +47,7 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
     assert!(report["wal_segments_deleted"].as_u64().unwrap() > 0, "covered segments are deleted: {report}");
     let files = parquet_files(&snaps.join("vec"));
     assert_eq!(files.len(), 1, "{files:?}");
-    assert!(snaps.join("vec").join("_manifest.json").exists());
+    assert!(snaps.join(".longbow/manifests/vec.json").exists());
     let after = action(&mut client, "get_stats", "").await.unwrap();
     assert!(after["wal_bytes"].as_u64() < before["wal_bytes"].as_u64(), "{before} -> {after}");
 
@@ -192,7 +192,7 @@ async fn kill9_during_snapshots_loses_nothing() {
         server.kill9();
         let _ = snap.await;
         for f in parquet_files(&snaps.join("crash")) {
-            let manifest = std::fs::read_to_string(snaps.join("crash/_manifest.json")).unwrap_or_default();
+            let manifest = std::fs::read_to_string(snaps.join(".longbow/manifests/crash.json")).unwrap_or_default();
             // A visible file not in the manifest would be deleted at start;
             // but it must still be a complete Parquet file.
             let bytes = std::fs::read(snaps.join("crash").join(&f)).unwrap();
@@ -467,5 +467,15 @@ async fn files_no_manifest_lists_are_deleted_at_start() {
     for ds in ["first", "second"] {
         assert_eq!(concat(&get(&mut client, ds).await.unwrap()), concat(&written), "{ds}: once each");
     }
+    server.kill9();
+    // A merge whose manifest was durable when the crash came, before its
+    // file was renamed into place: the next start finishes the rename.
+    let tmp = snaps.join(".longbow/tmp").join(format!("second.{}.tmp", second[0]));
+    std::fs::rename(snaps.join("second").join(&second[0]), &tmp).unwrap();
+    let server = Server::start(&data, 1, &[]);
+    assert_eq!(parquet_files(&snaps.join("second")), second, "rolled forward");
+    assert!(!tmp.exists());
+    let mut client = server.client().await;
+    assert_eq!(concat(&get(&mut client, "second").await.unwrap()), concat(&written));
     server.terminate();
 }
