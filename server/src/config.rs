@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_CONFIG")]
     pub config_file: Option<PathBuf>,
 
+    /// How often the LONGBOW_CONFIG file is checked for changes (`0s`: only
+    /// on SIGHUP). Kubernetes swaps a mounted ConfigMap's files within about
+    /// a minute of an edit; polling its content needs no inotify (which
+    /// misses the symlink flip) and no signal.
+    #[arg(long, env = "LONGBOW_CONFIG_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration_or_zero)]
+    pub config_poll_interval: Duration,
+
     /// WAL segments rotate at this size (e.g. 128MiB).
     #[arg(long, env = "LONGBOW_MAX_WAL_SIZE", default_value = "128MiB")]
     pub max_wal_size: ByteSize,

@@ -53,41 +53,66 @@ async fn report_poisoned_shards(metrics: EngineMetrics, health: tonic_health::se
     }
 }
 
-/// Re-reads the reloadable settings from the config file on every SIGHUP.
-/// A bad file is logged and ignored: the settings in force stay.
+/// Re-reads the reloadable settings from the config file on every SIGHUP,
+/// and whenever its content changes (a mounted ConfigMap edited: no restart,
+/// no signal needed). A bad file is logged and ignored: the settings in
+/// force stay.
 async fn reload_on_sighup(
     engine: Engine,
     base: longbow_engine::engine::Settings,
     file: Option<std::path::PathBuf>,
     reloads: Family<StatusLabel, Counter>,
     mut hup: tokio::signal::unix::Signal,
+    poll_every: Duration,
 ) {
-    while hup.recv().await.is_some() {
+    let read = |f: &std::path::Path| std::fs::read(f).ok();
+    let mut seen = file.as_deref().and_then(read);
+    // Zero turns the watcher off (an interval of a year is never reached).
+    let watching = !poll_every.is_zero();
+    let mut poll = tokio::time::interval(if watching { poll_every } else { Duration::from_secs(365 * 86_400) });
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            signal = hup.recv() => match signal {
+                Some(()) => "SIGHUP",
+                None => return,
+            },
+            _ = poll.tick() => {
+                let Some(f) = file.as_ref().filter(|_| watching) else { continue };
+                let now = read(f);
+                if now.is_none() || now == seen {
+                    continue; // unchanged, or mid-swap: look again next time
+                }
+                "config file changed"
+            }
+        };
         let Some(file) = &file else {
             tracing::warn!("SIGHUP: no LONGBOW_CONFIG file is set; the environment cannot change, nothing to reload");
             reloads.get_or_create(&StatusLabel { status: "error" }).inc();
             continue;
         };
+        seen = read(file);
         let old = engine.settings();
         match config::apply_file(base, file) {
             Ok(new) => match engine.reconfigure(new).await {
                 Ok(()) => {
                     tracing::info!(
+                        trigger = why,
                         old_max_memory = old.max_memory,
                         new_max_memory = new.max_memory,
                         old_snapshot_interval = ?old.snapshot_interval,
                         new_snapshot_interval = ?new.snapshot_interval,
-                        "SIGHUP: settings reloaded"
+                        "{why}: settings reloaded"
                     );
                     reloads.get_or_create(&StatusLabel { status: "ok" }).inc();
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: applying settings failed");
+                    tracing::error!(trigger = why, error = %e, "{why}: applying settings failed");
                     reloads.get_or_create(&StatusLabel { status: "error" }).inc();
                 }
             },
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: config file rejected; the settings in force stay");
+                tracing::error!(trigger = why, error = %e, "{why}: config file rejected; the settings in force stay");
                 reloads.get_or_create(&StatusLabel { status: "error" }).inc();
             }
         }
@@ -227,7 +252,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     // Registered before the server is reachable: SIGHUP's default action
     // would terminate the process.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(ServerError::Signal)?;
-    tokio::spawn(reload_on_sighup(engine.clone(), base, config.config_file.clone(), reloads, hup));
+    tokio::spawn(reload_on_sighup(
+        engine.clone(),
+        base,
+        config.config_file.clone(),
+        reloads,
+        hup,
+        config.config_poll_interval,
+    ));
 
     let flight_listener = TcpListener::bind(config.listen_addr)
         .await

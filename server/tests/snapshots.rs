@@ -215,6 +215,45 @@ async fn kill9_during_snapshots_loses_nothing() {
     server.terminate();
 }
 
+/// A mounted ConfigMap is edited the way the kubelet does it: a new
+/// directory of files, then the `..data` symlink flipped over to it. The
+/// server notices the content change and reloads, with no signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_configmap_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mount = dir.path().join("config");
+    let publish = |version: &str, text: &str| {
+        let v = mount.join(version);
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(v.join("longbow.conf"), text).unwrap();
+        let tmp = mount.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    };
+    publish("v1", "LONGBOW_MAX_MEMORY=1GiB\n");
+    std::os::unix::fs::symlink("..data/longbow.conf", mount.join("longbow.conf")).unwrap();
+    let conf = mount.join("longbow.conf");
+    let args = ["--config-file", conf.to_str().unwrap(), "--config-poll-interval", "100ms"];
+    let server = Server::start(&data, 1, &args);
+    let mut client = server.client().await;
+    assert_eq!(action(&mut client, "get_stats", "").await.unwrap()["max_memory_bytes"], 1 << 30);
+    publish("v2", "LONGBOW_MAX_MEMORY=3GiB\nLONGBOW_SNAPSHOT_INTERVAL=45s\n");
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..100 {
+        stats = action(&mut client, "get_stats", "").await.unwrap();
+        if stats["max_memory_bytes"] == 3u64 << 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats["max_memory_bytes"], 3u64 << 30, "reloaded without a signal");
+    assert_eq!(stats["snapshot_interval_seconds"], 45.0);
+    assert!(server.log().contains("config file changed: settings reloaded"), "{}", server.log());
+    server.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,7 +261,8 @@ async fn sighup_reloads_the_config_file() {
     let conf = dir.path().join("longbow.conf");
     std::fs::write(&conf, "# reloadable settings\nLONGBOW_MAX_MEMORY=1GiB\nLONGBOW_SNAPSHOT_INTERVAL=10m\n").unwrap();
     let conf_arg = conf.to_str().unwrap().to_owned();
-    let server = Server::start(&data, 1, &["--config-file", &conf_arg]);
+    // The file watcher off: only SIGHUP reloads here (counts are exact).
+    let server = Server::start(&data, 1, &["--config-file", &conf_arg, "--config-poll-interval", "0s"]);
     let mut client = server.client().await;
     let stats = action(&mut client, "get_stats", "").await.unwrap();
     assert_eq!(stats["max_memory_bytes"], 1 << 30);
