@@ -171,12 +171,15 @@ lat pyarrow-null-sink 3200
 mem_bytes=$(( MEM_FACTOR * MEM_LIMIT_MIB * 2**20 ))
 echo "## memory limit: one producer writes ${MEM_FACTOR}x LONGBOW_MAX_MEMORY=${MEM_LIMIT_MIB}MiB, and the same into longbow without a limit"
 echo "{\"limit_mib\": $MEM_LIMIT_MIB, \"factor\": $MEM_FACTOR, \"bytes\": $mem_bytes}" >"$OUT/memory-limit.json"
-for variant in unlimited limited; do
+for variant in unlimited limited limited-16; do
     extra=()
-    if [ "$variant" = limited ]; then extra=(--max-memory "${MEM_LIMIT_MIB}MiB"); fi
+    streams=1
+    if [ "$variant" != unlimited ]; then extra=(--max-memory "${MEM_LIMIT_MIB}MiB"); fi
+    # 16 producers on 16 connections, each writing ${MEM_FACTOR}x the limit: the RSS bound's per-connection term.
+    if [ "$variant" = limited-16 ]; then streams=16; fi
     # WAL on disk as in the on-disk rows; snapshots on the tmpfs, a volume fast enough to keep up.
     start_longbow "longbow-$variant" 3002 9092 "$DIR/data-$variant" "$TMPFS/snapshots-$variant" "${extra[@]}"
-    put --addr 127.0.0.1:3002 --streams 1 --bytes "$mem_bytes" --seconds $(( SECS_INT * 30 > 300 ? SECS_INT * 30 : 300 )) \
+    put --addr 127.0.0.1:3002 --streams "$streams" --bytes $(( mem_bytes * streams )) --seconds $(( SECS_INT * 30 > 300 ? SECS_INT * 30 : 300 )) \
         --rss-pid "$LB_PID" --verify --label "longbow-$variant" --dataset mem | tee -a "$OUT/memory.jsonl"
     curl -s 127.0.0.1:9092/metrics >"$OUT/metrics-longbow-$variant.txt" || true
     grep -E '^longbow_(snapshot_operations|memory_bytes|memory_limit_bytes)' "$OUT/metrics-longbow-$variant.txt" \

@@ -147,14 +147,15 @@ def render(res: Path) -> str:
                 f"({limit.get('limit_mib', '?')} MiB)", "",
                 "| server | MB/s | seconds | errors | RSS peak MiB | rows acknowledged | rows stored (DoGet) |",
                 "|---|---|---|---|---|---|---|"]
-        for label in ["longbow-unlimited", "longbow-limited"]:
+        for label in ["longbow-unlimited", "longbow-limited", "longbow-limited-16"]:
             r = mem.get(label)
             if r:
                 rss = max(r.get("rss_peak_mib", 0), r.get("rss_hwm_mib", 0))
                 out.append(f"| {label} | {n(r['mb_per_s'], 1)} | {r['seconds']:.1f} | {r['errors']} | {n(rss)} | "
                            f"{n(r['rows_acked'])} | {n(r.get('rows_stored'))} |")
-        out += ["", "Both fresh, WAL on the data volume, snapshots on the tmpfs; RSS sampled every 50 ms "
-                    "(and VmHWM) while the producer runs, before the rows are read back.", ""]
+        out += ["", "Each fresh, WAL on the data volume, snapshots on the tmpfs; RSS sampled every 50 ms "
+                    "(and VmHWM) while the producers run, before the rows are read back. `longbow-limited-16`: "
+                    "16 producers on 16 connections, each writing the same amount as the one producer.", ""]
 
     rust = res / "rust.json"
     if rust.exists():

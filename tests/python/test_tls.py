@@ -193,6 +193,9 @@ def test_helm_chart_mounts_the_tls_secret(client_auth):
 
     chart_dir = ROOT / "deploy" / "helm" / "longbow"
     values = {"tls": {"enabled": True, "secretName": "longbow-tls", "clientAuth": client_auth}}
+    if client_auth:
+        # The helm test pod then needs a client certificate of its own.
+        values["tests"] = {"tlsClientSecretName": "longbow-tls-client"}
     report = helm.lint(chart_dir, values, strict=True, kube_version="v1.30.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
