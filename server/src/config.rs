@@ -20,7 +20,18 @@ pub enum OnCorruption {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "longbow", version, about = "Longbow: a durable, high-ingest Arrow Flight store")]
+#[command(
+    name = "longbow",
+    version,
+    about = "Longbow: a durable, high-ingest Arrow Flight store",
+    after_help = "Offline tools (read a stopped server's directories, or copies; change nothing):\n  \
+                  longbow wal verify DIR    checksums, commits and the LSN chain; exit 0 clean or torn tail, 3 damage\n  \
+                  longbow wal dump DIR [--dataset D] [--from-lsn N] [--json]\n  \
+                  \x20                         segments, commits and frames\n  \
+                  longbow snapshot ls DIR   datasets, files, rows and covered LSNs of the snapshot manifests\n\
+                  DIR: the data directory or one shard-N in it; for snapshot ls, the snapshot directory. \
+                  More: `longbow wal --help`, `longbow snapshot --help`."
+)]
 pub struct Config {
     /// Address of the Arrow Flight (gRPC) service.
     #[arg(long, env = "LONGBOW_LISTEN_ADDR", default_value = "0.0.0.0:3000")]

@@ -14,6 +14,9 @@
 //!   have not arrived, tonic's client-error statuses corrected.
 //! - [`tls`]: optional TLS (and mutual TLS) on the Flight port; metrics stay
 //!   plain HTTP.
+//! - [`tools`]: the offline `longbow wal verify|dump` and `longbow snapshot
+//!   ls`, which `main.rs` runs instead of the server when the first argument
+//!   names one.
 
 pub mod auth;
 pub mod config;
@@ -23,6 +26,7 @@ pub mod memlock;
 pub mod metrics;
 pub mod nofile;
 pub mod tls;
+pub mod tools;
 pub mod transport;
 
 use std::future::Future;

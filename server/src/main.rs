@@ -22,6 +22,12 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1_000;
 
 fn main() -> anyhow::Result<()> {
+    // The offline tools (`longbow wal …`, `longbow snapshot …`) parse their
+    // own arguments, before the server's parser and without its flags or
+    // LONGBOW_* variables.
+    if let Some(code) = longbow_server::tools::dispatch(&std::env::args_os().collect::<Vec<_>>()) {
+        std::process::exit(code.into());
+    }
     // SAFETY: a plain option setter; mimalloc reads the option at each purge.
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };

@@ -229,7 +229,7 @@ async fn read_full(reader: &mut glommio::io::DmaStreamReader, out: &mut [u8]) ->
 /// Looks past the end of the log at `from` for an intact frame of this
 /// segment that starts a later commit, and for any non-zero byte. Only an
 /// unsealed segment (after a crash) pays for this.
-fn scan_after(path: &Path, segment_id: u64, from: u64) -> Result<(Option<u64>, bool)> {
+pub fn scan_after(path: &Path, segment_id: u64, from: u64) -> Result<(Option<u64>, bool)> {
     use std::io::{Read, Seek};
     // Only the part after the log's end (usually one torn commit) is read.
     let mut rest = Vec::new();
