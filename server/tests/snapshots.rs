@@ -47,7 +47,11 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(snaps.join("vec").join("_manifest.json").exists());
     let after = action(&mut client, "get_stats", "").await.unwrap();
-    assert!(after["wal_bytes"].as_u64() < before["wal_bytes"].as_u64(), "{before} -> {after}");
+    // Released: fewer segments; some kept as free files for new segments
+    // (they count in wal_bytes, which does not grow).
+    assert!(after["wal_segments"].as_u64() < before["wal_segments"].as_u64(), "{before} -> {after}");
+    assert!(after["wal_bytes"].as_u64() <= before["wal_bytes"].as_u64(), "{before} -> {after}");
+    assert!(after["wal_free_files"].as_u64().unwrap() >= 1, "{after}");
 
     // A second snapshot writes only what is new.
     let second = batches(100_000, 5, 100);
@@ -279,7 +283,11 @@ async fn ingest_beyond_the_memory_limit_stays_bounded_and_readable() {
     let total: u64 = written.iter().map(|b| b.get_array_memory_size() as u64).sum();
     assert!(total > 5 * LIMIT, "wrote {total} bytes");
     let stats = action(&mut client, "get_stats", "").await.unwrap();
-    assert!(stats["memory_bytes"].as_u64().unwrap() <= LIMIT, "{stats}");
+    // A shard checks its budget before a group commit, so the last one may
+    // go over by up to a commit until the snapshot it asked for evicts (the
+    // bound docs/reliability.md gives, soak `memory_metric`).
+    let bound = LIMIT + longbow_engine::limits::GROUP_COMMIT_BYTES_MAX;
+    assert!(stats["memory_bytes"].as_u64().unwrap() <= bound, "{stats}");
     // Fixed overhead: glommio's DMA pool, a Parquet row group being encoded,
     // the gRPC buffers of one batch in flight.
     let overhead = 96 << 20;

@@ -29,8 +29,11 @@ pub struct DatasetRead {
 #[derive(Debug, Clone, Default)]
 pub struct ShardStats {
     pub memory_bytes: u64,
+    /// Every file in the WAL directory: segments and free files.
     pub wal_bytes: u64,
     pub wal_segments: u64,
+    /// Free files (preallocated or recycled) waiting to become segments.
+    pub wal_free_files: u64,
 }
 
 /// What one snapshot request did.
