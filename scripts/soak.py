@@ -20,8 +20,11 @@ endpoint; at the end it checks:
                  GROUP_COMMIT_BYTES_MAX = 4 MiB)
   fds            open descriptors, once all clients have disconnected, within
                  8 of the count after warm-up (clients disconnected too)
-  wal            WAL on disk never above max_memory + shards x (4 MiB + 2 x
-                 segment size): what snapshots do not cover yet is in memory
+  wal            WAL on disk never above max_memory + shards x (4 MiB + (3 +
+                 WAL_RECYCLE_SEGMENTS) x segment size): what snapshots do not
+                 cover yet is in memory; per shard the open segment (its file
+                 preallocated), a partly covered one, and the free files
+                 (recycled ones, plus one preallocated next file)
   errors         no error other than UNAVAILABLE (back-pressure: the writer
                  backs off and sends the same batch again), no stalled or
                  hung client, the server never exits, exits 0 on SIGTERM, and
@@ -64,6 +67,7 @@ FIXED_OVERHEAD_PER_SHARD = 96 * MIB
 # its own connection.
 PER_STREAM = 16 * MIB
 GROUP_COMMIT_BYTES_MAX = 4 * MIB  # engine/src/limits.rs
+WAL_RECYCLE_SEGMENTS = 2  # the server's default (WAL_RECYCLE_SEGMENTS_DEFAULT, engine/src/limits.rs)
 FD_DELTA = 8
 STALL_SECONDS = 120  # a writer with no acknowledgement and no error for this long is hung
 
@@ -552,7 +556,7 @@ def main():
         mem_max = max((s.get("longbow_memory_bytes") or 0) for s in smp)
         mem_bound = a.max_memory + a.shards * GROUP_COMMIT_BYTES_MAX
         wal_max = max(s["wal"] for s in smp)
-        wal_bound = a.max_memory + a.shards * (GROUP_COMMIT_BYTES_MAX + 2 * a.wal_segment)
+        wal_bound = a.max_memory + a.shards * (GROUP_COMMIT_BYTES_MAX + (3 + WAL_RECYCLE_SEGMENTS) * a.wal_segment)
         half = len(soak) // 2
         checks = {
             "exactly_once": not problems and not problems_after,

@@ -39,8 +39,12 @@ pub struct EngineConfig {
     /// Bytes of Arrow data held in memory across all shards (0 = no limit).
     pub max_memory: u64,
     pub shards: usize,
-    /// Segments rotate once they would grow past this.
+    /// Length of every WAL segment file (preallocated); a commit that would
+    /// not fit goes to the next segment.
     pub segment_bytes_max: u64,
+    /// Sealed segments that snapshots covered are kept, up to this many per
+    /// shard, as free files for new segments instead of being deleted.
+    pub wal_recycle_segments: usize,
     pub corruption: CorruptionPolicy,
     /// Pin shard `k` to the `k`-th CPU this process may run on.
     pub pin_cores: bool,
@@ -65,6 +69,7 @@ impl EngineConfig {
             data_path,
             shards,
             segment_bytes_max: 8 * crate::limits::MIB,
+            wal_recycle_segments: crate::limits::WAL_RECYCLE_SEGMENTS_DEFAULT,
             corruption: CorruptionPolicy::Refuse,
             pin_cores: false,
             backpressure_timeout: Duration::from_secs(30),
@@ -190,6 +195,7 @@ impl Engine {
                 migrate_from: sources.clone(),
                 policy: config.corruption,
                 segment_bytes_max: config.segment_bytes_max.max(SEGMENT_BYTES_MIN),
+                recycle_segments: config.wal_recycle_segments,
                 manifests: std::mem::take(&mut manifests[k]),
             };
             let setup = ShardSetup {
@@ -272,7 +278,8 @@ impl Engine {
             // generation and synced; only now may the old one go.
             let next = Layout { shards: config.shards, generation: current.generation + 1 };
             layout::write(data, next)?;
-            layout::clean(data, next.generation)?;
+            // Not `clean`: the shards run, and may be preallocating files.
+            layout::remove_other_generations(data, next.generation)?;
             layout::remove_retired_dirs(data, next.shards)?;
             tracing::info!(shards = next.shards, generation = next.generation, "shard-count change complete");
         }

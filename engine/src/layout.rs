@@ -6,7 +6,12 @@
 //! $DATA/LOCK              flock(2)-held while a server runs
 //! $DATA/LAYOUT            {"shards": N, "generation": G}, replaced atomically
 //! $DATA/shard-<k>/<id>.wal WAL segments; each header names its generation
+//! $DATA/shard-<k>/.free-<n>.wal free files for new segments (no records, no generation)
 //! ```
+//!
+//! Free files (`wal/free.rs`) are never segments: a shard-count change
+//! neither replays nor deletes them, and the new generation's segments in
+//! that directory reuse them.
 //!
 //! A change of shard count from M to N runs in three steps:
 //! 1. every new shard replays all M old directories (segment lists taken
@@ -152,29 +157,46 @@ fn read_header(path: &Path) -> std::io::Result<Option<SegmentHeader>> {
     Ok(SegmentHeader::decode(&buf).ok())
 }
 
-/// Deletes every segment whose generation is not `generation` (left by an
-/// interrupted shard-count change) and the temporary files of segments a
-/// crash caught being created (they never held a record). A segment whose
-/// header is missing or damaged is corruption: segments get their names
-/// only once their header is durable. Returns each directory's remaining
-/// segments.
+/// Cleans the WAL directories before any shard starts: deletes the
+/// temporary files a crash left (segments caught in their creation, which
+/// never held a record, and free files caught in their preallocation), then
+/// the segments of other generations ([`remove_other_generations`]). Free
+/// files are kept. Returns each directory's remaining segments.
 pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
-    let mut out = Vec::new();
     for k in shard_dirs(data)? {
         let dir = shard_dir(data, k);
         let mut deleted = false;
         for entry in crate::wal::list_dir(&dir, "listing WAL directory")? {
             let name = entry.file_name();
-            if name.to_str().is_some_and(crate::wal::is_segment_tmp_name) {
-                tracing::warn!(file = %entry.path().display(), "deleting a WAL segment a crash caught during its creation (it holds no records)");
-                std::fs::remove_file(entry.path()).map_err(Error::io(
-                    "deleting unfinished segment",
-                    entry.path(),
-                    0,
-                ))?;
-                deleted = true;
-            }
+            let Some(name) = name.to_str() else { continue };
+            let what = if crate::wal::is_segment_tmp_name(name) {
+                "deleting a WAL segment a crash caught during its creation (it holds no records)"
+            } else if crate::wal::free::is_free_tmp_name(name) {
+                "deleting a free WAL file a crash caught while it was being preallocated"
+            } else {
+                continue;
+            };
+            tracing::warn!(file = %entry.path().display(), "{what}");
+            std::fs::remove_file(entry.path()).map_err(Error::io("deleting unfinished WAL file", entry.path(), 0))?;
+            deleted = true;
         }
+        if deleted {
+            sync_dir(&dir)?;
+        }
+    }
+    remove_other_generations(data, generation)
+}
+
+/// Deletes every segment whose generation is not `generation` (left by an
+/// interrupted shard-count change, or the old one once a change is
+/// complete). A segment whose header is missing or damaged is corruption:
+/// segments get their names only once their header is durable. Touches no
+/// file a running shard writes. Returns each directory's remaining segments.
+pub fn remove_other_generations(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
+    let mut out = Vec::new();
+    for k in shard_dirs(data)? {
+        let dir = shard_dir(data, k);
+        let mut deleted = false;
         let mut keep = Vec::new();
         for seg in list_segments(&dir)? {
             let header = read_header(&seg.path).map_err(Error::io("reading segment header", &seg.path, 0))?;
@@ -186,7 +208,7 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
                 });
             };
             if header.generation != generation {
-                tracing::info!(file = %seg.path.display(), "deleting WAL segment left by an interrupted shard-count change");
+                tracing::info!(file = %seg.path.display(), "deleting WAL segment of another generation");
                 std::fs::remove_file(&seg.path).map_err(Error::io("deleting stale segment", &seg.path, 0))?;
                 deleted = true;
             } else {
@@ -202,7 +224,8 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
 }
 
 /// After a shard-count change became current: drops the directories of
-/// shards that no longer exist (their segments are already deleted).
+/// shards that no longer exist (their segments are already deleted; their
+/// free files go with them).
 pub fn remove_retired_dirs(data: &Path, shards: usize) -> Result<()> {
     for k in shard_dirs(data)? {
         if k >= shards {

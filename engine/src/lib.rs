@@ -11,7 +11,9 @@
 //!   (`handle.rs`), and startup replay (`recovery.rs`).
 //! - [`wal`]: segment files written with O_DIRECT (`mod.rs`), the frame
 //!   format (`format.rs`, pure and property-tested), the Arrow IPC payload
-//!   (`ipc.rs`) and torn-tail versus corruption detection (`replay.rs`).
+//!   (`ipc.rs`), preallocated and recycled segment files (`free.rs`: no
+//!   commit extends a file) and torn-tail versus corruption detection
+//!   (`replay.rs`).
 //! - [`snapshot`]: Parquet files and manifests (atomic writes, merging);
 //!   the shard's snapshot worker is `shard/snapshots.rs`.
 //! - [`dataset`]: in-memory batches, schemas and name rules; no I/O.

@@ -39,6 +39,14 @@ pub const FRAME_PAYLOAD_BYTES_MAX: u64 = 1024 * MIB;
 /// Smallest segment size; the configured size is clamped up to it.
 pub const SEGMENT_BYTES_MIN: u64 = MIB;
 
+/// Write size while preallocating a WAL segment file with zeros (one
+/// registered DMA buffer, reused).
+pub const WAL_ZERO_FILL_BYTES: u64 = MIB;
+
+/// Covered WAL segments kept as free files for new segments, per shard,
+/// unless configured otherwise (`EngineConfig::wal_recycle_segments`).
+pub const WAL_RECYCLE_SEGMENTS_DEFAULT: usize = 2;
+
 /// Read size while replaying a segment.
 pub const REPLAY_READ_BYTES: usize = 8 * MIB as usize;
 
@@ -58,3 +66,4 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 * KIB;
 
 const _: () = assert!(GROUP_COMMIT_BYTES_MAX < SHARD_IO_MEMORY_BYTES as u64);
 const _: () = assert!(SEGMENT_BYTES_MIN > GROUP_COMMIT_BYTES_MAX / 8);
+const _: () = assert!(WAL_ZERO_FILL_BYTES < SHARD_IO_MEMORY_BYTES as u64 / 8);

@@ -92,6 +92,10 @@ pub struct Inner {
     pub snapshot_compactions: Counter,
     pub shards_poisoned: Gauge,
     pub wal_segments_created: Counter,
+    pub wal_segments_recycled: Counter,
+    pub wal_files_preallocated: Counter,
+    pub wal_rotations_unprepared: Counter,
+    pub wal_extending_writes: Counter,
     pub wal_replay_seconds: Histogram,
     pub wal_replay_bytes: Counter,
     pub wal_torn_tails: Counter,
@@ -160,6 +164,10 @@ impl Default for EngineMetrics {
             snapshot_compactions: Counter::default(),
             shards_poisoned: Gauge::default(),
             wal_segments_created: Counter::default(),
+            wal_segments_recycled: Counter::default(),
+            wal_files_preallocated: Counter::default(),
+            wal_rotations_unprepared: Counter::default(),
+            wal_extending_writes: Counter::default(),
             // 1 ms .. ~9 min
             wal_replay_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
             wal_replay_bytes: Counter::default(),
@@ -245,8 +253,28 @@ impl EngineMetrics {
         );
         r.register(
             "wal_segments_deleted",
-            "WAL segments deleted once snapshots covered them",
+            "WAL segments released once snapshots covered them (deleted, or kept as free files: wal_segments_recycled)",
             self.wal_segments_deleted.clone(),
+        );
+        r.register(
+            "wal_segments_recycled",
+            "Covered WAL segments kept as free files for new segments instead of deleted",
+            self.wal_segments_recycled.clone(),
+        );
+        r.register(
+            "wal_files_preallocated",
+            "Free WAL files made in the background by writing zeros over a new file",
+            self.wal_files_preallocated.clone(),
+        );
+        r.register(
+            "wal_rotations_unprepared",
+            "Segment rotations that found no free file ready and waited for one (or made one)",
+            self.wal_rotations_unprepared.clone(),
+        );
+        r.register(
+            "wal_extending_writes",
+            "WAL writes that extended their file (a commit larger than a segment, or a segment not preallocated)",
+            self.wal_extending_writes.clone(),
         );
         r.register(
             "shards_poisoned",

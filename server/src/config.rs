@@ -101,9 +101,15 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_CONFIG_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration_or_zero)]
     pub config_poll_interval: Duration,
 
-    /// WAL segments rotate at this size (e.g. 128MiB).
+    /// WAL segments rotate at this size (e.g. 128MiB); every segment file
+    /// is preallocated to it.
     #[arg(long, env = "LONGBOW_MAX_WAL_SIZE", default_value = "128MiB")]
     pub max_wal_size: ByteSize,
+
+    /// WAL segments that snapshots covered are kept, up to this many per
+    /// shard, as free files that new segments reuse (0 = delete them all).
+    #[arg(long, env = "LONGBOW_WAL_RECYCLE_SEGMENTS", default_value_t = longbow_engine::limits::WAL_RECYCLE_SEGMENTS_DEFAULT)]
+    pub wal_recycle_segments: usize,
 
     /// Largest gRPC message accepted (one FlightData, i.e. one batch).
     #[arg(long, env = "LONGBOW_MAX_MESSAGE_SIZE", default_value = "64MiB")]
@@ -255,6 +261,7 @@ impl Config {
             data_path: self.data_path.clone(),
             shards: self.shards.unwrap_or_else(longbow_engine::default_shards),
             segment_bytes_max: self.max_wal_size.as_u64(),
+            wal_recycle_segments: self.wal_recycle_segments,
             corruption: match self.on_corruption {
                 OnCorruption::Refuse => CorruptionPolicy::Refuse,
                 OnCorruption::Truncate => CorruptionPolicy::Truncate,

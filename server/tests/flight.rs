@@ -214,14 +214,15 @@ async fn torn_tail_is_truncated_and_counted() {
         let data = dir.path().join("data");
         let written = crash_after_commits(&data, "torn", 6).await;
         let seg = newest_segment(&data.join("shard-0"));
-        let len = std::fs::metadata(&seg).unwrap().len();
+        // The end of the last commit (the file is preallocated: longer).
+        let len = *commit_ends(&seg).last().unwrap();
         match damage {
             // The last commit's write was cut short.
             "truncate" => std::fs::File::options().write(true).open(&seg).unwrap().set_len(len - 700).unwrap(),
             // The last commit's final sectors hold garbage.
             _ => {
                 let mut bytes = std::fs::read(&seg).unwrap();
-                let at = bytes.len() - 600;
+                let at = len as usize - 600;
                 bytes[at..at + 64].fill(0xA5);
                 std::fs::write(&seg, bytes).unwrap();
             }

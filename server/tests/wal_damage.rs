@@ -16,8 +16,9 @@ const DIM: i32 = 16;
 struct Crashed {
     dir: tempfile::TempDir,
     written: Vec<RecordBatch>,
-    /// Length of the newest segment after each acknowledged commit: commit
-    /// `i` lies wholly before `ends[i]` (O_DIRECT writes extend the file).
+    /// Where each acknowledged commit ends in the newest segment: commit `i`
+    /// lies wholly before `ends[i]` (read from the file's frames: segment
+    /// files are preallocated, their length is fixed).
     ends: Vec<u64>,
 }
 
@@ -27,14 +28,16 @@ async fn crashed(commits: usize, rows: usize, extra: &[&str]) -> Crashed {
     let server = Server::start(&data, 1, extra);
     let mut client = server.client().await;
     let mut written = Vec::new();
-    let mut ends = Vec::new();
     for i in 0..commits {
         let b = vector_batch((i * rows) as i32, rows, DIM);
         put(&mut client, "damaged", vec![b.clone()]).await.unwrap();
         written.push(b);
-        ends.push(std::fs::metadata(wal_segments(&data.join("shard-0")).pop().unwrap()).unwrap().len());
     }
     server.kill9();
+    // The batches' commits are the last ones (the dataset's schema came
+    // first); with several segments, the newest holds only the last few.
+    let all = commit_ends(&wal_segments(&data.join("shard-0")).pop().unwrap());
+    let ends = all[all.len().saturating_sub(commits)..].to_vec();
     Crashed { dir, written, ends }
 }
 
@@ -174,7 +177,11 @@ async fn damage_in_an_older_segment_is_reported_with_file_and_offset() {
     let segments = wal_segments(&base.dir.path().join("data/shard-0"));
     assert!(segments.len() >= 3, "{segments:?}");
     let older = segments[segments.len() - 2].file_name().unwrap().to_owned();
-    let len = std::fs::metadata(&segments[segments.len() - 2]).unwrap().len();
+    // Where its log ends: the block of its seal frame (the file, being
+    // preallocated, is longer).
+    let seal = *segment_frames(&segments[segments.len() - 2]).last().unwrap();
+    assert_eq!(seal.kind, longbow_engine::wal::format::FrameKind::Seal);
+    let len = seal.offset + 512;
     // The last byte before the second commit (padding, or the end of the
     // first commit's frame): the block that starts with a frame's magic.
     let bytes = std::fs::read(&segments[segments.len() - 2]).unwrap();

@@ -89,7 +89,9 @@ impl Crashed {
         let mut ends = Vec::new();
         for i in 0..commits {
             put(&mut client, "logged", vec![vector_batch((i * rows) as i32, rows, DIM)]).await.unwrap();
-            ends.push(std::fs::metadata(wal_segments(&data.join("shard-0")).pop().unwrap()).unwrap().len());
+            // Where the log ends: segment files are preallocated, so not their length.
+            let newest = wal_segments(&data.join("shard-0")).pop().unwrap();
+            ends.push(commit_ends(&newest).last().copied().unwrap_or(0));
         }
         server.kill9();
         Crashed { dir, ends }
@@ -295,7 +297,8 @@ async fn verify_fails_on_damage_with_file_and_offset_as_the_server_does() {
     let segments = wal_segments(&base.dir.path().join("data/shard-0"));
     assert!(segments.len() >= 3, "{segments:?}");
     let older = segments[segments.len() - 2].file_name().unwrap().to_owned();
-    let len = std::fs::metadata(&segments[segments.len() - 2]).unwrap().len();
+    // The log's end in it (the file is preallocated beyond).
+    let len = *commit_ends(&segments[segments.len() - 2]).last().unwrap();
     for at in [0, 512 + 3, len / 2] {
         let scratch = tempfile::tempdir().unwrap();
         let data = base.copy(scratch.path());
@@ -343,15 +346,17 @@ async fn stale_frames_of_a_recycled_segment_after_the_log_are_not_damage() {
     // whose later bytes stay.
     let mut recycled = std::fs::read(oldest).unwrap();
     let fresh = std::fs::read(newest).unwrap();
-    assert!(fresh.len() < recycled.len(), "{} < {}", fresh.len(), recycled.len());
-    recycled[..fresh.len()].copy_from_slice(&fresh);
+    // The newest segment's log, up to its end, over the oldest's frames.
+    let end = *commit_ends(newest).last().unwrap() as usize;
+    assert!(end < *commit_ends(oldest).last().unwrap() as usize, "the old frames reach beyond the new log");
+    recycled[..end].copy_from_slice(&fresh[..end]);
     std::fs::write(newest, &recycled).unwrap();
     let run = longbow(&["wal", "verify"], Some(&data));
     assert_eq!(run.code, 0, "stale bytes are not damage");
     assert!(run.stdout.contains("stale (recycled)"), "{}", run.stdout);
-    assert_eq!(offset_named(&run.stdout, newest), fresh.len() as u64);
+    assert_eq!(offset_named(&run.stdout, newest), end as u64);
     assert!(run.stdout.lines().last().unwrap().starts_with("clean"), "{}", run.stdout);
-    // Today's replay calls it a torn tail and starts too.
+    // The server reads the same bytes as a clean end and starts.
     let server = Server::try_start(&data, 1, &[]).unwrap_or_else(|log| panic!("{log}"));
     assert_eq!(rows(&get(&mut server.client().await, "logged").await.unwrap()), 7 * 4000);
     server.terminate();

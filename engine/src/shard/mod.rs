@@ -9,8 +9,8 @@
 //!   arrive during a commit form the next one: group commit;
 //! - the snapshot worker, on a low-share task queue, writes Parquet files on
 //!   a timer, on request and under memory pressure, evicts snapshotted
-//!   batches from memory and deletes WAL segments the snapshots cover
-//!   (`snapshots.rs`).
+//!   batches from memory and releases WAL segments the snapshots cover:
+//!   recycled as free files for new segments, or deleted (`snapshots.rs`).
 
 pub mod handle;
 pub mod recovery;
@@ -31,6 +31,7 @@ use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
 use crate::memory::MemoryBudget;
 use crate::metrics::{EngineMetrics, ShardLabel};
 use crate::snapshot::SnapshotCompression;
+use crate::wal::free::FreeFiles;
 use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
@@ -132,6 +133,8 @@ pub(crate) struct State {
     /// be deleted meanwhile (they hold the tombstone).
     pub pending_drops: Cell<u32>,
     pub sealed: Rc<RefCell<Vec<SealedSegment>>>,
+    /// The WAL's free files, to which covered segments are recycled.
+    pub free: Rc<RefCell<FreeFiles>>,
     pub wal_dir: PathBuf,
     pub snap_tx: flume::Sender<SnapJob>,
     /// A memory-pressure snapshot is queued.
@@ -161,33 +164,31 @@ impl State {
         self.metrics.memory_bytes.dec_by(bytes as i64);
     }
 
+    /// Disk use of the WAL directory: every file in it counts (segments,
+    /// free files, one being preallocated).
     fn stats(&self) -> ShardStats {
-        let mut wal_bytes = 0;
-        let mut wal_segments = 0;
+        let mut stats = ShardStats { memory_bytes: self.memory.get(), ..ShardStats::default() };
         if let Ok(entries) = std::fs::read_dir(&self.wal_dir) {
             for e in entries.flatten() {
-                if e.file_name().to_str().and_then(crate::wal::parse_segment_file_name).is_some() {
-                    wal_segments += 1;
-                    wal_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                let name = e.file_name();
+                let name = name.to_str().unwrap_or_default();
+                if crate::wal::parse_segment_file_name(name).is_some() {
+                    stats.wal_segments += 1;
+                } else if crate::wal::free::parse_free_file_name(name).is_some() {
+                    stats.wal_free_files += 1;
                 }
+                stats.wal_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
             }
         }
         // Batches are in LSN order: those after `covered_lsn` are a suffix.
-        let (mut unsnapshotted_rows, mut unsnapshotted_batches) = (0, 0);
         for d in self.catalog.borrow().datasets.values() {
             let first = d.batches.partition_point(|(lsn, _)| *lsn <= d.covered_lsn);
-            unsnapshotted_batches += (d.batches.len() - first) as u64;
-            unsnapshotted_rows += d.batches[first..].iter().map(|(_, b)| b.num_rows() as u64).sum::<u64>();
+            stats.unsnapshotted_batches += (d.batches.len() - first) as u64;
+            stats.unsnapshotted_rows += d.batches[first..].iter().map(|(_, b)| b.num_rows() as u64).sum::<u64>();
         }
-        ShardStats {
-            memory_bytes: self.memory.get(),
-            wal_bytes,
-            wal_segments,
-            unsnapshotted_rows,
-            unsnapshotted_batches,
-            wal_volume: request::VolumeUsage::of(&self.wal_dir),
-            snapshot_volume: request::VolumeUsage::of(&self.snapshot_root),
-        }
+        stats.wal_volume = request::VolumeUsage::of(&self.wal_dir);
+        stats.snapshot_volume = request::VolumeUsage::of(&self.snapshot_root);
+        stats
     }
 }
 
@@ -208,6 +209,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         snapshot_lock: glommio::sync::Semaphore::new(1),
         pending_drops: Cell::new(0),
         sealed: wal.sealed_segments(),
+        free: wal.free_files(),
         wal_dir: setup.wal_dir,
         snap_tx,
         pressure_queued: Cell::new(false),

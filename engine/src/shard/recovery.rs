@@ -22,6 +22,7 @@ use crate::metrics::EngineMetrics;
 use crate::routing::shard_for;
 use crate::snapshot::Manifest;
 use crate::wal::format::FrameKind;
+use crate::wal::free::FreeFiles;
 use crate::wal::ipc::{self, Decoded};
 use crate::wal::replay::{self, CorruptionPolicy, SegmentEnd, SegmentFile};
 use crate::wal::{self, IpcMessage, Lsn, Record, SealedSegment, Wal};
@@ -40,6 +41,8 @@ pub(crate) struct Plan {
     pub migrate_from: Option<Vec<Vec<SegmentFile>>>,
     pub policy: CorruptionPolicy,
     pub segment_bytes_max: u64,
+    /// Covered segments kept as free files for new segments.
+    pub recycle_segments: usize,
     /// Snapshot manifests of the datasets this shard owns.
     pub manifests: Vec<Manifest>,
 }
@@ -104,7 +107,11 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
 
     std::fs::create_dir_all(&plan.dir).map_err(Error::io("creating WAL directory", &plan.dir, 0))?;
     let own = replay::list_segments(&plan.dir)?;
-    let next_segment = own.last().map_or(1, |s| s.id + 1);
+    let file_bytes = wal::free::segment_file_bytes(plan.segment_bytes_max);
+    let (free, free_max_id) = FreeFiles::open(&plan.dir, file_bytes, plan.recycle_segments)?;
+    // IMPORTANT: above every id a free file may still hold frames of, so
+    // that replay never takes a recycled file's old frames for new ones.
+    let next_segment = own.last().map_or(1, |s| s.id + 1).max(free_max_id + 1);
 
     let wal = match &plan.migrate_from {
         None => {
@@ -133,10 +140,10 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
                 plan.generation,
                 next_segment,
                 next_lsn,
-                plan.segment_bytes_max,
                 metrics.clone(),
                 sealed,
                 resume,
+                free,
             )
             .await?
         }
@@ -157,10 +164,10 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
                 plan.generation + 1,
                 next_segment,
                 max_lsn + 1,
-                plan.segment_bytes_max,
                 metrics.clone(),
                 Vec::new(),
                 None,
+                free,
             )
             .await?;
             relog(&mut wal, &mut r.catalog).await?;

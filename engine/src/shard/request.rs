@@ -72,6 +72,7 @@ pub struct DatasetRead {
 #[derive(Debug, Clone, Default)]
 pub struct ShardStats {
     pub memory_bytes: u64,
+    /// Every file in the WAL directory: segments and free files.
     pub wal_bytes: u64,
     pub wal_segments: u64,
     /// Rows logged and not yet in any snapshot file (all in memory), and
@@ -82,6 +83,8 @@ pub struct ShardStats {
     /// root (`None` if `statvfs` failed).
     pub wal_volume: Option<VolumeUsage>,
     pub snapshot_volume: Option<VolumeUsage>,
+    /// Free files (preallocated or recycled) waiting to become segments.
+    pub wal_free_files: u64,
 }
 
 /// A filesystem's size and free space, from `statvfs`.

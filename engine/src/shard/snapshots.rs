@@ -108,7 +108,7 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
 }
 
 /// Snapshots the named datasets (or all), evicts snapshotted batches if
-/// memory is tight, and deletes WAL segments every snapshot covers.
+/// memory is tight, and releases WAL segments every snapshot covers.
 async fn run(
     state: &Rc<State>,
     names: Option<Vec<String>>,
@@ -335,7 +335,9 @@ fn evict(state: &State) -> u64 {
     freed
 }
 
-/// Deletes sealed WAL segments whose every record is in snapshot files.
+/// Releases the sealed WAL segments whose every record is in snapshot
+/// files: up to the configured number become free files for new segments
+/// (renamed, see `wal/free.rs`), the rest are deleted.
 async fn truncate_wal(state: &State) -> Result<u64> {
     let needed_from =
         state.catalog.borrow().datasets.values().filter(|d| d.durable).filter_map(|d| d.wal_needed_from()).min();
@@ -344,13 +346,40 @@ async fn truncate_wal(state: &State) -> Result<u64> {
         let keep = sealed.partition_point(|s| needed_from.is_none_or(|n| s.last_lsn < n));
         sealed.drain(..keep).collect()
     };
+    let mut recycled = Vec::new();
     for seg in &doomed {
-        glommio::io::remove(&seg.path).await.map_err(Error::glommio("deleting covered WAL segment", &seg.path, 0))?;
+        let name = state.free.borrow_mut().recycle_name(&seg.path, recycled.len())?;
+        match name {
+            Some(name) => {
+                std::fs::rename(&seg.path, &name).map_err(Error::io("recycling covered WAL segment", &seg.path, 0))?;
+                recycled.push(name);
+                state.metrics.wal_segments_recycled.inc();
+            }
+            None => {
+                glommio::io::remove(&seg.path).await.map_err(Error::glommio(
+                    "deleting covered WAL segment",
+                    &seg.path,
+                    0,
+                ))?;
+            }
+        }
         state.metrics.wal_segments_deleted.inc();
     }
     if !doomed.is_empty() {
         crate::wal::sync_dir(&state.wal_dir).await?;
-        tracing::debug!(shard = state.id, segments = doomed.len(), "deleted WAL segments covered by snapshots");
+        tracing::debug!(
+            shard = state.id,
+            segments = doomed.len(),
+            recycled = recycled.len(),
+            "released WAL segments covered by snapshots"
+        );
+    }
+    // IMPORTANT: a free file becomes a segment only once its free name is
+    // durable; else a crash could bring the old name back over a file whose
+    // header the new segment already rewrote.
+    let mut free = state.free.borrow_mut();
+    for name in recycled {
+        free.add(name);
     }
     Ok(doomed.len() as u64)
 }

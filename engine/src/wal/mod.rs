@@ -9,25 +9,38 @@
 //! - a commit whose write failed is sealed over at once (its bytes may be
 //!   partly on disk), so no later commit or replay can pick up its frames;
 //! - LSNs are contiguous within a shard, and every frame records the offset
-//!   of the commit that holds it.
+//!   of the commit that holds it;
+//! - no commit extends its file: every segment file is preallocated to
+//!   [`free::segment_file_bytes`] (zeros written, or a recycled segment of
+//!   that length) and a commit that would not fit with the seal after it
+//!   goes to the next segment, which a background task has ready
+//!   (`free.rs`). Segment ids and LSNs only grow in a directory, so the
+//!   frames a recycled file still holds never pass for new ones.
 
 pub mod format;
+pub mod free;
 pub mod ipc;
 pub mod replay;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
+use glommio::{Latency, Shares};
 
 use crate::error::{Error, Result};
 use crate::faults::Fault;
 use crate::limits::INLINE_COMMIT_BYTES_MAX;
 use crate::metrics::{EngineMetrics, Stage};
 use format::{FrameHeader, FrameKind, SegmentHeader, FRAME_HEADER_BYTES};
+use free::FreeFiles;
 pub use ipc::IpcMessage;
+
+/// Share of the shard's CPU the task preallocating segment files gets
+/// against the default queue's 1000 (it mostly waits for the disk).
+const PREPARE_SHARES: usize = 50;
 
 /// Log sequence number: per shard, contiguous, starting at 1.
 pub type Lsn = u64;
@@ -113,6 +126,9 @@ struct ActiveSegment {
     /// Next write offset; always a multiple of `block`.
     pos: u64,
     block: u64,
+    /// The file's length as far as this process knows: a write past it
+    /// extends the file (counted in `wal_extending_writes`).
+    file_len: Cell<u64>,
     /// Datasets whose schema message is already in this segment.
     schemas_written: HashSet<String>,
     /// A seal frame ends this segment: the next commit needs a new one.
@@ -126,23 +142,41 @@ pub struct Wal {
     dir: PathBuf,
     shard: u32,
     generation: u64,
-    segment_bytes_max: u64,
+    /// Length of every new segment file; a commit goes to the next segment
+    /// unless it and a seal after it fit in it.
+    file_bytes: u64,
     next_lsn: Lsn,
     /// `None` until a segment could be created (the volume was full at
-    /// start): the next commit creates segment `next_segment_id`.
+    /// start).
     active: Option<ActiveSegment>,
+    /// The id the next new segment gets: above every segment in the
+    /// directory and every id a free file's header names.
     next_segment_id: u64,
     metrics: EngineMetrics,
     /// Set when an fdatasync failed: the kernel may have dropped the dirty
     /// pages, so retrying could report success for lost data.
     poisoned: bool,
     /// Finished segments, oldest first; shared with the snapshot task, which
-    /// deletes those wholly covered by snapshots.
+    /// deletes (or recycles) those wholly covered by snapshots.
     sealed: Rc<RefCell<Vec<SealedSegment>>>,
+    /// Files ready to become segments; shared with the snapshot task, which
+    /// adds recycled ones.
+    free: Rc<RefCell<FreeFiles>>,
+    /// The background task preallocating the next free file, if one was started.
+    preparing: Option<Preparing>,
+    prepare_queue: glommio::TaskQueueHandle,
 }
 
-/// The newest segment as a crash left it, to go on from: cut at
-/// `valid_end` (a torn commit dropped), not sealed.
+struct Preparing {
+    task: glommio::Task<()>,
+    /// Cleared when the task ends, whatever its outcome.
+    running: Rc<Cell<bool>>,
+    /// Where it writes until the file is complete.
+    tmp: PathBuf,
+}
+
+/// The newest segment as a crash left it, to go on from: its log ends at
+/// `valid_end` (a torn commit dropped), not sealed yet.
 #[derive(Debug, Clone)]
 pub struct Resume {
     pub id: u64,
@@ -155,11 +189,14 @@ pub struct Resume {
 
 impl Wal {
     /// Opens the log of a shard that logs from `next_lsn`: in the crashed
-    /// segment `resume`, or else in a new segment `segment_id`. Neither
-    /// needs free space: the crashed segment is only cut (its seal comes
-    /// with the next commit or shutdown), and if the new segment cannot be
-    /// created because the volume is full, the shard starts without one,
-    /// serves reads, and each commit tries again.
+    /// segment `resume`, or else in a new segment `segment_id` (made from a
+    /// file of `free` if there is one). Neither needs free space: the
+    /// crashed segment is sealed in place (an overwrite of a preallocated
+    /// block; a file too short for that is cut and sealed with the next
+    /// commit or at shutdown), and if the new segment cannot be created
+    /// because the volume is full, the shard starts without one, serves
+    /// reads, and each commit tries again. Then the next segment's file is
+    /// preallocated in the background, unless `free` has one.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         dir: &Path,
@@ -167,42 +204,77 @@ impl Wal {
         generation: u64,
         segment_id: u64,
         next_lsn: Lsn,
-        segment_bytes_max: u64,
         metrics: EngineMetrics,
         sealed: Vec<SealedSegment>,
         resume: Option<Resume>,
+        mut free: FreeFiles,
     ) -> Result<Self> {
-        let active = match resume {
+        let file_bytes = free.file_bytes();
+        let mut next_segment_id = segment_id;
+        let active = match &resume {
             Some(r) => {
                 assert_eq!(r.next_lsn, next_lsn, "a resumed segment goes on from its own last LSN");
-                Some(reopen_after_crash(&r).await?)
+                Some(reopen_after_crash(r).await?)
             }
-            None => match create_segment(dir, shard, generation, segment_id, next_lsn).await {
-                Ok(a) => Some(a),
-                Err(e) if e.is_disk_full() => {
-                    tracing::warn!(shard, error = %e, "the WAL volume is full: starting without a segment; writes are refused until there is room");
-                    None
+            None => {
+                let reuse = free.take();
+                match create_segment(dir, shard, generation, segment_id, next_lsn, reuse, file_bytes).await {
+                    Ok(a) => {
+                        next_segment_id += 1;
+                        Some(a)
+                    }
+                    Err(e) if e.is_disk_full() => {
+                        tracing::warn!(shard, error = %e, "the WAL volume is full: starting without a segment; writes are refused until there is room");
+                        None
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
         };
-        Ok(Self {
+        let prepare_queue = glommio::executor().create_task_queue(
+            Shares::Static(PREPARE_SHARES),
+            Latency::NotImportant,
+            &format!("wal-prepare-{shard}"),
+        );
+        let mut wal = Self {
             dir: dir.to_owned(),
             shard,
             generation,
-            segment_bytes_max,
+            file_bytes,
             next_lsn,
             active,
-            next_segment_id: segment_id,
+            next_segment_id,
             metrics,
             poisoned: false,
             sealed: Rc::new(RefCell::new(sealed)),
-        })
+            free: Rc::new(RefCell::new(free)),
+            preparing: None,
+            prepare_queue,
+        };
+        if resume.is_some() && wal.active.as_ref().is_some_and(|a| a.pos + a.block <= a.file_len.get()) {
+            // IMPORTANT: sealed now, so that a crash before the next commit
+            // finds this end again and not the torn (or, after
+            // `--on-corruption truncate`, damaged) bytes after it, which
+            // stay in the file: it keeps its preallocated length.
+            if let Err(e) = wal.seal().await {
+                if wal.poisoned {
+                    return Err(e);
+                }
+                tracing::warn!(shard, error = %e, "sealing the segment a crash left failed; retried before the next commit");
+            }
+        }
+        wal.start_preparing();
+        Ok(wal)
     }
 
     /// The finished segments, oldest first.
     pub fn sealed_segments(&self) -> Rc<RefCell<Vec<SealedSegment>>> {
         self.sealed.clone()
+    }
+
+    /// The free files new segments are made from.
+    pub fn free_files(&self) -> Rc<RefCell<FreeFiles>> {
+        self.free.clone()
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -211,6 +283,54 @@ impl Wal {
 
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn
+    }
+
+    /// Starts preallocating a free file in the background, unless one is
+    /// free already or being made.
+    fn start_preparing(&mut self) {
+        if !self.free.borrow().is_empty() || self.preparing.as_ref().is_some_and(|p| p.running.get()) {
+            return;
+        }
+        let (tmp, path) = self.free.borrow_mut().new_names();
+        let running = Rc::new(Cell::new(true));
+        let work = {
+            let (dir, free, metrics, running, tmp) =
+                (self.dir.clone(), self.free.clone(), self.metrics.clone(), running.clone(), tmp.clone());
+            let (shard, bytes) = (self.shard, self.file_bytes);
+            async move {
+                match free::preallocate(&dir, &tmp, &path, bytes).await {
+                    Ok(()) => {
+                        metrics.wal_files_preallocated.inc();
+                        free.borrow_mut().add(path);
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "preallocating the next WAL segment file failed; the rotation that needs it makes one itself")
+                    }
+                }
+                running.set(false);
+            }
+        };
+        match glommio::spawn_local_into(work, self.prepare_queue) {
+            Ok(task) => self.preparing = Some(Preparing { task, running, tmp }),
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "cannot start preallocating the next WAL segment file")
+            }
+        }
+    }
+
+    /// A free file for the next segment: a ready one, else the one being
+    /// preallocated, waited for (it is partly written already). `None` if
+    /// neither: the new segment is then preallocated on the spot.
+    async fn next_free_file(&mut self) -> Option<PathBuf> {
+        let ready = self.free.borrow_mut().take();
+        if ready.is_some() {
+            return ready;
+        }
+        self.metrics.wal_rotations_unprepared.inc();
+        if let Some(p) = self.preparing.take().filter(|p| p.running.get()) {
+            p.task.await;
+        }
+        self.free.borrow_mut().take()
     }
 
     /// Bytes a commit of these records takes in `seg`.
@@ -248,13 +368,15 @@ impl Wal {
         assert!(!self.poisoned, "no WAL write after a failed fsync");
         // Nothing goes after a seal (one may precede a failed rotation),
         // after a failed write or into a crashed segment (both sealed
-        // first): a new segment.
+        // first): a new segment. Nor a commit that, with the seal after
+        // it, would extend the file (unless the segment is empty: a commit
+        // larger than a segment extends its own).
         let rotate = match &self.active {
             None => true,
             Some(a) => {
                 a.sealed
                     || a.tail_suspect
-                    || (a.pos + Self::commit_len(a, records) > self.segment_bytes_max && a.pos > a.block)
+                    || (a.pos + Self::commit_len(a, records) + a.block > self.file_bytes && a.pos > a.block)
             }
         };
         if rotate {
@@ -336,8 +458,13 @@ impl Wal {
     /// sealed and the next commit tries again.
     async fn rotate(&mut self) -> Result<()> {
         self.seal().await?;
-        let id = self.active.as_ref().map_or(self.next_segment_id, |a| a.id + 1);
-        let next = create_segment(&self.dir, self.shard, self.generation, id, self.next_lsn).await?;
+        let id = self.next_segment_id;
+        let reuse = self.next_free_file().await;
+        let created =
+            create_segment(&self.dir, self.shard, self.generation, id, self.next_lsn, reuse, self.file_bytes).await;
+        self.start_preparing();
+        let next = created?;
+        self.next_segment_id = id + 1;
         if let Some(old) = self.active.replace(next) {
             self.sealed.borrow_mut().push(SealedSegment {
                 id: old.id,
@@ -370,8 +497,13 @@ impl Wal {
         }
     }
 
-    /// Seals the active segment and closes it (clean shutdown).
+    /// Seals the active segment and closes it (clean shutdown). A free file
+    /// still being preallocated is abandoned and removed.
     pub async fn close(mut self) -> Result<()> {
+        if let Some(p) = self.preparing.take().filter(|p| p.running.get()) {
+            p.task.cancel().await;
+            let _ = std::fs::remove_file(&p.tmp);
+        }
         self.seal().await?;
         if let Some(active) = self.active {
             close(active).await;
@@ -433,6 +565,11 @@ async fn write_and_sync(
             metrics.wal_writes_ok.inc();
             metrics.wal_bytes_written.inc_by(len as u64);
             metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
+            let end = at + len as u64;
+            if end > seg.file_len.get() {
+                metrics.wal_extending_writes.inc();
+                seg.file_len.set(end);
+            }
         }
         Err(_) => {
             metrics.wal_writes_error.inc();
@@ -550,39 +687,57 @@ pub fn is_segment_tmp_name(name: &str) -> bool {
     name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).and_then(parse_segment_file_name).is_some()
 }
 
-/// Creates segment `id`: header written and synced under a temporary name,
-/// then renamed (never over an existing segment) and the directory synced.
+/// Creates segment `id` from the free file `reuse`, or else from a new
+/// file preallocated here (zeros written up to `file_bytes`; as far as the
+/// volume allows, since commits can still extend it): header written and
+/// synced under a temporary name, then renamed (never over an existing
+/// segment) and the directory synced.
 /// IMPORTANT: a `*.wal` file therefore always has a durable header, so a
 /// segment with a missing or damaged one is damage, never a crash in the
 /// middle of creating it (that leaves only a temporary file, deleted at
-/// start).
-async fn create_segment(dir: &Path, shard: u32, generation: u64, id: u64, first_lsn: Lsn) -> Result<ActiveSegment> {
+/// start). A free file is renamed to the temporary name before its header
+/// is rewritten, so a crash in between leaves a temporary or a free file,
+/// never a named segment with another segment's header.
+async fn create_segment(
+    dir: &Path,
+    shard: u32,
+    generation: u64,
+    id: u64,
+    first_lsn: Lsn,
+    reuse: Option<PathBuf>,
+    file_bytes: u64,
+) -> Result<ActiveSegment> {
     let path = dir.join(segment_file_name(id));
     let tmp = dir.join(segment_tmp_name(id));
+    if let Some(free) = &reuse {
+        std::fs::rename(free, &tmp).map_err(Error::io("renaming free WAL file", free, 0))?;
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create(reuse.is_none())
+        .truncate(reuse.is_none())
         .dma_open(&tmp)
         .await
         .map_err(Error::glommio("creating WAL segment", &tmp, 0))?;
     let mut named = false;
     let created = async {
-        let block = init_segment(&tmp, &file, shard, generation, id, first_lsn).await?;
+        let block = init_segment(&tmp, &file, shard, generation, id, first_lsn, reuse.is_none(), file_bytes).await?;
+        let len = file.file_size().await.map_err(Error::glommio("stat WAL segment", &tmp, 0))?;
         rename_no_replace(&tmp, &path)?;
         named = true;
         sync_dir(dir).await?;
-        Ok(block)
+        Ok((block, len))
     }
     .await;
     match created {
-        Ok(block) => Ok(ActiveSegment {
+        Ok((block, len)) => Ok(ActiveSegment {
             file: Rc::new(file),
             path,
             id,
             pos: block,
             block,
+            file_len: Cell::new(len),
             schemas_written: HashSet::new(),
             sealed: false,
             tail_suspect: false,
@@ -603,7 +758,9 @@ fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
         .map_err(|e| Error::io("naming new WAL segment", to, 0)(e.into()))
 }
 
-/// Writes and syncs a new segment's header block. Returns the block size.
+/// Writes a new segment's header block, and zeros after it up to
+/// `file_bytes` if `zero_fill`, then syncs. Returns the block size.
+#[allow(clippy::too_many_arguments)]
 async fn init_segment(
     path: &Path,
     file: &DmaFile,
@@ -611,6 +768,8 @@ async fn init_segment(
     generation: u64,
     id: u64,
     first_lsn: Lsn,
+    zero_fill: bool,
+    file_bytes: u64,
 ) -> Result<u64> {
     let block = file.alignment().max(512);
     let header = SegmentHeader { block_bytes: block as u32, shard, generation, segment_id: id, first_lsn };
@@ -628,6 +787,12 @@ async fn init_segment(
             offset: written as u64,
             source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
         });
+    }
+    if zero_fill {
+        let end = free::zero_fill(path, file, block, file_bytes).await?;
+        if end < file_bytes {
+            tracing::warn!(file = %path.display(), preallocated = end, file_bytes, "the WAL volume is nearly full: segment preallocated only in part; commits beyond that extend it");
+        }
     }
     file.fdatasync().await.map_err(Error::glommio("fdatasync segment header", path, 0))?;
     Ok(block)
@@ -650,9 +815,12 @@ pub async fn seal_after_crash(
     Ok(())
 }
 
-/// Opens a segment a crash left unsealed for writing, cut at the block
-/// after `valid_end` (a torn commit dropped, its padding zeroed). It takes
-/// no commit before it is sealed (`tail_suspect`). Frees space, needs none.
+/// Opens a segment a crash left unsealed for writing at the block after
+/// `valid_end` (a torn commit dropped, its padding zeroed). It takes no
+/// commit before it is sealed (`tail_suspect`). Needs no space: the file
+/// keeps its length if the seal's block lies within it (a preallocated
+/// file: what follows is never read once the seal is there, and cutting
+/// it would make the file's next use extend it), else it is cut there.
 async fn reopen_after_crash(r: &Resume) -> Result<ActiveSegment> {
     let (path, valid_end, block) = (&r.path, r.valid_end, r.block);
     let file = OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(Error::glommio(
@@ -676,15 +844,152 @@ async fn reopen_after_crash(r: &Resume) -> Result<ActiveSegment> {
         buf.as_bytes_mut()[..kept.len()].copy_from_slice(&kept);
         file.write_at(buf, start).await.map_err(Error::glommio("zeroing a torn commit's padding", path, start))?;
     }
-    file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
+    let mut len = file.file_size().await.map_err(Error::glommio("stat WAL segment", path, 0))?;
+    if pos + block > len {
+        file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
+        len = pos;
+    }
     Ok(ActiveSegment {
         file: Rc::new(file),
         path: path.to_owned(),
         id: r.id,
         pos,
         block,
+        file_len: Cell::new(len),
         schemas_written: HashSet::new(),
         sealed: false,
         tail_suspect: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replay::{list_segments, replay_segment, CorruptionPolicy, SegmentEnd};
+    use super::*;
+
+    const FILE_BYTES: u64 = 1024 * 1024;
+
+    /// A commit of `n` tombstones (48 bytes each).
+    fn drops(n: usize) -> Vec<Record<'static>> {
+        (0..n).map(|_| Record { drop: true, ..Record::data("d", &[], None) }).collect()
+    }
+
+    /// Commits of 200 tombstones until the WAL rotates; returns their LSNs.
+    async fn fill_segment(wal: &mut Wal) -> Vec<Lsn> {
+        let sealed = wal.sealed_segments().borrow().len();
+        let mut lsns = Vec::new();
+        let records = drops(200);
+        while wal.sealed_segments().borrow().len() == sealed {
+            let first = wal.append_synced(&records).await.unwrap();
+            lsns.extend(first..first + records.len() as u64);
+        }
+        lsns
+    }
+
+    async fn wait_for_a_free_file(wal: &Wal) {
+        for _ in 0..2000 {
+            if !wal.free_files().borrow().is_empty() {
+                return;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("no free file was preallocated");
+    }
+
+    /// An intact frame of another, older segment somewhere after `from`.
+    fn old_frame_after(path: &Path, id: u64, from: u64) -> bool {
+        let bytes = std::fs::read(path).unwrap();
+        (from as usize..bytes.len()).step_by(8).any(|at| {
+            format::decode_frame(&bytes[at..])
+                .is_ok_and(|f| f.header.segment_id < id && f.header.commit_start == at as u64)
+        })
+    }
+
+    #[test]
+    fn commits_overwrite_preallocated_and_recycled_files_and_replay_skips_what_those_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                // glommio probes a device's iopoll support with a read at
+                // offset 0 of the first file it opens there; on an empty
+                // file that read succeeds, and every later read then fails
+                // (EOPNOTSUPP) where the device has no poll queues. Recovery
+                // reads existing segments first; here a non-empty file is.
+                std::fs::write(d.join("probe"), [1u8; 4096]).unwrap();
+                DmaFile::open(&d.join("probe")).await.unwrap().close().await.unwrap();
+                let metrics = EngineMetrics::default();
+                let (free, _) = FreeFiles::open(&d, FILE_BYTES, 2).unwrap();
+                let mut wal = Wal::open(&d, 0, 0, 1, 1, metrics.clone(), Vec::new(), None, free).await.unwrap();
+                let mut logged = Vec::new();
+                for _ in 0..3 {
+                    wait_for_a_free_file(&wal).await;
+                    logged.extend(fill_segment(&mut wal).await);
+                }
+                for s in list_segments(&d).unwrap() {
+                    assert_eq!(std::fs::metadata(&s.path).unwrap().len(), FILE_BYTES, "{s:?} is preallocated");
+                }
+                assert!(metrics.wal_files_preallocated.get() >= 3);
+                assert_eq!(metrics.wal_rotations_unprepared.get(), 0, "the next file was always ready");
+
+                // Snapshots covered the sealed segments: keep what the
+                // pool has room for, as the snapshot worker does.
+                let covered: Vec<SealedSegment> = wal.sealed_segments().borrow_mut().drain(..).collect();
+                let free = wal.free_files();
+                let mut recycled = Vec::new();
+                for s in &covered {
+                    match free.borrow_mut().recycle_name(&s.path, recycled.len()).unwrap() {
+                        Some(to) => {
+                            std::fs::rename(&s.path, &to).unwrap();
+                            recycled.push(to);
+                        }
+                        None => std::fs::remove_file(&s.path).unwrap(),
+                    }
+                }
+                assert!(!recycled.is_empty());
+                sync_dir(&d).await.unwrap();
+                recycled.into_iter().for_each(|f| free.borrow_mut().add(f));
+
+                // Two more segments, made from those files, and a few small
+                // commits into a third; then a crash (no seal).
+                for _ in 0..2 {
+                    logged.extend(fill_segment(&mut wal).await);
+                }
+                for _ in 0..3 {
+                    let lsn = wal.append_synced(&drops(1)).await.unwrap();
+                    logged.push(lsn);
+                }
+                assert_eq!(metrics.wal_extending_writes.get(), 0, "no write extended a file");
+                let newest = wal.active.as_ref().unwrap();
+                let (newest_id, newest_path, end) = (newest.id, newest.path.clone(), newest.pos);
+                drop(wal);
+                assert!(
+                    old_frame_after(&newest_path, newest_id, end),
+                    "the newest segment is a recycled file with older frames beyond its last commit"
+                );
+
+                // Replay: exactly what was logged into the remaining
+                // segments, in order; the newest ends cleanly.
+                let segments = list_segments(&d).unwrap();
+                assert_eq!(segments.last().unwrap().id, newest_id);
+                let mut seen = Vec::new();
+                let mut expected = None;
+                for (i, s) in segments.iter().enumerate() {
+                    let newest = i + 1 == segments.len();
+                    let r = replay_segment(s, expected, newest, CorruptionPolicy::Refuse, |f, _| {
+                        seen.push(f.header.lsn);
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+                    assert_eq!(r.end, if newest { SegmentEnd::Clean } else { SegmentEnd::Sealed }, "{s:?}");
+                    expected = r.last_lsn.map(|l| l + 1);
+                }
+                let from = seen[0];
+                assert_eq!(seen, logged.into_iter().filter(|l| *l >= from).collect::<Vec<_>>());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

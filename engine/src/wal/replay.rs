@@ -1,6 +1,8 @@
 //! Reading segments back at startup, and telling a torn tail (the last,
 //! unacknowledged commit, cut short by a crash) from corruption (damage
-//! before data that was acknowledged).
+//! before data that was acknowledged) and from the clean end of the log,
+//! behind which a preallocated file holds zeros and a recycled one the
+//! frames of the segments it held before (`docs/wal-format.md`).
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +47,8 @@ pub enum CorruptionPolicy {
 pub enum SegmentEnd {
     /// A seal frame: the segment is complete.
     Sealed,
-    /// The bytes after the last good frame are zero or never written.
+    /// After the last good frame: zeros, the end of the file, or what a
+    /// recycled file held before (frames of older segments).
     Clean,
     /// The last commit was cut short (torn write) at this offset.
     Torn { offset: u64, reason: String },
@@ -134,6 +137,15 @@ pub async fn replay_segment(
             d => d,
         };
         match decoded {
+            // An older segment's frame in a recycled file: the log ended
+            // before it, there is no need to read its payload.
+            Err(DecodeError::Truncated)
+                if format::peek_frame_place(&buf[rel.min(buf.len())..])
+                    .is_some_and(|p| p.magic == format::FRAME_MAGIC && p.segment_id != seg.id) =>
+            {
+                let other = format::peek_frame_place(&buf[rel..]).map_or(0, |p| p.segment_id);
+                break format!("frame belongs to segment {other}");
+            }
             Err(DecodeError::Truncated) if !eof => {
                 // Drop what is consumed, then read more.
                 buf.drain(..rel.min(buf.len()));
@@ -189,29 +201,30 @@ pub async fn replay_segment(
     };
     let _ = reader.close().await;
     let valid_end = pos;
-    // The log stops at `pos`. All zeros after it: a clean end. An intact
-    // later commit: acknowledged data was damaged, corruption. Otherwise the
-    // last commit was torn.
-    let (later, nonzero) = scan_after(path, seg.id, pos)?;
-    if later.is_none() && !nonzero {
-        if !newest && policy == CorruptionPolicy::Refuse {
+    // The log stops at `pos`. An intact later commit of this segment:
+    // acknowledged data was damaged, corruption. Bytes of the commit being
+    // read there: it was torn. Otherwise (zeros, the file's end, or a
+    // recycled file's older frames) the log ends cleanly here.
+    let after = scan_after(path, seg.id, pos, commit, next_lsn, block).await?;
+    if let Some(at) = after.later {
+        if policy == CorruptionPolicy::Refuse {
             return Err(Error::Corrupt {
                 path: path.clone(),
                 offset: pos,
-                reason: "segment ends without a seal frame but newer segments follow it".into(),
+                reason: format!("{reason}; an intact commit follows at offset {at}"),
             });
         }
-        return Ok(SegmentReplay { header, valid_end, last_lsn, end: SegmentEnd::Clean, bytes_read });
-    }
-    let corrupt = !newest || later.is_some();
-    if corrupt && policy == CorruptionPolicy::Refuse {
-        let why = match later {
-            Some(at) => format!("{reason}; an intact commit follows at offset {at}"),
-            None => format!("{reason}; segment is not the newest and was not sealed"),
+    } else if !newest && policy == CorruptionPolicy::Refuse {
+        let reason = if after.torn {
+            format!("{reason}; segment is not the newest and was not sealed")
+        } else {
+            "segment ends without a seal frame but newer segments follow it".into()
         };
-        return Err(Error::Corrupt { path: path.clone(), offset: pos, reason: why });
+        return Err(Error::Corrupt { path: path.clone(), offset: pos, reason });
     }
-    Ok(SegmentReplay { header, valid_end, last_lsn, end: SegmentEnd::Torn { offset: pos, reason }, bytes_read })
+    let end =
+        if after.torn || after.later.is_some() { SegmentEnd::Torn { offset: pos, reason } } else { SegmentEnd::Clean };
+    Ok(SegmentReplay { header, valid_end, last_lsn, end, bytes_read })
 }
 
 async fn read_full(reader: &mut glommio::io::DmaStreamReader, out: &mut [u8]) -> std::io::Result<usize> {
@@ -226,27 +239,288 @@ async fn read_full(reader: &mut glommio::io::DmaStreamReader, out: &mut [u8]) ->
     Ok(n)
 }
 
-/// Looks past the end of the log at `from` for an intact frame of this
-/// segment that starts a later commit, and for any non-zero byte. Only an
-/// unsealed segment (after a crash) pays for this.
-pub fn scan_after(path: &Path, segment_id: u64, from: u64) -> Result<(Option<u64>, bool)> {
-    use std::io::{Read, Seek};
-    // Only the part after the log's end (usually one torn commit) is read.
-    let mut rest = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.seek(std::io::SeekFrom::Start(from)).and_then(|_| f.read_to_end(&mut rest)))
-        .map_err(Error::io("reading WAL segment", path, from))?;
-    let nonzero = rest.iter().any(|b| *b != 0);
-    let first = from.next_multiple_of(format::FRAME_ALIGN as u64) + format::FRAME_ALIGN as u64;
-    let mut at = (first - from) as usize;
-    while at + format::FRAME_HEADER_BYTES <= rest.len() {
-        if let Ok(f) = format::decode_frame(&rest[at..]) {
-            let offset = from + at as u64;
-            if f.header.segment_id == segment_id && f.header.commit_start > from && f.header.commit_start == offset {
-                return Ok((Some(offset), nonzero));
+/// What follows the end of the log.
+#[derive(Debug, Default)]
+struct After {
+    /// Offset of an intact frame of this segment that starts a later commit.
+    later: Option<u64>,
+    /// Bytes of the commit being read when the log ended are there: a frame
+    /// header naming this segment and that commit, or anything but zeros
+    /// in the rest of the block the log ended in.
+    torn: bool,
+}
+
+/// Looks past the end of the log at `from`, to the end of the file, for an
+/// intact frame of this segment that starts a later commit (at a block
+/// boundary, naming its own offset, with an LSN at least `next_lsn`) and
+/// for bytes of the commit being read there (which started at `commit`).
+/// Frames of other segments, which a recycled file holds, are neither:
+/// segment ids only grow in a directory, and so do LSNs, so even a frame of
+/// an older use of this id could not pass for a later commit. Reads a
+/// buffer at a time; only a segment a crash left unsealed pays for this.
+async fn scan_after(path: &Path, segment_id: u64, from: u64, commit: u64, next_lsn: Lsn, block: u64) -> Result<After> {
+    let file = DmaFile::open(path).await.map_err(Error::glommio("opening WAL segment", path, 0))?;
+    let start = from - from % block;
+    let mut w = Window {
+        reader: DmaStreamReaderBuilder::new(file)
+            .with_start_pos(start)
+            .with_buffer_size(REPLAY_READ_BYTES)
+            .with_read_ahead(2)
+            .build(),
+        buf: Vec::with_capacity(2 * REPLAY_READ_BYTES),
+        start,
+        eof: false,
+        path,
+    };
+    let scanned = async {
+        let mut after = After::default();
+        if from % block != 0 {
+            let end = from.next_multiple_of(block);
+            w.fill_to(end).await?;
+            after.torn = w.bytes(from, end).iter().any(|b| *b != 0);
+        }
+        let mut at = from.next_multiple_of(format::FRAME_ALIGN as u64);
+        while w.fill_to(at + format::FRAME_HEADER_BYTES as u64).await? {
+            let place = format::peek_frame_place(w.bytes(at, at + format::FRAME_HEADER_BYTES as u64));
+            if let Some(p) = place.filter(|p| p.segment_id == segment_id) {
+                if p.commit_start == commit || p.commit_start == from {
+                    after.torn = true;
+                }
+                if at > from
+                    && at % block == 0
+                    && p.commit_start == at
+                    && p.lsn >= next_lsn
+                    && w.intact_frame(at).await?
+                {
+                    after.later = Some(at);
+                    break;
+                }
+            }
+            at += format::FRAME_ALIGN as u64;
+            w.discard_before(at);
+        }
+        Ok::<_, Error>(after)
+    }
+    .await;
+    let _ = w.reader.close().await;
+    scanned
+}
+
+/// A sliding window over a file's bytes from `start` on.
+struct Window<'a> {
+    reader: glommio::io::DmaStreamReader,
+    /// File bytes `start..start + buf.len()`.
+    buf: Vec<u8>,
+    start: u64,
+    eof: bool,
+    path: &'a Path,
+}
+
+impl Window<'_> {
+    /// Reads until the window reaches `end`; false if the file ends first.
+    async fn fill_to(&mut self, end: u64) -> Result<bool> {
+        while self.start + (self.buf.len() as u64) < end {
+            if self.eof {
+                return Ok(false);
+            }
+            let have = self.buf.len();
+            self.buf.resize(have + REPLAY_READ_BYTES, 0);
+            let at = self.start + have as u64;
+            let n = read_full(&mut self.reader, &mut self.buf[have..]).await.map_err(Error::io(
+                "reading WAL segment",
+                self.path,
+                at,
+            ))?;
+            self.buf.truncate(have + n);
+            self.eof = n == 0;
+        }
+        Ok(true)
+    }
+
+    fn bytes(&self, from: u64, to: u64) -> &[u8] {
+        &self.buf[(from - self.start) as usize..(to - self.start) as usize]
+    }
+
+    /// Whether an intact frame starts at `at` (reading as far as it says it goes).
+    async fn intact_frame(&mut self, at: u64) -> Result<bool> {
+        loop {
+            match format::decode_frame(&self.buf[(at - self.start) as usize..]) {
+                Ok(_) => return Ok(true),
+                Err(DecodeError::Truncated) if !self.eof => {
+                    let end = self.start + self.buf.len() as u64 + 1;
+                    self.fill_to(end).await?;
+                }
+                Err(_) => return Ok(false),
             }
         }
-        at += format::FRAME_ALIGN;
     }
-    Ok((None, nonzero))
+
+    /// Forgets what lies before `at` once that is a whole buffer.
+    fn discard_before(&mut self, at: u64) {
+        let n = (at - self.start) as usize;
+        if n >= REPLAY_READ_BYTES {
+            self.buf.drain(..n);
+            self.start = at;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::format::{encode_frame, FrameHeader};
+
+    const BLOCK: u64 = 512;
+
+    /// A segment file written by hand: a header block, then commits.
+    struct Bytes(Vec<u8>);
+
+    impl Bytes {
+        fn new(len: usize) -> Self {
+            Bytes(vec![0; len])
+        }
+
+        fn header(&mut self, segment_id: u64, first_lsn: Lsn) {
+            let h = SegmentHeader { block_bytes: BLOCK as u32, shard: 0, generation: 0, segment_id, first_lsn };
+            self.0[..BLOCK as usize].fill(0);
+            self.0[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&h.encode());
+        }
+
+        /// One commit at `at` of `frames` data frames of `payload` bytes,
+        /// LSNs from `lsn`, zero-padded to the block. Returns its end.
+        fn commit(&mut self, segment_id: u64, at: u64, lsn: Lsn, frames: u64, payload: usize) -> u64 {
+            let mut pos = at as usize;
+            for i in 0..frames {
+                let h = FrameHeader { kind: FrameKind::Data, lsn: lsn + i, segment_id, commit_start: at };
+                let f = encode_frame(h, b"ds", &vec![(lsn + i) as u8 | 1; payload]);
+                self.0[pos..pos + f.len()].copy_from_slice(&f);
+                pos += f.len();
+            }
+            let end = (pos as u64).next_multiple_of(BLOCK);
+            self.0[pos..end as usize].fill(0);
+            end
+        }
+
+        fn write(&self, path: &Path) {
+            std::fs::write(path, &self.0).unwrap();
+        }
+    }
+
+    /// Replays `path` as segment `id`; returns the outcome and the LSNs visited.
+    fn replay(path: &Path, id: u64, newest: bool, policy: CorruptionPolicy) -> (Result<SegmentReplay>, Vec<Lsn>) {
+        let seg = SegmentFile { id, path: path.to_owned() };
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let mut lsns = Vec::new();
+                let r = replay_segment(&seg, None, newest, policy, |f, _| {
+                    lsns.push(f.header.lsn);
+                    Ok(())
+                })
+                .await;
+                (r, lsns)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// Segment 3 once filled the file (LSNs 1..=40, a seal after them);
+    /// segment 7, made from it after recycling, holds three commits (LSNs
+    /// 41..=43) and a crash ended it. Then, at the block after segment 7's
+    /// end, an old intact frame that happens to carry exactly the LSN the
+    /// log would need next (44), and one of the same id 7 (an older use of
+    /// the id, LSN 5). Returns the bytes and the ends of segment 7's commits.
+    fn recycled() -> (Bytes, Vec<u64>) {
+        let mut b = Bytes::new(64 * 1024);
+        b.header(3, 1);
+        let mut at = BLOCK;
+        for lsn in (1..=40).step_by(4) {
+            at = b.commit(3, at, lsn, 4, 300);
+        }
+        let seal = FrameHeader { kind: FrameKind::Seal, lsn: 41, segment_id: 3, commit_start: at };
+        let seal = encode_frame(seal, b"", b"");
+        b.0[at as usize..at as usize + seal.len()].copy_from_slice(&seal);
+        b.header(7, 41);
+        let mut ends = Vec::new();
+        let mut at = BLOCK;
+        for lsn in 41..=43 {
+            at = b.commit(7, at, lsn, 1, 700);
+            ends.push(at);
+        }
+        b.commit(3, at, 44, 2, 100);
+        b.commit(7, at + 4 * BLOCK, 5, 1, 100);
+        (b, ends)
+    }
+
+    #[test]
+    fn a_recycled_files_old_frames_end_the_log_cleanly_whatever_their_lsns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000007.wal");
+        let (b, ends) = recycled();
+        b.write(&path);
+        let (r, lsns) = replay(&path, 7, true, CorruptionPolicy::Refuse);
+        let r = r.unwrap();
+        assert_eq!(lsns, vec![41, 42, 43], "only segment 7's frames, never the old ones");
+        assert_eq!(r.end, SegmentEnd::Clean, "not a torn tail, not corruption");
+        assert_eq!(r.valid_end, ends[2]);
+        assert_eq!(r.last_lsn, Some(43));
+        // An older segment must end with a seal, recycled file or not.
+        let (r, _) = replay(&path, 7, false, CorruptionPolicy::Refuse);
+        assert!(matches!(r, Err(Error::Corrupt { offset, .. }) if offset == ends[2]), "{r:?}");
+    }
+
+    #[test]
+    fn damage_before_acknowledged_data_in_a_recycled_file_is_refused_with_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000007.wal");
+        let (mut b, ends) = recycled();
+        b.0[ends[0] as usize + 100] ^= 0x10; // the second commit's payload
+        b.write(&path);
+        let (r, lsns) = replay(&path, 7, true, CorruptionPolicy::Refuse);
+        assert_eq!(lsns, vec![41]);
+        let e = r.unwrap_err();
+        assert!(matches!(&e, Error::Corrupt { offset, .. } if *offset == ends[0]), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("00000000000000000007.wal"), "{text}");
+        assert!(text.contains(&format!("an intact commit follows at offset {}", ends[1])), "{text}");
+        // Told to, replay keeps what precedes the damage.
+        let (r, lsns) = replay(&path, 7, true, CorruptionPolicy::Truncate);
+        assert_eq!(lsns, vec![41]);
+        assert!(matches!(r.unwrap().end, SegmentEnd::Torn { offset, .. } if offset == ends[0]));
+    }
+
+    #[test]
+    fn a_commit_torn_over_a_recycled_files_old_bytes_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000007.wal");
+        let (mut b, ends) = recycled();
+        // A fourth commit of three blocks, of which only the first block
+        // reached the disk: the old bytes remain behind it.
+        let old = b.0.clone();
+        let end = b.commit(7, ends[2], 44, 1, 1400);
+        assert_eq!(end, ends[2] + 3 * BLOCK);
+        b.0[(ends[2] + BLOCK) as usize..end as usize].copy_from_slice(&old[(ends[2] + BLOCK) as usize..end as usize]);
+        b.write(&path);
+        let (r, lsns) = replay(&path, 7, true, CorruptionPolicy::Refuse);
+        assert_eq!(lsns, vec![41, 42, 43]);
+        assert!(matches!(r.unwrap().end, SegmentEnd::Torn { offset, .. } if offset == ends[2]));
+    }
+
+    #[test]
+    fn zeros_after_the_log_are_its_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000001.wal");
+        let mut b = Bytes::new(16 * 1024);
+        b.header(1, 1);
+        b.commit(1, BLOCK, 1, 3, 200);
+        b.write(&path);
+        let (r, lsns) = replay(&path, 1, true, CorruptionPolicy::Refuse);
+        assert_eq!(lsns, vec![1, 2, 3]);
+        let r = r.unwrap();
+        // The end of the last commit's block, after its padding.
+        assert_eq!(
+            (r.end, r.valid_end),
+            (SegmentEnd::Clean, (BLOCK + 3 * format::frame_len(2, 200) as u64).next_multiple_of(BLOCK))
+        );
+    }
 }

@@ -45,7 +45,7 @@ const ACTIONS: &[(&str, &str)] = &[
     (
         "get_stats",
         "Statistics as one JSON document: datasets, records, memory_bytes, max_memory_bytes, \
-         snapshot_interval_seconds, wal_bytes, and per dataset its records, memory bytes, snapshot rows and shard",
+         snapshot_interval_seconds, wal_bytes (segments and free files), wal_segments, wal_free_files, and per dataset its records, memory bytes, snapshot rows and shard",
     ),
     (
         "force_snapshot",
@@ -302,6 +302,7 @@ fn stats_json(engine: &Engine, datasets: &[DatasetInfo], shards: &[ShardStats]) 
         "snapshot_interval_seconds": settings.snapshot_interval.as_secs_f64(),
         "wal_bytes": shards.iter().map(|s| s.wal_bytes).sum::<u64>(),
         "wal_segments": shards.iter().map(|s| s.wal_segments).sum::<u64>(),
+        "wal_free_files": shards.iter().map(|s| s.wal_free_files).sum::<u64>(),
         "shards": shards.len(),
         "per_dataset": ds,
     })

@@ -587,31 +587,70 @@ fn walk_segment(
             }
         }
     };
-    // The log stops at `pos`: replay's own judgement of what follows.
-    let (later, nonzero) = replay::scan_after(&seg.path, seg.id, pos).map_err(engine_io)?;
+    // The log stops at `pos`: what follows, judged as replay judges it.
+    let (later, torn) = judge_after(bytes, seg.id, pos, commit, next_lsn, block);
     let walked = |state, reason: Option<String>, note| Ok(Walked { state, offset: pos, last_lsn, reason, note });
-    if later.is_none() && !nonzero {
-        if !newest {
-            let reason = "segment ends without a seal frame but newer segments follow it".to_owned();
-            return walked(EndState::Damage, Some(reason), None);
-        }
-        return walked(EndState::Clean, None, None);
-    }
     if let Some(at) = later {
         return walked(EndState::Damage, Some(format!("{reason}; an intact commit follows at offset {at}")), None);
     }
     if !newest {
-        return walked(EndState::Damage, Some(format!("{reason}; segment is not the newest and was not sealed")), None);
+        let reason = if torn {
+            format!("{reason}; segment is not the newest and was not sealed")
+        } else {
+            "segment ends without a seal frame but newer segments follow it".to_owned()
+        };
+        return walked(EndState::Damage, Some(reason), None);
     }
-    // Torn or stale: either way no intact commit of this segment follows,
-    // and a start cuts the log here.
-    match stale_frames(bytes, seg.id, pos) {
-        Some(stale) if !starts_own_frame(bytes, seg.id, pos) => {
+    let stale = stale_frames(bytes, seg.id, pos);
+    match (torn, stale) {
+        (false, Some(stale)) => {
             walked(EndState::Stale, Some(reason), Some(format!("{}; not damage", stale.describe())))
         }
-        Some(stale) => walked(EndState::Torn, Some(reason), Some(stale.describe())),
-        None => walked(EndState::Torn, Some(reason), None),
+        (false, None) => walked(EndState::Clean, None, None),
+        (true, stale) => walked(EndState::Torn, Some(reason), stale.map(|s| s.describe())),
     }
+}
+
+/// What follows a log's end at `from` in a segment held in memory, judged
+/// by the rules of `engine/src/wal/replay.rs` (`scan_after`): an intact
+/// frame of this segment that starts a later commit (at a block boundary,
+/// naming its own offset, LSN at least `next_lsn`), and whether bytes of
+/// the commit being read (which started at `commit`) are there: a frame
+/// header naming it, or anything but zeros in the rest of the block.
+fn judge_after(
+    bytes: &[u8],
+    segment_id: u64,
+    from: u64,
+    commit: u64,
+    next_lsn: u64,
+    block: u64,
+) -> (Option<u64>, bool) {
+    let len = bytes.len() as u64;
+    let header = format::FRAME_HEADER_BYTES as u64;
+    let mut torn = false;
+    if from % block != 0 && from < len {
+        let end = from.next_multiple_of(block).min(len);
+        torn = bytes[from as usize..end as usize].iter().any(|b| *b != 0);
+    }
+    let mut at = from.next_multiple_of(format::FRAME_ALIGN as u64);
+    while at + header <= len {
+        let frame = &bytes[at as usize..];
+        if let Some(p) = format::peek_frame_place(frame).filter(|p| p.segment_id == segment_id) {
+            if p.commit_start == commit || p.commit_start == from {
+                torn = true;
+            }
+            if at > from
+                && at % block == 0
+                && p.commit_start == at
+                && p.lsn >= next_lsn
+                && format::decode_frame(frame).is_ok()
+            {
+                return (Some(at), torn);
+            }
+        }
+        at += format::FRAME_ALIGN as u64;
+    }
+    (None, torn)
 }
 
 /// Intact frames of older segments found after a log's end.
@@ -654,15 +693,6 @@ fn stale_frames(bytes: &[u8], segment_id: u64, from: u64) -> Option<StaleFrames>
             _ => at += align,
         }
     }
-}
-
-/// Whether a frame header of this segment starts at `pos` (checksum
-/// aside): the start of a torn commit rather than stale bytes.
-fn starts_own_frame(bytes: &[u8], segment_id: u64, pos: u64) -> bool {
-    let rest = tail(bytes, pos);
-    rest.len() >= format::FRAME_HEADER_BYTES
-        && rest[0..4] == format::FRAME_MAGIC.to_le_bytes()
-        && rest[24..32] == segment_id.to_le_bytes()
 }
 
 /// What lies after a seal (replay never reads it): a note when it is not

@@ -260,15 +260,92 @@ pub async fn count_stream<T>(s: futures::stream::BoxStream<'static, Result<T, Fl
     s.filter(|r| futures::future::ready(r.is_ok())).count().await
 }
 
-/// The WAL segment files of a shard directory, oldest first.
+/// The WAL segment files of a shard directory (`<20 digits>.wal`; not the
+/// free files, `.free-<n>.wal`), oldest first.
 pub fn wal_segments(shard_dir: &Path) -> Vec<PathBuf> {
     let mut segs: Vec<_> = std::fs::read_dir(shard_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .filter(|p| longbow_engine::wal::parse_segment_file_name(p.file_name().unwrap().to_str().unwrap()).is_some())
         .collect();
     segs.sort();
     segs
+}
+
+/// The free files (preallocated or recycled) of a shard directory.
+pub fn wal_free_files(shard_dir: &Path) -> Vec<PathBuf> {
+    let mut free: Vec<_> = std::fs::read_dir(shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| longbow_engine::wal::free::parse_free_file_name(p.file_name().unwrap().to_str().unwrap()).is_some())
+        .collect();
+    free.sort();
+    free
+}
+
+/// One frame found in a segment file.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameAt {
+    pub offset: u64,
+    /// Offset just past the frame (its padding to 8 bytes included).
+    pub end: u64,
+    pub kind: longbow_engine::wal::format::FrameKind,
+    pub segment_id: u64,
+    pub commit_start: u64,
+    pub lsn: u64,
+}
+
+/// The segment's log as replay reads it: its frames from the header block
+/// on, in order, up to the first place no frame of this segment starts (a
+/// seal included). Segment files are preallocated, so their length says
+/// nothing about where the log ends.
+pub fn segment_frames(path: &Path) -> Vec<FrameAt> {
+    use longbow_engine::wal::format::{decode_frame, SegmentHeader, FRAME_ALIGN};
+    let bytes = std::fs::read(path).unwrap();
+    let header = SegmentHeader::decode(&bytes).unwrap();
+    let block = header.block_bytes as usize;
+    let mut out = Vec::new();
+    let mut at = block;
+    while at < bytes.len() {
+        match decode_frame(&bytes[at..]) {
+            Ok(f) if f.header.segment_id == header.segment_id => {
+                out.push(FrameAt {
+                    offset: at as u64,
+                    end: (at + f.len) as u64,
+                    kind: f.header.kind,
+                    segment_id: f.header.segment_id,
+                    commit_start: f.header.commit_start,
+                    lsn: f.header.lsn,
+                });
+                if f.header.kind == longbow_engine::wal::format::FrameKind::Seal {
+                    break;
+                }
+                at += f.len;
+            }
+            // Padding to the next block after a commit's last frame.
+            _ if at % block != 0 && bytes[at..at.next_multiple_of(block).min(bytes.len())].iter().all(|b| *b == 0) => {
+                at = at.next_multiple_of(block);
+            }
+            _ => break,
+        }
+        debug_assert_eq!(at % FRAME_ALIGN, 0);
+    }
+    out
+}
+
+/// Where each commit of a segment ends (the block after its last frame).
+pub fn commit_ends(path: &Path) -> Vec<u64> {
+    let block =
+        longbow_engine::wal::format::SegmentHeader::decode(&std::fs::read(path).unwrap()).unwrap().block_bytes as u64;
+    let frames = segment_frames(path);
+    let mut ends = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let last_of_commit = frames.get(i + 1).is_none_or(|n| n.commit_start != f.commit_start);
+        if last_of_commit && f.kind != longbow_engine::wal::format::FrameKind::Seal {
+            ends.push(f.end.next_multiple_of(block));
+        }
+    }
+    ends
 }
 
 /// Runs a `DoAction` and parses its one JSON result.
