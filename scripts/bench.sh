@@ -175,11 +175,11 @@ for variant in unlimited limited limited-16; do
     extra=()
     streams=1
     if [ "$variant" != unlimited ]; then extra=(--max-memory "${MEM_LIMIT_MIB}MiB"); fi
-    # 16 producers on 16 connections, each writing ${MEM_FACTOR}x the limit: the RSS bound's per-connection term.
+    # 16 producers on 16 connections writing ${MEM_FACTOR}x the limit between them: the RSS bound's per-connection term.
     if [ "$variant" = limited-16 ]; then streams=16; fi
     # WAL on disk as in the on-disk rows; snapshots on the tmpfs, a volume fast enough to keep up.
     start_longbow "longbow-$variant" 3002 9092 "$DIR/data-$variant" "$TMPFS/snapshots-$variant" "${extra[@]}"
-    put --addr 127.0.0.1:3002 --streams "$streams" --bytes $(( mem_bytes * streams )) --seconds $(( SECS_INT * 30 > 300 ? SECS_INT * 30 : 300 )) \
+    put --addr 127.0.0.1:3002 --streams "$streams" --bytes "$mem_bytes" --seconds $(( SECS_INT * 30 > 300 ? SECS_INT * 30 : 300 )) \
         --rss-pid "$LB_PID" --verify --label "longbow-$variant" --dataset mem | tee -a "$OUT/memory.jsonl"
     curl -s 127.0.0.1:9092/metrics >"$OUT/metrics-longbow-$variant.txt" || true
     grep -E '^longbow_(snapshot_operations|memory_bytes|memory_limit_bytes)' "$OUT/metrics-longbow-$variant.txt" \

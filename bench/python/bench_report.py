@@ -155,7 +155,7 @@ def render(res: Path) -> str:
                            f"{n(r['rows_acked'])} | {n(r.get('rows_stored'))} |")
         out += ["", "Each fresh, WAL on the data volume, snapshots on the tmpfs; RSS sampled every 50 ms "
                     "(and VmHWM) while the producers run, before the rows are read back. `longbow-limited-16`: "
-                    "16 producers on 16 connections, each writing the same amount as the one producer.", ""]
+                    "16 producers on 16 connections writing the same amount between them.", ""]
 
     rust = res / "rust.json"
     if rust.exists():
