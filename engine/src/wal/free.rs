@@ -189,6 +189,15 @@ pub(super) async fn zero_fill(path: &Path, file: &DmaFile, from: u64, to: u64) -
     if from >= to {
         return Ok(from);
     }
+    if on_tmpfs(path) {
+        // tmpfs has no block allocation or journal to pay for at commit
+        // time: writing zeros first only doubles the copying (measured: a
+        // fresh server with its WAL on tmpfs wrote 3.8 GB of zeros for 3.7
+        // GB of data in 8 s). Setting the length is enough for commits not
+        // to change the file's size.
+        file.truncate(to).await.map_err(Error::glommio("sizing WAL file", path, to))?;
+        return Ok(to);
+    }
     let chunk = (to - from).min(WAL_ZERO_FILL_BYTES);
     let mut zeros = file.alloc_dma_buffer(chunk as usize);
     zeros.as_bytes_mut().fill(0);
@@ -212,6 +221,12 @@ pub(super) async fn zero_fill(path: &Path, file: &DmaFile, from: u64, to: u64) -
         }
     }
     Ok(at)
+}
+
+/// Whether `path` (or its directory, if it does not exist yet) is on tmpfs.
+fn on_tmpfs(path: &Path) -> bool {
+    let probe = if path.exists() { path } else { path.parent().unwrap_or(path) };
+    nix::sys::statfs::statfs(probe).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 /// Creates the free file `path`: zeros written over `bytes` and synced
