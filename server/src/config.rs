@@ -84,9 +84,12 @@ pub struct Config {
 
     /// Bytes of DoPut batches all streams together may hold between being
     /// read off the socket and acknowledged; beyond it, streams are not
-    /// read (HTTP/2 flow control pushes back on clients).
-    #[arg(long, env = "LONGBOW_MAX_INFLIGHT", default_value = "256MiB")]
-    pub max_inflight: ByteSize,
+    /// read (HTTP/2 flow control pushes back on clients). Default: 16 MiB
+    /// per shard (two group commits each: one being written, one filling),
+    /// which measured no slower than 256 MiB and keeps it out of the RSS
+    /// bound's way.
+    #[arg(long, env = "LONGBOW_MAX_INFLIGHT")]
+    pub max_inflight: Option<ByteSize>,
 
     /// A file of `NAME=value` lines (e.g. a mounted ConfigMap) whose
     /// reloadable settings (LONGBOW_MAX_MEMORY, LONGBOW_SNAPSHOT_INTERVAL)

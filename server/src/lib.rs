@@ -300,7 +300,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let max_message = config.max_message_size.as_u64() as usize;
-    let admission = Arc::new(flight::do_put::Admission::new(config.max_inflight.as_u64(), config.backpressure_timeout));
+    let inflight = config.max_inflight.map_or((16u64 << 20) * engine.shard_count() as u64, |b| b.as_u64());
+    let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
     let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics, admission))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
