@@ -72,6 +72,8 @@ cleanup() {
     wait 2>/dev/null || true
     if $tmpfs_mounted; then umount "$TMPFS" 2>/dev/null || umount -l "$TMPFS" || true; fi
     [ -z "$shm_dir" ] || rm -rf "$shm_dir"
+    # The servers' data (tens of GB after a full run); the results stay.
+    find "$DIR" -mindepth 1 -maxdepth 1 ! -name results ! -name tmpfs -exec rm -rf {} + 2>/dev/null || true
 }
 trap cleanup EXIT
 
