@@ -366,7 +366,8 @@ async fn one_producer_writing_beyond_the_memory_limit_is_held_back_not_refused()
     // encoded, the admitted batches in flight (8 MiB), the HTTP/2 window
     // (16 MiB) and what the allocator keeps of freed memory for its purge
     // delay (1 s, see server/src/main.rs).
-    let overhead = 160 << 20;
+    // Measured 116-140 MiB here; the margin is for slower machines.
+    let overhead = 192 << 20;
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("RSS peak {} MiB above a baseline of {} MiB", (peak - baseline) >> 20, baseline >> 20);
     assert!(peak < baseline + LIMIT + overhead, "RSS peaked at {peak} (baseline {baseline})");
