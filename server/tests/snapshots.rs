@@ -307,20 +307,6 @@ async fn sighup_reloads_the_config_file() {
     server.terminate();
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb * 1024
-}
-
 /// One producer writes 6× the memory limit in one stream as fast as the
 /// server takes it. It is held back (flow control, acknowledgements wait)
 /// while snapshots free memory, and never refused: every batch is

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use arrow::array::RecordBatch;
 use common::*;
 
@@ -39,36 +37,6 @@ async fn crashed(commits: usize, rows: usize, extra: &[&str]) -> Crashed {
     let all = commit_ends(&wal_segments(&data.join("shard-0")).pop().unwrap());
     let ends = all[all.len().saturating_sub(commits)..].to_vec();
     Crashed { dir, written, ends }
-}
-
-/// A fresh copy of the crashed data directory, to damage.
-fn copy_of(base: &Path, to: &Path) -> PathBuf {
-    let data = to.join("data");
-    let shard = data.join("shard-0");
-    std::fs::create_dir_all(&shard).unwrap();
-    for e in std::fs::read_dir(base.join("data")).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
-        }
-    }
-    for e in std::fs::read_dir(base.join("data/shard-0")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), shard.join(e.file_name())).unwrap();
-    }
-    data
-}
-
-/// Flips every bit of one byte: enough for a checksum, a length, a magic
-/// number or a padding check to notice.
-fn garble(path: &Path, at: u64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[at as usize] ^= 0xFF;
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn truncate(path: &Path, at: u64) {
-    std::fs::File::options().write(true).open(path).unwrap().set_len(at).unwrap();
 }
 
 /// Rows of `damaged` a server on `data` holds, or `None` if it is unknown.

@@ -92,7 +92,7 @@ async fn crashed_in_a_recycled_segment() -> (tempfile::TempDir, Vec<RecordBatch>
 }
 
 /// A copy of a test directory's `data` and `snapshots`, to damage.
-fn copy_of(base: &Path, to: &Path) -> PathBuf {
+fn copy_with_snapshots(base: &Path, to: &Path) -> PathBuf {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for e in std::fs::read_dir(from).unwrap() {
@@ -153,7 +153,7 @@ async fn a_crash_while_a_free_file_becomes_a_segment_loses_nothing() {
     for case in ["renamed, header rewritten", "header rewritten, renames lost", "preallocation cut short", "too short"]
     {
         let scratch = tempfile::tempdir().unwrap();
-        let data = copy_of(base.path(), scratch.path());
+        let data = copy_with_snapshots(base.path(), scratch.path());
         let shard = data.join("shard-0");
         let free = wal_free_files(&shard);
         assert!(!free.is_empty(), "{case}");

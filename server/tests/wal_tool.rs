@@ -99,32 +99,8 @@ impl Crashed {
 
     /// A fresh copy of the data directory, to damage.
     fn copy(&self, to: &Path) -> PathBuf {
-        let data = to.join("data");
-        let shard = data.join("shard-0");
-        std::fs::create_dir_all(&shard).unwrap();
-        let base = self.dir.path().join("data");
-        for e in std::fs::read_dir(&base).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_file() {
-                std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
-            }
-        }
-        for e in std::fs::read_dir(base.join("shard-0")).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), shard.join(e.file_name())).unwrap();
-        }
-        data
+        copy_of(self.dir.path(), to)
     }
-}
-
-fn garble(path: &Path, at: u64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[at as usize] ^= 0xFF;
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn truncate(path: &Path, at: u64) {
-    std::fs::File::options().write(true).open(path).unwrap().set_len(at).unwrap();
 }
 
 /// The offset in `text` after `at offset ` or ` offset ` on the first line

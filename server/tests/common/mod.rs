@@ -394,3 +394,49 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Resident memory of a process (`VmRSS`), in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+/// A copy of `base/data` (its files and `shard-0/`) under `to`, to damage;
+/// returns the copy's data directory.
+pub fn copy_of(base: &Path, to: &Path) -> PathBuf {
+    let data = to.join("data");
+    let shard = data.join("shard-0");
+    std::fs::create_dir_all(&shard).unwrap();
+    for e in std::fs::read_dir(base.join("data")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+        }
+    }
+    for e in std::fs::read_dir(base.join("data/shard-0")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), shard.join(e.file_name())).unwrap();
+    }
+    data
+}
+
+/// Flips every bit of one byte: enough for a checksum, a length, a magic
+/// number or a padding check to notice.
+pub fn garble(path: &Path, at: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at as usize] ^= 0xFF;
+    std::fs::write(path, bytes).unwrap();
+}
+
+pub fn truncate(path: &Path, at: u64) {
+    std::fs::File::options().write(true).open(path).unwrap().set_len(at).unwrap();
+}
