@@ -171,16 +171,8 @@ pub async fn replay_segment(
             }
             Err(e) => break e.to_string(),
             Ok(f) => {
-                if f.header.segment_id != seg.id {
-                    break format!("frame belongs to segment {}", f.header.segment_id);
-                }
-                if f.header.commit_start == pos && pos % block == 0 {
-                    commit = pos;
-                } else if f.header.commit_start != commit {
-                    break format!("frame says its commit starts at {}, expected {commit}", f.header.commit_start);
-                }
-                if f.header.lsn != next_lsn {
-                    break format!("frame has lsn {}, expected {next_lsn}", f.header.lsn);
+                if let Err(reason) = check_chain(&f.header, seg.id, pos, block, &mut commit, next_lsn) {
+                    break reason;
                 }
                 next_lsn += 1;
                 last_lsn = Some(f.header.lsn);
@@ -239,6 +231,57 @@ async fn read_full(reader: &mut glommio::io::DmaStreamReader, out: &mut [u8]) ->
     Ok(n)
 }
 
+/// Checks that an intact frame at `pos` continues the log of segment
+/// `segment_id`: its own segment, the commit it belongs to (a frame at a
+/// block boundary naming its own offset starts a new one; `commit` follows
+/// it), and the next LSN. Pure; the offline tool (`longbow wal verify`)
+/// walks logs with it too.
+pub fn check_chain(
+    h: &format::FrameHeader,
+    segment_id: u64,
+    pos: u64,
+    block: u64,
+    commit: &mut u64,
+    next_lsn: Lsn,
+) -> std::result::Result<(), String> {
+    if h.segment_id != segment_id {
+        return Err(format!("frame belongs to segment {}", h.segment_id));
+    }
+    if h.commit_start == pos && pos % block == 0 {
+        *commit = pos;
+    } else if h.commit_start != *commit {
+        return Err(format!("frame says its commit starts at {}, expected {commit}", h.commit_start));
+    }
+    if h.lsn != next_lsn {
+        return Err(format!("frame has lsn {}, expected {next_lsn}", h.lsn));
+    }
+    Ok(())
+}
+
+/// What a frame header found at `at`, past the log's end at `from`, says
+/// (the commit being read there started at `commit`): whether it is a byte
+/// of that torn commit, and whether it may start a later commit of this
+/// segment (at a block boundary, naming its own offset, with an LSN at
+/// least `next_lsn`; the caller then checks the whole frame is intact).
+/// Frames of other segments, which a recycled file holds, are neither.
+/// Pure; shared with the offline tool.
+pub fn judge_frame_after_end(
+    p: &format::FramePlace,
+    segment_id: u64,
+    at: u64,
+    from: u64,
+    commit: u64,
+    next_lsn: Lsn,
+    block: u64,
+) -> (bool, bool) {
+    if p.segment_id != segment_id {
+        return (false, false);
+    }
+    let torn = p.commit_start == commit || p.commit_start == from;
+    let later = at > from && at % block == 0 && p.commit_start == at && p.lsn >= next_lsn;
+    (torn, later)
+}
+
 /// What follows the end of the log.
 #[derive(Debug, Default)]
 struct After {
@@ -275,23 +318,19 @@ async fn scan_after(path: &Path, segment_id: u64, from: u64, commit: u64, next_l
     let scanned = async {
         let mut after = After::default();
         if from % block != 0 {
-            let end = from.next_multiple_of(block);
-            w.fill_to(end).await?;
+            let mut end = from.next_multiple_of(block);
+            if !w.fill_to(end).await? {
+                end = w.start + w.buf.len() as u64; // the file ends inside the block
+            }
             after.torn = w.bytes(from, end).iter().any(|b| *b != 0);
         }
         let mut at = from.next_multiple_of(format::FRAME_ALIGN as u64);
         while w.fill_to(at + format::FRAME_HEADER_BYTES as u64).await? {
             let place = format::peek_frame_place(w.bytes(at, at + format::FRAME_HEADER_BYTES as u64));
-            if let Some(p) = place.filter(|p| p.segment_id == segment_id) {
-                if p.commit_start == commit || p.commit_start == from {
-                    after.torn = true;
-                }
-                if at > from
-                    && at % block == 0
-                    && p.commit_start == at
-                    && p.lsn >= next_lsn
-                    && w.intact_frame(at).await?
-                {
+            if let Some(p) = place {
+                let (torn, later) = judge_frame_after_end(&p, segment_id, at, from, commit, next_lsn, block);
+                after.torn |= torn;
+                if later && w.intact_frame(at).await? {
                     after.later = Some(at);
                     break;
                 }

@@ -559,16 +559,8 @@ fn walk_segment(
             }
             Err(e) => break e.to_string(),
             Ok(f) => {
-                if f.header.segment_id != seg.id {
-                    break format!("frame belongs to segment {}", f.header.segment_id);
-                }
-                if f.header.commit_start == pos && pos % block == 0 {
-                    commit = pos;
-                } else if f.header.commit_start != commit {
-                    break format!("frame says its commit starts at {}, expected {commit}", f.header.commit_start);
-                }
-                if f.header.lsn != next_lsn {
-                    break format!("frame has lsn {}, expected {next_lsn}", f.header.lsn);
+                if let Err(reason) = replay::check_chain(&f.header, seg.id, pos, block, &mut commit, next_lsn) {
+                    break reason;
                 }
                 next_lsn = next_lsn.wrapping_add(1);
                 last_lsn = Some(f.header.lsn);
@@ -611,12 +603,12 @@ fn walk_segment(
     }
 }
 
-/// What follows a log's end at `from` in a segment held in memory, judged
-/// by the rules of `engine/src/wal/replay.rs` (`scan_after`): an intact
-/// frame of this segment that starts a later commit (at a block boundary,
-/// naming its own offset, LSN at least `next_lsn`), and whether bytes of
-/// the commit being read (which started at `commit`) are there: a frame
-/// header naming it, or anything but zeros in the rest of the block.
+/// What follows a log's end at `from` in a segment held in memory, each
+/// frame header there judged by replay's own
+/// `replay::judge_frame_after_end`: an intact frame of this segment that
+/// starts a later commit, and whether bytes of the commit being read (which
+/// started at `commit`) are there (a frame header naming it, or anything
+/// but zeros in the rest of the block).
 fn judge_after(
     bytes: &[u8],
     segment_id: u64,
@@ -635,16 +627,10 @@ fn judge_after(
     let mut at = from.next_multiple_of(format::FRAME_ALIGN as u64);
     while at + header <= len {
         let frame = &bytes[at as usize..];
-        if let Some(p) = format::peek_frame_place(frame).filter(|p| p.segment_id == segment_id) {
-            if p.commit_start == commit || p.commit_start == from {
-                torn = true;
-            }
-            if at > from
-                && at % block == 0
-                && p.commit_start == at
-                && p.lsn >= next_lsn
-                && format::decode_frame(frame).is_ok()
-            {
+        if let Some(p) = format::peek_frame_place(frame) {
+            let (torn_here, later) = replay::judge_frame_after_end(&p, segment_id, at, from, commit, next_lsn, block);
+            torn |= torn_here;
+            if later && format::decode_frame(frame).is_ok() {
                 return (Some(at), torn);
             }
         }
