@@ -96,6 +96,18 @@ pub fn schema_message(schema: &Schema) -> Vec<u8> {
     IpcMessage { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() }.to_vec()
 }
 
+/// Decodes a record batch message's `body` (no dictionaries: they are
+/// refused at the gateway). Columns are sliced from `body`, not copied, where
+/// it is aligned for them.
+pub fn read_batch(
+    body: &arrow::buffer::Buffer,
+    header: arrow::ipc::RecordBatch<'_>,
+    schema: arrow::datatypes::SchemaRef,
+    version: arrow::ipc::MetadataVersion,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    arrow::ipc::reader::read_record_batch(body, header, schema, &std::collections::HashMap::new(), None, &version)
+}
+
 /// A message read back from a frame payload.
 pub enum Decoded {
     Schema(arrow::datatypes::SchemaRef),
@@ -163,15 +175,8 @@ pub fn decode_payload(
                 let fb = message.header_as_record_batch().ok_or("unreadable IPC record batch")?;
                 let schema = schema.clone().ok_or("record batch before its schema")?;
                 let body = payload.slice_with_length(body_start, body_len);
-                let batch = arrow::ipc::reader::read_record_batch(
-                    &body,
-                    fb,
-                    schema,
-                    &std::collections::HashMap::new(),
-                    None,
-                    &message.version(),
-                )
-                .map_err(|e| format!("IPC record batch: {e}"))?;
+                let batch =
+                    read_batch(&body, fb, schema, message.version()).map_err(|e| format!("IPC record batch: {e}"))?;
                 out(Decoded::Batch(batch));
             }
             other => return Err(format!("unexpected IPC message {:?} in WAL", other.variant_name())),

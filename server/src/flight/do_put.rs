@@ -266,15 +266,8 @@ fn decode_batch(
             body: bytes::Bytes::from_owner(body.clone()),
         };
     }
-    let batch = arrow::ipc::reader::read_record_batch(
-        &body,
-        fb,
-        schema,
-        &std::collections::HashMap::new(),
-        None,
-        &message.version(),
-    )
-    .map_err(|e| e.to_string())?;
+    let batch =
+        longbow_engine::wal::ipc::read_batch(&body, fb, schema, message.version()).map_err(|e| e.to_string())?;
     Ok((batch, ipc))
 }
 
