@@ -180,7 +180,7 @@ impl Reader {
         if data.data_header.is_empty() {
             return Ok(None); // app_metadata only, or the descriptor alone
         }
-        let dataset = &self.dataset.clone();
+        let dataset = &self.dataset;
         let bad = |e: String| Status::invalid_argument(format!("undecodable FlightData for dataset {dataset:?}: {e}"));
         let message = arrow::ipc::root_as_message(&data.data_header).map_err(|e| bad(e.to_string()))?;
         match message.header_type() {
@@ -196,7 +196,7 @@ impl Reader {
                 Ok(None)
             }
             MessageHeader::RecordBatch => {
-                let producer = self.producer_of(&data.app_metadata)?;
+                let producer = producer_of(&mut self.producer, &data.app_metadata)?;
                 let Some(schema) = self.schema.clone() else {
                     return Err(Status::invalid_argument(format!(
                         "DoPut for dataset {dataset:?} sent a record batch before its schema"
@@ -365,39 +365,38 @@ fn checked_producer(id: String) -> Result<Arc<str>, Status> {
     Ok(id.into())
 }
 
-impl Reader {
-    /// The producer and sequence number of a batch: from its app_metadata
-    /// (a JSON object with "seq", and "producer" unless the descriptor named
-    /// one), else the descriptor's producer's next number. Other
-    /// app_metadata is the client's own and ignored.
-    fn producer_of(&mut self, app_metadata: &[u8]) -> Result<Option<ProducerSeq>, Status> {
-        let fields = (!app_metadata.is_empty() && app_metadata[0] == b'{')
-            .then(|| serde_json::from_slice::<ProducerFields>(app_metadata).ok())
-            .flatten()
-            .filter(|f| f.producer.is_some() || f.seq.is_some());
-        let (id, seq) = match (fields, &self.producer) {
-            (Some(f), named) => {
-                let id =
-                    match (f.producer, named) {
-                        (Some(p), _) => checked_producer(p)?,
-                        (None, Some((id, _))) => id.clone(),
-                        (None, None) => return Err(Status::invalid_argument(
-                            "a batch's app_metadata gives a \"seq\" but no \"producer\", and the descriptor names none",
-                        )),
-                    };
-                let seq = f.seq.ok_or_else(|| {
-                    Status::invalid_argument("a batch's app_metadata names a \"producer\" but gives no \"seq\"")
-                })?;
-                (id, seq)
-            }
-            (None, Some((id, next))) => (id.clone(), *next),
-            (None, None) => return Ok(None),
-        };
-        if let Some((named, next)) = &mut self.producer {
-            if *named == id {
-                *next = seq + 1;
-            }
+/// The producer and sequence number of a batch: from its app_metadata
+/// (a JSON object with "seq", and "producer" unless the descriptor named
+/// one), else the descriptor's producer's next number. Other
+/// app_metadata is the client's own and ignored.
+fn producer_of(named: &mut Option<NamedProducer>, app_metadata: &[u8]) -> Result<Option<ProducerSeq>, Status> {
+    let fields = (!app_metadata.is_empty() && app_metadata[0] == b'{')
+        .then(|| serde_json::from_slice::<ProducerFields>(app_metadata).ok())
+        .flatten()
+        .filter(|f| f.producer.is_some() || f.seq.is_some());
+    let (id, seq) = match (fields, &*named) {
+        (Some(f), named) => {
+            let id = match (f.producer, named) {
+                (Some(p), _) => checked_producer(p)?,
+                (None, Some((id, _))) => id.clone(),
+                (None, None) => {
+                    return Err(Status::invalid_argument(
+                        "a batch's app_metadata gives a \"seq\" but no \"producer\", and the descriptor names none",
+                    ))
+                }
+            };
+            let seq = f.seq.ok_or_else(|| {
+                Status::invalid_argument("a batch's app_metadata names a \"producer\" but gives no \"seq\"")
+            })?;
+            (id, seq)
         }
-        Ok(Some(ProducerSeq { id, seq }))
+        (None, Some((id, next))) => (id.clone(), *next),
+        (None, None) => return Ok(None),
+    };
+    if let Some((named_id, next)) = named {
+        if *named_id == id {
+            *next = seq + 1;
+        }
     }
+    Ok(Some(ProducerSeq { id, seq }))
 }
