@@ -39,7 +39,7 @@ pub fn vector_batch(rows: usize, dim: i32, first_id: i32) -> anyhow::Result<Reco
 }
 
 fn encode(batch: &RecordBatch) -> anyhow::Result<(FlightData, FlightData)> {
-    let mut encoded = arrow_flight::utils::batches_to_flight_data(&batch.schema(), [batch])?;
+    let mut encoded = arrow_flight::utils::batches_to_flight_data(&batch.schema(), vec![batch.clone()])?;
     if encoded.len() != 2 {
         bail!("expected a schema and one batch message, got {}", encoded.len());
     }

@@ -26,7 +26,7 @@ fn batch(seq: u64) -> RecordBatch {
 /// producer metadata (`None`: no metadata).
 fn flight_data(descriptor: FlightDescriptor, batches: &[(RecordBatch, Option<serde_json::Value>)]) -> Vec<FlightData> {
     let plain: Vec<RecordBatch> = batches.iter().map(|(b, _)| b.clone()).collect();
-    let mut data = arrow_flight::utils::batches_to_flight_data(&vector_schema(DIM), plain.iter()).unwrap();
+    let mut data = arrow_flight::utils::batches_to_flight_data(&vector_schema(DIM), plain.to_vec()).unwrap();
     data[0] = data[0].clone().with_descriptor(descriptor);
     for (d, (_, meta)) in data[1..].iter_mut().zip(batches) {
         if let Some(m) = meta {

@@ -61,7 +61,7 @@ fn batch_rows(frame: &Value) -> Vec<u64> {
 async fn put_with(client: &mut FlightClient, dataset: &str, batches: &[(RecordBatch, Option<Value>)]) -> Vec<Value> {
     let plain: Vec<RecordBatch> = batches.iter().map(|(b, _)| b.clone()).collect();
     let mut data: Vec<FlightData> =
-        arrow_flight::utils::batches_to_flight_data(&vector_schema(DIM), plain.iter()).unwrap();
+        arrow_flight::utils::batches_to_flight_data(&vector_schema(DIM), plain.to_vec()).unwrap();
     data[0] = data[0].clone().with_descriptor(FlightDescriptor::new_path(vec![dataset.to_owned()]));
     for (d, (_, meta)) in data[1..].iter_mut().zip(batches) {
         if let Some(m) = meta {

@@ -166,7 +166,7 @@ pub fn decode_payload(
         match message.header_type() {
             MessageHeader::Schema => {
                 let fb = message.header_as_schema().ok_or("unreadable IPC schema")?;
-                let s = arrow::ipc::convert::try_fb_to_schema(fb).map_err(|e| format!("IPC schema: {e}"))?;
+                let s = schema_from_fb(fb)?;
                 let s = std::sync::Arc::new(s);
                 schema = Some(s.clone());
                 out(Decoded::Schema(s));
@@ -184,4 +184,22 @@ pub fn decode_payload(
         at = body_start + body_len;
     }
     Ok(())
+}
+
+/// arrow 59's `fb_to_schema` unwraps and `unimplemented!`s on schemas it
+/// cannot convert (a missing field list, a big-endian decimal, an unknown
+/// type); arrow 60's fallible `try_fb_to_schema` is not there. A schema comes
+/// from a client, so its panic is caught here and answered as bad input.
+fn schema_from_fb(fb: arrow::ipc::Schema<'_>) -> Result<arrow::datatypes::Schema, String> {
+    if fb.fields().is_none() {
+        return Err("IPC schema: no field list".into());
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| arrow::ipc::convert::fb_to_schema(fb))).map_err(|cause| {
+        let why = cause
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| cause.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unsupported".into());
+        format!("IPC schema: {why}")
+    })
 }

@@ -263,12 +263,22 @@ fn decode_batch(
         body = Buffer::from_slice_ref(body.as_slice());
         ipc = IpcMessage {
             header: bytes::Bytes::copy_from_slice(&data.data_header),
-            body: bytes::Bytes::from_owner(body.clone()),
+            body: bytes::Bytes::from_owner(OwnedBuffer(body.clone())),
         };
     }
     let batch =
         longbow_engine::wal::ipc::read_batch(&body, fb, schema, message.version()).map_err(|e| e.to_string())?;
     Ok((batch, ipc))
+}
+
+/// An arrow buffer as the owner of `bytes::Bytes` (arrow 59's `Buffer` has
+/// no `AsRef<[u8]>`), so the aligned copy is shared, not copied again.
+struct OwnedBuffer(Buffer);
+
+impl AsRef<[u8]> for OwnedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
 }
 
 /// Sends the acknowledgements in stream order. The first failure ends the
