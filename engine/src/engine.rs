@@ -15,6 +15,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::dataset::{validate_name, DatasetInfo};
 use crate::error::{Error, Result};
+use crate::io::{IoEngine, RealStorage, StorageRef};
 use crate::layout::{self, DirLock, Layout};
 use crate::limits::{SEGMENT_BYTES_MIN, SHARD_INBOX_DEPTH_MAX, SHARD_IO_MEMORY_BYTES, SHARD_RING_DEPTH};
 use crate::memory::MemoryBudget;
@@ -55,6 +56,9 @@ pub struct EngineConfig {
     /// meanwhile skips the thread wake-up (tens of µs), at the price of a
     /// busy core for that long after each burst. Zero: sleep at once.
     pub shard_spin: Duration,
+    /// The WAL volume's file system (`io::RealStorage`, or the simulator
+    /// in tests).
+    pub storage: StorageRef,
 }
 
 impl EngineConfig {
@@ -74,6 +78,7 @@ impl EngineConfig {
             pin_cores: false,
             backpressure_timeout: Duration::from_secs(30),
             shard_spin: Duration::ZERO,
+            storage: Arc::new(RealStorage::new(IoEngine::Auto)),
         }
     }
 }
@@ -131,16 +136,19 @@ impl Engine {
             0,
         ))?;
         let data = &config.data_path;
-        let lock = layout::lock(data)?;
-        let current = match layout::read(data)? {
+        let storage = config.storage.clone();
+        tracing::info!(engine = storage.engine_name(), "WAL I/O engine");
+        metrics.io_engine.get_or_create(&crate::metrics::EngineLabel { engine: storage.engine_name().into() }).set(1);
+        let lock = layout::lock(&*storage, data)?;
+        let current = match layout::read(&*storage, data)? {
             Some(l) => l,
             None => {
                 let l = Layout { shards: config.shards, generation: 0 };
-                layout::write(data, l)?;
+                layout::write(&*storage, data, l)?;
                 l
             }
         };
-        let remaining = layout::clean(data, current.generation)?;
+        let remaining = layout::clean(&*storage, data, current.generation)?;
         let migrating = current.shards != config.shards;
         let sources = migrating.then(|| remaining.into_iter().map(|(_, segments)| segments).collect::<Vec<_>>());
         if migrating {
@@ -188,6 +196,7 @@ impl Engine {
             let (tx, inbox) = flume::bounded(SHARD_INBOX_DEPTH_MAX);
             handles.push(ShardHandle { id, tx, backpressure_timeout: config.backpressure_timeout });
             let plan = Plan {
+                storage: storage.clone(),
                 shard: id,
                 shards: config.shards,
                 dir: layout::shard_dir(data, k),
@@ -277,10 +286,10 @@ impl Engine {
             // IMPORTANT: every shard has logged its datasets under the new
             // generation and synced; only now may the old one go.
             let next = Layout { shards: config.shards, generation: current.generation + 1 };
-            layout::write(data, next)?;
+            layout::write(&*storage, data, next)?;
             // Not `clean`: the shards run, and may be preallocating files.
-            layout::remove_other_generations(data, next.generation)?;
-            layout::remove_retired_dirs(data, next.shards)?;
+            layout::remove_other_generations(&*storage, data, next.generation)?;
+            layout::remove_retired_dirs(&*storage, data, next.shards)?;
             tracing::info!(shards = next.shards, generation = next.generation, "shard-count change complete");
         }
         let settings =

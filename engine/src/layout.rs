@@ -25,14 +25,13 @@
 //! generation-G segments, which the next start deletes. Either way nothing
 //! is lost and nothing is replayed twice.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::any::Any;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::io::{RealStorage, Storage};
 use crate::wal::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::wal::replay::{list_segments, SegmentFile};
 
@@ -47,7 +46,7 @@ pub struct Layout {
 
 /// Holds the data directory's lock for as long as it lives.
 pub struct DirLock {
-    _lock: Flock<File>,
+    _lock: Box<dyn Any + Send + Sync>,
 }
 
 pub fn shard_dir(data: &Path, shard: usize) -> PathBuf {
@@ -55,42 +54,39 @@ pub fn shard_dir(data: &Path, shard: usize) -> PathBuf {
 }
 
 /// Takes the exclusive lock on `data`, creating the directory if needed.
-pub fn lock(data: &Path) -> Result<DirLock> {
-    std::fs::create_dir_all(data).map_err(Error::io("creating data directory", data, 0))?;
-    lock_file(&data.join(LOCK_FILE), "data directory", data)
+pub fn lock(storage: &dyn Storage, data: &Path) -> Result<DirLock> {
+    storage.create_dir_all(data).map_err(Error::io("creating data directory", data, 0))?;
+    lock_on(storage, &data.join(LOCK_FILE), "data directory", data)
 }
 
 /// Takes an exclusive flock(2) on `path` (created if needed), which guards
 /// the directory `dir`; a second holder gets an error naming `what`.
 pub(crate) fn lock_file(path: &Path, what: &str, dir: &Path) -> Result<DirLock> {
-    let file = File::options().create(true).truncate(false).write(true).open(path).map_err(Error::io(
-        "opening lock file",
-        path,
-        0,
-    ))?;
-    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        Error::Startup(format!(
-            "{what} {} is in use by another longbow process ({}: {errno})",
+    lock_on(&RealStorage::new(crate::io::IoEngine::Sync), path, what, dir)
+}
+
+fn lock_on(storage: &dyn Storage, path: &Path, what: &str, dir: &Path) -> Result<DirLock> {
+    match storage.lock(path) {
+        Ok(lock) => Ok(DirLock { _lock: lock }),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Startup(format!(
+            "{what} {} is in use by another longbow process ({}: {e})",
             dir.display(),
             path.display()
-        ))
-    })?;
-    Ok(DirLock { _lock: lock })
+        ))),
+        Err(e) => Err(Error::io("opening lock file", path, 0)(e)),
+    }
 }
 
 /// Reads `LAYOUT`. A directory without one is new if it holds no segments;
 /// one with segments but no `LAYOUT` is refused (not written by Longbow, or
 /// damaged).
-pub fn read(data: &Path) -> Result<Option<Layout>> {
+pub fn read(storage: &dyn Storage, data: &Path) -> Result<Option<Layout>> {
     let path = data.join(LAYOUT_FILE);
-    let mut text = String::new();
-    match File::open(&path) {
-        Ok(mut f) => {
-            f.read_to_string(&mut text).map_err(Error::io("reading layout", &path, 0))?;
-        }
+    let text = match storage.read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            for k in shard_dirs(data)? {
-                if !list_segments(&shard_dir(data, k))?.is_empty() {
+            for k in shard_dirs(storage, data)? {
+                if !list_segments(storage, &shard_dir(data, k))?.is_empty() {
                     return Err(Error::Startup(format!(
                         "{} holds WAL segments but no LAYOUT file; refusing to guess the shard layout",
                         data.display()
@@ -99,8 +95,8 @@ pub fn read(data: &Path) -> Result<Option<Layout>> {
             }
             return Ok(None);
         }
-        Err(e) => return Err(Error::io("opening layout", &path, 0)(e)),
-    }
+        Err(e) => return Err(Error::io("reading layout", &path, 0)(e)),
+    };
     let layout: Layout = serde_json::from_str(&text).map_err(|e| Error::Corrupt {
         path: path.clone(),
         offset: 0,
@@ -114,28 +110,30 @@ pub fn read(data: &Path) -> Result<Option<Layout>> {
 
 /// Replaces `LAYOUT` atomically: write a temporary file, fsync, rename,
 /// fsync the directory.
-pub fn write(data: &Path, layout: Layout) -> Result<()> {
+pub fn write(storage: &dyn Storage, data: &Path, layout: Layout) -> Result<()> {
     let tmp = data.join(format!("{LAYOUT_FILE}.tmp"));
     let path = data.join(LAYOUT_FILE);
     let text = serde_json::to_string(&layout).expect("layout serializes");
-    let mut f = File::create(&tmp).map_err(Error::io("creating layout", &tmp, 0))?;
-    f.write_all(text.as_bytes()).map_err(Error::io("writing layout", &tmp, 0))?;
-    f.sync_all().map_err(Error::io("fsyncing layout", &tmp, 0))?;
-    std::fs::rename(&tmp, &path).map_err(Error::io("renaming layout", &tmp, 0))?;
-    sync_dir(data)
+    storage.write_synced(&tmp, text.as_bytes()).map_err(Error::io("writing layout", &tmp, 0))?;
+    storage.rename(&tmp, &path).map_err(Error::io("renaming layout", &tmp, 0))?;
+    sync_dir(storage, data)
 }
 
 /// fsync a directory from a plain thread (startup, before the executors).
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsyncing directory", dir, 0))
+pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    storage.sync_dir_blocking(dir).map_err(Error::io("fsyncing directory", dir, 0))
+}
+
+/// fsync a directory of the snapshot volume (always the real file system).
+pub(crate) fn sync_real_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsyncing directory", dir, 0))
 }
 
 /// Indexes of the `shard-<k>` directories in `data`, ascending.
-pub fn shard_dirs(data: &Path) -> Result<Vec<usize>> {
+pub fn shard_dirs(storage: &dyn Storage, data: &Path) -> Result<Vec<usize>> {
     let mut out = Vec::new();
-    for entry in crate::wal::list_dir(data, "listing data directory")? {
-        let name = entry.file_name();
-        if let Some(k) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|k| k.parse().ok()) {
+    for name in crate::wal::list_names(storage, data, "listing data directory")? {
+        if let Some(k) = name.strip_prefix("shard-").and_then(|k| k.parse().ok()) {
             out.push(k);
         }
     }
@@ -143,16 +141,10 @@ pub fn shard_dirs(data: &Path) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-fn read_header(path: &Path) -> std::io::Result<Option<SegmentHeader>> {
-    let mut buf = [0u8; SEGMENT_HEADER_BYTES];
-    let mut f = File::open(path)?;
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = f.read(&mut buf[filled..])?;
-        if n == 0 {
-            return Ok(None);
-        }
-        filled += n;
+fn read_header(storage: &dyn Storage, path: &Path) -> std::io::Result<Option<SegmentHeader>> {
+    let buf = storage.read_prefix(path, SEGMENT_HEADER_BYTES)?;
+    if buf.len() < SEGMENT_HEADER_BYTES {
+        return Ok(None);
     }
     Ok(SegmentHeader::decode(&buf).ok())
 }
@@ -162,29 +154,28 @@ fn read_header(path: &Path) -> std::io::Result<Option<SegmentHeader>> {
 /// never held a record, and free files caught in their preallocation), then
 /// the segments of other generations ([`remove_other_generations`]). Free
 /// files are kept. Returns each directory's remaining segments.
-pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
-    for k in shard_dirs(data)? {
+pub fn clean(storage: &dyn Storage, data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
+    for k in shard_dirs(storage, data)? {
         let dir = shard_dir(data, k);
         let mut deleted = false;
-        for entry in crate::wal::list_dir(&dir, "listing WAL directory")? {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let what = if crate::wal::is_segment_tmp_name(name) {
+        for name in crate::wal::list_names(storage, &dir, "listing WAL directory")? {
+            let what = if crate::wal::is_segment_tmp_name(&name) {
                 "deleting a WAL segment a crash caught during its creation (it holds no records)"
-            } else if crate::wal::free::is_free_tmp_name(name) {
+            } else if crate::wal::free::is_free_tmp_name(&name) {
                 "deleting a free WAL file a crash caught while it was being preallocated"
             } else {
                 continue;
             };
-            tracing::warn!(file = %entry.path().display(), "{what}");
-            std::fs::remove_file(entry.path()).map_err(Error::io("deleting unfinished WAL file", entry.path(), 0))?;
+            let path = dir.join(&name);
+            tracing::warn!(file = %path.display(), "{what}");
+            storage.remove_file(&path).map_err(Error::io("deleting unfinished WAL file", &path, 0))?;
             deleted = true;
         }
         if deleted {
-            sync_dir(&dir)?;
+            sync_dir(storage, &dir)?;
         }
     }
-    remove_other_generations(data, generation)
+    remove_other_generations(storage, data, generation)
 }
 
 /// Deletes every segment whose generation is not `generation` (left by an
@@ -192,14 +183,18 @@ pub fn clean(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile
 /// complete). A segment whose header is missing or damaged is corruption:
 /// segments get their names only once their header is durable. Touches no
 /// file a running shard writes. Returns each directory's remaining segments.
-pub fn remove_other_generations(data: &Path, generation: u64) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
+pub fn remove_other_generations(
+    storage: &dyn Storage,
+    data: &Path,
+    generation: u64,
+) -> Result<Vec<(usize, Vec<SegmentFile>)>> {
     let mut out = Vec::new();
-    for k in shard_dirs(data)? {
+    for k in shard_dirs(storage, data)? {
         let dir = shard_dir(data, k);
         let mut deleted = false;
         let mut keep = Vec::new();
-        for seg in list_segments(&dir)? {
-            let header = read_header(&seg.path).map_err(Error::io("reading segment header", &seg.path, 0))?;
+        for seg in list_segments(storage, &dir)? {
+            let header = read_header(storage, &seg.path).map_err(Error::io("reading segment header", &seg.path, 0))?;
             let Some(header) = header else {
                 return Err(Error::Corrupt {
                     path: seg.path.clone(),
@@ -209,14 +204,14 @@ pub fn remove_other_generations(data: &Path, generation: u64) -> Result<Vec<(usi
             };
             if header.generation != generation {
                 tracing::info!(file = %seg.path.display(), "deleting WAL segment of another generation");
-                std::fs::remove_file(&seg.path).map_err(Error::io("deleting stale segment", &seg.path, 0))?;
+                storage.remove_file(&seg.path).map_err(Error::io("deleting stale segment", &seg.path, 0))?;
                 deleted = true;
             } else {
                 keep.push(seg);
             }
         }
         if deleted {
-            sync_dir(&dir)?;
+            sync_dir(storage, &dir)?;
         }
         out.push((k, keep));
     }
@@ -226,33 +221,35 @@ pub fn remove_other_generations(data: &Path, generation: u64) -> Result<Vec<(usi
 /// After a shard-count change became current: drops the directories of
 /// shards that no longer exist (their segments are already deleted; their
 /// free files go with them).
-pub fn remove_retired_dirs(data: &Path, shards: usize) -> Result<()> {
-    for k in shard_dirs(data)? {
+pub fn remove_retired_dirs(storage: &dyn Storage, data: &Path, shards: usize) -> Result<()> {
+    for k in shard_dirs(storage, data)? {
         if k >= shards {
             let dir = shard_dir(data, k);
-            if list_segments(&dir)?.is_empty() {
-                std::fs::remove_dir_all(&dir).map_err(Error::io("removing retired shard directory", &dir, 0))?;
+            if list_segments(storage, &dir)?.is_empty() {
+                storage.remove_dir_all(&dir).map_err(Error::io("removing retired shard directory", &dir, 0))?;
             }
         }
     }
-    sync_dir(data)
+    sync_dir(storage, data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const FS: RealStorage = RealStorage::SYNC;
+
     #[test]
     fn layout_round_trips_and_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()).unwrap(), None);
+        assert_eq!(read(&FS, dir.path()).unwrap(), None);
         let l = Layout { shards: 3, generation: 7 };
-        write(dir.path(), l).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some(l));
-        let held = lock(dir.path()).unwrap();
-        assert!(matches!(lock(dir.path()), Err(Error::Startup(_))));
+        write(&FS, dir.path(), l).unwrap();
+        assert_eq!(read(&FS, dir.path()).unwrap(), Some(l));
+        let held = lock(&FS, dir.path()).unwrap();
+        assert!(matches!(lock(&FS, dir.path()), Err(Error::Startup(_))));
         drop(held);
-        lock(dir.path()).unwrap();
+        lock(&FS, dir.path()).unwrap();
     }
 
     #[test]
@@ -261,6 +258,6 @@ mod tests {
         let shard = shard_dir(dir.path(), 0);
         std::fs::create_dir_all(&shard).unwrap();
         std::fs::write(shard.join(crate::wal::segment_file_name(1)), b"x").unwrap();
-        assert!(matches!(read(dir.path()), Err(Error::Startup(_))));
+        assert!(matches!(read(&FS, dir.path()), Err(Error::Startup(_))));
     }
 }

@@ -54,6 +54,12 @@ impl Stage {
     }
 }
 
+/// The WAL's I/O engine (`uring`, `sync`, `sim`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabel {
+    pub engine: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
     pub stage: &'static str,
@@ -85,6 +91,8 @@ pub struct Inner {
     /// Per shard: 1 while its last snapshot run (or the startup probe of a
     /// full volume) failed.
     pub snapshot_failing: Family<ShardLabel, Gauge>,
+    /// 1 for the I/O engine the WAL uses.
+    pub io_engine: Family<EngineLabel, Gauge>,
     pub evicted_bytes: Counter,
     pub memory_limit_bytes: Gauge,
     pub memory_refusals: Counter,
@@ -157,6 +165,7 @@ impl Default for EngineMetrics {
             snapshot_bytes: Counter::default(),
             snapshot_rows: Counter::default(),
             snapshot_failing: Family::default(),
+            io_engine: Family::default(),
             evicted_bytes: Counter::default(),
             memory_limit_bytes: Gauge::default(),
             memory_refusals: Counter::default(),
@@ -239,6 +248,11 @@ impl EngineMetrics {
             "snapshot_failing",
             "1 while a shard's last snapshot run failed (the WAL is kept and grows); 0 once one succeeds",
             self.snapshot_failing.clone(),
+        );
+        r.register(
+            "io_engine",
+            "1 for the I/O engine the WAL uses (LONGBOW_IO_ENGINE: uring or sync)",
+            self.io_engine.clone(),
         );
         r.register(
             "evicted_bytes",

@@ -120,8 +120,8 @@ fn create_meta_dirs(root: &Path) -> Result<()> {
     for dir in [manifests_dir(root), tmp_dir(root)] {
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(Error::io("creating snapshot metadata directory", &dir, 0))?;
-            crate::layout::sync_dir(dir.parent().expect("under the root"))?;
-            crate::layout::sync_dir(root)?;
+            crate::layout::sync_real_dir(dir.parent().expect("under the root"))?;
+            crate::layout::sync_real_dir(root)?;
         }
     }
     Ok(())
@@ -291,7 +291,7 @@ fn roll_forward(dir: &Path, m: &Manifest) -> Result<()> {
         moved = true;
     }
     if moved {
-        crate::layout::sync_dir(dir)?;
+        crate::layout::sync_real_dir(dir)?;
     }
     Ok(())
 }
@@ -305,8 +305,8 @@ fn migrate_legacy_manifest(root: &Path, dataset: &str, dir: &Path) -> Result<()>
     let to = manifest_path(root, dataset);
     std::fs::rename(&legacy, &to).map_err(Error::io("moving a snapshot manifest to .longbow/manifests", &legacy, 0))?;
     // IMPORTANT: the new entry first: a power loss must not lose both.
-    crate::layout::sync_dir(&manifests_dir(root))?;
-    crate::layout::sync_dir(dir)?;
+    crate::layout::sync_real_dir(&manifests_dir(root))?;
+    crate::layout::sync_real_dir(dir)?;
     tracing::info!(dataset, to = %to.display(), "moved the snapshot manifest out of the dataset directory");
     Ok(())
 }
@@ -326,7 +326,7 @@ fn delete_unlisted(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
     }
     if deleted {
         // IMPORTANT: otherwise a power loss could bring the files back.
-        crate::layout::sync_dir(dir)?;
+        crate::layout::sync_real_dir(dir)?;
     }
     Ok(())
 }
@@ -361,7 +361,7 @@ async fn write_atomically(
         discard(&tmp);
         return Err(e);
     }
-    crate::wal::sync_dir(dir).await?;
+    crate::io::real::sync_dir(dir).await?;
     Ok(bytes)
 }
 
@@ -577,7 +577,7 @@ pub async fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let _ = file.close().await;
     r?;
     glommio::io::rename(&tmp, &path).await.map_err(Error::glommio("renaming snapshot manifest", &tmp, 0))?;
-    crate::wal::sync_dir(&manifests_dir(root)).await
+    crate::io::real::sync_dir(&manifests_dir(root)).await
 }
 
 /// Creates a dataset's snapshot directory (and makes its entry durable).
@@ -586,7 +586,7 @@ pub async fn create_dataset_dir(root: &Path, dataset: &str) -> Result<PathBuf> {
     let dir = dataset_dir(root, dataset);
     if !dir.exists() {
         std::fs::create_dir_all(&dir).map_err(Error::io("creating snapshot directory", &dir, 0))?;
-        crate::wal::sync_dir(root).await?;
+        crate::io::real::sync_dir(root).await?;
     }
     Ok(dir)
 }
@@ -601,10 +601,10 @@ pub async fn remove_dataset_dir(root: &Path, dataset: &str) -> Result<()> {
     let manifest = manifest_path(root, dataset);
     if manifest.exists() {
         glommio::io::remove(&manifest).await.map_err(Error::glommio("removing snapshot manifest", &manifest, 0))?;
-        crate::wal::sync_dir(&manifests_dir(root)).await?;
+        crate::io::real::sync_dir(&manifests_dir(root)).await?;
     }
     std::fs::remove_dir_all(&dir).map_err(Error::io("removing snapshot directory", &dir, 0))?;
-    crate::wal::sync_dir(root).await
+    crate::io::real::sync_dir(root).await
 }
 
 /// The batches of one snapshot file, read as they are asked for: one row

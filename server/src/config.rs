@@ -82,6 +82,14 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_SHARD_SPIN", default_value = "0s", value_parser = parse_duration_or_zero)]
     pub shard_spin: Duration,
 
+    /// How the WAL reads and writes: `uring` (glommio's DMA files over
+    /// io_uring for large commits and reads), `sync` (plain `pwrite`,
+    /// `pread` and `fdatasync` on O_DIRECT descriptors), or `auto`:
+    /// `uring` unless io_uring is refused. Small commits are plain
+    /// syscalls either way.
+    #[arg(long, env = "LONGBOW_IO_ENGINE", default_value = "auto")]
+    pub io_engine: longbow_engine::io::IoEngine,
+
     /// Bytes of DoPut batches all streams together may hold between being
     /// read off the socket and acknowledged; beyond it, streams are not
     /// read (HTTP/2 flow control pushes back on clients). Default: 16 MiB
@@ -280,6 +288,7 @@ impl Config {
             max_memory: self.max_memory.as_u64(),
             backpressure_timeout: self.backpressure_timeout,
             shard_spin: self.shard_spin,
+            storage: std::sync::Arc::new(longbow_engine::io::RealStorage::new(self.io_engine)),
         }
     }
 }

@@ -168,17 +168,14 @@ impl State {
     /// free files, one being preallocated).
     fn stats(&self) -> ShardStats {
         let mut stats = ShardStats { memory_bytes: self.memory.get(), ..ShardStats::default() };
-        if let Ok(entries) = std::fs::read_dir(&self.wal_dir) {
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let name = name.to_str().unwrap_or_default();
-                if crate::wal::parse_segment_file_name(name).is_some() {
-                    stats.wal_segments += 1;
-                } else if crate::wal::free::parse_free_file_name(name).is_some() {
-                    stats.wal_free_files += 1;
-                }
-                stats.wal_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+        let storage = self.free.borrow().storage().clone();
+        for name in crate::io::list_or_empty(&*storage, &self.wal_dir).unwrap_or_default() {
+            if crate::wal::parse_segment_file_name(&name).is_some() {
+                stats.wal_segments += 1;
+            } else if crate::wal::free::parse_free_file_name(&name).is_some() {
+                stats.wal_free_files += 1;
             }
+            stats.wal_bytes += storage.file_len(&self.wal_dir.join(&name)).unwrap_or(0);
         }
         // Batches are in LSN order: those after `covered_lsn` are a suffix.
         for d in self.catalog.borrow().datasets.values() {

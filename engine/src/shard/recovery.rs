@@ -29,6 +29,7 @@ use crate::wal::{self, IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 
 pub(crate) struct Plan {
+    pub storage: crate::io::StorageRef,
     pub shard: ShardId,
     pub shards: usize,
     /// This shard's WAL directory.
@@ -69,6 +70,7 @@ pub(crate) struct Recovered {
 
 /// Replay state shared by all directories replayed by one shard.
 struct Replay<'a> {
+    storage: crate::io::StorageRef,
     catalog: Catalog,
     stats: RecoveryStats,
     stale: BTreeSet<String>,
@@ -79,6 +81,7 @@ struct Replay<'a> {
 pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recovered> {
     let started = Instant::now();
     let mut r = Replay {
+        storage: plan.storage.clone(),
         catalog: Catalog::default(),
         stats: RecoveryStats::default(),
         stale: BTreeSet::new(),
@@ -105,10 +108,11 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
         r.stats.snapshot_datasets += 1;
     }
 
-    std::fs::create_dir_all(&plan.dir).map_err(Error::io("creating WAL directory", &plan.dir, 0))?;
-    let own = replay::list_segments(&plan.dir)?;
+    let storage = plan.storage.clone();
+    storage.create_dir_all(&plan.dir).map_err(Error::io("creating WAL directory", &plan.dir, 0))?;
+    let own = replay::list_segments(&*storage, &plan.dir)?;
     let file_bytes = wal::free::segment_file_bytes(plan.segment_bytes_max);
-    let (free, free_max_id) = FreeFiles::open(&plan.dir, file_bytes, plan.recycle_segments)?;
+    let (free, free_max_id) = FreeFiles::open(storage.clone(), &plan.dir, file_bytes, plan.recycle_segments).await?;
     // IMPORTANT: above every id a free file may still hold frames of, so
     // that replay never takes a recycled file's old frames for new ones.
     let next_segment = own.last().map_or(1, |s| s.id + 1).max(free_max_id + 1);
@@ -128,13 +132,23 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
                 // Snapshots cover LSNs beyond it (not expected): seal it
                 // with its own next LSN, and go on above the snapshots.
                 Some(res) => {
-                    wal::seal_after_crash(&res.path, res.id, res.valid_end, res.block, res.next_lsn, metrics).await?;
+                    wal::seal_after_crash(
+                        &*storage,
+                        &res.path,
+                        res.id,
+                        res.valid_end,
+                        res.block,
+                        res.next_lsn,
+                        metrics,
+                    )
+                    .await?;
                     sealed.push(SealedSegment { id: res.id, path: res.path, last_lsn: res.next_lsn });
                     None
                 }
                 None => None,
             };
             Wal::open(
+                storage.clone(),
                 &plan.dir,
                 plan.shard,
                 plan.generation,
@@ -159,6 +173,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
             // Old generations' LSNs are all below the new ones, so what the
             // manifests cover stays below every new record.
             let mut wal = Wal::open(
+                storage.clone(),
                 &plan.dir,
                 plan.shard,
                 plan.generation + 1,
@@ -202,64 +217,71 @@ impl Replay<'_> {
             let newest = i + 1 == segments.len();
             let path = seg.path.clone();
             let (catalog, stats, stale) = (&mut self.catalog, &mut self.stats, &mut self.stale);
-            let r = replay::replay_segment(seg, last_lsn.map(|l| l + 1), newest, self.policy, |frame, offset| {
-                stats.frames += 1;
-                let corrupt = |reason: String| Error::Corrupt { path: path.clone(), offset, reason };
-                let name =
-                    std::str::from_utf8(frame.dataset).map_err(|_| corrupt("dataset name is not UTF-8".into()))?;
-                if !owned(name) {
-                    return Ok(());
-                }
-                let lsn = frame.header.lsn;
-                if catalog.datasets.get(name).is_some_and(|d| d.has_manifest && lsn <= d.covered_lsn) {
-                    stats.frames_in_snapshots += 1;
-                    return Ok(());
-                }
-                if frame.header.kind == FrameKind::Drop {
-                    if let Some(d) = catalog.datasets.remove(name) {
-                        if d.has_manifest {
-                            stale.insert(name.to_owned());
+            let r = replay::replay_segment(
+                &*self.storage,
+                seg,
+                last_lsn.map(|l| l + 1),
+                newest,
+                self.policy,
+                |frame, offset| {
+                    stats.frames += 1;
+                    let corrupt = |reason: String| Error::Corrupt { path: path.clone(), offset, reason };
+                    let name =
+                        std::str::from_utf8(frame.dataset).map_err(|_| corrupt("dataset name is not UTF-8".into()))?;
+                    if !owned(name) {
+                        return Ok(());
+                    }
+                    let lsn = frame.header.lsn;
+                    if catalog.datasets.get(name).is_some_and(|d| d.has_manifest && lsn <= d.covered_lsn) {
+                        stats.frames_in_snapshots += 1;
+                        return Ok(());
+                    }
+                    if frame.header.kind == FrameKind::Drop {
+                        if let Some(d) = catalog.datasets.remove(name) {
+                            if d.has_manifest {
+                                stale.insert(name.to_owned());
+                            }
+                        }
+                        return Ok(());
+                    }
+                    if frame.header.kind == FrameKind::Producers {
+                        let state: BTreeMap<String, ProducerSeqs> = serde_json::from_slice(frame.payload)
+                            .map_err(|e| corrupt(format!("producers' state: {e}")))?;
+                        if let Some(d) = catalog.datasets.get_mut(name) {
+                            merge_producers(&mut d.producers, &state);
+                            d.last_lsn = d.last_lsn.max(lsn);
+                        }
+                        return Ok(());
+                    }
+                    let buf = Buffer::from_slice_ref(frame.payload);
+                    let known = catalog.datasets.get(name).map(|d| d.schema.clone());
+                    let mut decoded = Vec::new();
+                    ipc::decode_payload(&buf, known, |m| decoded.push(m))
+                        .map_err(|e| corrupt(format!("undecodable Arrow IPC payload: {e}")))?;
+                    for m in decoded {
+                        match m {
+                            Decoded::Schema(schema) => {
+                                catalog.datasets.entry(name.to_owned()).or_insert_with(|| {
+                                    let mut d = Dataset::new(schema);
+                                    d.durable = true;
+                                    d
+                                });
+                            }
+                            Decoded::Batch(batch) => {
+                                catalog.datasets.get_mut(name).expect("schema precedes batches").push(lsn, batch);
+                            }
+                            Decoded::Producer { id, seq } => {
+                                let d = catalog.datasets.get_mut(name).expect("schema precedes batches");
+                                d.producers.entry(id).or_default().record(seq, lsn);
+                            }
                         }
                     }
-                    return Ok(());
-                }
-                if frame.header.kind == FrameKind::Producers {
-                    let state: BTreeMap<String, ProducerSeqs> =
-                        serde_json::from_slice(frame.payload).map_err(|e| corrupt(format!("producers' state: {e}")))?;
                     if let Some(d) = catalog.datasets.get_mut(name) {
-                        merge_producers(&mut d.producers, &state);
                         d.last_lsn = d.last_lsn.max(lsn);
                     }
-                    return Ok(());
-                }
-                let buf = Buffer::from_slice_ref(frame.payload);
-                let known = catalog.datasets.get(name).map(|d| d.schema.clone());
-                let mut decoded = Vec::new();
-                ipc::decode_payload(&buf, known, |m| decoded.push(m))
-                    .map_err(|e| corrupt(format!("undecodable Arrow IPC payload: {e}")))?;
-                for m in decoded {
-                    match m {
-                        Decoded::Schema(schema) => {
-                            catalog.datasets.entry(name.to_owned()).or_insert_with(|| {
-                                let mut d = Dataset::new(schema);
-                                d.durable = true;
-                                d
-                            });
-                        }
-                        Decoded::Batch(batch) => {
-                            catalog.datasets.get_mut(name).expect("schema precedes batches").push(lsn, batch);
-                        }
-                        Decoded::Producer { id, seq } => {
-                            let d = catalog.datasets.get_mut(name).expect("schema precedes batches");
-                            d.producers.entry(id).or_default().record(seq, lsn);
-                        }
-                    }
-                }
-                if let Some(d) = catalog.datasets.get_mut(name) {
-                    d.last_lsn = d.last_lsn.max(lsn);
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
             .await?;
             if r.header.generation != generation {
                 return Err(Error::Corrupt {
@@ -297,6 +319,7 @@ impl Replay<'_> {
                 // IMPORTANT: seal before a new segment exists, so that every
                 // segment but the newest ends with a seal frame.
                 wal::seal_after_crash(
+                    &*self.storage,
                     &seg.path,
                     seg.id,
                     r.valid_end,

@@ -314,7 +314,7 @@ async fn compact(
     for path in &sources {
         let _ = std::fs::remove_file(path);
     }
-    crate::wal::sync_dir(dir).await?;
+    crate::io::real::sync_dir(dir).await?;
     state.metrics.snapshot_compactions.inc();
     state.metrics.compaction_bytes_read.inc_by(old.iter().map(|f| f.bytes).sum());
     state.metrics.compaction_bytes_written.inc_by(bytes);
@@ -346,27 +346,24 @@ async fn truncate_wal(state: &State) -> Result<u64> {
         let keep = sealed.partition_point(|s| needed_from.is_none_or(|n| s.last_lsn < n));
         sealed.drain(..keep).collect()
     };
+    let storage = state.free.borrow().storage().clone();
     let mut recycled = Vec::new();
     for seg in &doomed {
-        let name = state.free.borrow_mut().recycle_name(&seg.path, recycled.len())?;
+        let name = crate::wal::free::recycle_name(&state.free, &seg.path, recycled.len()).await?;
         match name {
             Some(name) => {
-                std::fs::rename(&seg.path, &name).map_err(Error::io("recycling covered WAL segment", &seg.path, 0))?;
+                storage.rename(&seg.path, &name).map_err(Error::io("recycling covered WAL segment", &seg.path, 0))?;
                 recycled.push(name);
                 state.metrics.wal_segments_recycled.inc();
             }
             None => {
-                glommio::io::remove(&seg.path).await.map_err(Error::glommio(
-                    "deleting covered WAL segment",
-                    &seg.path,
-                    0,
-                ))?;
+                storage.remove_file(&seg.path).map_err(Error::io("deleting covered WAL segment", &seg.path, 0))?;
             }
         }
         state.metrics.wal_segments_deleted.inc();
     }
     if !doomed.is_empty() {
-        crate::wal::sync_dir(&state.wal_dir).await?;
+        crate::wal::sync_dir(&*storage, &state.wal_dir).await?;
         tracing::debug!(
             shard = state.id,
             segments = doomed.len(),

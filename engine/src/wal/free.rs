@@ -19,12 +19,10 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-
-use glommio::io::{DmaFile, OpenOptions};
 
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
+use crate::io::{File, OpenMode, Storage, StorageRef, Submit};
 use crate::limits::WAL_ZERO_FILL_BYTES;
 
 /// Alignment of a segment file's length: a multiple of every device block
@@ -63,6 +61,7 @@ pub fn is_free_tmp_name(name: &str) -> bool {
 /// preallocated, and the snapshot worker, which recycles covered segments.
 #[derive(Debug)]
 pub struct FreeFiles {
+    storage: StorageRef,
     dir: PathBuf,
     files: VecDeque<PathBuf>,
     next_number: u64,
@@ -79,15 +78,16 @@ impl FreeFiles {
     /// go. Also returns the highest segment id a free file's header names
     /// (0 if none), so that new segments never take an id whose frames a
     /// free file may still hold.
-    pub fn open(dir: &Path, file_bytes: u64, recycle_max: usize) -> Result<(Self, u64)> {
+    pub async fn open(storage: StorageRef, dir: &Path, file_bytes: u64, recycle_max: usize) -> Result<(Self, u64)> {
         let mut found = Vec::new();
-        for entry in super::list_dir(dir, "listing WAL directory")? {
-            if let Some(n) = entry.file_name().to_str().and_then(parse_free_file_name) {
-                found.push((n, entry.path()));
+        for name in super::list_names(&*storage, dir, "listing WAL directory")? {
+            if let Some(n) = parse_free_file_name(&name) {
+                found.push((n, dir.join(name)));
             }
         }
         found.sort();
         let mut free = Self {
+            storage: storage.clone(),
             dir: dir.to_owned(),
             files: VecDeque::new(),
             next_number: found.last().map_or(1, |(n, _)| n + 1),
@@ -97,23 +97,25 @@ impl FreeFiles {
         let mut max_id = 0;
         let mut deleted = false;
         for (_, path) in found {
-            if let Some(h) = read_header(&path).map_err(Error::io("reading free WAL file", &path, 0))? {
+            if let Some(h) =
+                read_header(&*storage, &path).await.map_err(Error::io("reading free WAL file", &path, 0))?
+            {
                 max_id = max_id.max(h.segment_id);
             }
-            let len = std::fs::metadata(&path).map_err(Error::io("stat free WAL file", &path, 0))?.len();
+            let len = storage.file_len(&path).map_err(Error::io("stat free WAL file", &path, 0))?;
             if len < file_bytes || free.files.len() >= recycle_max.max(1) {
                 tracing::info!(file = %path.display(), len, file_bytes, "deleting a free WAL file that is not needed or too short");
-                std::fs::remove_file(&path).map_err(Error::io("deleting free WAL file", &path, 0))?;
+                storage.remove_file(&path).map_err(Error::io("deleting free WAL file", &path, 0))?;
                 deleted = true;
                 continue;
             }
             if len > file_bytes {
-                cut(&path, file_bytes)?;
+                cut(&*storage, &path, file_bytes).await?;
             }
             free.files.push_back(path);
         }
         if deleted {
-            crate::layout::sync_dir(dir)?;
+            super::sync_dir(&*storage, dir).await?;
         }
         Ok((free, max_id))
     }
@@ -147,72 +149,85 @@ impl FreeFiles {
         (self.dir.join(free_tmp_name(n)), self.dir.join(free_file_name(n)))
     }
 
-    /// What becomes of the covered, sealed segment `path`: `Some(name)` to
-    /// rename it to (kept as a free file), or `None` to delete it. Kept
-    /// while fewer than `recycle_max` are free, counting `pending` renamed
-    /// in this batch but not yet added, and only if it is at least
-    /// `file_bytes` long; a longer one (an oversize commit) is cut to it.
-    pub fn recycle_name(&mut self, path: &Path, pending: usize) -> Result<Option<PathBuf>> {
-        if self.files.len() + pending >= self.recycle_max {
-            return Ok(None);
-        }
-        let len = std::fs::metadata(path).map_err(Error::io("stat covered WAL segment", path, 0))?.len();
-        if len < self.file_bytes {
-            return Ok(None);
-        }
-        if len > self.file_bytes {
-            cut(path, self.file_bytes)?;
-        }
-        Ok(Some(self.new_names().1))
+    /// The storage the files are on.
+    pub fn storage(&self) -> &StorageRef {
+        &self.storage
     }
 }
 
-fn cut(path: &Path, len: u64) -> Result<()> {
-    std::fs::File::options().write(true).open(path).and_then(|f| f.set_len(len)).map_err(Error::io(
-        "cutting free WAL file",
-        path,
-        len,
-    ))
+/// What becomes of the covered, sealed segment `path`: `Some(name)` to
+/// rename it to (kept as a free file), or `None` to delete it. Kept while
+/// fewer than `recycle_max` are free, counting `pending` renamed in this
+/// batch but not yet added, and only if it is at least `file_bytes` long; a
+/// longer one (an oversize commit) is cut to it. Borrows `free` only
+/// between its awaits: the WAL shares it.
+pub async fn recycle_name(
+    free: &std::cell::RefCell<FreeFiles>,
+    path: &Path,
+    pending: usize,
+) -> Result<Option<PathBuf>> {
+    let (storage, file_bytes) = {
+        let f = free.borrow();
+        if f.files.len() + pending >= f.recycle_max {
+            return Ok(None);
+        }
+        (f.storage.clone(), f.file_bytes)
+    };
+    let len = storage.file_len(path).map_err(Error::io("stat covered WAL segment", path, 0))?;
+    if len < file_bytes {
+        return Ok(None);
+    }
+    if len > file_bytes {
+        cut(&*storage, path, file_bytes).await?;
+    }
+    Ok(Some(free.borrow_mut().new_names().1))
 }
 
-fn read_header(path: &Path) -> std::io::Result<Option<SegmentHeader>> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(SEGMENT_HEADER_BYTES);
-    std::fs::File::open(path)?.take(SEGMENT_HEADER_BYTES as u64).read_to_end(&mut buf)?;
-    Ok(SegmentHeader::decode(&buf).ok())
+/// Cuts a free file to `len`, durably: a crash must not leave it longer
+/// than the size it is taken for.
+async fn cut(storage: &dyn Storage, path: &Path, len: u64) -> Result<()> {
+    let file = storage.open(path, OpenMode::Write).await.map_err(Error::io("opening free WAL file", path, 0))?;
+    let cut = async {
+        file.truncate(len).await?;
+        file.fdatasync(Submit::Queued).await
+    }
+    .await;
+    let _ = file.close().await;
+    cut.map_err(Error::io("cutting free WAL file", path, len))
+}
+
+/// The segment header at the start of a file, if it holds one.
+pub(crate) async fn read_header(storage: &dyn Storage, path: &Path) -> std::io::Result<Option<SegmentHeader>> {
+    let file = storage.open(path, OpenMode::Read).await?;
+    let buf = file.read_at(0, SEGMENT_HEADER_BYTES).await;
+    let _ = file.close().await;
+    Ok(SegmentHeader::decode(&buf?).ok())
 }
 
 /// Writes zeros over `from..to` of `file` with O_DIRECT, a
 /// [`WAL_ZERO_FILL_BYTES`] buffer at a time (both ends aligned). Returns
 /// where it stopped: `to`, or before it if the volume filled up.
-pub(super) async fn zero_fill(path: &Path, file: &DmaFile, from: u64, to: u64) -> Result<u64> {
+pub(super) async fn zero_fill(storage: &dyn Storage, path: &Path, file: &dyn File, from: u64, to: u64) -> Result<u64> {
     if from >= to {
         return Ok(from);
     }
-    if on_tmpfs(path) {
+    if storage.sizing_allocates(path.parent().unwrap_or(path)) {
         // tmpfs has no block allocation or journal to pay for at commit
         // time: writing zeros first only doubles the copying (measured: a
         // fresh server with its WAL on tmpfs wrote 3.8 GB of zeros for 3.7
         // GB of data in 8 s). Setting the length is enough for commits not
         // to change the file's size.
-        file.truncate(to).await.map_err(Error::glommio("sizing WAL file", path, to))?;
+        file.truncate(to).await.map_err(Error::io("sizing WAL file", path, to))?;
         return Ok(to);
     }
     let chunk = (to - from).min(WAL_ZERO_FILL_BYTES);
-    let mut zeros = file.alloc_dma_buffer(chunk as usize);
-    zeros.as_bytes_mut().fill(0);
-    let zeros = Rc::new(zeros);
     let mut at = from;
     while at < to {
         let n = (to - at).min(chunk);
-        let written = if n == chunk {
-            file.write_rc_at(zeros.clone(), at).await
-        } else {
-            let mut last = file.alloc_dma_buffer(n as usize);
-            last.as_bytes_mut().fill(0);
-            file.write_at(last, at).await
-        };
-        match written.map_err(Error::glommio("preallocating WAL file", path, at)) {
+        let mut zeros = file.alloc(n as usize);
+        zeros.as_bytes_mut().fill(0);
+        let written = file.write_at(zeros, at, Submit::Queued).await;
+        match written.map_err(Error::io("preallocating WAL file", path, at)) {
             Ok(w) if w as u64 == n => at += n,
             // A short write: the volume is full.
             Ok(_) => return Ok(at),
@@ -223,26 +238,13 @@ pub(super) async fn zero_fill(path: &Path, file: &DmaFile, from: u64, to: u64) -
     Ok(at)
 }
 
-/// Whether `path` (or its directory, if it does not exist yet) is on tmpfs.
-fn on_tmpfs(path: &Path) -> bool {
-    let probe = if path.exists() { path } else { path.parent().unwrap_or(path) };
-    nix::sys::statfs::statfs(probe).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-}
-
 /// Creates the free file `path`: zeros written over `bytes` and synced
 /// under the temporary name `tmp`, then renamed and the directory synced.
 /// On failure (a full volume included) nothing is left behind.
-pub(super) async fn preallocate(dir: &Path, tmp: &Path, path: &Path, bytes: u64) -> Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .dma_open(tmp)
-        .await
-        .map_err(Error::glommio("creating free WAL file", tmp, 0))?;
+pub(super) async fn preallocate(storage: &dyn Storage, dir: &Path, tmp: &Path, path: &Path, bytes: u64) -> Result<()> {
+    let file = storage.open(tmp, OpenMode::Create).await.map_err(Error::io("creating free WAL file", tmp, 0))?;
     let filled = async {
-        let end = zero_fill(tmp, &file, 0, bytes).await?;
+        let end = zero_fill(storage, tmp, &*file, 0, bytes).await?;
         if end < bytes {
             return Err(Error::Io {
                 op: "preallocating WAL file (volume full)",
@@ -251,18 +253,18 @@ pub(super) async fn preallocate(dir: &Path, tmp: &Path, path: &Path, bytes: u64)
                 source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
             });
         }
-        file.fdatasync().await.map_err(Error::glommio("fdatasync free WAL file", tmp, 0))
+        file.fdatasync(Submit::Queued).await.map_err(Error::io("fdatasync free WAL file", tmp, 0))
     }
     .await;
     let _ = file.close().await;
     if let Err(e) = filled {
-        let _ = std::fs::remove_file(tmp);
+        let _ = storage.remove_file(tmp);
         return Err(e);
     }
-    std::fs::rename(tmp, path).map_err(Error::io("naming free WAL file", path, 0))?;
+    storage.rename(tmp, path).map_err(Error::io("naming free WAL file", path, 0))?;
     // IMPORTANT: the name is durable before a segment is made from it; a
     // crash before that leaves `.tmp`, which the next start deletes.
-    super::sync_dir(dir).await
+    super::sync_dir(storage, dir).await
 }
 
 #[cfg(test)]
@@ -294,22 +296,22 @@ mod tests {
         std::fs::write(d.join(free_file_name(5)), vec![0u8; 100]).unwrap(); // too short
         std::fs::write(d.join(free_file_name(6)), vec![0u8; 8192]).unwrap();
         std::fs::write(d.join(free_file_name(9)), vec![0u8; 8192]).unwrap(); // beyond recycle_max
-        let (mut free, max_id) = FreeFiles::open(d, 8192, 2).unwrap();
+        let fs: StorageRef = std::sync::Arc::new(crate::io::RealStorage::SYNC);
+        let (free, max_id) = futures::executor::block_on(FreeFiles::open(fs, d, 8192, 2)).unwrap();
         assert_eq!(max_id, 41);
         assert_eq!(free.len(), 2);
         assert_eq!(std::fs::metadata(d.join(free_file_name(3))).unwrap().len(), 8192, "cut to the file length");
         assert!(!d.join(free_file_name(5)).exists() && !d.join(free_file_name(9)).exists());
-        assert_eq!(free.take(), Some(d.join(free_file_name(3))));
-        assert_eq!(free.new_names().1, d.join(free_file_name(10)));
+        let free = std::cell::RefCell::new(free);
+        assert_eq!(free.borrow_mut().take(), Some(d.join(free_file_name(3))));
+        assert_eq!(free.borrow_mut().new_names().1, d.join(free_file_name(10)));
+        let recycle = |p: &str, pending| futures::executor::block_on(recycle_name(&free, &d.join(p), pending)).unwrap();
         // One free now, room for one more: a full-length segment is kept,
         // a short one is not.
         std::fs::write(d.join("00000000000000000001.wal"), vec![1u8; 8192]).unwrap();
         std::fs::write(d.join("00000000000000000002.wal"), vec![1u8; 4096]).unwrap();
-        assert_eq!(free.recycle_name(&d.join("00000000000000000002.wal"), 0).unwrap(), None);
-        assert_eq!(
-            free.recycle_name(&d.join("00000000000000000001.wal"), 0).unwrap(),
-            Some(d.join(free_file_name(11)))
-        );
-        assert_eq!(free.recycle_name(&d.join("00000000000000000001.wal"), 1).unwrap(), None, "two are enough");
+        assert_eq!(recycle("00000000000000000002.wal", 0), None);
+        assert_eq!(recycle("00000000000000000001.wal", 0), Some(d.join(free_file_name(11))));
+        assert_eq!(recycle("00000000000000000001.wal", 1), None, "two are enough");
     }
 }

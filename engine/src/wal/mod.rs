@@ -27,11 +27,11 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaFile, OpenOptions};
 use glommio::{Latency, Shares};
 
 use crate::error::{Error, Result};
 use crate::faults::Fault;
+use crate::io::{File, IoBuf, OpenMode, Storage, StorageRef, Submit};
 use crate::limits::INLINE_COMMIT_BYTES_MAX;
 use crate::metrics::{EngineMetrics, Stage};
 use format::{FrameHeader, FrameKind, SegmentHeader, FRAME_HEADER_BYTES};
@@ -100,6 +100,12 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// The names in `dir` on `storage`; none if it does not exist. `op` names
+/// the listing in errors.
+pub(crate) fn list_names(storage: &dyn Storage, dir: &Path, op: &'static str) -> Result<Vec<String>> {
+    crate::io::list_or_empty(storage, dir).map_err(Error::io(op, dir, 0))
+}
+
 /// The entries of `dir`; none if it does not exist. `op` names the listing
 /// in errors.
 pub(crate) fn list_dir(dir: &Path, op: &'static str) -> Result<Vec<std::fs::DirEntry>> {
@@ -111,16 +117,13 @@ pub(crate) fn list_dir(dir: &Path, op: &'static str) -> Result<Vec<std::fs::DirE
 }
 
 /// fsync a directory, so that creates, renames and deletes in it are durable.
-pub async fn sync_dir(dir: &Path) -> Result<()> {
-    let d = glommio::io::Directory::open(dir).await.map_err(Error::glommio("opening directory", dir, 0))?;
+pub async fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
     // IMPORTANT: without this, a new segment's directory entry can vanish on power loss.
-    d.sync().await.map_err(Error::glommio("fsyncing directory", dir, 0))?;
-    d.close().await.map_err(Error::glommio("closing directory", dir, 0))?;
-    Ok(())
+    storage.sync_dir(dir).await.map_err(Error::io("fsyncing directory", dir, 0))
 }
 
 struct ActiveSegment {
-    file: Rc<DmaFile>,
+    file: Rc<dyn File>,
     path: PathBuf,
     id: u64,
     /// Next write offset; always a multiple of `block`.
@@ -139,6 +142,7 @@ struct ActiveSegment {
 }
 
 pub struct Wal {
+    storage: StorageRef,
     dir: PathBuf,
     shard: u32,
     generation: u64,
@@ -199,6 +203,7 @@ impl Wal {
     /// preallocated in the background, unless `free` has one.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
+        storage: StorageRef,
         dir: &Path,
         shard: u32,
         generation: u64,
@@ -214,11 +219,11 @@ impl Wal {
         let active = match &resume {
             Some(r) => {
                 assert_eq!(r.next_lsn, next_lsn, "a resumed segment goes on from its own last LSN");
-                Some(reopen_after_crash(r).await?)
+                Some(reopen_after_crash(&*storage, r).await?)
             }
             None => {
                 let reuse = free.take();
-                match create_segment(dir, shard, generation, segment_id, next_lsn, reuse, file_bytes).await {
+                match create_segment(&*storage, dir, shard, generation, segment_id, next_lsn, reuse, file_bytes).await {
                     Ok(a) => {
                         next_segment_id += 1;
                         Some(a)
@@ -237,6 +242,7 @@ impl Wal {
             &format!("wal-prepare-{shard}"),
         );
         let mut wal = Self {
+            storage,
             dir: dir.to_owned(),
             shard,
             generation,
@@ -294,11 +300,17 @@ impl Wal {
         let (tmp, path) = self.free.borrow_mut().new_names();
         let running = Rc::new(Cell::new(true));
         let work = {
-            let (dir, free, metrics, running, tmp) =
-                (self.dir.clone(), self.free.clone(), self.metrics.clone(), running.clone(), tmp.clone());
+            let (storage, dir, free, metrics, running, tmp) = (
+                self.storage.clone(),
+                self.dir.clone(),
+                self.free.clone(),
+                self.metrics.clone(),
+                running.clone(),
+                tmp.clone(),
+            );
             let (shard, bytes) = (self.shard, self.file_bytes);
             async move {
-                match free::preallocate(&dir, &tmp, &path, bytes).await {
+                match free::preallocate(&*storage, &dir, &tmp, &path, bytes).await {
                     Ok(()) => {
                         metrics.wal_files_preallocated.inc();
                         free.borrow_mut().add(path);
@@ -386,7 +398,7 @@ impl Wal {
         let len = Self::commit_len(seg, records);
         let commit_start = seg.pos;
         let first_lsn = self.next_lsn;
-        let mut buf = seg.file.alloc_dma_buffer(len as usize);
+        let mut buf = seg.file.alloc(len as usize);
         let out = buf.as_bytes_mut();
         let mut at = 0usize;
         for (i, r) in records.iter().enumerate() {
@@ -460,8 +472,17 @@ impl Wal {
         self.seal().await?;
         let id = self.next_segment_id;
         let reuse = self.next_free_file().await;
-        let created =
-            create_segment(&self.dir, self.shard, self.generation, id, self.next_lsn, reuse, self.file_bytes).await;
+        let created = create_segment(
+            &*self.storage,
+            &self.dir,
+            self.shard,
+            self.generation,
+            id,
+            self.next_lsn,
+            reuse,
+            self.file_bytes,
+        )
+        .await;
         self.start_preparing();
         let next = created?;
         self.next_segment_id = id + 1;
@@ -502,7 +523,7 @@ impl Wal {
     pub async fn close(mut self) -> Result<()> {
         if let Some(p) = self.preparing.take().filter(|p| p.running.get()) {
             p.task.cancel().await;
-            let _ = std::fs::remove_file(&p.tmp);
+            let _ = self.storage.remove_file(&p.tmp);
         }
         self.seal().await?;
         if let Some(active) = self.active {
@@ -513,15 +534,13 @@ impl Wal {
 }
 
 async fn close(seg: ActiveSegment) {
-    if let Ok(file) = Rc::try_unwrap(seg.file) {
-        let _ = file.close().await;
-    }
+    let _ = seg.file.close().await;
 }
 
 async fn write_seal(seg: &mut ActiveSegment, lsn: Lsn, metrics: &EngineMetrics) -> std::result::Result<(), SyncError> {
     let header = FrameHeader { kind: FrameKind::Seal, lsn, segment_id: seg.id, commit_start: seg.pos };
     let frame = format::encode_frame(header, b"", b"");
-    let mut buf = seg.file.alloc_dma_buffer(seg.block as usize);
+    let mut buf = seg.file.alloc(seg.block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..frame.len()].copy_from_slice(&frame);
     let at = seg.pos;
@@ -547,18 +566,24 @@ impl SyncError {
 
 async fn write_and_sync(
     seg: &ActiveSegment,
-    buf: glommio::io::DmaBuffer,
+    buf: IoBuf,
     at: u64,
     metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
     let len = buf.len();
     let started = std::time::Instant::now();
     let result = if crate::faults::fails(Fault::WalWrite) {
-        Err(injected_write_failure(seg, &buf, at))
-    } else if len as u64 <= INLINE_COMMIT_BYTES_MAX {
-        write_and_sync_inline(seg, &buf, at, metrics)
+        Err(injected_write_failure(seg, buf, at).await)
     } else {
-        write_and_sync_uring(seg, buf, at, metrics).await
+        // Small commits are two plain syscalls on the shard thread. Through
+        // io_uring the `fdatasync` is handed to a kernel worker thread and
+        // each completion must wake the shard: two extra thread hops that
+        // cost more than the disk on small commits (see
+        // `docs/benchmarks.md`). The shard has nothing else to do
+        // meanwhile: new appends wait for the next commit anyway. Large
+        // ones are queued, so the shard keeps serving reads.
+        let how = if len as u64 <= INLINE_COMMIT_BYTES_MAX { Submit::Inline } else { Submit::Queued };
+        write_then_sync(seg, buf, at, how, metrics).await
     };
     match &result {
         Ok(()) => {
@@ -587,38 +612,32 @@ fn short_write(seg: &ActiveSegment, at: u64, written: usize) -> SyncError {
     })
 }
 
-/// A small commit as two plain syscalls on the shard thread. Through
-/// io_uring the `fdatasync` is handed to a kernel worker thread and each
-/// completion must wake the shard: two extra thread hops that cost more
-/// than the disk on small commits (see `docs/benchmarks.md`). The shard has
-/// nothing else to do meanwhile: new appends wait for the next commit anyway.
-fn write_and_sync_inline(
+async fn write_then_sync(
     seg: &ActiveSegment,
-    buf: &glommio::io::DmaBuffer,
+    buf: IoBuf,
     at: u64,
+    how: Submit,
     metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
     let started = std::time::Instant::now();
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the descriptor belongs to `seg.file`, which outlives this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(seg.file.as_raw_fd()) };
-    let mut written = 0usize;
-    while written < buf.len() {
-        let off = at as i64 + written as i64;
-        match nix::sys::uio::pwrite(fd, &buf.as_bytes()[written..], off) {
-            Ok(0) => return Err(short_write(seg, at, written)),
-            Ok(n) => written += n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e.into()))),
-        }
+    let len = buf.len();
+    let written = seg
+        .file
+        .write_at(buf, at, how)
+        .await
+        .map_err(|e| SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e)))?;
+    if written != len {
+        return Err(short_write(seg, at, written));
     }
     let written_at = std::time::Instant::now();
     metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
     if crate::faults::fails(Fault::WalFsync) {
         return Err(injected_fsync_failure(seg, at));
     }
-    nix::unistd::fdatasync(fd)
-        .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e.into())))?;
+    seg.file
+        .fdatasync(how)
+        .await
+        .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e)))?;
     metrics.stage(Stage::Fdatasync).observe(written_at.elapsed().as_secs_f64());
     Ok(())
 }
@@ -634,47 +653,17 @@ fn injected_fsync_failure(seg: &ActiveSegment, at: u64) -> SyncError {
 
 /// The worst kind of failed write: the first half of the commit reaches the
 /// file (valid frames among it), then the write reports EIO.
-fn injected_write_failure(seg: &ActiveSegment, buf: &glommio::io::DmaBuffer, at: u64) -> SyncError {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the descriptor belongs to `seg.file`, which outlives this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(seg.file.as_raw_fd()) };
+async fn injected_write_failure(seg: &ActiveSegment, buf: IoBuf, at: u64) -> SyncError {
     let half = (buf.len() / 2).next_multiple_of(seg.block as usize).min(buf.len());
-    let _ = nix::sys::uio::pwrite(fd, &buf.as_bytes()[..half], at as i64);
+    let mut first = seg.file.alloc(half);
+    first.as_bytes_mut().copy_from_slice(&buf.as_bytes()[..half]);
+    let _ = seg.file.write_at(first, at, Submit::Inline).await;
     SyncError::Write(Error::Io {
         op: "writing WAL segment (injected fault)",
         path: seg.path.clone(),
         offset: at + half as u64,
         source: crate::faults::eio(),
     })
-}
-
-async fn write_and_sync_uring(
-    seg: &ActiveSegment,
-    buf: glommio::io::DmaBuffer,
-    at: u64,
-    metrics: &EngineMetrics,
-) -> std::result::Result<(), SyncError> {
-    let started = std::time::Instant::now();
-    let len = buf.len();
-    let written = seg
-        .file
-        .write_at(buf, at)
-        .await
-        .map_err(|e| SyncError::Write(Error::glommio("writing WAL segment", &seg.path, at)(e)))?;
-    if written != len {
-        return Err(short_write(seg, at, written));
-    }
-    let written_at = std::time::Instant::now();
-    metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
-    if crate::faults::fails(Fault::WalFsync) {
-        return Err(injected_fsync_failure(seg, at));
-    }
-    seg.file
-        .fdatasync()
-        .await
-        .map_err(|e| SyncError::Fsync(Error::glommio("fdatasync WAL segment", &seg.path, at)(e)))?;
-    metrics.stage(Stage::Fdatasync).observe(written_at.elapsed().as_secs_f64());
-    Ok(())
 }
 
 /// The temporary name a segment has until its header is durable.
@@ -698,7 +687,9 @@ pub fn is_segment_tmp_name(name: &str) -> bool {
 /// start). A free file is renamed to the temporary name before its header
 /// is rewritten, so a crash in between leaves a temporary or a free file,
 /// never a named segment with another segment's header.
+#[allow(clippy::too_many_arguments)]
 async fn create_segment(
+    storage: &dyn Storage,
     dir: &Path,
     shard: u32,
     generation: u64,
@@ -710,29 +701,24 @@ async fn create_segment(
     let path = dir.join(segment_file_name(id));
     let tmp = dir.join(segment_tmp_name(id));
     if let Some(free) = &reuse {
-        std::fs::rename(free, &tmp).map_err(Error::io("renaming free WAL file", free, 0))?;
+        storage.rename(free, &tmp).map_err(Error::io("renaming free WAL file", free, 0))?;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(reuse.is_none())
-        .truncate(reuse.is_none())
-        .dma_open(&tmp)
-        .await
-        .map_err(Error::glommio("creating WAL segment", &tmp, 0))?;
+    let mode = if reuse.is_none() { OpenMode::Create } else { OpenMode::Write };
+    let file = storage.open(&tmp, mode).await.map_err(Error::io("creating WAL segment", &tmp, 0))?;
     let mut named = false;
     let created = async {
-        let block = init_segment(&tmp, &file, shard, generation, id, first_lsn, reuse.is_none(), file_bytes).await?;
-        let len = file.file_size().await.map_err(Error::glommio("stat WAL segment", &tmp, 0))?;
-        rename_no_replace(&tmp, &path)?;
+        let block =
+            init_segment(storage, &tmp, &*file, shard, generation, id, first_lsn, reuse.is_none(), file_bytes).await?;
+        let len = file.size().await.map_err(Error::io("stat WAL segment", &tmp, 0))?;
+        storage.rename_no_replace(&tmp, &path).map_err(Error::io("naming new WAL segment", &path, 0))?;
         named = true;
-        sync_dir(dir).await?;
+        sync_dir(storage, dir).await?;
         Ok((block, len))
     }
     .await;
     match created {
         Ok((block, len)) => Ok(ActiveSegment {
-            file: Rc::new(file),
+            file,
             path,
             id,
             pos: block,
@@ -746,24 +732,19 @@ async fn create_segment(
             // Nothing was logged in it yet: remove it, whatever its name,
             // so that the next try can create it again.
             let _ = file.close().await;
-            let _ = std::fs::remove_file(if named { &path } else { &tmp });
+            let _ = storage.remove_file(if named { &path } else { &tmp });
             Err(e)
         }
     }
-}
-
-fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
-    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
-        .map_err(|e| Error::io("naming new WAL segment", to, 0)(e.into()))
 }
 
 /// Writes a new segment's header block, and zeros after it up to
 /// `file_bytes` if `zero_fill`, then syncs. Returns the block size.
 #[allow(clippy::too_many_arguments)]
 async fn init_segment(
+    storage: &dyn Storage,
     path: &Path,
-    file: &DmaFile,
+    file: &dyn File,
     shard: u32,
     generation: u64,
     id: u64,
@@ -773,13 +754,13 @@ async fn init_segment(
 ) -> Result<u64> {
     let block = file.alignment().max(512);
     let header = SegmentHeader { block_bytes: block as u32, shard, generation, segment_id: id, first_lsn };
-    let mut buf = file.alloc_dma_buffer(block as usize);
+    let mut buf = file.alloc(block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
     if crate::faults::fails(Fault::WalCreate) {
         return Err(Error::io("writing segment header (injected fault)", path, 0)(crate::faults::eio()));
     }
-    let written = file.write_at(buf, 0).await.map_err(Error::glommio("writing segment header", path, 0))?;
+    let written = file.write_at(buf, 0, Submit::Queued).await.map_err(Error::io("writing segment header", path, 0))?;
     if written as u64 != block {
         return Err(Error::Io {
             op: "writing segment header (short write)",
@@ -789,18 +770,19 @@ async fn init_segment(
         });
     }
     if zero_fill {
-        let end = free::zero_fill(path, file, block, file_bytes).await?;
+        let end = free::zero_fill(storage, path, file, block, file_bytes).await?;
         if end < file_bytes {
             tracing::warn!(file = %path.display(), preallocated = end, file_bytes, "the WAL volume is nearly full: segment preallocated only in part; commits beyond that extend it");
         }
     }
-    file.fdatasync().await.map_err(Error::glommio("fdatasync segment header", path, 0))?;
+    file.fdatasync(Submit::Queued).await.map_err(Error::io("fdatasync segment header", path, 0))?;
     Ok(block)
 }
 
 /// Finishes a segment left unsealed by a crash: cuts it at `valid_end`
 /// (dropping a torn tail) and writes a seal frame there.
 pub async fn seal_after_crash(
+    storage: &dyn Storage,
     path: &Path,
     segment_id: u64,
     valid_end: u64,
@@ -809,7 +791,8 @@ pub async fn seal_after_crash(
     metrics: &EngineMetrics,
 ) -> Result<()> {
     let mut seg =
-        reopen_after_crash(&Resume { id: segment_id, path: path.to_owned(), valid_end, block, next_lsn: lsn }).await?;
+        reopen_after_crash(storage, &Resume { id: segment_id, path: path.to_owned(), valid_end, block, next_lsn: lsn })
+            .await?;
     write_seal(&mut seg, lsn, metrics).await.map_err(SyncError::into_inner)?;
     close(seg).await;
     Ok(())
@@ -821,36 +804,36 @@ pub async fn seal_after_crash(
 /// keeps its length if the seal's block lies within it (a preallocated
 /// file: what follows is never read once the seal is there, and cutting
 /// it would make the file's next use extend it), else it is cut there.
-async fn reopen_after_crash(r: &Resume) -> Result<ActiveSegment> {
+async fn reopen_after_crash(storage: &dyn Storage, r: &Resume) -> Result<ActiveSegment> {
     let (path, valid_end, block) = (&r.path, r.valid_end, r.block);
-    let file = OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(Error::glommio(
-        "opening WAL segment",
-        path,
-        0,
-    ))?;
+    let file = storage.open(path, OpenMode::Write).await.map_err(Error::io("opening WAL segment", path, 0))?;
     let pos = valid_end.next_multiple_of(block);
     if valid_end < pos {
         // IMPORTANT: replay checks that a commit's padding is zero; the
         // torn commit's bytes between the last good frame and the block
         // end would read as damage once this segment is not the newest.
         let start = pos - block;
-        let kept = file.read_at(start, (valid_end - start) as usize).await.map_err(Error::glommio(
+        let kept = file.read_at(start, (valid_end - start) as usize).await.map_err(Error::io(
             "reading WAL segment",
             path,
             start,
         ))?;
-        let mut buf = file.alloc_dma_buffer(block as usize);
+        let mut buf = file.alloc(block as usize);
         buf.as_bytes_mut().fill(0);
         buf.as_bytes_mut()[..kept.len()].copy_from_slice(&kept);
-        file.write_at(buf, start).await.map_err(Error::glommio("zeroing a torn commit's padding", path, start))?;
+        file.write_at(buf, start, Submit::Queued).await.map_err(Error::io(
+            "zeroing a torn commit's padding",
+            path,
+            start,
+        ))?;
     }
-    let mut len = file.file_size().await.map_err(Error::glommio("stat WAL segment", path, 0))?;
+    let mut len = file.size().await.map_err(Error::io("stat WAL segment", path, 0))?;
     if pos + block > len {
-        file.truncate(pos).await.map_err(Error::glommio("truncating WAL segment", path, pos))?;
+        file.truncate(pos).await.map_err(Error::io("truncating WAL segment", path, pos))?;
         len = pos;
     }
     Ok(ActiveSegment {
-        file: Rc::new(file),
+        file,
         path: path.to_owned(),
         id: r.id,
         pos,
@@ -917,16 +900,18 @@ mod tests {
                 // (EOPNOTSUPP) where the device has no poll queues. Recovery
                 // reads existing segments first; here a non-empty file is.
                 std::fs::write(d.join("probe"), [1u8; 4096]).unwrap();
-                DmaFile::open(&d.join("probe")).await.unwrap().close().await.unwrap();
+                let fs: StorageRef = std::sync::Arc::new(crate::io::RealStorage::new(crate::io::IoEngine::Uring));
+                fs.open(&d.join("probe"), OpenMode::Read).await.unwrap().close().await.unwrap();
                 let metrics = EngineMetrics::default();
-                let (free, _) = FreeFiles::open(&d, FILE_BYTES, 2).unwrap();
-                let mut wal = Wal::open(&d, 0, 0, 1, 1, metrics.clone(), Vec::new(), None, free).await.unwrap();
+                let (free, _) = FreeFiles::open(fs.clone(), &d, FILE_BYTES, 2).await.unwrap();
+                let mut wal =
+                    Wal::open(fs.clone(), &d, 0, 0, 1, 1, metrics.clone(), Vec::new(), None, free).await.unwrap();
                 let mut logged = Vec::new();
                 for _ in 0..3 {
                     wait_for_a_free_file(&wal).await;
                     logged.extend(fill_segment(&mut wal).await);
                 }
-                for s in list_segments(&d).unwrap() {
+                for s in list_segments(&*fs, &d).unwrap() {
                     assert_eq!(std::fs::metadata(&s.path).unwrap().len(), FILE_BYTES, "{s:?} is preallocated");
                 }
                 assert!(metrics.wal_files_preallocated.get() >= 3);
@@ -938,7 +923,7 @@ mod tests {
                 let free = wal.free_files();
                 let mut recycled = Vec::new();
                 for s in &covered {
-                    match free.borrow_mut().recycle_name(&s.path, recycled.len()).unwrap() {
+                    match free::recycle_name(&free, &s.path, recycled.len()).await.unwrap() {
                         Some(to) => {
                             std::fs::rename(&s.path, &to).unwrap();
                             recycled.push(to);
@@ -947,7 +932,7 @@ mod tests {
                     }
                 }
                 assert!(!recycled.is_empty());
-                sync_dir(&d).await.unwrap();
+                sync_dir(&*fs, &d).await.unwrap();
                 recycled.into_iter().for_each(|f| free.borrow_mut().add(f));
 
                 // Two more segments, made from those files, and a few small
@@ -970,13 +955,13 @@ mod tests {
 
                 // Replay: exactly what was logged into the remaining
                 // segments, in order; the newest ends cleanly.
-                let segments = list_segments(&d).unwrap();
+                let segments = list_segments(&*fs, &d).unwrap();
                 assert_eq!(segments.last().unwrap().id, newest_id);
                 let mut seen = Vec::new();
                 let mut expected = None;
                 for (i, s) in segments.iter().enumerate() {
                     let newest = i + 1 == segments.len();
-                    let r = replay_segment(s, expected, newest, CorruptionPolicy::Refuse, |f, _| {
+                    let r = replay_segment(&*fs, s, expected, newest, CorruptionPolicy::Refuse, |f, _| {
                         seen.push(f.header.lsn);
                         Ok(())
                     })

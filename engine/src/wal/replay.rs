@@ -6,12 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use futures::AsyncReadExt;
-use glommio::io::{DmaFile, DmaStreamReaderBuilder};
-
 use super::format::{self, DecodeError, FrameKind, FrameRef, SegmentHeader};
 use super::Lsn;
 use crate::error::{Error, Result};
+use crate::io::{OpenMode, SeqReader, Storage};
 use crate::limits::REPLAY_READ_BYTES;
 
 #[derive(Debug, Clone)]
@@ -21,11 +19,11 @@ pub struct SegmentFile {
 }
 
 /// Segment files in `dir`, oldest first.
-pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>> {
+pub fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<SegmentFile>> {
     let mut out = Vec::new();
-    for entry in super::list_dir(dir, "listing WAL directory")? {
-        if let Some(id) = entry.file_name().to_str().and_then(super::parse_segment_file_name) {
-            out.push(SegmentFile { id, path: entry.path() });
+    for name in super::list_names(storage, dir, "listing WAL directory")? {
+        if let Some(id) = super::parse_segment_file_name(&name) {
+            out.push(SegmentFile { id, path: dir.join(name) });
         }
     }
     out.sort_by_key(|s| s.id);
@@ -65,10 +63,9 @@ pub struct SegmentReplay {
 }
 
 /// Reads the header block of a segment.
-pub async fn read_header(path: &Path) -> Result<SegmentHeader> {
-    let file = DmaFile::open(path).await.map_err(Error::glommio("opening WAL segment", path, 0))?;
-    let r =
-        file.read_at(0, format::SEGMENT_HEADER_BYTES).await.map_err(Error::glommio("reading segment header", path, 0));
+pub async fn read_header(storage: &dyn Storage, path: &Path) -> Result<SegmentHeader> {
+    let file = storage.open(path, OpenMode::Read).await.map_err(Error::io("opening WAL segment", path, 0))?;
+    let r = file.read_at(0, format::SEGMENT_HEADER_BYTES).await.map_err(Error::io("reading segment header", path, 0));
     let _ = file.close().await;
     let r = r?;
     SegmentHeader::decode(&r).map_err(|e| Error::Corrupt {
@@ -84,6 +81,7 @@ pub async fn read_header(path: &Path) -> Result<SegmentHeader> {
 /// segment header's). `newest` says whether this is the shard's last
 /// segment: only there may the tail be torn.
 pub async fn replay_segment(
+    storage: &dyn Storage,
     seg: &SegmentFile,
     expected_lsn: Option<Lsn>,
     newest: bool,
@@ -91,7 +89,7 @@ pub async fn replay_segment(
     mut visit: impl FnMut(&FrameRef<'_>, u64) -> Result<()>,
 ) -> Result<SegmentReplay> {
     let path = &seg.path;
-    let header = read_header(path).await?;
+    let header = read_header(storage, path).await?;
     if header.segment_id != seg.id {
         return Err(Error::Corrupt {
             path: path.clone(),
@@ -99,14 +97,10 @@ pub async fn replay_segment(
             reason: format!("header names segment {} but the file name says {}", header.segment_id, seg.id),
         });
     }
-    let file = DmaFile::open(path).await.map_err(Error::glommio("opening WAL segment", path, 0))?;
-    let file_len = file.file_size().await.map_err(Error::glommio("stat WAL segment", path, 0))?;
+    let file = storage.open(path, OpenMode::Read).await.map_err(Error::io("opening WAL segment", path, 0))?;
+    let file_len = file.size().await.map_err(Error::io("stat WAL segment", path, 0))?;
     let block = header.block_bytes as u64;
-    let mut reader = DmaStreamReaderBuilder::new(file)
-        .with_start_pos(block)
-        .with_buffer_size(REPLAY_READ_BYTES)
-        .with_read_ahead(4)
-        .build();
+    let mut reader = SeqReader::new(file, block);
 
     // buf holds file bytes [buf_start, buf_start + buf.len()).
     let mut buf: Vec<u8> = Vec::with_capacity(2 * REPLAY_READ_BYTES);
@@ -152,7 +146,7 @@ pub async fn replay_segment(
                 buf_start = pos;
                 let have = buf.len();
                 buf.resize(have + REPLAY_READ_BYTES, 0);
-                let n = read_full(&mut reader, &mut buf[have..]).await.map_err(Error::io(
+                let n = reader.read_full(&mut buf[have..]).await.map_err(Error::io(
                     "reading WAL segment",
                     path,
                     buf_start + have as u64,
@@ -197,7 +191,7 @@ pub async fn replay_segment(
     // acknowledged data was damaged, corruption. Bytes of the commit being
     // read there: it was torn. Otherwise (zeros, the file's end, or a
     // recycled file's older frames) the log ends cleanly here.
-    let after = scan_after(path, seg.id, pos, commit, next_lsn, block).await?;
+    let after = scan_after(storage, path, seg.id, pos, commit, next_lsn, block).await?;
     if let Some(at) = after.later {
         if policy == CorruptionPolicy::Refuse {
             return Err(Error::Corrupt {
@@ -217,18 +211,6 @@ pub async fn replay_segment(
     let end =
         if after.torn || after.later.is_some() { SegmentEnd::Torn { offset: pos, reason } } else { SegmentEnd::Clean };
     Ok(SegmentReplay { header, valid_end, last_lsn, end, bytes_read })
-}
-
-async fn read_full(reader: &mut glommio::io::DmaStreamReader, out: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < out.len() {
-        let got = reader.read(&mut out[n..]).await?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-    }
-    Ok(n)
 }
 
 /// Checks that an intact frame at `pos` continues the log of segment
@@ -301,15 +283,19 @@ struct After {
 /// segment ids only grow in a directory, and so do LSNs, so even a frame of
 /// an older use of this id could not pass for a later commit. Reads a
 /// buffer at a time; only a segment a crash left unsealed pays for this.
-async fn scan_after(path: &Path, segment_id: u64, from: u64, commit: u64, next_lsn: Lsn, block: u64) -> Result<After> {
-    let file = DmaFile::open(path).await.map_err(Error::glommio("opening WAL segment", path, 0))?;
+async fn scan_after(
+    storage: &dyn Storage,
+    path: &Path,
+    segment_id: u64,
+    from: u64,
+    commit: u64,
+    next_lsn: Lsn,
+    block: u64,
+) -> Result<After> {
+    let file = storage.open(path, OpenMode::Read).await.map_err(Error::io("opening WAL segment", path, 0))?;
     let start = from - from % block;
     let mut w = Window {
-        reader: DmaStreamReaderBuilder::new(file)
-            .with_start_pos(start)
-            .with_buffer_size(REPLAY_READ_BYTES)
-            .with_read_ahead(2)
-            .build(),
+        reader: SeqReader::new(file, start),
         buf: Vec::with_capacity(2 * REPLAY_READ_BYTES),
         start,
         eof: false,
@@ -347,7 +333,7 @@ async fn scan_after(path: &Path, segment_id: u64, from: u64, commit: u64, next_l
 
 /// A sliding window over a file's bytes from `start` on.
 struct Window<'a> {
-    reader: glommio::io::DmaStreamReader,
+    reader: SeqReader,
     /// File bytes `start..start + buf.len()`.
     buf: Vec<u8>,
     start: u64,
@@ -365,7 +351,7 @@ impl Window<'_> {
             let have = self.buf.len();
             self.buf.resize(have + REPLAY_READ_BYTES, 0);
             let at = self.start + have as u64;
-            let n = read_full(&mut self.reader, &mut self.buf[have..]).await.map_err(Error::io(
+            let n = self.reader.read_full(&mut self.buf[have..]).await.map_err(Error::io(
                 "reading WAL segment",
                 self.path,
                 at,
@@ -451,7 +437,7 @@ mod tests {
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let mut lsns = Vec::new();
-                let r = replay_segment(&seg, None, newest, policy, |f, _| {
+                let r = replay_segment(&crate::io::RealStorage::SYNC, &seg, None, newest, policy, |f, _| {
                     lsns.push(f.header.lsn);
                     Ok(())
                 })

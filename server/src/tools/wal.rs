@@ -28,10 +28,14 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
 use longbow_engine::dataset::ProducerSeqs;
+use longbow_engine::io::RealStorage;
 use longbow_engine::layout;
 use longbow_engine::wal::format::{self, DecodeError, FrameKind, FrameRef, SegmentHeader};
 use longbow_engine::wal::ipc::{self, Decoded};
 use longbow_engine::wal::replay::{self, SegmentFile};
+
+/// The files as they are, read with plain syscalls (no executor here).
+const FS: RealStorage = RealStorage::SYNC;
 use serde::Serialize;
 
 use super::{EXIT_DAMAGE, EXIT_OK};
@@ -370,7 +374,7 @@ fn walk(dir: &Path, sink: &mut dyn FnMut(&Event) -> io::Result<()>) -> io::Resul
     if !meta.is_dir() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", dir.display())));
     }
-    let shards = layout::shard_dirs(dir).map_err(engine_io)?;
+    let shards = layout::shard_dirs(&FS, dir).map_err(engine_io)?;
     let is_data_dir = !shards.is_empty() || dir.join("LAYOUT").exists();
     let (layout_dir, dirs) = if is_data_dir {
         (Some(dir), shards.into_iter().map(|k| (Some(k), layout::shard_dir(dir, k))).collect::<Vec<_>>())
@@ -380,7 +384,7 @@ fn walk(dir: &Path, sink: &mut dyn FnMut(&Event) -> io::Result<()>) -> io::Resul
         (parent, vec![(shard_index(dir), dir.to_owned())])
     };
     // As `layout::read` at start: no LAYOUT beside segments is refused.
-    let generation = match layout_dir.map(layout::read) {
+    let generation = match layout_dir.map(|d| layout::read(&FS, d)) {
         Some(Ok(l)) => l.map(|l| l.generation),
         Some(Err(e)) => {
             let file = layout_dir.unwrap_or(dir).join("LAYOUT");
@@ -427,7 +431,7 @@ fn walk_shard(
     // As `layout::clean` at start: other generations are deleted before
     // replay, so the newest segment is the newest of the rest.
     let mut segments: Vec<(SegmentFile, Result<SegmentHeader, String>)> = Vec::new();
-    for seg in replay::list_segments(dir).map_err(engine_io)? {
+    for seg in replay::list_segments(&FS, dir).map_err(engine_io)? {
         let header = read_header(&seg.path)?;
         if let (Ok(h), Some(g)) = (&header, generation) {
             if h.generation != g {

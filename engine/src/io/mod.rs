@@ -1,0 +1,200 @@
+//! The storage seam: the only code that touches the WAL volume's files.
+//!
+//! Everything the WAL, its free files and the data directory's layout do
+//! to files goes through a [`Storage`]: open, aligned `write_at`,
+//! `read_at`, `fdatasync`, rename (with and without replace), `sync_dir`,
+//! remove, list, size and set_len. Two implementations:
+//! - [`real`]: the files on disk. The `uring` engine writes large commits
+//!   and reads through glommio's DMA files (io_uring); the `sync` engine
+//!   uses plain `pwrite`/`pread`/`fdatasync` on O_DIRECT descriptors.
+//!   `auto` is `uring` unless io_uring is refused. Either way small
+//!   commits are two syscalls on the shard thread (see `wal/mod.rs`).
+//! - [`sim`]: in-memory files and directories for tests, each with a
+//!   durable and a volatile state. [`sim::SimStorage::crash`] keeps only
+//!   what was synced, can tear the last unsynced write at sector
+//!   granularity, and the storage can flip bits in synced sectors and fail
+//!   any operation with EIO or ENOSPC on a seeded schedule.
+//!
+//! Blocking calls: the metadata operations (`rename`, `list`, `remove`,
+//! `set_len`, small reads) are synchronous and run on the calling thread;
+//! on a shard that is its executor (see docs/architecture.md, "Which calls
+//! block"). Data writes, reads and syncs are futures.
+
+pub mod real;
+pub mod sim;
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::io;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::future::LocalBoxFuture;
+
+pub use real::{IoEngine, RealStorage};
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only; the file must exist.
+    Read,
+    /// Read and write; the file must exist.
+    Write,
+    /// Read and write, created empty (an existing file is truncated).
+    Create,
+}
+
+/// Whether a write or sync should run on the calling thread (lowest
+/// latency for small commits) or be queued (io_uring: the shard serves
+/// other work meanwhile). Engines that have only one way ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submit {
+    Inline,
+    Queued,
+}
+
+/// A buffer for [`File::write_at`]: aligned for O_DIRECT.
+pub enum IoBuf {
+    Dma(glommio::io::DmaBuffer),
+    Heap(aligned_vec::AVec<u8, aligned_vec::RuntimeAlign>),
+}
+
+impl IoBuf {
+    /// `len` zero bytes aligned to `align`.
+    pub fn heap(align: usize, len: usize) -> Self {
+        IoBuf::Heap(aligned_vec::avec_rt![[align] | 0u8; len])
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_bytes(),
+            IoBuf::Heap(b) => b.as_slice(),
+        }
+    }
+
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_bytes_mut(),
+            IoBuf::Heap(b) => b.as_mut_slice(),
+        }
+    }
+}
+
+/// An open file. Not `Send`: it lives on the shard that opened it.
+pub trait File {
+    /// The alignment O_DIRECT asks of offsets, lengths and buffers.
+    fn alignment(&self) -> u64;
+    /// A buffer of `len` bytes fit for [`File::write_at`] (its content is
+    /// unspecified: fill all of it).
+    fn alloc(&self, len: usize) -> IoBuf;
+    /// Writes `buf` at `pos` (aligned); returns the bytes written.
+    fn write_at(&self, buf: IoBuf, pos: u64, how: Submit) -> LocalBoxFuture<'_, io::Result<usize>>;
+    /// Up to `len` bytes from `pos` (fewer at the end of the file).
+    fn read_at(&self, pos: u64, len: usize) -> LocalBoxFuture<'_, io::Result<Vec<u8>>>;
+    /// Makes the data written so far and the file's length durable.
+    fn fdatasync(&self, how: Submit) -> LocalBoxFuture<'_, io::Result<()>>;
+    fn size(&self) -> LocalBoxFuture<'_, io::Result<u64>>;
+    /// Cuts or extends the file to `len` (not durable until `fdatasync`).
+    fn truncate(&self, len: u64) -> LocalBoxFuture<'_, io::Result<()>>;
+    fn close(self: Rc<Self>) -> LocalBoxFuture<'static, io::Result<()>>;
+}
+
+/// Space on the volume holding a path, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    pub available: u64,
+}
+
+/// A file system. `Send + Sync`: one is shared by every shard.
+pub trait Storage: Send + Sync + Debug {
+    /// The engine's name, as logged and exported (`uring`, `sync`, `sim`).
+    fn engine_name(&self) -> &'static str;
+    fn open<'a>(&'a self, path: &'a Path, mode: OpenMode) -> LocalBoxFuture<'a, io::Result<Rc<dyn File>>>;
+    /// Makes the creates, renames and removals in `dir` durable.
+    fn sync_dir<'a>(&'a self, dir: &'a Path) -> LocalBoxFuture<'a, io::Result<()>>;
+    /// Creates `dir` and its missing parents (durable once each parent's
+    /// directory is synced).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names in `dir`; `NotFound` if it does not exist.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    fn is_dir(&self, path: &Path) -> io::Result<bool>;
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
+    /// Renames, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames, failing with `AlreadyExists` if `to` exists.
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Cuts or extends the file at `path` (not durable until synced).
+    fn set_len(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// A small file's whole content, through the page cache.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Up to `len` bytes from the start of a file, through the page cache.
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>>;
+    /// [`Storage::sync_dir`] for a thread without an executor (startup).
+    fn sync_dir_blocking(&self, dir: &Path) -> io::Result<()>;
+    /// Creates or replaces the file at `path` with `bytes` and syncs its
+    /// data (not its directory entry).
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// An exclusive lock on the file `path` (created if missing), held
+    /// until the returned guard is dropped; `WouldBlock` if another
+    /// process holds it.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
+    /// Whether giving a file its length allocates it (tmpfs, the
+    /// simulator): preallocation then needs no zeros written.
+    fn sizing_allocates(&self, dir: &Path) -> bool;
+    fn space(&self, path: &Path) -> Option<Space>;
+}
+
+/// The storage every shard shares.
+pub type StorageRef = Arc<dyn Storage>;
+
+/// The names in `dir`, none if it does not exist.
+pub fn list_or_empty(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<String>> {
+    match storage.list(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        r => r,
+    }
+}
+
+/// Reads a file sequentially from a starting offset.
+pub struct SeqReader {
+    file: Rc<dyn File>,
+    pos: u64,
+}
+
+impl SeqReader {
+    pub fn new(file: Rc<dyn File>, start: u64) -> Self {
+        Self { file, pos: start }
+    }
+
+    /// Fills `out` from the current offset; fewer bytes only at the end of
+    /// the file.
+    pub async fn read_full(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < out.len() {
+            let bytes = self.file.read_at(self.pos, out.len() - n).await?;
+            if bytes.is_empty() {
+                break;
+            }
+            out[n..n + bytes.len()].copy_from_slice(&bytes);
+            n += bytes.len();
+            self.pos += bytes.len() as u64;
+        }
+        Ok(n)
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        self.file.close().await
+    }
+}
