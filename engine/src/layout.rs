@@ -55,7 +55,7 @@ pub fn shard_dir(data: &Path, shard: usize) -> PathBuf {
 
 /// Takes the exclusive lock on `data`, creating the directory if needed.
 pub fn lock(storage: &dyn Storage, data: &Path) -> Result<DirLock> {
-    storage.create_dir_all(data).map_err(Error::io("creating data directory", data, 0))?;
+    crate::io::create_dir_durably(storage, data).map_err(Error::io("creating data directory", data, 0))?;
     lock_on(storage, &data.join(LOCK_FILE), "data directory", data)
 }
 

@@ -167,6 +167,32 @@ pub fn list_or_empty(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<String
     }
 }
 
+/// Creates `dir` and its missing parents, and syncs the directory above
+/// each one it created, so that none of them can vanish with what is later
+/// made durable inside (a synced file in a directory whose own entry was
+/// never synced is lost with it). Blocking: for startup.
+pub fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> io::Result<()> {
+    let mut created = Vec::new();
+    for a in dir.ancestors() {
+        match storage.is_dir(a) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => created.push(a),
+            Err(e) => return Err(e),
+        }
+    }
+    if created.is_empty() {
+        return Ok(());
+    }
+    storage.create_dir_all(dir)?;
+    for made in created {
+        if let Some(parent) = made.parent() {
+            // IMPORTANT: the new directory's entry lives in its parent.
+            storage.sync_dir_blocking(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads a file sequentially from a starting offset.
 pub struct SeqReader {
     file: Rc<dyn File>,

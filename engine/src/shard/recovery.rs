@@ -109,7 +109,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
     }
 
     let storage = plan.storage.clone();
-    storage.create_dir_all(&plan.dir).map_err(Error::io("creating WAL directory", &plan.dir, 0))?;
+    crate::io::create_dir_durably(&*storage, &plan.dir).map_err(Error::io("creating WAL directory", &plan.dir, 0))?;
     let own = replay::list_segments(&*storage, &plan.dir)?;
     let file_bytes = wal::free::segment_file_bytes(plan.segment_bytes_max);
     let (free, free_max_id) = FreeFiles::open(storage.clone(), &plan.dir, file_bytes, plan.recycle_segments).await?;
