@@ -458,7 +458,13 @@ impl Wal {
                 // ends the segment there, so neither replay nor a shorter
                 // next commit can take those frames for acknowledged ones.
                 if let Err(seal) = self.seal().await {
-                    tracing::warn!(shard = self.shard, error = %seal, "sealing over a failed WAL write failed too; retried before the next commit");
+                    // IMPORTANT: the failed commit's intact frames stay
+                    // replayable until a seal covers them, and a crash
+                    // before that would bring back batches reported as
+                    // failed. Its outcome is unknown, as after a failed
+                    // fsync: poison, and let the restart's replay decide.
+                    tracing::error!(shard = self.shard, error = %seal, "sealing over a failed WAL write failed too; the shard is poisoned (the failed commit's outcome is unknown until a restart)");
+                    self.poisoned = true;
                 }
                 Err(e)
             }
