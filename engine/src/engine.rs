@@ -93,6 +93,7 @@ struct Inner {
     budget: Arc<MemoryBudget>,
     recovery: Vec<RecoveryStats>,
     settings: Mutex<Settings>,
+    health: tokio::sync::watch::Receiver<crate::health::Health>,
     _lock: DirLock,
     _snapshot_lock: DirLock,
 }
@@ -187,6 +188,7 @@ impl Engine {
         let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
         metrics.memory_limit_bytes.set(config.max_memory as i64);
 
+        let (health_tx, health) = crate::health::HealthTx::new();
         let cpus = allowed_cpus();
         let (report_tx, report_rx) = mpsc::channel::<(ShardId, Result<RecoveryStats>)>();
         let mut handles = Vec::with_capacity(config.shards);
@@ -215,6 +217,7 @@ impl Engine {
                 snapshot_interval: config.snapshot_interval,
                 budget: budget.clone(),
                 wal_dir: layout::shard_dir(data, k),
+                health: health_tx.clone(),
             };
             let placement = if config.pin_cores { Placement::Fixed(cpus[k % cpus.len()]) } else { Placement::Unbound };
             let metrics = metrics.clone();
@@ -228,6 +231,9 @@ impl Engine {
                 // the shard's own core.
                 .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
                 .spawn(move || async move {
+                    // Marks the shard down when this thread ends, by a
+                    // return or a panic: health turns NOT_SERVING.
+                    let _guard = setup.health.guard(id);
                     match recovery::recover(plan, &metrics).await {
                         Ok(r) => {
                             for name in &r.stale_snapshot_dirs {
@@ -301,9 +307,22 @@ impl Engine {
             budget,
             recovery,
             settings,
+            health,
             _lock: lock,
             _snapshot_lock: snapshot_lock,
         })))
+    }
+
+    /// Which shards do not serve; changes as soon as one is poisoned,
+    /// exits or panics.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<crate::health::Health> {
+        self.0.health.clone()
+    }
+
+    /// Makes the shard owning `dataset` panic (tests of what a panic does).
+    #[cfg(feature = "fault-injection")]
+    pub fn panic_shard(&self, dataset: &str) -> Result<()> {
+        self.shard(dataset)?.tx.try_send(crate::shard::request::Request::Panic).map_err(|_| Error::ShuttingDown)
     }
 
     pub fn shard_count(&self) -> usize {

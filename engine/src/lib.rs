@@ -32,6 +32,7 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod faults;
+pub mod health;
 pub mod io;
 pub mod layout;
 pub mod limits;

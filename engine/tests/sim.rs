@@ -77,6 +77,8 @@ struct Run {
     data: PathBuf,
     /// Whether a bit of synced data was flipped before the last start.
     damaged: bool,
+    /// What happened, for a failure's report.
+    log: Vec<String>,
 }
 
 fn config(run: &mut Run, storage: &SimStorage) -> EngineConfig {
@@ -134,9 +136,7 @@ fn append_burst(engine: &Engine, storage: &SimStorage, run: &mut Run, model: &mu
 fn drop_one(engine: &Engine, storage: &SimStorage, run: &mut Run, model: &mut Model) {
     let name = DATASETS[run.rng.random_range(0..DATASETS.len())];
     let held = model.acked.remove(name).unwrap_or_default();
-    if std::env::var_os("LONGBOW_SIM_SEED").is_some() {
-        eprintln!("drop {name} ({} rows), next id {}", held.len(), model.next_id);
-    }
+    run.log.push(format!("drop {name} ({} rows), next id {}", held.len(), model.next_id));
     let outcome = block_on(engine.drop_dataset(name));
     match outcome {
         Err(Error::NotFound(_)) if storage.crashed() => {
@@ -268,6 +268,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
         snapshots: tmp.path().join("snapshots"),
         data: PathBuf::from("/sim/data"),
         damaged: false,
+        log: Vec::new(),
     };
     let mut storage = SimStorage::new(seed, Path::new("/sim"));
     // Faults strike while the workload runs, not while the engine starts
@@ -291,7 +292,8 @@ fn run_seed(seed: u64) -> Result<(), String> {
             check(&engine, &model, run.damaged).map_err(|e| {
                 dump(&storage);
                 format!(
-                    "after power cut {cycle}: {e}\nevents: {:?}\nfiles: {:?}",
+                    "after power cut {cycle}: {e}\nlog: {:?}\nevents: {:?}\nfiles: {:?}",
+                    run.log,
                     storage.events(),
                     storage.files_under(Path::new("/sim"))
                 )
@@ -307,15 +309,14 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 0..80 => append_burst(&engine, &storage, &mut run, &mut model),
                 80..88 => drop_one(&engine, &storage, &mut run, &mut model),
                 _ => {
-                    if std::env::var_os("LONGBOW_SIM_SEED").is_some() {
-                        eprintln!("snapshot, next id {}", model.next_id);
-                    }
-                    let _ = block_on(engine.snapshot(None));
+                    let r = block_on(engine.snapshot(None));
+                    run.log.push(format!("snapshot at next id {}: {:?}", model.next_id, r.map(|r| r.segments_deleted)));
                 }
             }
         }
         let _ = block_on(engine.shutdown());
         drop(engine);
+        run.log.push(format!("power cut after {} operations, next id {}", storage.ops(), model.next_id));
         storage = storage.crash(run.rng.random_bool(0.7));
         storage.set_faults(Faults::default());
         // What no answer reached is settled by the check: either way.
@@ -332,7 +333,14 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let Some(engine) = start(&mut run, &storage)? else { return Ok(()) };
     let r = check(&engine, &model, run.damaged).map_err(|e| format!("after the last power cut: {e}"));
     let _ = block_on(engine.shutdown());
-    r.map_err(|e| format!("{e}\nevents: {:?}\nfiles: {:?}", storage.events(), storage.files_under(Path::new("/sim"))))
+    r.map_err(|e| {
+        format!(
+            "{e}\nlog: {:?}\nevents: {:?}\nfiles: {:?}",
+            run.log,
+            storage.events(),
+            storage.files_under(Path::new("/sim"))
+        )
+    })
 }
 
 #[test]

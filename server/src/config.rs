@@ -122,8 +122,9 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_WAL_RECYCLE_SEGMENTS", default_value_t = longbow_engine::limits::WAL_RECYCLE_SEGMENTS_DEFAULT)]
     pub wal_recycle_segments: usize,
 
-    /// Largest gRPC message accepted (one FlightData, i.e. one batch).
-    #[arg(long, env = "LONGBOW_MAX_MESSAGE_SIZE", default_value = "64MiB")]
+    /// Largest gRPC message accepted (one FlightData, i.e. one batch); at
+    /// most 512MiB, so that a batch always fits in one WAL frame.
+    #[arg(long, env = "LONGBOW_MAX_MESSAGE_SIZE", default_value = "64MiB", value_parser = parse_message_size)]
     pub max_message_size: ByteSize,
 
     /// Flight connections open at once; one more is closed on arrival
@@ -301,6 +302,18 @@ fn parse_duration_or_off(s: &str) -> Result<Option<Duration>, String> {
     }
 }
 
+fn parse_message_size(s: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let max = longbow_engine::limits::FRAME_PAYLOAD_BYTES_MAX / 2;
+    if !(1 << 10..=max).contains(&size.as_u64()) {
+        return Err(format!(
+            "{s:?}: the message size limit must be between 1KiB and {} (a batch must fit in one WAL frame with its schema)",
+            ByteSize(max)
+        ));
+    }
+    Ok(size)
+}
+
 fn parse_header_size(s: &str) -> Result<ByteSize, String> {
     let size: ByteSize = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
     if !(1 << 10..=16 << 20).contains(&size.as_u64()) {
@@ -320,5 +333,19 @@ impl Config {
             max_header_list_bytes: self.max_header_size.as_u64() as u32,
             max_message_bytes: self.max_message_size.as_u64() as usize,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_size_limit_is_bounded_by_the_wal_frame() {
+        assert_eq!(parse_message_size("64MiB").unwrap(), ByteSize::mib(64));
+        assert_eq!(parse_message_size("512MiB").unwrap(), ByteSize::mib(512));
+        let e = parse_message_size("2GiB").unwrap_err();
+        assert!(e.contains("one WAL frame"), "{e}");
+        assert!(parse_message_size("10").is_err(), "below 1KiB");
     }
 }

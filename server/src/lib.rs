@@ -43,18 +43,21 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// After a failed fsync a shard refuses writes until restart: say so on
-/// the health service, so that probes restart the pod.
-async fn report_poisoned_shards(metrics: EngineMetrics, health: tonic_health::server::HealthReporter) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if metrics.shards_poisoned.get() > 0 {
-            tracing::error!("a shard is poisoned after a failed fsync: reporting NOT_SERVING; restart to recover");
-            health.set_not_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            return;
-        }
-    }
+/// A shard that is poisoned (a failed fsync: writes refused until a
+/// restart), exits or panics no longer serves its datasets: say so on the
+/// health service as soon as the engine reports it, so that probes restart
+/// the pod.
+async fn report_shards_down(
+    mut shards: tokio::sync::watch::Receiver<longbow_engine::health::Health>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let down: Vec<String> = match shards.wait_for(|h| !h.serving()).await {
+        Ok(h) => h.down.iter().map(|(k, why)| format!("shard {k} {why}")).collect(),
+        Err(_) => return,
+    };
+    tracing::error!(shards = ?down, "reporting NOT_SERVING; restart to recover");
+    health.set_not_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 }
 
 /// Re-reads the reloadable settings from the config file on every SIGHUP,
@@ -287,9 +290,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let metrics_server = tokio::spawn({
         let stopped = stopped.clone();
         let health = metrics::Health {
-            shards_poisoned: metrics.shards_poisoned.clone(),
+            shards: engine.health(),
             snapshot_failing: metrics.snapshot_failing.clone(),
-            shards: engine.shard_count() as u32,
+            shard_count: engine.shard_count() as u32,
         };
         async move {
             axum::serve(metrics_listener, metrics::router(registry, process_metrics, health))
@@ -309,7 +312,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let flight =
         tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));
     health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
-    tokio::spawn(report_poisoned_shards(metrics.clone(), health.clone()));
+    tokio::spawn(report_shards_down(engine.health(), health.clone()));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.config)?;

@@ -479,15 +479,18 @@ impl Collector for ProcessCollector {
 /// What `/healthz` reports.
 #[derive(Clone)]
 pub struct Health {
-    pub shards_poisoned: Gauge,
+    /// Which shards do not serve (poisoned, exited, panicked).
+    pub shards: tokio::sync::watch::Receiver<longbow_engine::health::Health>,
     /// Per shard, 1 while its snapshots fail (`longbow_snapshot_failing`).
     pub snapshot_failing: Family<ShardLabel, Gauge>,
-    pub shards: u32,
+    pub shard_count: u32,
 }
 
 impl Health {
     fn failing_snapshot_shards(&self) -> Vec<u32> {
-        (0..self.shards).filter(|&shard| self.snapshot_failing.get_or_create(&ShardLabel { shard }).get() > 0).collect()
+        (0..self.shard_count)
+            .filter(|&shard| self.snapshot_failing.get_or_create(&ShardLabel { shard }).get() > 0)
+            .collect()
     }
 }
 
@@ -512,11 +515,12 @@ pub fn router(registry: Arc<Registry>, process: ProcessMetrics, health: Health) 
         .route(
             "/healthz",
             get(move || {
-                let poisoned = health.shards_poisoned.get();
+                let down = health.shards.borrow().down.clone();
                 let snapshots_failing = health.failing_snapshot_shards();
                 async move {
-                    if poisoned > 0 {
-                        let body = format!("{poisoned} shard(s) poisoned after a failed fsync: restart required\n");
+                    if !down.is_empty() {
+                        let what: Vec<String> = down.iter().map(|(k, why)| format!("shard {k} {why}")).collect();
+                        let body = format!("{}: restart required\n", what.join(", "));
                         (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response()
                     } else if !snapshots_failing.is_empty() {
                         format!(

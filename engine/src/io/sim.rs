@@ -97,6 +97,18 @@ enum Op {
     Read,
 }
 
+/// `v` grown or cut to `len`, new bytes zero (calloc and a copy: quick in
+/// debug builds too, where `resize` fills byte by byte).
+fn resize(v: &mut Vec<u8>, len: usize) {
+    if len <= v.len() {
+        v.truncate(len);
+        return;
+    }
+    let mut grown = vec![0u8; len];
+    grown[..v.len()].copy_from_slice(v);
+    *v = grown;
+}
+
 fn eio() -> io::Error {
     io::Error::from_raw_os_error(nix::libc::EIO)
 }
@@ -179,7 +191,7 @@ impl State {
         }
         let inode = self.inodes.get_mut(&id).expect("checked");
         if inode.volatile.len() < end {
-            inode.volatile.resize(end, 0);
+            resize(&mut inode.volatile, end);
         }
         inode.volatile[pos as usize..end].copy_from_slice(bytes);
         inode.dirty.push((pos as usize, end));
@@ -190,7 +202,7 @@ impl State {
     fn sync_file(&mut self, id: u64) {
         let Some(inode) = self.inodes.get_mut(&id) else { return };
         let len = inode.volatile.len();
-        inode.durable.resize(len, 0);
+        resize(&mut inode.durable, len);
         for (from, to) in std::mem::take(&mut inode.dirty) {
             let to = to.min(len);
             if from < to {
@@ -210,7 +222,7 @@ impl State {
         }
         let inode = self.inodes.get_mut(&id).expect("checked");
         let old = inode.volatile.len();
-        inode.volatile.resize(len as usize, 0);
+        resize(&mut inode.volatile, len as usize);
         if len as usize > old {
             inode.dirty.push((old, len as usize));
         }

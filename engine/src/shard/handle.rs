@@ -72,6 +72,14 @@ impl ShardHandle {
         producer: Option<ProducerSeq>,
         stream: PutStream,
     ) -> Result<impl std::future::Future<Output = Result<Committed>> + Send + 'static> {
+        // A condition of the input, not an invariant: refused, never asserted.
+        if message.encoded_len() as u64 > crate::limits::FRAME_PAYLOAD_BYTES_MAX / 2 {
+            return Err(Error::InvalidInput(format!(
+                "a batch of {} encoded bytes is larger than one WAL frame takes ({}); split it",
+                message.encoded_len(),
+                crate::limits::FRAME_PAYLOAD_BYTES_MAX / 2
+            )));
+        }
         let (reply, rx) = oneshot::channel();
         let req = Request::Append { dataset, batch, message, producer, stream, queued_at: Instant::now(), reply };
         self.send_within(req, self.backpressure_timeout).await?;

@@ -113,6 +113,7 @@ pub(crate) struct ShardSetup {
     /// The memory budget all shards share.
     pub budget: Arc<MemoryBudget>,
     pub wal_dir: PathBuf,
+    pub health: crate::health::HealthTx,
 }
 
 /// State shared by a shard's tasks (one thread: `Rc`, `Cell`, `RefCell`).
@@ -139,6 +140,7 @@ pub(crate) struct State {
     pub snap_tx: flume::Sender<SnapJob>,
     /// A memory-pressure snapshot is queued.
     pub pressure_queued: Cell<bool>,
+    pub health: crate::health::HealthTx,
 }
 
 impl State {
@@ -208,6 +210,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         sealed: wal.sealed_segments(),
         free: wal.free_files(),
         wal_dir: setup.wal_dir,
+        health: setup.health,
         snap_tx,
         pressure_queued: Cell::new(false),
     });
@@ -302,6 +305,8 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                 shutdown_reply = Some(reply);
                 break;
             }
+            #[cfg(feature = "fault-injection")]
+            Request::Panic => panic!("shard {} panics on request (fault injection)", state.id),
         }
     }
     drop(commit_tx);
@@ -531,6 +536,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                     tracing::error!(shard, error = %e, "fsync failed; shard stops accepting writes until restart");
                     poisoned = true;
                     metrics.shards_poisoned.inc();
+                    state.health.down(shard, crate::health::ShardDown::Poisoned);
                 } else {
                     tracing::warn!(shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
                 }

@@ -171,4 +171,7 @@ pub enum Request {
     Shutdown {
         reply: Reply<()>,
     },
+    /// Panic the shard's thread (tests of what a panic does).
+    #[cfg(feature = "fault-injection")]
+    Panic,
 }

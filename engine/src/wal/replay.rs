@@ -145,13 +145,11 @@ pub async fn replay_segment(
                 buf.drain(..rel.min(buf.len()));
                 buf_start = pos;
                 let have = buf.len();
-                buf.resize(have + REPLAY_READ_BYTES, 0);
-                let n = reader.read_full(&mut buf[have..]).await.map_err(Error::io(
+                let n = reader.append_to(&mut buf, REPLAY_READ_BYTES).await.map_err(Error::io(
                     "reading WAL segment",
                     path,
                     buf_start + have as u64,
                 ))?;
-                buf.truncate(have + n);
                 bytes_read += n as u64;
                 if n == 0 {
                     eof = true;
@@ -348,15 +346,12 @@ impl Window<'_> {
             if self.eof {
                 return Ok(false);
             }
-            let have = self.buf.len();
-            self.buf.resize(have + REPLAY_READ_BYTES, 0);
-            let at = self.start + have as u64;
-            let n = self.reader.read_full(&mut self.buf[have..]).await.map_err(Error::io(
+            let at = self.start + self.buf.len() as u64;
+            let n = self.reader.append_to(&mut self.buf, REPLAY_READ_BYTES).await.map_err(Error::io(
                 "reading WAL segment",
                 self.path,
                 at,
             ))?;
-            self.buf.truncate(have + n);
             self.eof = n == 0;
         }
         Ok(true)
