@@ -31,6 +31,10 @@ pub enum Error {
     Poisoned { shard: ShardId },
     #[error("shard {shard} could not write its WAL: {message}")]
     WalWrite { shard: ShardId, message: String },
+    /// A failed WAL write that could not be sealed over: what reached the
+    /// disk of it may be replayed, so the write may have been stored.
+    #[error("shard {shard} could not write its WAL, nor seal over the failed write: {message}; the write may have been stored, check before resending (an idempotent producer's resend is safe)")]
+    WalWriteInDoubt { shard: ShardId, message: String },
     #[error("shard {shard}: the WAL volume is full ({message}); nothing in this write was stored, retry once space is freed")]
     DiskFull { shard: ShardId, message: String },
     #[error("shard {shard}: snapshot failed, the WAL is kept: {message}")]

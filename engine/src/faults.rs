@@ -1,6 +1,9 @@
-//! Fault injection for tests, compiled in only with the `fault-injection`
-//! feature (`cargo test --features longbow-server/fault-injection`). Without
-//! it every check is a constant `false` and the release binary has no seam.
+//! Fault injection on the snapshot volume for tests, compiled in only with
+//! the `fault-injection` feature (`cargo test --features
+//! longbow-server/fault-injection`). Without it every check is a constant
+//! `false`. WAL faults are on the storage seam instead (`io::faulty` for the
+//! real file system, `io::sim` in-process); snapshot files are not behind
+//! the seam yet.
 //!
 //! A fault is armed with "succeed `after` times, then fail `times` times"
 //! (`u64::MAX` times = for ever). The server arms them from
@@ -9,29 +12,17 @@
 /// Where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// A WAL `fdatasync` reports EIO (the kernel may have dropped the pages).
-    WalFsync = 0,
-    /// A WAL commit write reports EIO after writing only part of the commit.
-    WalWrite = 1,
     /// Writing a snapshot (Parquet) file reports EIO.
-    SnapshotWrite = 2,
-    /// Writing a new WAL segment's header reports EIO.
-    WalCreate = 3,
+    SnapshotWrite = 0,
 }
 
 #[cfg(feature = "fault-injection")]
-static ARMED: std::sync::Mutex<[Option<(u64, u64)>; 4]> = std::sync::Mutex::new([None; 4]);
+static ARMED: std::sync::Mutex<[Option<(u64, u64)>; 1]> = std::sync::Mutex::new([None; 1]);
 
 /// Lets the next `after` checks of `fault` pass, then fails `times` of them.
 #[cfg(feature = "fault-injection")]
 pub fn arm(fault: Fault, after: u64, times: u64) {
     ARMED.lock().expect("fault table")[fault as usize] = Some((after, times));
-}
-
-/// Makes every WAL `fdatasync` after the first `n` fail with EIO.
-#[cfg(feature = "fault-injection")]
-pub fn fail_fsync_after(n: u64) {
-    arm(Fault::WalFsync, n, u64::MAX);
 }
 
 /// Whether this operation must fail.

@@ -123,10 +123,12 @@ fn append_burst(engine: &Engine, storage: &SimStorage, run: &mut Run, model: &mu
                 model.acked.entry(name.to_owned()).or_default().extend(ids);
                 model.drop_unknown.remove(name);
             }
-            // Poisoned: the commit's fsync (or the seal over its failed
-            // write) failed, so whether it reached the disk is unknown;
-            // docs/architecture.md says such a batch may come back.
-            Err(Error::ShuttingDown | Error::Poisoned { .. }) => model.unknown.extend(ids),
+            // Poisoned (the commit's fsync failed) or in doubt (the seal
+            // over its failed write failed): whether it reached the disk is
+            // unknown; docs/architecture.md says such a batch may come back.
+            Err(Error::ShuttingDown | Error::Poisoned { .. } | Error::WalWriteInDoubt { .. }) => {
+                model.unknown.extend(ids)
+            }
             Err(_) if power_lost => model.unknown.extend(ids),
             Err(_) => model.refused.extend(ids),
         }

@@ -18,6 +18,7 @@ pub fn into_status(e: Error) -> Status {
         Error::Io { .. }
         | Error::Poisoned { .. }
         | Error::WalWrite { .. }
+        | Error::WalWriteInDoubt { .. }
         | Error::Corrupt { .. }
         | Error::Startup(_) => Code::Internal,
         Error::Arrow(_) => Code::InvalidArgument,

@@ -127,32 +127,37 @@ async fn reload_on_sighup(
 }
 
 /// Test builds only: `LONGBOW_FAULT_FSYNC_FAIL_AFTER=n` (every WAL fsync
-/// after the n-th fails), `LONGBOW_FAULT_WAL_WRITE_FAIL=after:times` and
-/// `LONGBOW_FAULT_SNAPSHOT_FAIL=after:times` and
-/// `LONGBOW_FAULT_WAL_CREATE_FAIL=after:times` (succeed `after` times, then
-/// fail `times` times with EIO).
+/// after the n-th fails), `LONGBOW_FAULT_WAL_WRITE_FAIL=after:times`,
+/// `LONGBOW_FAULT_WAL_CREATE_FAIL=after:times` (on the storage seam:
+/// `io::faulty`) and `LONGBOW_FAULT_SNAPSHOT_FAIL=after:times` (succeed
+/// `after` times, then fail `times` times with EIO). Returns the WAL
+/// storage with its faults.
 #[cfg(feature = "fault-injection")]
-fn arm_faults_from_env() {
-    use longbow_engine::faults::{arm, fail_fsync_after, Fault};
-    if let Some(n) = std::env::var("LONGBOW_FAULT_FSYNC_FAIL_AFTER").ok().and_then(|v| v.parse().ok()) {
-        tracing::warn!(after = n, "fault injection: WAL fsyncs will fail");
-        fail_fsync_after(n);
-    }
-    for (var, fault) in [
-        ("LONGBOW_FAULT_WAL_WRITE_FAIL", Fault::WalWrite),
-        ("LONGBOW_FAULT_SNAPSHOT_FAIL", Fault::SnapshotWrite),
-        ("LONGBOW_FAULT_WAL_CREATE_FAIL", Fault::WalCreate),
-    ] {
-        let Ok(v) = std::env::var(var) else { continue };
+fn arm_faults_from_env(storage: longbow_engine::io::StorageRef) -> longbow_engine::io::StorageRef {
+    use longbow_engine::faults::{arm, Fault};
+    use longbow_engine::io::faulty::{FaultPlan, FaultyStorage};
+    let parse = |var: &str| -> Option<(u64, u64)> {
+        let v = std::env::var(var).ok()?;
         let parsed = v.split_once(':').and_then(|(a, t)| Some((a.parse().ok()?, t.parse().ok()?)));
-        match parsed {
-            Some((after, times)) => {
-                tracing::warn!(?fault, after, times, "fault injection armed");
-                arm(fault, after, times);
-            }
-            None => tracing::error!(var, value = v, "fault injection: expected after:times; ignored"),
+        if parsed.is_none() {
+            tracing::error!(var, value = v, "fault injection: expected after:times; ignored");
         }
+        parsed
+    };
+    let plan = FaultPlan {
+        fsync: std::env::var("LONGBOW_FAULT_FSYNC_FAIL_AFTER").ok().and_then(|v| v.parse().ok()).map(|n| (n, u64::MAX)),
+        write: parse("LONGBOW_FAULT_WAL_WRITE_FAIL"),
+        create: parse("LONGBOW_FAULT_WAL_CREATE_FAIL"),
+    };
+    if let Some((after, times)) = parse("LONGBOW_FAULT_SNAPSHOT_FAIL") {
+        tracing::warn!(after, times, "fault injection armed: snapshot writes");
+        arm(Fault::SnapshotWrite, after, times);
     }
+    if plan.fsync.is_none() && plan.write.is_none() && plan.create.is_none() {
+        return storage;
+    }
+    tracing::warn!(?plan, "fault injection armed on the WAL's storage");
+    std::sync::Arc::new(FaultyStorage::new(storage, plan))
 }
 
 /// Logs the transport limits, and warns when descriptors would run out
@@ -209,8 +214,6 @@ pub enum ServerError {
 /// accepting, drains in-flight requests (up to the configured timeout),
 /// seals every WAL and returns.
 pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-    #[cfg(feature = "fault-injection")]
-    arm_faults_from_env();
     // Checked before the WAL replay, which can take minutes.
     let tls = tls::load(&config.tls())?;
     match &tls {
@@ -229,7 +232,12 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
         config.max_memory = bytesize::ByteSize(s.max_memory);
         config.snapshot_interval = s.snapshot_interval;
     }
-    let engine_config = config.engine();
+    #[allow(unused_mut)]
+    let mut engine_config = config.engine();
+    #[cfg(feature = "fault-injection")]
+    {
+        engine_config.storage = arm_faults_from_env(engine_config.storage);
+    }
     tracing::info!(data = %engine_config.data_path.display(), shards = engine_config.shards, "starting engine");
     let metrics = EngineMetrics::default();
     let engine = {

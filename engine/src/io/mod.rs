@@ -20,6 +20,8 @@
 //! on a shard that is its executor (see docs/architecture.md, "Which calls
 //! block"). Data writes, reads and syncs are futures.
 
+#[cfg(feature = "fault-injection")]
+pub mod faulty;
 pub mod real;
 pub mod sim;
 

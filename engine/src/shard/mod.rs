@@ -540,6 +540,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                 } else {
                     tracing::warn!(shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
                 }
+                let in_doubt = matches!(e, Error::WalWriteInDoubt { .. });
                 let message = e.to_string();
                 let disk_full = e.is_disk_full();
                 let mut cat = state.catalog.borrow_mut();
@@ -552,6 +553,8 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                     }
                     let err = if poisoned {
                         Error::Poisoned { shard }
+                    } else if in_doubt {
+                        Error::WalWriteInDoubt { shard, message: message.clone() }
                     } else if disk_full {
                         Error::DiskFull { shard, message: message.clone() }
                     } else {

@@ -30,7 +30,6 @@ use std::rc::Rc;
 use glommio::{Latency, Shares};
 
 use crate::error::{Error, Result};
-use crate::faults::Fault;
 use crate::io::{File, IoBuf, OpenMode, Storage, StorageRef, Submit};
 use crate::limits::INLINE_COMMIT_BYTES_MAX;
 use crate::metrics::{EngineMetrics, Stage};
@@ -459,12 +458,17 @@ impl Wal {
                 // next commit can take those frames for acknowledged ones.
                 if let Err(seal) = self.seal().await {
                     // IMPORTANT: the failed commit's intact frames stay
-                    // replayable until a seal covers them, and a crash
-                    // before that would bring back batches reported as
-                    // failed. Its outcome is unknown, as after a failed
-                    // fsync: poison, and let the restart's replay decide.
-                    tracing::error!(shard = self.shard, error = %seal, "sealing over a failed WAL write failed too; the shard is poisoned (the failed commit's outcome is unknown until a restart)");
-                    self.poisoned = true;
+                    // replayable until a seal covers them (the next commit
+                    // retries it first), and a crash before that would
+                    // bring them back: their outcome is unknown, and the
+                    // error says so.
+                    tracing::warn!(shard = self.shard, error = %seal, "sealing over a failed WAL write failed too; retried before the next commit");
+                    if !self.poisoned {
+                        return Err(Error::WalWriteInDoubt {
+                            shard: self.shard,
+                            message: format!("{e}; sealing over it: {seal}"),
+                        });
+                    }
                 }
                 Err(e)
             }
@@ -578,9 +582,7 @@ async fn write_and_sync(
 ) -> std::result::Result<(), SyncError> {
     let len = buf.len();
     let started = std::time::Instant::now();
-    let result = if crate::faults::fails(Fault::WalWrite) {
-        Err(injected_write_failure(seg, buf, at).await)
-    } else {
+    let result = {
         // Small commits are two plain syscalls on the shard thread. Through
         // io_uring the `fdatasync` is handed to a kernel worker thread and
         // each completion must wake the shard: two extra thread hops that
@@ -637,39 +639,12 @@ async fn write_then_sync(
     }
     let written_at = std::time::Instant::now();
     metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
-    if crate::faults::fails(Fault::WalFsync) {
-        return Err(injected_fsync_failure(seg, at));
-    }
     seg.file
         .fdatasync(how)
         .await
         .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e)))?;
     metrics.stage(Stage::Fdatasync).observe(written_at.elapsed().as_secs_f64());
     Ok(())
-}
-
-fn injected_fsync_failure(seg: &ActiveSegment, at: u64) -> SyncError {
-    SyncError::Fsync(Error::Io {
-        op: "fdatasync WAL segment (injected fault)",
-        path: seg.path.clone(),
-        offset: at,
-        source: crate::faults::eio(),
-    })
-}
-
-/// The worst kind of failed write: the first half of the commit reaches the
-/// file (valid frames among it), then the write reports EIO.
-async fn injected_write_failure(seg: &ActiveSegment, buf: IoBuf, at: u64) -> SyncError {
-    let half = (buf.len() / 2).next_multiple_of(seg.block as usize).min(buf.len());
-    let mut first = seg.file.alloc(half);
-    first.as_bytes_mut().copy_from_slice(&buf.as_bytes()[..half]);
-    let _ = seg.file.write_at(first, at, Submit::Inline).await;
-    SyncError::Write(Error::Io {
-        op: "writing WAL segment (injected fault)",
-        path: seg.path.clone(),
-        offset: at + half as u64,
-        source: crate::faults::eio(),
-    })
 }
 
 /// The temporary name a segment has until its header is durable.
@@ -763,9 +738,6 @@ async fn init_segment(
     let mut buf = file.alloc(block as usize);
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    if crate::faults::fails(Fault::WalCreate) {
-        return Err(Error::io("writing segment header (injected fault)", path, 0)(crate::faults::eio()));
-    }
     let written = file.write_at(buf, 0, Submit::Queued).await.map_err(Error::io("writing segment header", path, 0))?;
     if written as u64 != block {
         return Err(Error::Io {
