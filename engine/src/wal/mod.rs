@@ -17,25 +17,31 @@
 //!   (`free.rs`). Segment ids and LSNs only grow in a directory, so the
 //!   frames a recycled file still holds never pass for new ones.
 
+mod commit;
 pub mod format;
 pub mod free;
 pub mod ipc;
+mod repair;
 pub mod replay;
+mod segment;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::{Latency, Shares};
 
 use crate::error::{Error, Result};
-use crate::io::{File, IoBuf, OpenMode, Storage, StorageRef, Submit};
-use crate::limits::INLINE_COMMIT_BYTES_MAX;
-use crate::metrics::{EngineMetrics, Stage};
-use format::{FrameHeader, FrameKind, SegmentHeader, FRAME_HEADER_BYTES};
+use crate::io::{Storage, StorageRef};
+use crate::metrics::EngineMetrics;
+pub use commit::Record;
+use commit::{write_and_sync, write_seal, SyncError};
 use free::FreeFiles;
 pub use ipc::IpcMessage;
+use repair::reopen_after_crash;
+pub use repair::{seal_after_crash, Resume};
+use segment::{close, create_segment, ActiveSegment};
+pub use segment::{is_segment_tmp_name, parse_segment_file_name, segment_file_name};
 
 /// Share of the shard's CPU the task preallocating segment files gets
 /// against the default queue's 1000 (it mostly waits for the disk).
@@ -44,59 +50,12 @@ const PREPARE_SHARES: usize = 50;
 /// Log sequence number: per shard, contiguous, starting at 1.
 pub type Lsn = u64;
 
-/// One record to log.
-pub struct Record<'a> {
-    pub dataset: &'a str,
-    /// The dataset's encapsulated schema message, written before its first
-    /// record in each segment.
-    pub schema_message: &'a [u8],
-    /// `None` logs only the schema (a dataset created with no rows yet).
-    pub message: Option<&'a IpcMessage>,
-    /// A tombstone: the dataset was dropped (no schema, no message).
-    pub drop: bool,
-    /// The idempotent producer and sequence number of `message`, logged in
-    /// the same frame (version 2) so both are durable together.
-    pub producer: Option<(&'a str, u64)>,
-    /// The dataset's producers' state as JSON, alone in a `Producers`
-    /// frame (no schema, no message).
-    pub producers_state: Option<&'a [u8]>,
-}
-
-impl<'a> Record<'a> {
-    /// A data record: the schema if this segment lacks it, and `message`.
-    pub fn data(dataset: &'a str, schema_message: &'a [u8], message: Option<&'a IpcMessage>) -> Self {
-        Self { dataset, schema_message, message, drop: false, producer: None, producers_state: None }
-    }
-
-    fn payload_extra(&self) -> usize {
-        self.producer.map_or(0, |(id, _)| ipc::producer_trailer_len(id.len()))
-            + self.producers_state.map_or(0, |s| s.len())
-    }
-
-    /// Whether this record's frame carries no schema message.
-    fn is_bare(&self) -> bool {
-        self.drop || self.producers_state.is_some()
-    }
-}
-
 /// A finished segment: every record in it has an LSN up to `last_lsn`.
 #[derive(Debug, Clone)]
 pub struct SealedSegment {
     pub id: u64,
     pub path: PathBuf,
     pub last_lsn: Lsn,
-}
-
-pub fn segment_file_name(id: u64) -> String {
-    format!("{id:020}.wal")
-}
-
-pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(".wal")?;
-    if stem.len() != 20 {
-        return None;
-    }
-    stem.parse().ok()
 }
 
 /// The names in `dir` on `storage`; none if it does not exist. `op` names
@@ -119,25 +78,6 @@ pub(crate) fn list_dir(dir: &Path, op: &'static str) -> Result<Vec<std::fs::DirE
 pub async fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
     // IMPORTANT: without this, a new segment's directory entry can vanish on power loss.
     storage.sync_dir(dir).await.map_err(Error::io("fsyncing directory", dir, 0))
-}
-
-struct ActiveSegment {
-    file: Rc<dyn File>,
-    path: PathBuf,
-    id: u64,
-    /// Next write offset; always a multiple of `block`.
-    pos: u64,
-    block: u64,
-    /// The file's length as far as this process knows: a write past it
-    /// extends the file (counted in `wal_extending_writes`).
-    file_len: Cell<u64>,
-    /// Datasets whose schema message is already in this segment.
-    schemas_written: HashSet<String>,
-    /// A seal frame ends this segment: the next commit needs a new one.
-    sealed: bool,
-    /// A failed write may have left frames from `pos` on: the segment must
-    /// be sealed there before anything else is written.
-    tail_suspect: bool,
 }
 
 pub struct Wal {
@@ -176,18 +116,6 @@ struct Preparing {
     running: Rc<Cell<bool>>,
     /// Where it writes until the file is complete.
     tmp: PathBuf,
-}
-
-/// The newest segment as a crash left it, to go on from: its log ends at
-/// `valid_end` (a torn commit dropped), not sealed yet.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    pub id: u64,
-    pub path: PathBuf,
-    pub valid_end: u64,
-    pub block: u64,
-    /// The LSN the segment's next frame (its seal, first) must carry.
-    pub next_lsn: Lsn,
 }
 
 impl Wal {
@@ -344,33 +272,6 @@ impl Wal {
         self.free.borrow_mut().take()
     }
 
-    /// Bytes a commit of these records takes in `seg`.
-    fn commit_len(seg: &ActiveSegment, records: &[Record<'_>]) -> u64 {
-        let mut seen = HashSet::new();
-        let body: usize = records
-            .iter()
-            .map(|r| {
-                if r.drop {
-                    seen.remove(r.dataset);
-                    return format::frame_len(r.dataset.len(), 0);
-                }
-                if r.is_bare() {
-                    return format::frame_len(r.dataset.len(), r.payload_extra());
-                }
-                let schema = if seg.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
-                    0
-                } else {
-                    r.schema_message.len()
-                };
-                format::frame_len(
-                    r.dataset.len(),
-                    schema + r.message.map_or(0, |m| m.encoded_len()) + r.payload_extra(),
-                )
-            })
-            .sum();
-        (body as u64).next_multiple_of(seg.block)
-    }
-
     /// Writes `records` as one commit and makes it durable
     /// (`Durability::Synced`: write, then `fdatasync`). Returns the LSN of
     /// the first record; the rest follow contiguously.
@@ -387,52 +288,17 @@ impl Wal {
             Some(a) => {
                 a.sealed
                     || a.tail_suspect
-                    || (a.pos + Self::commit_len(a, records) + a.block > self.file_bytes && a.pos > a.block)
+                    || (a.pos + commit::commit_len(a, records) + a.block > self.file_bytes && a.pos > a.block)
             }
         };
         if rotate {
             self.rotate().await?;
         }
         let seg = self.active.as_mut().expect("a rotation leaves an active segment");
-        let len = Self::commit_len(seg, records);
+        let len = commit::commit_len(seg, records);
         let commit_start = seg.pos;
         let first_lsn = self.next_lsn;
-        let mut buf = seg.file.alloc(len as usize);
-        let out = buf.as_bytes_mut();
-        let mut at = 0usize;
-        for (i, r) in records.iter().enumerate() {
-            let payload_at = at + FRAME_HEADER_BYTES + r.dataset.len();
-            let mut payload_len = 0;
-            if r.drop {
-                // A dataset created again after this must log its schema again.
-                seg.schemas_written.remove(r.dataset);
-            } else if !r.is_bare() && !seg.schemas_written.contains(r.dataset) {
-                out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
-                payload_len += r.schema_message.len();
-                seg.schemas_written.insert(r.dataset.to_owned());
-            }
-            if let Some(m) = r.message {
-                payload_len += m.write_to(&mut out[payload_at + payload_len..]);
-            }
-            if let Some(state) = r.producers_state {
-                out[payload_at..payload_at + state.len()].copy_from_slice(state);
-                payload_len += state.len();
-            }
-            let mut version = format::FORMAT_VERSION;
-            if let Some((id, seq)) = r.producer {
-                payload_len += ipc::write_producer_trailer(&mut out[payload_at + payload_len..], id, seq);
-                version = format::FORMAT_VERSION_PRODUCER;
-            }
-            let kind = match () {
-                _ if r.drop => FrameKind::Drop,
-                _ if r.producers_state.is_some() => FrameKind::Producers,
-                _ => FrameKind::Data,
-            };
-            let header = FrameHeader { kind, lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
-            at +=
-                format::seal_frame_in_place_version(&mut out[at..], header, r.dataset.as_bytes(), payload_len, version);
-        }
-        out[at..].fill(0);
+        let buf = commit::encode(seg, records, first_lsn, commit_start, len);
         let result = write_and_sync(seg, buf, commit_start, &self.metrics).await;
         if result.is_err() {
             // The commit never became durable: its schemas may be missing
@@ -543,290 +409,12 @@ impl Wal {
     }
 }
 
-async fn close(seg: ActiveSegment) {
-    let _ = seg.file.close().await;
-}
-
-async fn write_seal(seg: &mut ActiveSegment, lsn: Lsn, metrics: &EngineMetrics) -> std::result::Result<(), SyncError> {
-    let header = FrameHeader { kind: FrameKind::Seal, lsn, segment_id: seg.id, commit_start: seg.pos };
-    let frame = format::encode_frame(header, b"", b"");
-    let mut buf = seg.file.alloc(seg.block as usize);
-    buf.as_bytes_mut().fill(0);
-    buf.as_bytes_mut()[..frame.len()].copy_from_slice(&frame);
-    let at = seg.pos;
-    write_and_sync(seg, buf, at, metrics).await?;
-    seg.pos += seg.block;
-    Ok(())
-}
-
-/// A failed write can be retried (nothing was acknowledged); a failed fsync
-/// cannot.
-enum SyncError {
-    Write(Error),
-    Fsync(Error),
-}
-
-impl SyncError {
-    fn into_inner(self) -> Error {
-        match self {
-            SyncError::Write(e) | SyncError::Fsync(e) => e,
-        }
-    }
-}
-
-async fn write_and_sync(
-    seg: &ActiveSegment,
-    buf: IoBuf,
-    at: u64,
-    metrics: &EngineMetrics,
-) -> std::result::Result<(), SyncError> {
-    let len = buf.len();
-    let started = std::time::Instant::now();
-    let result = {
-        // Small commits are two plain syscalls on the shard thread. Through
-        // io_uring the `fdatasync` is handed to a kernel worker thread and
-        // each completion must wake the shard: two extra thread hops that
-        // cost more than the disk on small commits (see
-        // `docs/benchmarks.md`). The shard has nothing else to do
-        // meanwhile: new appends wait for the next commit anyway. Large
-        // ones are queued, so the shard keeps serving reads.
-        let how = if len as u64 <= INLINE_COMMIT_BYTES_MAX { Submit::Inline } else { Submit::Queued };
-        write_then_sync(seg, buf, at, how, metrics).await
-    };
-    match &result {
-        Ok(()) => {
-            metrics.wal_writes_ok.inc();
-            metrics.wal_bytes_written.inc_by(len as u64);
-            metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
-            let end = at + len as u64;
-            if end > seg.file_len.get() {
-                metrics.wal_extending_writes.inc();
-                seg.file_len.set(end);
-            }
-        }
-        Err(_) => {
-            metrics.wal_writes_error.inc();
-        }
-    }
-    result
-}
-
-fn short_write(seg: &ActiveSegment, at: u64, written: usize) -> SyncError {
-    SyncError::Write(Error::Io {
-        op: "writing WAL segment (short write)",
-        path: seg.path.clone(),
-        offset: at + written as u64,
-        source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
-    })
-}
-
-async fn write_then_sync(
-    seg: &ActiveSegment,
-    buf: IoBuf,
-    at: u64,
-    how: Submit,
-    metrics: &EngineMetrics,
-) -> std::result::Result<(), SyncError> {
-    let started = std::time::Instant::now();
-    let len = buf.len();
-    let written = seg
-        .file
-        .write_at(buf, at, how)
-        .await
-        .map_err(|e| SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e)))?;
-    if written != len {
-        return Err(short_write(seg, at, written));
-    }
-    let written_at = std::time::Instant::now();
-    metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
-    seg.file
-        .fdatasync(how)
-        .await
-        .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e)))?;
-    metrics.stage(Stage::Fdatasync).observe(written_at.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// The temporary name a segment has until its header is durable.
-fn segment_tmp_name(id: u64) -> String {
-    format!(".{}.tmp", segment_file_name(id))
-}
-
-/// Whether `name` is a segment's temporary name (see [`segment_tmp_name`]).
-pub fn is_segment_tmp_name(name: &str) -> bool {
-    name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).and_then(parse_segment_file_name).is_some()
-}
-
-/// Creates segment `id` from the free file `reuse`, or else from a new
-/// file preallocated here (zeros written up to `file_bytes`; as far as the
-/// volume allows, since commits can still extend it): header written and
-/// synced under a temporary name, then renamed (never over an existing
-/// segment) and the directory synced.
-/// IMPORTANT: a `*.wal` file therefore always has a durable header, so a
-/// segment with a missing or damaged one is damage, never a crash in the
-/// middle of creating it (that leaves only a temporary file, deleted at
-/// start). A free file is renamed to the temporary name before its header
-/// is rewritten, so a crash in between leaves a temporary or a free file,
-/// never a named segment with another segment's header.
-#[allow(clippy::too_many_arguments)]
-async fn create_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    shard: u32,
-    generation: u64,
-    id: u64,
-    first_lsn: Lsn,
-    reuse: Option<PathBuf>,
-    file_bytes: u64,
-) -> Result<ActiveSegment> {
-    let path = dir.join(segment_file_name(id));
-    let tmp = dir.join(segment_tmp_name(id));
-    if let Some(free) = &reuse {
-        storage.rename(free, &tmp).map_err(Error::io("renaming free WAL file", free, 0))?;
-    }
-    let mode = if reuse.is_none() { OpenMode::Create } else { OpenMode::Write };
-    let file = storage.open(&tmp, mode).await.map_err(Error::io("creating WAL segment", &tmp, 0))?;
-    let mut named = false;
-    let created = async {
-        let block =
-            init_segment(storage, &tmp, &*file, shard, generation, id, first_lsn, reuse.is_none(), file_bytes).await?;
-        let len = file.size().await.map_err(Error::io("stat WAL segment", &tmp, 0))?;
-        storage.rename_no_replace(&tmp, &path).map_err(Error::io("naming new WAL segment", &path, 0))?;
-        named = true;
-        sync_dir(storage, dir).await?;
-        Ok((block, len))
-    }
-    .await;
-    match created {
-        Ok((block, len)) => Ok(ActiveSegment {
-            file,
-            path,
-            id,
-            pos: block,
-            block,
-            file_len: Cell::new(len),
-            schemas_written: HashSet::new(),
-            sealed: false,
-            tail_suspect: false,
-        }),
-        Err(e) => {
-            // Nothing was logged in it yet: remove it, whatever its name,
-            // so that the next try can create it again.
-            let _ = file.close().await;
-            let _ = storage.remove_file(if named { &path } else { &tmp });
-            Err(e)
-        }
-    }
-}
-
-/// Writes a new segment's header block, and zeros after it up to
-/// `file_bytes` if `zero_fill`, then syncs. Returns the block size.
-#[allow(clippy::too_many_arguments)]
-async fn init_segment(
-    storage: &dyn Storage,
-    path: &Path,
-    file: &dyn File,
-    shard: u32,
-    generation: u64,
-    id: u64,
-    first_lsn: Lsn,
-    zero_fill: bool,
-    file_bytes: u64,
-) -> Result<u64> {
-    let block = file.alignment().max(512);
-    let header = SegmentHeader { block_bytes: block as u32, shard, generation, segment_id: id, first_lsn };
-    let mut buf = file.alloc(block as usize);
-    buf.as_bytes_mut().fill(0);
-    buf.as_bytes_mut()[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    let written = file.write_at(buf, 0, Submit::Queued).await.map_err(Error::io("writing segment header", path, 0))?;
-    if written as u64 != block {
-        return Err(Error::Io {
-            op: "writing segment header (short write)",
-            path: path.to_owned(),
-            offset: written as u64,
-            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
-        });
-    }
-    if zero_fill {
-        let end = free::zero_fill(storage, path, file, block, file_bytes).await?;
-        if end < file_bytes {
-            tracing::warn!(file = %path.display(), preallocated = end, file_bytes, "the WAL volume is nearly full: segment preallocated only in part; commits beyond that extend it");
-        }
-    }
-    file.fdatasync(Submit::Queued).await.map_err(Error::io("fdatasync segment header", path, 0))?;
-    Ok(block)
-}
-
-/// Finishes a segment left unsealed by a crash: cuts it at `valid_end`
-/// (dropping a torn tail) and writes a seal frame there.
-pub async fn seal_after_crash(
-    storage: &dyn Storage,
-    path: &Path,
-    segment_id: u64,
-    valid_end: u64,
-    block: u64,
-    lsn: Lsn,
-    metrics: &EngineMetrics,
-) -> Result<()> {
-    let mut seg =
-        reopen_after_crash(storage, &Resume { id: segment_id, path: path.to_owned(), valid_end, block, next_lsn: lsn })
-            .await?;
-    write_seal(&mut seg, lsn, metrics).await.map_err(SyncError::into_inner)?;
-    close(seg).await;
-    Ok(())
-}
-
-/// Opens a segment a crash left unsealed for writing at the block after
-/// `valid_end` (a torn commit dropped, its padding zeroed). It takes no
-/// commit before it is sealed (`tail_suspect`). Needs no space: the file
-/// keeps its length if the seal's block lies within it (a preallocated
-/// file: what follows is never read once the seal is there, and cutting
-/// it would make the file's next use extend it), else it is cut there.
-async fn reopen_after_crash(storage: &dyn Storage, r: &Resume) -> Result<ActiveSegment> {
-    let (path, valid_end, block) = (&r.path, r.valid_end, r.block);
-    let file = storage.open(path, OpenMode::Write).await.map_err(Error::io("opening WAL segment", path, 0))?;
-    let pos = valid_end.next_multiple_of(block);
-    if valid_end < pos {
-        // IMPORTANT: replay checks that a commit's padding is zero; the
-        // torn commit's bytes between the last good frame and the block
-        // end would read as damage once this segment is not the newest.
-        let start = pos - block;
-        let kept = file.read_at(start, (valid_end - start) as usize).await.map_err(Error::io(
-            "reading WAL segment",
-            path,
-            start,
-        ))?;
-        let mut buf = file.alloc(block as usize);
-        buf.as_bytes_mut().fill(0);
-        buf.as_bytes_mut()[..kept.len()].copy_from_slice(&kept);
-        file.write_at(buf, start, Submit::Queued).await.map_err(Error::io(
-            "zeroing a torn commit's padding",
-            path,
-            start,
-        ))?;
-    }
-    let mut len = file.size().await.map_err(Error::io("stat WAL segment", path, 0))?;
-    if pos + block > len {
-        file.truncate(pos).await.map_err(Error::io("truncating WAL segment", path, pos))?;
-        len = pos;
-    }
-    Ok(ActiveSegment {
-        file,
-        path: path.to_owned(),
-        id: r.id,
-        pos,
-        block,
-        file_len: Cell::new(len),
-        schemas_written: HashSet::new(),
-        sealed: false,
-        tail_suspect: true,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::format;
     use super::replay::{list_segments, replay_segment, CorruptionPolicy, SegmentEnd};
     use super::*;
+    use crate::io::OpenMode;
 
     const FILE_BYTES: u64 = 1024 * 1024;
 
