@@ -9,11 +9,18 @@
 //! - [`shard`]: a shard's request loop and group-commit task
 //!   (`shard/mod.rs`), the `Send + Clone` handle the gateway holds
 //!   (`handle.rs`), and startup replay (`recovery.rs`).
-//! - [`wal`]: segment files written with O_DIRECT (`mod.rs`), the frame
-//!   format (`format.rs`, pure and property-tested), the Arrow IPC payload
-//!   (`ipc.rs`), preallocated and recycled segment files (`free.rs`: no
-//!   commit extends a file) and torn-tail versus corruption detection
-//!   (`replay.rs`).
+//! - [`wal`]: the log of one shard (`mod.rs`: append, rotate, seal), the
+//!   segment file's naming and creation (`segment.rs`), the group commit
+//!   buffer and its write and sync (`commit.rs`), crash repair
+//!   (`repair.rs`), torn-tail versus corruption detection (`replay.rs`),
+//!   the frame format (`format.rs`, pure and property-tested), the Arrow
+//!   IPC payload (`ipc.rs`) and preallocated and recycled segment files
+//!   (`free.rs`: no commit extends a file).
+//! - [`io`]: the storage seam, the only code that touches the WAL volume:
+//!   the real file system (io_uring or plain syscalls) and a simulator that
+//!   forgets what was not synced (`engine/tests/sim.rs` cuts its power).
+//! - [`health`]: which shards serve; a watch channel the gateway's health
+//!   service follows.
 //! - [`snapshot`]: Parquet files and manifests (atomic writes, merging);
 //!   the shard's snapshot worker is `shard/snapshots.rs`.
 //! - [`dataset`]: in-memory batches, schemas and name rules; no I/O.
