@@ -189,8 +189,12 @@ fn rows_of(engine: &Engine, name: &str) -> Result<Vec<i64>, String> {
 }
 
 /// Checks what a restarted engine serves against what clients were told.
-fn check(engine: &Engine, model: &Model, damaged: bool) -> Result<(), String> {
-    let mut seen_anywhere = BTreeSet::new();
+/// Checks what a restarted engine serves against what clients were told,
+/// then settles what was in doubt: from now on it is what the disk holds
+/// (a write in doubt that is there must stay, one that is not must never
+/// come back; a drop in doubt happened or did not).
+fn check(engine: &Engine, model: &mut Model, damaged: bool) -> Result<(), String> {
+    let mut present: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
     for name in DATASETS {
         let ids = rows_of(engine, name)?;
         let mut once = BTreeSet::new();
@@ -199,7 +203,6 @@ fn check(engine: &Engine, model: &Model, damaged: bool) -> Result<(), String> {
                 return Err(format!("{name}: row {id} is there twice"));
             }
         }
-        seen_anywhere.extend(once.iter().copied());
         let acked = model.acked.get(name).cloned().unwrap_or_default();
         if !damaged && !model.drop_unknown.contains(name) {
             let missing: Vec<i64> = acked.difference(&once).copied().collect();
@@ -231,6 +234,25 @@ fn check(engine: &Engine, model: &Model, damaged: bool) -> Result<(), String> {
             if !known {
                 return Err(format!("{name}: row {id} was never acknowledged to this dataset"));
             }
+        }
+        present.insert(name, once);
+    }
+    for id in std::mem::take(&mut model.unknown) {
+        match present.iter().find(|(_, ids)| ids.contains(&id)) {
+            Some((name, _)) => {
+                model.acked.entry(name.to_string()).or_default().insert(id);
+            }
+            None => {
+                model.refused.insert(id);
+            }
+        }
+    }
+    for name in std::mem::take(&mut model.drop_unknown) {
+        let acked = model.acked.get(&name).cloned().unwrap_or_default();
+        if !acked.is_empty() && acked.is_disjoint(&present[name.as_str()]) {
+            // The drop happened.
+            model.acked.remove(&name);
+            model.dropped.entry(name).or_default().extend(acked);
         }
     }
     Ok(())
@@ -291,7 +313,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
         let Some(engine) = start(&mut run, &storage)? else { return Ok(()) };
         storage.set_faults(faults);
         if cycle > 0 {
-            check(&engine, &model, run.damaged).map_err(|e| {
+            check(&engine, &mut model, run.damaged).map_err(|e| {
                 dump(&storage);
                 format!(
                     "after power cut {cycle}: {e}\nlog: {:?}\nevents: {:?}\nfiles: {:?}",
@@ -333,7 +355,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
         }
     }
     let Some(engine) = start(&mut run, &storage)? else { return Ok(()) };
-    let r = check(&engine, &model, run.damaged).map_err(|e| format!("after the last power cut: {e}"));
+    let r = check(&engine, &mut model, run.damaged).map_err(|e| format!("after the last power cut: {e}"));
     let _ = block_on(engine.shutdown());
     r.map_err(|e| {
         format!(
