@@ -2,6 +2,7 @@
 //! one exhaustive match.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::ShardId;
 
@@ -29,14 +30,17 @@ pub enum Error {
     NotStored { reason: &'static str },
     #[error("shard {shard} poisoned after a failed fsync; restart required")]
     Poisoned { shard: ShardId },
-    #[error("shard {shard} could not write its WAL: {message}")]
-    WalWrite { shard: ShardId, message: String },
+    /// A failed commit's error, shared by every write in the commit.
+    #[error("shard {shard} could not write its WAL: {source}")]
+    WalWrite { shard: ShardId, source: Arc<Error> },
     /// A failed WAL write that could not be sealed over: what reached the
     /// disk of it may be replayed, so the write may have been stored.
-    #[error("shard {shard} could not write its WAL, nor seal over the failed write: {message}; the write may have been stored, check before resending (an idempotent producer's resend is safe)")]
-    WalWriteInDoubt { shard: ShardId, message: String },
-    #[error("shard {shard}: the WAL volume is full ({message}); nothing in this write was stored, retry once space is freed")]
-    DiskFull { shard: ShardId, message: String },
+    #[error("shard {shard} could not write its WAL ({source}), nor seal over the failed write ({seal}); the write may have been stored, check before resending (an idempotent producer's resend is safe)")]
+    WalWriteInDoubt { shard: ShardId, source: Arc<Error>, seal: Arc<Error> },
+    #[error(
+        "shard {shard}: the WAL volume is full ({source}); nothing in this write was stored, retry once space is freed"
+    )]
+    DiskFull { shard: ShardId, source: Arc<Error> },
     #[error("shard {shard}: snapshot failed, the WAL is kept: {message}")]
     Snapshot { shard: ShardId, message: String, disk_full: bool },
     #[error("engine is shutting down")]
@@ -60,6 +64,8 @@ impl Error {
                 source.raw_os_error() == Some(nix::libc::ENOSPC) || source.kind() == std::io::ErrorKind::StorageFull
             }
             Error::Snapshot { disk_full, .. } => *disk_full,
+            Error::DiskFull { .. } => true,
+            Error::WalWrite { source, .. } => source.is_disk_full(),
             _ => false,
         }
     }

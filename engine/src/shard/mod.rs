@@ -540,9 +540,8 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                 } else {
                     tracing::warn!(shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
                 }
-                let in_doubt = matches!(e, Error::WalWriteInDoubt { .. });
-                let message = e.to_string();
                 let disk_full = e.is_disk_full();
+                let cause = Arc::new(e);
                 let mut cat = state.catalog.borrow_mut();
                 for p in group.drain(..) {
                     if let Pending::Create { dataset, .. } = &p {
@@ -551,14 +550,13 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                             cat.datasets.remove(dataset);
                         }
                     }
-                    let err = if poisoned {
-                        Error::Poisoned { shard }
-                    } else if in_doubt {
-                        Error::WalWriteInDoubt { shard, message: message.clone() }
-                    } else if disk_full {
-                        Error::DiskFull { shard, message: message.clone() }
-                    } else {
-                        Error::WalWrite { shard, message: message.clone() }
+                    let err = match &*cause {
+                        _ if poisoned => Error::Poisoned { shard },
+                        Error::WalWriteInDoubt { source, seal, .. } => {
+                            Error::WalWriteInDoubt { shard, source: source.clone(), seal: seal.clone() }
+                        }
+                        _ if disk_full => Error::DiskFull { shard, source: cause.clone() },
+                        _ => Error::WalWrite { shard, source: cause.clone() },
                     };
                     p.fail(err);
                 }

@@ -332,7 +332,8 @@ impl Wal {
                     if !self.poisoned {
                         return Err(Error::WalWriteInDoubt {
                             shard: self.shard,
-                            message: format!("{e}; sealing over it: {seal}"),
+                            source: std::sync::Arc::new(e),
+                            seal: std::sync::Arc::new(seal),
                         });
                     }
                 }
