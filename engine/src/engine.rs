@@ -59,6 +59,9 @@ pub struct EngineConfig {
     /// The WAL volume's file system (`io::RealStorage`, or the simulator
     /// in tests).
     pub storage: StorageRef,
+    /// glommio `io_memory` per shard: registered DMA buffers for commits
+    /// and reads (pinned at start). The simulator uses none.
+    pub io_memory_bytes: usize,
 }
 
 impl EngineConfig {
@@ -79,6 +82,7 @@ impl EngineConfig {
             backpressure_timeout: Duration::from_secs(30),
             shard_spin: Duration::ZERO,
             storage: Arc::new(RealStorage::new(IoEngine::Auto)),
+            io_memory_bytes: SHARD_IO_MEMORY_BYTES,
         }
     }
 }
@@ -224,7 +228,7 @@ impl Engine {
             let report = report_tx.clone();
             let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{k}"))
-                .io_memory(SHARD_IO_MEMORY_BYTES)
+                .io_memory(config.io_memory_bytes)
                 .ring_depth(SHARD_RING_DEPTH)
                 .spin_before_park(config.shard_spin)
                 // Snapshot encoding runs there: let the OS place it, not on

@@ -290,6 +290,7 @@ impl Config {
             backpressure_timeout: self.backpressure_timeout,
             shard_spin: self.shard_spin,
             storage: std::sync::Arc::new(longbow_engine::io::RealStorage::new(self.io_engine)),
+            io_memory_bytes: longbow_engine::limits::SHARD_IO_MEMORY_BYTES,
         }
     }
 }
