@@ -272,7 +272,15 @@ fn start(run: &mut Run, storage: &SimStorage) -> Result<Option<Engine>, String> 
             let _ = (offset, reason);
             Ok(None)
         }
-        Err(e) => Err(format!("the engine did not start: {e}")),
+        Err(e) => {
+            dump(storage);
+            Err(format!(
+                "the engine did not start: {e}\nlog: {:?}\nevents: {:?}\nfiles: {:?}",
+                run.log,
+                storage.events(),
+                storage.files_under(Path::new("/sim"))
+            ))
+        }
     }
 }
 
