@@ -348,17 +348,33 @@ async fn truncate_wal(state: &State) -> Result<u64> {
     };
     let storage = state.free.borrow().storage().clone();
     let mut recycled = Vec::new();
-    for seg in &doomed {
-        let name = crate::wal::free::recycle_name(&state.free, &seg.path, recycled.len()).await?;
-        match name {
-            Some(name) => {
-                storage.rename(&seg.path, &name).map_err(Error::io("recycling covered WAL segment", &seg.path, 0))?;
-                recycled.push(name);
-                state.metrics.wal_segments_recycled.inc();
+    for (i, seg) in doomed.iter().enumerate() {
+        let released = async {
+            match crate::wal::free::recycle_name(&state.free, &seg.path, recycled.len()).await? {
+                Some(name) => {
+                    storage.rename(&seg.path, &name).map_err(Error::io(
+                        "recycling covered WAL segment",
+                        &seg.path,
+                        0,
+                    ))?;
+                    recycled.push(name);
+                    state.metrics.wal_segments_recycled.inc();
+                }
+                None => {
+                    storage.remove_file(&seg.path).map_err(Error::io("deleting covered WAL segment", &seg.path, 0))?;
+                }
             }
-            None => {
-                storage.remove_file(&seg.path).map_err(Error::io("deleting covered WAL segment", &seg.path, 0))?;
-            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = released {
+            // IMPORTANT: the segments not released go back to the front of
+            // the list, oldest first, so the next run retries them in order.
+            // Released out of order, a segment left behind (its delete
+            // failed) would sit before a gap in the LSNs at the next start,
+            // which refuses that as corruption.
+            state.sealed.borrow_mut().splice(0..0, doomed[i..].iter().cloned());
+            return Err(e);
         }
         state.metrics.wal_segments_deleted.inc();
     }
