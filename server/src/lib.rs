@@ -320,7 +320,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let flight =
         tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));
     health.set_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
-    tokio::spawn(report_shards_down(engine.health(), health.clone()));
+    let shards_down = tokio::spawn(report_shards_down(engine.health(), health.clone()));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.config)?;
@@ -348,6 +348,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     tracing::info!(%flight_addr, %metrics_addr, "serving");
 
     shutdown.await;
+    // Shards stopping from here on are the shutdown, not a failure.
+    shards_down.abort();
     tracing::info!("shutting down: no new requests; draining in-flight ones");
     health.set_not_serving::<FlightServiceServer<flight::LongbowFlight>>().await;
     let _ = stop_tx.send(true);
