@@ -61,6 +61,7 @@ fn sql_command(d: Option<&FlightDescriptor>) -> Option<arrow_flight::sql::Comman
     use prost::Message;
     let d = d.filter(|d| is_cmd(d) && d.cmd.first() != Some(&b'{'))?;
     let any = arrow_flight::sql::Any::decode(d.cmd.clone()).ok()?;
+    any.type_url.starts_with(crate::sql::service::SQL_TYPE_URL_PREFIX).then_some(())?;
     arrow_flight::sql::Command::try_from(any).ok()
 }
 

@@ -435,8 +435,12 @@ impl FlightSqlService for SqlService {
 /// message (Longbow's own tickets are JSON or a dataset name, which never
 /// start with a protobuf field tag).
 pub fn is_sql_ticket(ticket: &[u8]) -> bool {
-    arrow_flight::sql::Any::decode(ticket).is_ok_and(|a| a.type_url.starts_with("type.googleapis.com/arrow.flight.protocol.sql."))
+    ticket.first() != Some(&b'{')
+        && arrow_flight::sql::Any::decode(ticket).is_ok_and(|a| a.type_url.starts_with(SQL_TYPE_URL_PREFIX))
 }
+
+/// The type URL of every Flight SQL message.
+pub const SQL_TYPE_URL_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
 
 /// Flight SQL's action names (those arrow-flight's service dispatches).
 pub const SQL_ACTIONS: &[&str] = &[
