@@ -305,9 +305,10 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
     let planner = sql::SqlEngine::new(engine.clone(), config.query_memory.as_u64())
         .map_err(|e| ServerError::Config(format!("SQL engine: {}", e.message())))?;
-    let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics, admission, planner))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let flight =
+        FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics, admission, planner))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
     // The health service stays outside the check so probes need no token.
     let flight =
         tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));

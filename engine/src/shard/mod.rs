@@ -35,7 +35,9 @@ use crate::wal::free::FreeFiles;
 use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
-use request::{Committed, DatasetRead, ProducerSeq, PutStream, Reply, Request, ScanFile, ScanRequest, ScanView, ShardStats};
+use request::{
+    Committed, DatasetRead, ProducerSeq, PutStream, Reply, Request, ScanFile, ScanRequest, ScanView, ShardStats,
+};
 pub use snapshots::SnapJob;
 
 /// A write waiting for the committer.
@@ -103,6 +105,9 @@ impl Pending {
     }
 }
 
+/// A change-feed scan parked until its dataset's next durable batch.
+pub(crate) type Follower = (ScanRequest, Reply<ScanView>);
+
 /// Settings a shard starts with.
 pub(crate) struct ShardSetup {
     pub id: ShardId,
@@ -141,7 +146,7 @@ pub(crate) struct State {
     pub pressure_queued: Cell<bool>,
     /// Change-feed scans waiting for a dataset's next durable batch (at
     /// most one per follower; ones whose caller went away are pruned).
-    pub followers: RefCell<std::collections::HashMap<String, Vec<(ScanRequest, Reply<ScanView>)>>>,
+    pub followers: RefCell<std::collections::HashMap<String, Vec<Follower>>>,
 }
 
 impl State {

@@ -48,7 +48,9 @@ pub async fn query(sql: &SqlEngine, engine: &Engine, body: TicketBody) -> Result
 async fn part(engine: &Engine, dataset: &str, lo: Lsn, hi: Lsn) -> Result<ScanView, Status> {
     let req = ScanRequest { after_lsn: lo.saturating_sub(1), max_batches: usize::MAX, wait: false };
     let mut view = engine.scan(dataset, req).await.map_err(into_status)?;
-    if let Some(f) = view.files.iter().find(|f| (f.min_lsn < lo && f.max_lsn >= lo) || (f.min_lsn <= hi && f.max_lsn > hi)) {
+    if let Some(f) =
+        view.files.iter().find(|f| (f.min_lsn < lo && f.max_lsn >= lo) || (f.min_lsn <= hi && f.max_lsn > hi))
+    {
         return Err(Status::failed_precondition(format!(
             "snapshot file {} (LSNs {}..={}) crosses this endpoint's range {lo}..={hi}: the files were merged \
              since GetFlightInfo; call GetFlightInfo again",
@@ -64,10 +66,8 @@ async fn part(engine: &Engine, dataset: &str, lo: Lsn, hi: Lsn) -> Result<ScanVi
 /// before); for one with many rows in snapshot files, contiguous groups of
 /// files and the part in memory, each an LSN range.
 pub async fn endpoints(engine: &Engine, dataset: &str) -> Result<Vec<FlightEndpoint>, Status> {
-    let view = engine
-        .scan(dataset, ScanRequest { after_lsn: 0, max_batches: 0, wait: false })
-        .await
-        .map_err(into_status)?;
+    let view =
+        engine.scan(dataset, ScanRequest { after_lsn: 0, max_batches: 0, wait: false }).await.map_err(into_status)?;
     let cold_rows: u64 = view.files.iter().map(|f| f.rows).sum();
     if cold_rows < PARALLEL_READ_ROWS_MIN {
         return Ok(vec![FlightEndpoint::new().with_ticket(ticket_for(dataset))]);
@@ -188,7 +188,11 @@ async fn read_file(path: std::path::PathBuf, file: ScanFile) -> Result<Vec<Recor
         let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(into_status)?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows as u64 != file.rows {
-            return Err(Status::internal(format!("{} holds {rows} rows, its manifest says {}", path.display(), file.rows)));
+            return Err(Status::internal(format!(
+                "{} holds {rows} rows, its manifest says {}",
+                path.display(),
+                file.rows
+            )));
         }
         Ok(batches)
     })

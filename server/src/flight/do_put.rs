@@ -94,11 +94,10 @@ pub type Input = BoxStream<'static, Result<FlightData, Status>>;
 pub type Acks = BoxStream<'static, Result<PutResult, Status>>;
 
 pub async fn do_put(engine: Engine, admission: Arc<Admission>, mut input: Input) -> Result<Acks, Status> {
-    let first = input
-        .next()
-        .await
-        .transpose()?
-        .ok_or_else(|| Status::invalid_argument("empty DoPut stream: expected a path FlightDescriptor and a schema"))?;
+    let first =
+        input.next().await.transpose()?.ok_or_else(|| {
+            Status::invalid_argument("empty DoPut stream: expected a path FlightDescriptor and a schema")
+        })?;
     let (dataset, producer) = open_descriptor(first.flight_descriptor.as_ref())?;
     // Checked here too so a bad name fails before any data is read.
     longbow_engine::dataset::validate_name(&dataset).map_err(into_status)?;

@@ -20,9 +20,9 @@ use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    Command, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
     CommandPreparedStatementQuery, CommandStatementIngest, CommandStatementQuery, DoPutPreparedStatementResult,
-    Command, DoPutUpdateResult, ProstMessageExt, SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
+    DoPutUpdateResult, ProstMessageExt, SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
 };
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use base64::Engine as _;
@@ -87,7 +87,8 @@ impl Handle {
     }
 
     fn decode(b: &[u8]) -> Result<Self, Status> {
-        serde_json::from_slice(b).map_err(|e| Status::invalid_argument(format!("not a Longbow prepared statement handle: {e}")))
+        serde_json::from_slice(b)
+            .map_err(|e| Status::invalid_argument(format!("not a Longbow prepared statement handle: {e}")))
     }
 
     /// The bound parameters, `$1` first.
@@ -166,11 +167,14 @@ impl SqlService {
     }
 
     /// Binds parameters to a prepared statement: the new handle carries them.
-    async fn bind(&self, query: CommandPreparedStatementQuery, input: Input) -> Result<DoPutPreparedStatementResult, Status> {
+    async fn bind(
+        &self,
+        query: CommandPreparedStatementQuery,
+        input: Input,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut handle = Handle::decode(&query.prepared_statement_handle)?;
         let input = input.map_err(FlightError::from);
-        let mut batches =
-            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(input);
+        let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(input);
         let mut rows: Vec<RecordBatch> = Vec::new();
         while let Some(b) = batches.next().await {
             let b = b.map_err(Status::from)?;
@@ -212,7 +216,9 @@ impl SqlService {
         }
         for (given, ours) in [(&cmd.catalog, CATALOG), (&cmd.schema, SCHEMA)] {
             if let Some(g) = given.as_deref().filter(|g| !g.is_empty() && *g != ours) {
-                return Err(Status::not_found(format!("no catalog or schema {g:?}: tables live in {CATALOG}.{SCHEMA}")));
+                return Err(Status::not_found(format!(
+                    "no catalog or schema {g:?}: tables live in {CATALOG}.{SCHEMA}"
+                )));
             }
         }
         let options = cmd.table_definition_options.unwrap_or_default();
@@ -288,7 +294,8 @@ impl FlightSqlService for SqlService {
             .into_iter()
             .map(|(name, field)| {
                 let index = name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
-                let field = field.map_or_else(|| Field::new(&name, DataType::Null, true), |f| f.as_ref().clone().with_name(&name));
+                let field = field
+                    .map_or_else(|| Field::new(&name, DataType::Null, true), |f| f.as_ref().clone().with_name(&name));
                 (index, field)
             })
             .collect();
@@ -333,7 +340,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Ok(Response::new(info_for(&schema, request.into_inner(), any_ticket(&query))?))
     }
 

@@ -137,8 +137,8 @@ impl TableProvider for DatasetTable {
             for (i, (_, b)) in view.batches.iter().enumerate() {
                 partitions[i % n].push(b.clone());
             }
-            let memory = MemorySourceConfig::try_new(&partitions, self.schema.clone(), projection.cloned())?
-                .with_limit(limit);
+            let memory =
+                MemorySourceConfig::try_new(&partitions, self.schema.clone(), projection.cloned())?.with_limit(limit);
             parts.push(DataSourceExec::from_data_source(memory));
         }
         // A limit the rows in memory already meet needs no file (the

@@ -151,9 +151,10 @@ fn distances(metric: Metric, vectors: &FixedSizeListArray, q: &[f32]) -> DfResul
     if dim != q.len() {
         return exec_err!("the query vector has {} components, the column's vectors {dim}", q.len());
     }
-    let child = vectors.values().as_primitive_opt::<Float32Type>().ok_or_else(|| {
-        datafusion::common::DataFusionError::Execution("vector column values must be Float32".into())
-    })?;
+    let child = vectors
+        .values()
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| datafusion::common::DataFusionError::Execution("vector column values must be Float32".into()))?;
     // The list array may be a slice of its child: start at its offset.
     let start = vectors.offset() * dim;
     let values = &child.values()[start..start + vectors.len() * dim];
@@ -253,7 +254,10 @@ mod tests {
                 for (r, row) in rows.iter().enumerate() {
                     let want = naive(metric, row, &q);
                     let g = got.value(r);
-                    assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0) || (g.is_nan() && want.is_nan()), "{metric:?} dim {dim} row {r}: {g} vs {want}");
+                    assert!(
+                        (g - want).abs() <= 1e-4 * want.abs().max(1.0) || (g.is_nan() && want.is_nan()),
+                        "{metric:?} dim {dim} row {r}: {g} vs {want}"
+                    );
                 }
                 // A slice of the column starts at its own offset.
                 let sliced = distances(metric, &col.slice(2, 3), &q).unwrap();
