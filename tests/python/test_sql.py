@@ -267,3 +267,19 @@ def test_sql_errors_name_the_problem_and_the_server_keeps_serving(server):
         assert e.value.status_code in (adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT,
                                        adbc_driver_manager.AdbcStatusCode.NOT_IMPLEMENTED)
     assert client.do_get(fl.Ticket(b"ds")).read_all().num_rows == 10
+
+
+def test_query_memory_pool_bounds_a_query(tmp_path):
+    s = Server(tmp_path / "data", extra=["--query-memory", "2MiB"])
+    try:
+        put(s.client(), "ds", [vectors(i * 5000, 5000) for i in range(4)])  # ~10 MB
+        with connect(s) as conn, conn.cursor() as cur:
+            with pytest.raises(adbc_driver_manager.Error, match="(?i)resources exhausted") as e:
+                cur.execute("SELECT id, vector FROM ds ORDER BY id DESC")
+                cur.fetchall()
+            assert e.value.status_code == adbc_driver_manager.AdbcStatusCode.IO or "exhausted" in str(e.value)
+            # A top-k keeps k rows: within the pool.
+            cur.execute("SELECT id FROM ds ORDER BY id DESC LIMIT 3")
+            assert cur.fetchall() == [(19999,), (19998,), (19997,)]
+    finally:
+        assert s.stop() == 0

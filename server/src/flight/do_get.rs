@@ -37,7 +37,7 @@ pub async fn query(sql: &SqlEngine, engine: &Engine, body: TicketBody) -> Result
         (lo, hi) => Some(Arc::new(part(engine, &body.dataset, lo.unwrap_or(0), hi.unwrap_or(u64::MAX)).await?)),
     };
     let df = sql.dataset_query(&body.dataset, &body.columns, body.filter.as_deref(), body.limit, view).await?;
-    let (schema, stream) = crate::sql::execute(df).await?;
+    let (schema, stream) = sql.execute(df).await?;
     Ok(crate::sql::service::encode(schema, stream))
 }
 

@@ -12,10 +12,11 @@
 //! - `service.rs`: the Flight SQL commands (arrow-flight's `FlightSqlService`).
 //! - `error.rs`: DataFusion errors as gRPC statuses.
 //!
-//! Queries run on the gateway's tokio runtime. Their streams are pulled by
-//! the transport, so a client that reads slowly slows its query, and one
-//! that goes away drops the stream, which stops the plan (DataFusion aborts
-//! the tasks it spawned when their streams are dropped).
+//! Queries run on their own tokio runtime (`longbow-query` threads), not the
+//! gateway's, so a long scan never delays a DoPut acknowledgement. Their
+//! results reach the transport through a two-batch channel: a client that
+//! reads slowly slows its query, and one that goes away stops it (the plan
+//! is dropped, and DataFusion aborts the tasks it spawned).
 
 pub mod error;
 pub mod service;
@@ -30,7 +31,6 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, TrackConsumersPool, UnboundedMemoryPool};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use longbow_engine::shard::request::ScanView;
 use longbow_engine::Engine;
@@ -56,6 +56,7 @@ pub struct SqlEngine {
     runtime: Arc<RuntimeEnv>,
     store_url: ObjectStoreUrl,
     partitions: usize,
+    queries: Arc<QueryRuntime>,
 }
 
 impl SqlEngine {
@@ -90,7 +91,13 @@ impl SqlEngine {
         let store_url = ObjectStoreUrl::parse(SNAPSHOT_STORE_URL).map_err(df_status)?;
         runtime.register_object_store(store_url.as_ref(), store);
         let partitions = std::thread::available_parallelism().map_or(4, |n| n.get());
-        Ok(Self { engine, runtime, store_url, partitions })
+        let queries = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(partitions)
+            .thread_name("longbow-query")
+            .enable_all()
+            .build()
+            .map_err(|e| Status::internal(format!("starting the query runtime: {e}")))?;
+        Ok(Self { engine, runtime, store_url, partitions, queries: Arc::new(QueryRuntime(Some(queries))) })
     }
 
     fn session(&self) -> SessionContext {
@@ -163,9 +170,59 @@ impl SqlEngine {
     }
 }
 
-/// Runs a planned query: its output schema and its batches as they come.
-pub async fn execute(df: DataFrame) -> Result<(SchemaRef, SendableRecordBatchStream), Status> {
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let stream = df.execute_stream().await.map_err(df_status)?;
-    Ok((schema, stream))
+/// A query's output: its batches as the plan produces them.
+pub type Batches = futures::stream::BoxStream<'static, datafusion::common::Result<arrow::array::RecordBatch>>;
+
+/// Batches a running query may have ready ahead of its client.
+const RESULT_AHEAD_BATCHES: usize = 2;
+
+/// The runtime queries execute on, apart from the gateway's: a scan or sort
+/// that keeps its threads busy delays no DoPut acknowledgement. Shut down
+/// in the background when the last handle goes (dropping a runtime inside
+/// another one's task would panic).
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl SqlEngine {
+    /// Runs a planned query on the query runtime: its output schema and its
+    /// batches as they come. When the returned stream is dropped (the
+    /// client went away), the plan is dropped at once, even in the middle
+    /// of a sort, which stops its tasks.
+    pub async fn execute(&self, df: DataFrame) -> Result<(SchemaRef, Batches), Status> {
+        use futures::StreamExt;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(RESULT_AHEAD_BATCHES);
+        let rt = self.queries.0.as_ref().expect("query runtime");
+        rt.spawn(async move {
+            let mut stream = tokio::select! {
+                s = df.execute_stream() => match s {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = tx.closed() => return,
+                };
+                let Some(batch) = next else { return };
+                let failed = batch.is_err();
+                if tx.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok((schema, tokio_stream::wrappers::ReceiverStream::new(rx).boxed()))
+    }
 }

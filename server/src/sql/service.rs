@@ -34,7 +34,7 @@ use longbow_engine::Engine;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{execute, SqlEngine, CATALOG, SCHEMA};
+use super::{Batches, SqlEngine, CATALOG, SCHEMA};
 use crate::error::into_status;
 use crate::flight::do_put::{self, Acks, Admission, Input};
 
@@ -121,7 +121,7 @@ fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
 }
 
 /// A result stream as FlightData; errors mid-stream end it with their status.
-pub fn encode(schema: SchemaRef, stream: datafusion::execution::SendableRecordBatchStream) -> DoGetStream {
+pub fn encode(schema: SchemaRef, stream: Batches) -> DoGetStream {
     let batches = stream.map_err(|e| FlightError::Tonic(Box::new(super::error::df_status(e))));
     FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from).boxed()
 }
@@ -277,7 +277,7 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<DoGetStream>, Status> {
         let sql = std::str::from_utf8(&ticket.statement_handle)
             .map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL"))?;
-        let (schema, stream) = execute(self.sql.plan(sql).await?).await?;
+        let (schema, stream) = self.sql.execute(self.sql.plan(sql).await?).await?;
         Ok(Response::new(encode(schema, stream)))
     }
 
@@ -331,7 +331,7 @@ impl FlightSqlService for SqlService {
         cmd: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (schema, stream) = execute(self.prepared(&cmd.prepared_statement_handle).await?).await?;
+        let (schema, stream) = self.sql.execute(self.prepared(&cmd.prepared_statement_handle).await?).await?;
         Ok(Response::new(encode(schema, stream)))
     }
 
