@@ -3,7 +3,11 @@ driver (what JDBC, DBeaver, Superset and Grafana build on) and pyarrow
 Flight, against a real longbow binary on loopback."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import adbc_driver_flightsql.dbapi as flightsql
 import adbc_driver_manager
@@ -284,3 +288,68 @@ def test_query_memory_pool_bounds_a_query(tmp_path):
             assert cur.fetchall() == [(31999,), (31998,), (31997,)]
     finally:
         assert s.stop() == 0
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number, payload):
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def statement_query(sql):
+    """A Flight SQL CommandStatementQuery descriptor, protobuf by hand."""
+    command = _field(1, sql.encode())
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    return fl.FlightDescriptor.for_command(_field(1, url) + _field(2, command))
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_client_that_goes_away_stops_its_query(server):
+    client = server.client()
+    ids = lambda first, n: pa.table({"id": pa.array(np.arange(first, first + n, dtype=np.int64))})  # noqa: E731
+    put(client, "small", [ids(0, 5000)])
+    put(client, "large", [ids(i * 100, 100) for i in range(3000)])
+    # A nested-loop join of 1.5 * 10^9 pairs, far longer than the test, in
+    # 3000 steps. A cancelled plan stops where its tasks next yield:
+    # DataFusion's scans take from tokio's cooperative budget, so a task
+    # yields every 128 batches at the latest (a plan whose every batch
+    # takes seconds stops that much later).
+    info = client.get_flight_info(statement_query(
+        "SELECT count(*) FROM small a, large b WHERE a.id * b.id = -1"))
+    # The client is another process, killed mid-query: it goes away as a
+    # crashed or impatient client does.
+    script = ("import sys, pyarrow.flight as fl; c = fl.connect(sys.argv[1]); "
+              "c.do_get(fl.Ticket(bytes.fromhex(sys.argv[2]))).read_all()")
+    ticket = info.endpoints[0].ticket.ticket.hex()
+    reader = subprocess.Popen([sys.executable, "-c", script, f"grpc://{server.flight}", ticket])
+    time.sleep(1.5)
+    busy = cpu_seconds(server.proc.pid)
+    time.sleep(2.0)
+    busy_rate = (cpu_seconds(server.proc.pid) - busy) / 2.0
+    assert busy_rate > 0.05, "the query should be running"
+    reader.kill()
+    reader.wait()
+    # CPU time per second falls to idle (a few ticks) within seconds, long
+    # before the join could have finished.
+    rates = []
+    for _ in range(10):
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(1.0)
+        rates.append(cpu_seconds(server.proc.pid) - before)
+        if rates[-1] < max(0.03, busy_rate / 4):
+            break
+    else:
+        raise AssertionError(f"the query kept running after its client left: {busy_rate} then {rates}")
+    assert client.do_get(fl.Ticket(b"small")).read_all().num_rows == 5000

@@ -13,16 +13,19 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result as DfResult};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
 use longbow_engine::shard::request::{ScanFile, ScanRequest, ScanView};
 use longbow_engine::Engine;
 
@@ -103,6 +106,31 @@ impl DatasetTable {
     }
 }
 
+/// One partition of the batches in memory. Its stream yields to the
+/// runtime after every batch: a plan whose client went away is dropped
+/// between two batches even when each takes long to process (the tokio
+/// budget DataFusion's own scans draw on yields only every 128).
+#[derive(Debug)]
+struct HotPartition {
+    schema: SchemaRef,
+    batches: Vec<arrow::array::RecordBatch>,
+}
+
+impl PartitionStream for HotPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batches = self.batches.clone();
+        let stream = futures::stream::iter(batches).then(|b| async move {
+            tokio::task::yield_now().await;
+            Ok(b)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
 #[async_trait::async_trait]
 impl TableProvider for DatasetTable {
     fn schema(&self) -> SchemaRef {
@@ -137,9 +165,12 @@ impl TableProvider for DatasetTable {
             for (i, (_, b)) in view.batches.iter().enumerate() {
                 partitions[i % n].push(b.clone());
             }
-            let memory =
-                MemorySourceConfig::try_new(&partitions, self.schema.clone(), projection.cloned())?.with_limit(limit);
-            parts.push(DataSourceExec::from_data_source(memory));
+            let partitions: Vec<Arc<dyn PartitionStream>> = partitions
+                .into_iter()
+                .map(|batches| Arc::new(HotPartition { schema: self.schema.clone(), batches }) as _)
+                .collect();
+            let hot = StreamingTableExec::try_new(self.schema.clone(), partitions, projection, [], false, limit)?;
+            parts.push(Arc::new(hot));
         }
         // A limit the rows in memory already meet needs no file (the
         // limit is only pushed here when no filter remains above).

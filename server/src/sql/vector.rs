@@ -101,8 +101,12 @@ impl ScalarUDFImpl for Distance {
                 };
                 Ok(ColumnarValue::Array(Arc::new(distances(self.metric, vectors, &q)?)))
             }
-            // A query vector per row (a join or a column): row by row.
+            // A vector per row on both sides (a join): pairwise over the two
+            // child buffers when both are FixedSizeList<Float32>.
             ColumnarValue::Array(qs) => {
+                if let Some(qs) = qs.as_fixed_size_list_opt().filter(|q| q.value_type() == DataType::Float32) {
+                    return Ok(ColumnarValue::Array(Arc::new(pairwise(self.metric, vectors, qs)?)));
+                }
                 let mut out = Float32Builder::with_capacity(rows);
                 for i in 0..rows {
                     let q = query_vector(&ScalarValue::try_from_array(qs, i)?)?;
@@ -178,6 +182,46 @@ fn distances(metric: Metric, vectors: &FixedSizeListArray, q: &[f32]) -> DfResul
         out = vec![0.0; vectors.len()];
     }
     Ok(Float32Array::new(out.into(), vectors.nulls().cloned()))
+}
+
+/// The contiguous floats of a `FixedSizeList<Float32>`'s rows (the list
+/// may be a slice of its child: from its offset).
+fn child_values(l: &FixedSizeListArray) -> DfResult<&[f32]> {
+    let dim = l.value_length() as usize;
+    let child = l
+        .values()
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| datafusion::common::DataFusionError::Execution("vector column values must be Float32".into()))?;
+    let start = l.offset() * dim;
+    Ok(&child.values()[start..start + l.len() * dim])
+}
+
+/// Row `i` of `a` against row `i` of `b`.
+fn pairwise(metric: Metric, a: &FixedSizeListArray, b: &FixedSizeListArray) -> DfResult<Float32Array> {
+    let dim = a.value_length() as usize;
+    if dim != b.value_length() as usize {
+        return exec_err!("vectors of {dim} and {} components", b.value_length());
+    }
+    let (va, vb) = (child_values(a)?, child_values(b)?);
+    let d = dim.max(1);
+    let out: Vec<f32> = va
+        .chunks_exact(d)
+        .zip(vb.chunks_exact(d))
+        .map(|(x, y)| match metric {
+            Metric::L2 => l2_squared(x, y).sqrt(),
+            Metric::InnerProduct => dot(x, y),
+            Metric::Cosine => {
+                let n = dot(x, x).sqrt() * dot(y, y).sqrt();
+                if n == 0.0 {
+                    f32::NAN
+                } else {
+                    1.0 - dot(x, y) / n
+                }
+            }
+        })
+        .collect();
+    let nulls = arrow::buffer::NullBuffer::union(a.nulls(), b.nulls());
+    Ok(Float32Array::new(out.into(), nulls))
 }
 
 /// `sum((a - b)^2)` in [`LANES`] independent accumulators.
@@ -262,6 +306,10 @@ mod tests {
                 // A slice of the column starts at its own offset.
                 let sliced = distances(metric, &col.slice(2, 3), &q).unwrap();
                 assert_eq!(sliced.value(0), got.value(2));
+                // Row against row: the same as against the one query.
+                let qs = column(&vec![q.clone(); rows.len()]);
+                let pairs = pairwise(metric, &col, &qs).unwrap();
+                assert_eq!(pairs.values(), got.values());
             }
         }
     }
