@@ -309,7 +309,8 @@ mod tests {
                 // Row against row: the same as against the one query.
                 let qs = column(&vec![q.clone(); rows.len()]);
                 let pairs = pairwise(metric, &col, &qs).unwrap();
-                assert_eq!(pairs.values(), got.values());
+                let bits = |a: &Float32Array| a.values().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&pairs), bits(&got), "{metric:?} dim {dim}");
             }
         }
     }
