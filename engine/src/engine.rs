@@ -22,7 +22,9 @@ use crate::memory::MemoryBudget;
 use crate::metrics::{EngineMetrics, ShardLabel};
 use crate::routing::shard_for;
 use crate::shard::recovery::{self, Plan, RecoveryStats};
-use crate::shard::request::{Committed, DatasetRead, ProducerSeq, PutStream, ShardStats, SnapshotReport};
+use crate::shard::request::{
+    Committed, DatasetRead, ProducerSeq, PutStream, ScanRequest, ScanView, ShardStats, SnapshotReport,
+};
 use crate::shard::{self, ShardHandle, ShardSetup};
 use crate::snapshot::{self as snapshots, SnapshotCompression};
 use crate::wal::replay::CorruptionPolicy;
@@ -98,6 +100,7 @@ struct Inner {
     recovery: Vec<RecoveryStats>,
     settings: Mutex<Settings>,
     health: tokio::sync::watch::Receiver<crate::health::Health>,
+    snapshot_root: PathBuf,
     _lock: DirLock,
     _snapshot_lock: DirLock,
 }
@@ -312,6 +315,7 @@ impl Engine {
             recovery,
             settings,
             health,
+            snapshot_root: config.snapshot_path.clone(),
             _lock: lock,
             _snapshot_lock: snapshot_lock,
         })))
@@ -376,6 +380,17 @@ impl Engine {
     /// batches in memory.
     pub async fn get(&self, dataset: &str) -> Result<DatasetRead> {
         self.shard(dataset)?.get(dataset.to_owned()).await
+    }
+
+    /// A consistent view of `dataset` for a query or a change feed: its
+    /// evicted rows' snapshot files and its batches in memory, with LSNs.
+    pub async fn scan(&self, dataset: &str, scan: ScanRequest) -> Result<ScanView> {
+        self.shard(dataset)?.scan(dataset.to_owned(), scan).await
+    }
+
+    /// The snapshot root: [`ScanFile::path`](crate::shard::request::ScanFile)s are relative to it.
+    pub fn snapshot_root(&self) -> &std::path::Path {
+        &self.0.snapshot_root
     }
 
     /// Snapshots one dataset or all; returns once the files are durable.

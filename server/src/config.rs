@@ -69,6 +69,13 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_MAX_MEMORY", default_value = "0")]
     pub max_memory: ByteSize,
 
+    /// Memory all running SQL queries (Flight SQL, filtered DoGet tickets)
+    /// may hold together in sorts, aggregations and joins (0 = no limit). A
+    /// query that needs more fails with RESOURCE_EXHAUSTED; nothing spills
+    /// to disk. Separate from LONGBOW_MAX_MEMORY (stored data).
+    #[arg(long, env = "LONGBOW_QUERY_MEMORY", default_value = "1GiB")]
+    pub query_memory: ByteSize,
+
     /// Under LONGBOW_MAX_MEMORY, how long a write is held back while
     /// snapshots free nothing at all before it is refused with UNAVAILABLE
     /// (`30s`, `2m`). A client waits at most twice this for an answer.

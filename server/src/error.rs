@@ -6,7 +6,12 @@ use tonic::{Code, Status};
 /// Maps every engine error to the status a client can act on. No `_` arm:
 /// a new variant must be placed here deliberately.
 pub fn into_status(e: Error) -> Status {
-    let code = match &e {
+    Status::new(code(&e), e.to_string())
+}
+
+/// The status code of an engine error (see [`into_status`]).
+pub fn code(e: &Error) -> Code {
+    match e {
         Error::InvalidName { .. } | Error::SchemaMismatch { .. } | Error::InvalidInput(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
         Error::Overloaded { .. } | Error::HeldBack { .. } | Error::ShuttingDown => Code::Unavailable,
@@ -22,6 +27,5 @@ pub fn into_status(e: Error) -> Status {
         | Error::Corrupt { .. }
         | Error::Startup(_) => Code::Internal,
         Error::Arrow(_) => Code::InvalidArgument,
-    };
-    Status::new(code, e.to_string())
+    }
 }

@@ -25,6 +25,7 @@ pub mod flight;
 pub mod memlock;
 pub mod metrics;
 pub mod nofile;
+pub mod sql;
 pub mod tls;
 pub mod tools;
 pub mod transport;
@@ -313,9 +314,12 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let max_message = config.max_message_size.as_u64() as usize;
     let inflight = config.max_inflight.map_or((16u64 << 20) * engine.shard_count() as u64, |b| b.as_u64());
     let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
-    let flight = FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics, admission))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let planner = sql::SqlEngine::new(engine.clone(), config.query_memory.as_u64())
+        .map_err(|e| ServerError::Config(format!("SQL engine: {}", e.message())))?;
+    let flight =
+        FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics, admission, planner))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
     // The health service stays outside the check so probes need no token.
     let flight =
         tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));

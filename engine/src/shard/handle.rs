@@ -8,7 +8,9 @@ use arrow::datatypes::SchemaRef;
 use futures::channel::oneshot;
 use futures::FutureExt;
 
-use super::request::{Committed, DatasetRead, ProducerSeq, PutStream, Request, ShardStats, SnapshotReport};
+use super::request::{
+    Committed, DatasetRead, ProducerSeq, PutStream, Request, ScanRequest, ScanView, ShardStats, SnapshotReport,
+};
 use crate::dataset::DatasetInfo;
 use crate::error::{Error, Result};
 use crate::limits::SHARD_SEND_TIMEOUT_MS;
@@ -88,6 +90,10 @@ impl ShardHandle {
 
     pub async fn get(&self, dataset: String) -> Result<DatasetRead> {
         self.call(|reply| Request::Get { dataset, reply }).await
+    }
+
+    pub async fn scan(&self, dataset: String, scan: ScanRequest) -> Result<ScanView> {
+        self.call(|reply| Request::Scan { dataset, scan, reply }).await
     }
 
     pub async fn snapshot(&self, dataset: Option<String>) -> Result<SnapshotReport> {

@@ -35,7 +35,9 @@ use crate::wal::free::FreeFiles;
 use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
-use request::{Committed, DatasetRead, ProducerSeq, PutStream, Reply, Request, ShardStats};
+use request::{
+    Committed, DatasetRead, ProducerSeq, PutStream, Reply, Request, ScanFile, ScanRequest, ScanView, ShardStats,
+};
 pub use snapshots::SnapJob;
 
 /// A write waiting for the committer.
@@ -103,6 +105,9 @@ impl Pending {
     }
 }
 
+/// A change-feed scan parked until its dataset's next durable batch.
+pub(crate) type Follower = (ScanRequest, Reply<ScanView>);
+
 /// Settings a shard starts with.
 pub(crate) struct ShardSetup {
     pub id: ShardId,
@@ -141,6 +146,9 @@ pub(crate) struct State {
     /// A memory-pressure snapshot is queued.
     pub pressure_queued: Cell<bool>,
     pub health: crate::health::HealthTx,
+    /// Change-feed scans waiting for a dataset's next durable batch (at
+    /// most one per follower; ones whose caller went away are pruned).
+    pub followers: RefCell<std::collections::HashMap<String, Vec<Follower>>>,
 }
 
 impl State {
@@ -213,6 +221,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         health: setup.health,
         snap_tx,
         pressure_queued: Cell::new(false),
+        followers: RefCell::new(std::collections::HashMap::new()),
     });
     let snapshotter = snapshots::spawn_worker(state.clone(), snap_rx);
     let (commit_tx, commit_rx) = flume::bounded::<Pending>(SHARD_PENDING_APPENDS_MAX);
@@ -275,6 +284,23 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                 };
                 let _ = reply.send(r);
             }
+            Request::Scan { dataset, scan: req, reply } => {
+                let view = match state.catalog.borrow().datasets.get(&dataset).filter(|d| d.durable) {
+                    Some(d) => Ok(scan(&dataset, d, req)),
+                    None => Err(Error::NotFound(dataset.clone())),
+                };
+                match view {
+                    Ok(v) if req.wait && v.files.is_empty() && v.batches.is_empty() => {
+                        let mut followers = state.followers.borrow_mut();
+                        let waiting = followers.entry(dataset).or_default();
+                        waiting.retain(|(_, r)| !r.is_canceled());
+                        waiting.push((req, reply));
+                    }
+                    v => {
+                        let _ = reply.send(v);
+                    }
+                }
+            }
             Request::Info { dataset, reply } => {
                 let cat = state.catalog.borrow();
                 let r = match dataset {
@@ -329,6 +355,38 @@ fn read(root: &std::path::Path, name: &str, d: &Dataset) -> Result<DatasetRead> 
         files.push((path, file));
     }
     Ok(DatasetRead { schema: d.schema.clone(), files, batches: d.batches.iter().map(|(_, b)| b.clone()).collect() })
+}
+
+/// A query's or change feed's view of `d` (see [`ScanView`]).
+fn scan(name: &str, d: &Dataset, req: ScanRequest) -> ScanView {
+    let files = d
+        .files
+        .iter()
+        .filter(|f| f.max_lsn <= d.evicted_lsn && f.max_lsn > req.after_lsn)
+        .map(|f| ScanFile {
+            path: format!("{name}/{}", f.name),
+            bytes: f.bytes,
+            rows: f.rows,
+            min_lsn: f.min_lsn,
+            max_lsn: f.max_lsn,
+        })
+        .collect();
+    let from = d.batches.partition_point(|(l, _)| *l <= req.after_lsn);
+    let batches = d.batches[from..].iter().take(req.max_batches).cloned().collect();
+    ScanView { schema: d.schema.clone(), files, batches, evicted_lsn: d.evicted_lsn, last_lsn: d.last_lsn }
+}
+
+/// Answers the change feeds waiting on `dataset`: with what is new, or
+/// `NotFound` once it is dropped.
+fn wake_followers(state: &State, dataset: &str) {
+    let Some(waiting) = state.followers.borrow_mut().remove(dataset) else { return };
+    let cat = state.catalog.borrow();
+    for (req, reply) in waiting {
+        let _ = reply.send(match cat.datasets.get(dataset) {
+            Some(d) => Ok(scan(dataset, d, req)),
+            None => Err(Error::NotFound(dataset.to_owned())),
+        });
+    }
 }
 
 enum Opened {
@@ -597,6 +655,7 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
             metrics.records.inc_by(rows as i64);
             state.add_memory(bytes);
             let _ = reply.send(Ok(Committed { lsn, durable_at, duplicate: false }));
+            wake_followers(state, &dataset);
         }
         Pending::Drop { dataset, reply } => {
             let removed = state.catalog.borrow_mut().datasets.remove(&dataset);
@@ -605,6 +664,7 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
                 metrics.records.dec_by(d.records as i64);
                 state.sub_memory(d.bytes);
             }
+            wake_followers(state, &dataset);
             // The tombstone is durable; its snapshot files go next, and until
             // they are gone no WAL segment may be deleted.
             state.pending_drops.set(state.pending_drops.get() + 1);

@@ -68,6 +68,49 @@ pub struct DatasetRead {
     pub batches: Vec<RecordBatch>,
 }
 
+/// A consistent view of one dataset for queries and change feeds, taken on
+/// the shard in one step: the snapshot files holding evicted rows (every
+/// row with an LSN up to `evicted_lsn`) and the batches in memory (all
+/// above it), each with its LSN. A file is named by its path under the
+/// snapshot root (`<dataset>/<file>`), so a reader can open it through any
+/// object store rooted there.
+#[derive(Debug, Clone)]
+pub struct ScanView {
+    pub schema: SchemaRef,
+    /// Files whose rows are not in memory and have LSNs above the scan's
+    /// `after_lsn`, oldest first.
+    pub files: Vec<ScanFile>,
+    /// Batches in memory with LSNs above `after_lsn`, ascending; at most
+    /// the scan's `max_batches`.
+    pub batches: Vec<(Lsn, RecordBatch)>,
+    pub evicted_lsn: Lsn,
+    /// LSN of the dataset's newest durable record.
+    pub last_lsn: Lsn,
+}
+
+/// One snapshot file of a [`ScanView`].
+#[derive(Debug, Clone)]
+pub struct ScanFile {
+    /// Relative to the snapshot root: `<dataset>/<file name>`.
+    pub path: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub min_lsn: Lsn,
+    pub max_lsn: Lsn,
+}
+
+/// What [`Request::Scan`] asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanRequest {
+    /// Only rows logged after this LSN (0: all).
+    pub after_lsn: Lsn,
+    /// At most this many in-memory batches.
+    pub max_batches: usize,
+    /// When nothing is newer than `after_lsn`, answer only once a batch of
+    /// the dataset becomes durable (or it is dropped: `NotFound`).
+    pub wait: bool,
+}
+
 /// A shard's figures for `get_stats` and the gateway's gauges.
 #[derive(Debug, Clone, Default)]
 pub struct ShardStats {
@@ -144,6 +187,12 @@ pub enum Request {
     Get {
         dataset: String,
         reply: Reply<DatasetRead>,
+    },
+    /// A consistent view for queries and change feeds (see [`ScanView`]).
+    Scan {
+        dataset: String,
+        scan: ScanRequest,
+        reply: Reply<ScanView>,
     },
     /// One dataset's summary, or every dataset's when `dataset` is `None`.
     Info {

@@ -32,7 +32,7 @@ use longbow_engine::metrics::Stage;
 use longbow_engine::{Committed, Engine, IpcMessage, ProducerSeq, PutStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::ticket::dataset_from_descriptor;
 use crate::error::into_status;
@@ -88,19 +88,47 @@ enum Step {
     Fail(Status),
 }
 
-pub async fn do_put(
-    engine: Engine,
-    admission: Arc<Admission>,
-    mut input: Streaming<FlightData>,
-) -> Result<BoxStream<'static, Result<PutResult, Status>>, Status> {
-    let first = input
-        .message()
-        .await?
-        .ok_or_else(|| Status::invalid_argument("empty DoPut stream: expected a path FlightDescriptor and a schema"))?;
+/// A DoPut's messages, from tonic or from Flight SQL's peeked stream.
+pub type Input = BoxStream<'static, Result<FlightData, Status>>;
+/// A DoPut's answers: one `PutResult` per durable batch.
+pub type Acks = BoxStream<'static, Result<PutResult, Status>>;
+
+pub async fn do_put(engine: Engine, admission: Arc<Admission>, mut input: Input) -> Result<Acks, Status> {
+    let first =
+        input.next().await.transpose()?.ok_or_else(|| {
+            Status::invalid_argument("empty DoPut stream: expected a path FlightDescriptor and a schema")
+        })?;
     let (dataset, producer) = open_descriptor(first.flight_descriptor.as_ref())?;
     // Checked here too so a bad name fails before any data is read.
     longbow_engine::dataset::validate_name(&dataset).map_err(into_status)?;
+    Ok(start(engine, admission, dataset, producer, Some(first), input))
+}
 
+/// Flight SQL bulk ingest (CommandStatementIngest) into `dataset`: the same
+/// durable path as DoPut; answers the rows stored once every batch is
+/// durable, or the first batch's error (later ones are then not stored).
+pub async fn ingest(engine: Engine, admission: Arc<Admission>, dataset: String, input: Input) -> Result<i64, Status> {
+    longbow_engine::dataset::validate_name(&dataset).map_err(into_status)?;
+    let mut acks = start(engine, admission, dataset, None, None, input);
+    let mut rows = 0i64;
+    while let Some(ack) = acks.next().await {
+        let ack = ack?;
+        let body: serde_json::Value = serde_json::from_slice(&ack.app_metadata).expect("our own PutResult JSON");
+        rows += body["rows"].as_i64().expect("rows in PutResult");
+    }
+    Ok(rows)
+}
+
+/// Reads `input` (after `first`, when the caller took it to find the
+/// dataset) into `dataset`, one acknowledgement per durable batch.
+fn start(
+    engine: Engine,
+    admission: Arc<Admission>,
+    dataset: String,
+    producer: Option<NamedProducer>,
+    first: Option<FlightData>,
+    input: Input,
+) -> Acks {
     // Unbounded, so a client that reads PutResults late never stalls
     // ingest; each entry is a few dozen bytes per batch, and at most
     // PUT_WINDOW_BATCHES of them wait.
@@ -118,7 +146,7 @@ pub async fn do_put(
         send.observe(acked_at.elapsed().as_secs_f64());
         r
     });
-    Ok(out.boxed())
+    out.boxed()
 }
 
 struct Reader {
@@ -134,15 +162,15 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(mut self, first: FlightData, mut input: Streaming<FlightData>) {
-        let mut next = Some(first);
+    async fn run(mut self, first: Option<FlightData>, mut input: Input) {
+        let mut next = first;
         loop {
             let data = match next.take() {
                 Some(d) => d,
-                None => match input.message().await {
-                    Ok(Some(d)) => d,
-                    Ok(None) => break,
-                    Err(status) => {
+                None => match input.next().await {
+                    Some(Ok(d)) => d,
+                    None => break,
+                    Some(Err(status)) => {
                         // The client's side of the stream broke: it will not
                         // read acknowledgements either.
                         self.stream.fail();

@@ -1,6 +1,7 @@
 //! The Flight service. It only turns FlightData into batches and back;
 //! everything about datasets is the engine's.
 
+pub mod do_get;
 pub mod do_put;
 pub mod ticket;
 
@@ -19,7 +20,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::into_status;
 use crate::metrics::GatewayMetrics;
-use ticket::{dataset_from_descriptor, dataset_from_ticket, ticket_for};
+use crate::sql::service::{is_sql_ticket, SqlService, SQL_ACTIONS};
+use crate::sql::SqlEngine;
+use arrow_flight::flight_descriptor::DescriptorType;
+use ticket::{dataset_from_descriptor, read_from_ticket, ticket_for, Read};
 
 type Stream<T> = BoxStream<'static, Result<T, Status>>;
 
@@ -27,14 +31,38 @@ pub struct LongbowFlight {
     engine: Engine,
     metrics: GatewayMetrics,
     admission: std::sync::Arc<do_put::Admission>,
+    /// Flight SQL: what arrives as a CMD descriptor, a protobuf ticket or
+    /// a Flight SQL action goes there.
+    sql: SqlService,
+    planner: SqlEngine,
 }
 
 impl LongbowFlight {
     /// Also starts refreshing `metrics`' storage gauges from `engine`.
-    pub fn new(engine: Engine, metrics: GatewayMetrics, admission: std::sync::Arc<do_put::Admission>) -> Self {
+    pub fn new(
+        engine: Engine,
+        metrics: GatewayMetrics,
+        admission: std::sync::Arc<do_put::Admission>,
+        planner: SqlEngine,
+    ) -> Self {
         metrics.watch(engine.clone());
-        Self { engine, metrics, admission }
+        let sql = SqlService::new(planner.clone(), engine.clone(), admission.clone());
+        Self { engine, metrics, admission, sql, planner }
     }
+}
+
+fn is_cmd(d: &FlightDescriptor) -> bool {
+    d.r#type == DescriptorType::Cmd as i32
+}
+
+/// A CMD descriptor that is Flight SQL's (a protobuf `Any`), not a DoPut's
+/// JSON `{"dataset": ...}`.
+fn sql_command(d: Option<&FlightDescriptor>) -> Option<arrow_flight::sql::Command> {
+    use prost::Message;
+    let d = d.filter(|d| is_cmd(d) && d.cmd.first() != Some(&b'{'))?;
+    let any = arrow_flight::sql::Any::decode(d.cmd.clone()).ok()?;
+    any.type_url.starts_with(crate::sql::service::SQL_TYPE_URL_PREFIX).then_some(())?;
+    arrow_flight::sql::Command::try_from(any).ok()
 }
 
 /// Batches read from snapshot files ahead of the client, per DoGet; the
@@ -122,9 +150,14 @@ impl FlightService for LongbowFlight {
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let started = std::time::Instant::now();
         let r = async move {
+            if is_cmd(request.get_ref()) {
+                return FlightService::get_flight_info(&self.sql, request).await;
+            }
             let name = dataset_from_descriptor(Some(request.get_ref()))?;
             let info = self.engine.info(&name).await.map_err(into_status)?;
-            Ok(Response::new(flight_info(&info)?))
+            let mut out = flight_info(&info)?;
+            out.endpoint = do_get::endpoints(&self.engine, &name).await?;
+            Ok(Response::new(out))
         }
         .await;
         self.metrics.observe("GetFlightInfo", started, &r);
@@ -140,6 +173,9 @@ impl FlightService for LongbowFlight {
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let started = std::time::Instant::now();
         let r = async move {
+            if is_cmd(request.get_ref()) {
+                return FlightService::get_schema(&self.sql, request).await;
+            }
             let name = dataset_from_descriptor(Some(request.get_ref()))?;
             let info = self.engine.info(&name).await.map_err(into_status)?;
             let result = SchemaAsIpc::new(&info.schema, &IpcWriteOptions::default())
@@ -155,7 +191,16 @@ impl FlightService for LongbowFlight {
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let call = self.metrics.stream_call("DoGet");
         let r = async move {
-            let name = dataset_from_ticket(&request.get_ref().ticket)?;
+            if is_sql_ticket(&request.get_ref().ticket) {
+                return Ok(FlightService::do_get(&self.sql, request).await?.into_inner());
+            }
+            let name = match read_from_ticket(&request.get_ref().ticket)? {
+                Read::Whole(name) => name,
+                Read::Query(body) => return do_get::query(&self.planner, &self.engine, body).await,
+                Read::Follow { dataset, after_lsn } => {
+                    return do_get::follow(self.engine.clone(), dataset, after_lsn).await
+                }
+            };
             let read = self.engine.get(&name).await.map_err(into_status)?;
             // Evicted rows come from the snapshot files, streamed by a
             // blocking thread through a small channel (one row group and a
@@ -221,7 +266,25 @@ impl FlightService for LongbowFlight {
         // Until the response stream ends: its code is that of the batch
         // that failed, if any (refusals come in the stream).
         let call = self.metrics.stream_call("DoPut");
-        match do_put::do_put(self.engine.clone(), self.admission.clone(), request.into_inner()).await {
+        let mut input = request.into_inner();
+        let first = match input.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => {
+                let e = Status::invalid_argument("empty DoPut stream: expected a path FlightDescriptor and a schema");
+                call.failed(&e);
+                return Err(e);
+            }
+            Err(e) => {
+                call.failed(&e);
+                return Err(e);
+            }
+        };
+        let input: do_put::Input = futures::stream::iter([Ok(first.clone())]).chain(input).boxed();
+        let result = match sql_command(first.flight_descriptor.as_ref()) {
+            Some(cmd) => self.sql.do_put(cmd, input).await,
+            None => do_put::do_put(self.engine.clone(), self.admission.clone(), input).await,
+        };
+        match result {
             Ok(stream) => Ok(Response::new(call.stream(stream))),
             Err(e) => {
                 call.failed(&e);
@@ -239,6 +302,11 @@ impl FlightService for LongbowFlight {
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let started = std::time::Instant::now();
         let action = request.into_inner();
+        if SQL_ACTIONS.contains(&action.r#type.as_str()) {
+            let r = FlightService::do_action(&self.sql, Request::new(action.clone())).await;
+            self.metrics.observe_action("flight_sql", started, &r);
+            return r;
+        }
         let r = async {
             match action.r#type.as_str() {
                 "get_stats" => {
@@ -260,7 +328,7 @@ impl FlightService for LongbowFlight {
                     self.engine.drop_dataset(&name).await.map_err(into_status)?;
                     Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
                 }
-                other => Err(Status::invalid_argument(format!(
+                other => Err(Status::unimplemented(format!(
                     "unknown action {other:?}; known: {}",
                     ACTIONS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
                 ))),
@@ -274,7 +342,7 @@ impl FlightService for LongbowFlight {
 
     async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         let started = std::time::Instant::now();
-        let out = ACTIONS.iter().map(|(name, description)| {
+        let out = ACTIONS.iter().chain(crate::sql::service::LISTED_SQL_ACTIONS).map(|(name, description)| {
             Ok(ActionType { r#type: (*name).to_owned(), description: (*description).to_owned() })
         });
         let r = Ok(Response::new(futures::stream::iter(out.collect::<Vec<_>>()).boxed()));
