@@ -1,4 +1,4 @@
-//! Parquet snapshots on the slow volume, and their manifests.
+//! The snapshot layout before Delta Lake, read at startup to migrate it:
 //!
 //! ```text
 //! $SNAPSHOTS/<dataset>/part-<max lsn, 20 digits>.parquet   rows logged up to that LSN
@@ -6,27 +6,13 @@
 //! $SNAPSHOTS/.longbow/tmp/                                  files being written
 //! ```
 //!
-//! A dataset's directory holds complete Parquet files and nothing else:
-//! polars (`read_parquet(dir)`) reads every file under a directory,
-//! subdirectories and hidden names included, and pyarrow.dataset every file
-//! not starting with `.` or `_`, so manifests and temporary files live
-//! under `.longbow/` (a leading dot is never a dataset name). Manifests
-//! written by older versions as `<dataset>/_manifest.json` are moved there
-//! at start.
-//!
-//! A snapshot writes only the batches logged since the dataset's last one
-//! (cost proportional to new data), as a new file: temporary name, fsync,
-//! rename, fsync the directory. Then the manifest is replaced the same way;
-//! only then do the WAL segments it covers become deletable. A crash at any
-//! point leaves the previous manifest in force: a file it does not list is
-//! ignored at startup and deleted, and its rows are replayed from the WAL.
-//! Readers see a file only once complete: it is written under `.longbow/tmp/`
-//! and renamed into the dataset's directory.
-//!
-//! The root holds `.lock`, flock(2)-held while a server runs: two servers
-//! with different data directories but one snapshot path would each take
-//! the other's files for leftovers and delete them. A leading dot is never a
-//! dataset name, and glob readers skip it.
+//! [`load_manifests`] finishes what a crash interrupted as before (rolls a
+//! merge's rename forward, deletes files no manifest lists) and
+//! `super::migrate` then commits each manifest's files, where they lie, as
+//! a Delta table. The [`Manifest`] struct lives on as Longbow's entry in a
+//! Delta commit's `commitInfo` (without its file list). The Parquet
+//! encoding settings and the synchronous [`SnapshotReader`] are shared with
+//! the Delta store.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,7 +83,7 @@ pub fn dataset_dir(root: &Path, dataset: &str) -> PathBuf {
     root.join(dataset)
 }
 
-fn manifests_dir(root: &Path) -> PathBuf {
+pub fn manifests_dir(root: &Path) -> PathBuf {
     root.join(META_DIR).join("manifests")
 }
 
@@ -144,7 +130,7 @@ pub enum SnapshotCompression {
     Zstd,
 }
 
-fn properties(compression: SnapshotCompression, schema: &arrow::datatypes::Schema) -> WriterProperties {
+pub(crate) fn properties(compression: SnapshotCompression, schema: &arrow::datatypes::Schema) -> WriterProperties {
     let c = match compression {
         SnapshotCompression::None => Compression::UNCOMPRESSED,
         SnapshotCompression::Snappy => Compression::SNAPPY,
@@ -241,6 +227,9 @@ pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
             continue;
         }
         let dir = entry.path();
+        if dir.join("_delta_log").exists() && !manifest_path(root, &name).exists() {
+            continue; // a Delta table: its log, not a manifest, says which files count
+        }
         migrate_legacy_manifest(root, &name, &dir)?;
         let path = manifest_path(root, &name);
         let text = match std::fs::read(&path) {
@@ -412,7 +401,7 @@ pub fn discard(tmp: &Path) {
 /// Snapshot encoding yields the CPU to acknowledgements: the calling
 /// (blocking-pool) thread gets nice 10. Idempotent; failures are ignored
 /// (the work still gets done, just at normal priority).
-fn lower_thread_priority() {
+pub(crate) fn lower_thread_priority() {
     // SAFETY: plain syscalls on the calling thread's own id.
     unsafe {
         let tid = nix::libc::gettid();
