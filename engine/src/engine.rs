@@ -187,7 +187,11 @@ impl Engine {
             metrics.snapshot_failing.get_or_create(&ShardLabel { shard: k as ShardId }).set(snapshot_full as i64);
         }
         let store = snapshots::SnapshotStore::open(
-            if location.local().is_some() { snapshots::Location::Local(config.snapshot_path.clone()) } else { location },
+            if location.local().is_some() {
+                snapshots::Location::Local(config.snapshot_path.clone())
+            } else {
+                location
+            },
             &config.node,
             config.snapshot_retention,
             config.snapshot_compression,

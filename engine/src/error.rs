@@ -35,6 +35,9 @@ pub enum Error {
     DiskFull { shard: ShardId, message: String },
     #[error("shard {shard}: snapshot failed, the WAL is kept: {message}")]
     Snapshot { shard: ShardId, message: String, disk_full: bool },
+    /// The snapshot store (object store, Delta log) refused or failed.
+    #[error("snapshot store: {0}")]
+    Store(String),
     #[error("engine is shutting down")]
     ShuttingDown,
     #[error("WAL corrupt in {path:?} at offset {offset}: {reason}")]

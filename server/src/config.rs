@@ -58,7 +58,7 @@ pub struct Config {
 
     /// How long snapshot files a compaction replaced stay for readers of
     /// older table versions before VACUUM deletes them (`30s`, `15m`).
-    #[arg(long, env = "LONGBOW_SNAPSHOT_RETENTION", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, env = "LONGBOW_SNAPSHOT_RETENTION", default_value = "15m", value_parser = parse_duration_or_zero)]
     pub snapshot_retention: Duration,
 
     /// Time between automatic snapshots (`30s`, `5m`, `1h`). Reloadable.

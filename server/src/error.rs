@@ -19,6 +19,7 @@ pub fn into_status(e: Error) -> Status {
         | Error::Poisoned { .. }
         | Error::WalWrite { .. }
         | Error::Corrupt { .. }
+        | Error::Store(_)
         | Error::Startup(_) => Code::Internal,
         Error::Arrow(_) => Code::InvalidArgument,
     };

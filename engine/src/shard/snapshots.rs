@@ -224,10 +224,7 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
     };
     // IMPORTANT: the commit is what makes the file count; only after it is
     // durable may the WAL records it covers go.
-    let written = state.store.io(state.store.clone().snapshot(state.id, write)).await.map_err(|e| match e {
-        Error::Snapshot { message, disk_full, .. } => Error::Snapshot { shard: state.id, message, disk_full },
-        other => other,
-    })?;
+    let written = state.store.io(state.store.clone().snapshot(state.id, write)).await?;
     if let Some(file) = written {
         report.files_written += 1;
         report.rows_written += rows;
@@ -237,12 +234,14 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
         files.push(file);
     } else if rows > 0 {
         // An earlier try's commit had landed: the table holds the file.
-        if let Ok(Some(t)) = state.store.io({
-            let store = state.store.clone();
-            let name = name.to_owned();
-            async move { store.load(&name).await }
-        })
-        .await
+        if let Ok(Some(t)) = state
+            .store
+            .io({
+                let store = state.store.clone();
+                let name = name.to_owned();
+                async move { store.load(&name).await }
+            })
+            .await
         {
             files = t.manifest.files;
         }

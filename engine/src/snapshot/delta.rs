@@ -73,6 +73,11 @@ const DROP_MARKER: &str = "_longbow_dropped";
 const IO_THREADS: usize = 2;
 /// How long a removed file outlives its removal by default (VACUUM).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+/// Size of an upload's multipart parts (S3's minimum is 5 MiB); a file
+/// smaller than this is one plain PUT.
+const UPLOAD_PART_BYTES: usize = 5 << 20;
+/// Parts of one upload in flight at once.
+const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
 /// Rows per batch read back.
 const READ_BATCH_ROWS: usize = 8192;
 /// Commits a snapshot looks back through for Longbow's `commitInfo`
@@ -196,18 +201,15 @@ impl LogStoreFactory for PlainLogStores {
 }
 
 fn delta_err<'a>(op: &'static str, dataset: &'a str) -> impl FnOnce(DeltaTableError) -> Error + 'a {
-    move |e| Error::Snapshot { shard: 0, message: format!("{op} of dataset {dataset}: {e}"), disk_full: false }
+    move |e| Error::Store(format!("{op} of dataset {dataset}: {e}"))
 }
 
 fn store_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(object_store::Error) -> Error + 'a {
-    move |e| Error::Snapshot { shard: 0, message: format!("{op} {path}: {e}"), disk_full: false }
+    move |e| Error::Store(format!("{op} {path}: {e}"))
 }
 
-fn parquet_err<'a>(
-    op: &'static str,
-    path: &'a ObjectPath,
-) -> impl FnOnce(parquet::errors::ParquetError) -> Error + 'a {
-    move |e| Error::Snapshot { shard: 0, message: format!("{op} {path}: {e}"), disk_full: false }
+fn parquet_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(parquet::errors::ParquetError) -> Error + 'a {
+    move |e| Error::Store(format!("{op} {path}: {e}"))
 }
 
 /// `part-<min>-<max>.parquet` (and `part-<max>.parquet`, written before
@@ -244,7 +246,6 @@ impl SnapshotStore {
     ) -> Result<Arc<Self>> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(IO_THREADS)
-            .max_blocking_threads(IO_THREADS)
             .thread_name("longbow-snapshot-io")
             .on_thread_start(super::lower_thread_priority)
             .enable_all()
@@ -319,9 +320,7 @@ impl SnapshotStore {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.await.unwrap_or_else(|_| {
-            Err(Error::Snapshot { shard: 0, message: "the snapshot I/O runtime stopped".into(), disk_full: false })
-        })
+        rx.await.unwrap_or_else(|_| Err(Error::Store("the snapshot I/O runtime stopped".into())))
     }
 
     /// Runs `fut` on the store's runtime and blocks for it (startup, tools).
@@ -330,9 +329,7 @@ impl SnapshotStore {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().unwrap_or_else(|_| {
-            Err(Error::Snapshot { shard: 0, message: "the snapshot I/O runtime stopped".into(), disk_full: false })
-        })
+        rx.recv().unwrap_or_else(|_| Err(Error::Store("the snapshot I/O runtime stopped".into())))
     }
 
     fn table_path(&self, dataset: &str) -> ObjectPath {
@@ -369,6 +366,16 @@ impl SnapshotStore {
         if let Some(t) = self.tables.lock().expect("tables").get(dataset) {
             return Ok(Some(t.clone()));
         }
+        // An empty or missing `_delta_log`: no table (the kernel reports a
+        // missing local directory as an invalid location, not as no table).
+        let log = self.table_path(dataset).join("_delta_log");
+        let mut listed = self.store.list(Some(&log));
+        match listed.next().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(store_err("listing", &log)(e)),
+            Some(Ok(_)) => {}
+        }
+        drop(listed);
         let mut table = DeltaTable::new(self.log_store(dataset)?);
         match table.load().await {
             Ok(()) => {}
@@ -390,11 +397,8 @@ impl SnapshotStore {
     /// Creates the dataset's table (Delta schema from the Arrow one) if none.
     async fn create_table(&self, dataset: &str, schema: &SchemaRef) -> Result<DeltaTable> {
         use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
-        let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| Error::Snapshot {
-            shard: 0,
-            message: format!("dataset {dataset}: its schema has no Delta Lake equivalent: {e}"),
-            disk_full: false,
-        })?;
+        let delta_schema = StructType::try_from_arrow(schema.as_ref())
+            .map_err(|e| Error::Store(format!("dataset {dataset}: its schema has no Delta Lake equivalent: {e}")))?;
         let table = DeltaTable::new(self.log_store(dataset)?)
             .create()
             .with_columns(delta_schema.fields().cloned())
@@ -436,7 +440,12 @@ impl SnapshotStore {
         batches: impl futures::Stream<Item = Result<RecordBatch>>,
     ) -> Result<u64> {
         let props = super::properties(self.compression, &schema);
-        let writer = object_store::buffered::BufWriter::new(self.store.clone(), path.clone());
+        // Multipart parts of UPLOAD_PART_BYTES, UPLOAD_PARTS_IN_FLIGHT at a
+        // time: what an upload holds in memory besides the row group being
+        // encoded (object_store's defaults, 10 MiB x 8, showed in RSS).
+        let writer =
+            object_store::buffered::BufWriter::with_capacity(self.store.clone(), path.clone(), UPLOAD_PART_BYTES)
+                .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT);
         let mut w = AsyncArrowWriter::try_new(writer, schema, Some(props)).map_err(parquet_err("encoding", path))?;
         let mut batches = std::pin::pin!(batches);
         while let Some(b) = batches.next().await {
@@ -446,11 +455,7 @@ impl SnapshotStore {
         let bytes = w.bytes_written() as u64;
         if crate::faults::fails(crate::faults::Fault::SnapshotWrite) {
             let _ = self.store.delete(path).await;
-            return Err(Error::Snapshot {
-                shard: 0,
-                message: format!("uploading {path}: injected fault"),
-                disk_full: false,
-            });
+            return Err(Error::Store(format!("uploading {path}: injected fault")));
         }
         if let Some(local) = self.local_path(path) {
             tokio::task::spawn_blocking(move || {
@@ -497,13 +502,15 @@ impl SnapshotStore {
             actions.push(Action::Add(add_action(&name, bytes, rows, true)));
             file = Some(SnapshotFile { name, rows, bytes, min_lsn: w.min_lsn, max_lsn: w.covered_lsn });
         }
-        let manifest = Manifest { producers: w.producers, ..Manifest::new(&w.dataset, &w.schema, w.covered_lsn, vec![]) };
+        let manifest =
+            Manifest { producers: w.producers, ..Manifest::new(&w.dataset, &w.schema, w.covered_lsn, vec![]) };
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&app_id, w.covered_lsn as i64))
             .with_metadata([self.commit_info(&manifest)]);
         let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
         let snapshot = table.snapshot().map_err(delta_err("reading the table", &w.dataset))?;
-        let committed = CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), table.log_store(), op).await;
+        let committed =
+            CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), table.log_store(), op).await;
         match committed {
             Ok(done) => {
                 self.sync_log(&w.dataset, Some(done.version())).await?;
@@ -556,7 +563,8 @@ impl SnapshotStore {
                 default_row_commit_version: None,
             }));
         }
-        let manifest = Manifest { producers: c.producers, ..Manifest::new(&c.dataset, &c.schema, c.covered_lsn, vec![]) };
+        let manifest =
+            Manifest { producers: c.producers, ..Manifest::new(&c.dataset, &c.schema, c.covered_lsn, vec![]) };
         let props = CommitProperties::default().with_metadata([self.commit_info(&manifest)]);
         let op = DeltaOperation::Optimize { predicate: None, target_size: bytes as i64 };
         let snapshot = table.snapshot().map_err(delta_err("reading the table", &c.dataset))?;
@@ -575,6 +583,28 @@ impl SnapshotStore {
                 Err(delta_err("committing a compaction", &c.dataset)(e))
             }
         }
+    }
+
+    /// Deletes every file of the table's directory that no version within
+    /// the retention period uses, older than the retention period: files
+    /// compactions removed, and uploads whose commit never happened (a
+    /// crash, a refused commit). Run at startup (it lists the table).
+    async fn vacuum_full(&self, dataset: &str) -> Result<u64> {
+        let Some(table) = self.table(dataset).await? else { return Ok(0) };
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let (table, metrics) = table
+            .vacuum()
+            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(delta_err("vacuum", dataset))?;
+        if !metrics.files_deleted.is_empty() {
+            self.sync_log(dataset, table.version()).await?;
+            tracing::info!(dataset, files = metrics.files_deleted.len(), "vacuum deleted files no table version uses");
+        }
+        self.remember(dataset, table);
+        Ok(metrics.files_deleted.len() as u64)
     }
 
     /// Deletes the files compactions removed more than the retention period
@@ -671,7 +701,8 @@ impl SnapshotStore {
 
     /// The datasets that have a table (or a drop marker) under the root.
     pub async fn list_datasets(self: Arc<Self>) -> Result<Vec<String>> {
-        let listed = self.store.list_with_delimiter(Some(&self.prefix)).await.map_err(store_err("listing", &self.prefix))?;
+        let listed =
+            self.store.list_with_delimiter(Some(&self.prefix)).await.map_err(store_err("listing", &self.prefix))?;
         Ok(listed
             .common_prefixes
             .iter()
@@ -691,6 +722,9 @@ impl SnapshotStore {
                 tracing::info!(dataset = name, "finishing a drop a crash interrupted");
                 self.clone().drop_table(name).await?;
                 continue;
+            }
+            if let Err(e) = self.vacuum_full(&name).await {
+                tracing::warn!(dataset = name, error = %e, "vacuum at start failed; retried at the next");
             }
             if let Some(state) = self.load(&name).await? {
                 out.push(state);
