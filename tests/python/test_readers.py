@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import duckdb
+import duckdb_extension_delta
+import duckdb_extension_httpfs
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -21,8 +23,12 @@ from test_pyarrow_e2e import Server, put, vectors
 
 
 def duckdb_connection(storage_options: dict | None = None):
+    """A DuckDB connection with the delta and httpfs extensions that the
+    PyPI packages duckdb-extension-delta and -httpfs ship (no download)."""
     con = duckdb.connect()
-    con.execute("LOAD delta")
+    for package, name in [(duckdb_extension_httpfs, "httpfs"), (duckdb_extension_delta, "delta")]:
+        ext = Path(package.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+        con.execute(f"LOAD '{ext}'")
     if storage_options:
         endpoint = storage_options["AWS_ENDPOINT_URL"].removeprefix("http://")
         con.execute(f"""CREATE SECRET s3 (TYPE s3, KEY_ID '{storage_options["AWS_ACCESS_KEY_ID"]}',

@@ -200,16 +200,31 @@ impl LogStoreFactory for PlainLogStores {
     }
 }
 
+/// A store failure; a full local volume keeps its errno, so that
+/// snapshots report it as such (`RESOURCE_EXHAUSTED`, `is_disk_full`).
+fn store_error(message: String) -> Error {
+    let full = ["No space left on device", "Disk quota exceeded"].iter().any(|m| message.contains(m));
+    if full {
+        return Error::Io {
+            op: "writing to the snapshot store",
+            path: PathBuf::from(message),
+            offset: 0,
+            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        };
+    }
+    Error::Store(message)
+}
+
 fn delta_err<'a>(op: &'static str, dataset: &'a str) -> impl FnOnce(DeltaTableError) -> Error + 'a {
-    move |e| Error::Store(format!("{op} of dataset {dataset}: {e}"))
+    move |e| store_error(format!("{op} of dataset {dataset}: {e}"))
 }
 
 fn store_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(object_store::Error) -> Error + 'a {
-    move |e| Error::Store(format!("{op} {path}: {e}"))
+    move |e| store_error(format!("{op} {path}: {e}"))
 }
 
 fn parquet_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(parquet::errors::ParquetError) -> Error + 'a {
-    move |e| Error::Store(format!("{op} {path}: {e}"))
+    move |e| store_error(format!("{op} {path}: {e}"))
 }
 
 /// `part-<min>-<max>.parquet` (and `part-<max>.parquet`, written before
@@ -439,17 +454,21 @@ impl SnapshotStore {
         schema: SchemaRef,
         batches: impl futures::Stream<Item = Result<RecordBatch>>,
     ) -> Result<u64> {
-        let props = super::properties(self.compression, &schema);
+        let target = file_schema(&schema);
+        let props = super::properties(self.compression, &target);
+        let schema = target;
         // Multipart parts of UPLOAD_PART_BYTES, UPLOAD_PARTS_IN_FLIGHT at a
         // time: what an upload holds in memory besides the row group being
         // encoded (object_store's defaults, 10 MiB x 8, showed in RSS).
         let writer =
             object_store::buffered::BufWriter::with_capacity(self.store.clone(), path.clone(), UPLOAD_PART_BYTES)
                 .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT);
-        let mut w = AsyncArrowWriter::try_new(writer, schema, Some(props)).map_err(parquet_err("encoding", path))?;
+        let mut w =
+            AsyncArrowWriter::try_new(writer, schema.clone(), Some(props)).map_err(parquet_err("encoding", path))?;
         let mut batches = std::pin::pin!(batches);
         while let Some(b) = batches.next().await {
-            w.write(&b?).await.map_err(parquet_err("uploading", path))?;
+            let b = conform(b?, &schema)?;
+            w.write(&b).await.map_err(parquet_err("uploading", path))?;
         }
         w.finish().await.map_err(parquet_err("uploading", path))?;
         let bytes = w.bytes_written() as u64;
@@ -545,7 +564,7 @@ impl SnapshotStore {
         let merged_name = file_name(first.min_lsn, last.max_lsn);
         let path = self.file_path(&c.dataset, &merged_name);
         let objects: Vec<_> = c.sources.iter().map(|f| self.object(&c.dataset, f)).collect();
-        let bytes = self.upload(&path, c.schema.clone(), read_objects(objects)).await?;
+        let bytes = self.upload(&path, c.schema.clone(), read_objects(objects, c.schema.clone())).await?;
         let rows: u64 = c.sources.iter().map(|f| f.rows).sum();
         let now = now_millis();
         let mut actions = vec![Action::Add(add_action(&merged_name, bytes, rows, false))];
@@ -831,27 +850,177 @@ fn add_action(name: &str, bytes: u64, rows: u64, data_change: bool) -> Add {
     }
 }
 
+/// The Arrow schema of the Parquet files for a dataset of `schema`: list
+/// types as Delta has them (`FixedSizeList`, `LargeList` become `List`),
+/// so that readers comparing a file's schema with the table's (Polars)
+/// accept it. Longbow casts back when it reads ([`read_objects`]).
+pub fn file_schema(schema: &SchemaRef) -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    fn delta_type(t: &DataType) -> DataType {
+        match t {
+            DataType::FixedSizeList(f, _) | DataType::LargeList(f) | DataType::List(f) => {
+                DataType::List(Arc::new(Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())))
+            }
+            DataType::Struct(fields) => DataType::Struct(
+                fields
+                    .iter()
+                    .map(|f| Arc::new(Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()).with_metadata(f.metadata().clone()))
+        .collect();
+    let target = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    if target.fields() == schema.fields() {
+        schema.clone()
+    } else {
+        target
+    }
+}
+
+/// `batch` with the columns cast to `schema`'s types where they differ.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 /// The rows of `objects`, in order, read a row group at a time with ranged
-/// reads (a footer read, then each row group's column chunks).
-pub fn read_objects(objects: Vec<SnapshotObject>) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
+/// reads (a footer read, then each row group's column chunks), as batches
+/// of `schema` (the dataset's).
+pub fn read_objects(
+    objects: Vec<SnapshotObject>,
+    schema: SchemaRef,
+) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
     futures::stream::iter(objects)
-        .then(|o| async move {
-            #[allow(deprecated)]
-            let reader = ParquetObjectReader::new(o.store.clone(), o.path.clone()).with_file_size(o.bytes);
-            let stream = ParquetRecordBatchStreamBuilder::new(reader)
-                .await
-                .map_err(parquet_err("opening", &o.path))?
-                .with_batch_size(READ_BATCH_ROWS)
-                .build()
-                .map_err(parquet_err("reading", &o.path))?;
-            let path = o.path.clone();
-            Ok::<_, Error>(stream.map(move |b| {
-                b.map_err(|e| Error::Corrupt {
-                    path: PathBuf::from(path.as_ref()),
-                    offset: 0,
-                    reason: format!("parquet: {e}"),
-                })
-            }))
+        .then(move |o| {
+            let schema = schema.clone();
+            async move {
+                #[allow(deprecated)]
+                let reader = ParquetObjectReader::new(o.store.clone(), o.path.clone()).with_file_size(o.bytes);
+                let stream = ParquetRecordBatchStreamBuilder::new(reader)
+                    .await
+                    .map_err(parquet_err("opening", &o.path))?
+                    .with_batch_size(READ_BATCH_ROWS)
+                    .build()
+                    .map_err(parquet_err("reading", &o.path))?;
+                let path = o.path.clone();
+                let schema = schema.clone();
+                Ok::<_, Error>(stream.map(move |b| {
+                    let b = b.map_err(|e| Error::Corrupt {
+                        path: PathBuf::from(path.as_ref()),
+                        offset: 0,
+                        reason: format!("parquet: {e}"),
+                    })?;
+                    conform(b, &schema)
+                }))
+            }
         })
         .try_flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+
+    fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef)]).unwrap()
+    }
+
+    fn write(min: Lsn, max: Lsn, ids: std::ops::Range<i64>) -> SnapshotWrite {
+        let b = batch(ids);
+        SnapshotWrite {
+            dataset: "t".into(),
+            schema: b.schema(),
+            batches: vec![b],
+            min_lsn: min,
+            covered_lsn: max,
+            producers: BTreeMap::new(),
+        }
+    }
+
+    fn rows(store: &Arc<SnapshotStore>) -> Vec<i64> {
+        let s = store.clone();
+        let state = store.block_on(async move { s.load("t").await }).unwrap().unwrap();
+        let objects: Vec<_> = state.manifest.files.iter().map(|f| store.object("t", f)).collect();
+        let schema = batch(0..0).schema();
+        let batches: Vec<RecordBatch> =
+            store.block_on(async move { read_objects(objects, schema).try_collect().await }).unwrap();
+        let mut ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn commits(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("t/_delta_log"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Two writers (two nodes' shards) commit to one table at once: each
+    /// version has one winner, the loser retries on top of it, and every
+    /// row is in the table once.
+    #[test]
+    fn two_writers_racing_on_one_table_each_win_a_version_and_duplicate_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |node| {
+            SnapshotStore::open(Location::Local(dir.path().to_owned()), node, DEFAULT_RETENTION, Default::default())
+                .unwrap()
+        };
+        let (a, b) = (open("a"), open("b"));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(a.clone().snapshot(0, write(1, 1, 0..10))).unwrap();
+        for i in 0..6i64 {
+            let wa = write(10 + i as u64, 10 + i as u64, i * 100..i * 100 + 10);
+            let wb = write(1000 + i as u64, 1000 + i as u64, 10_000 + i * 100..10_000 + i * 100 + 10);
+            let (ra, rb) = rt.block_on(async { tokio::join!(a.clone().snapshot(0, wa), b.clone().snapshot(0, wb)) });
+            assert!(ra.unwrap().is_some() && rb.unwrap().is_some(), "both land, one after the other");
+        }
+        let mut expected_sorted: Vec<i64> = (0..10)
+            .chain((0..6).flat_map(|i| i * 100..i * 100 + 10))
+            .chain((0..6).flat_map(|i| 10_000 + i * 100..10_000 + i * 100 + 10))
+            .collect();
+        expected_sorted.sort();
+        assert_eq!(rows(&a), expected_sorted);
+        // Versions 0 (create), 1, then two per round: contiguous, one commit each.
+        let names = commits(dir.path());
+        assert_eq!(names, (0..14).map(|v| format!("{v:020}.json")).collect::<Vec<_>>());
+
+        // The same app racing itself (a retried commit of a crashed node
+        // alongside its restart): one wins, the other finds its txn.
+        let (c, d) = (open("a"), open("a"));
+        let (rc, rd) = rt.block_on(async {
+            tokio::join!(
+                c.clone().snapshot(0, write(2000, 2000, 50_000..50_010)),
+                d.clone().snapshot(0, write(2000, 2000, 50_000..50_010))
+            )
+        });
+        let landed = [rc.unwrap(), rd.unwrap()].iter().filter(|r| r.is_some()).count();
+        assert_eq!(landed, 1, "exactly one commit of txn (a, 2000)");
+        expected_sorted.extend(50_000..50_010);
+        assert_eq!(rows(&c), expected_sorted);
+        // And a plain retry after it landed adds nothing.
+        assert!(rt.block_on(c.clone().snapshot(0, write(2000, 2000, 50_000..50_010))).unwrap().is_none());
+        assert_eq!(rows(&c), expected_sorted);
+    }
 }

@@ -685,7 +685,7 @@ mod tests {
                 .await
                 .unwrap();
                 let file = SnapshotFile { name: "part-1.parquet".into(), rows: 1000, bytes, min_lsn: 1, max_lsn: 1 };
-                write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file])).await.unwrap();
+                write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file.clone()])).await.unwrap();
                 let names: Vec<_> =
                     std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
                 assert_eq!(
@@ -698,6 +698,25 @@ mod tests {
                 assert_eq!(read.unwrap(), vec![batch.clone()]);
                 let manifests = load_manifests(&root).unwrap();
                 assert_eq!(manifests[0].schema().unwrap(), batch.schema());
+
+                // Migrated in place at start: one Delta commit of the same
+                // files and covered LSN; the manifest goes.
+                let store = crate::snapshot::SnapshotStore::open(
+                    crate::snapshot::Location::Local(root.clone()),
+                    "0",
+                    crate::snapshot::DEFAULT_RETENTION,
+                    SnapshotCompression::None,
+                )
+                .unwrap();
+                assert_eq!(crate::snapshot::migrate(&root, &store, 1).unwrap(), vec!["ds".to_owned()]);
+                assert!(!manifest_path(&root, "ds").exists());
+                assert!(d.join("_delta_log").is_dir());
+                assert!(crate::snapshot::migrate(&root, &store, 1).unwrap().is_empty(), "once");
+                let s = store.clone();
+                let t = store.block_on(async move { s.load("ds").await }).unwrap().unwrap();
+                assert_eq!(t.manifest.covered_lsn, 1);
+                assert_eq!(t.manifest.files, vec![file.clone()]);
+                assert_eq!(t.manifest.schema().unwrap(), batch.schema());
                 remove_dataset_dir(&root, "ds").await.unwrap();
                 assert!(!d.exists());
             })

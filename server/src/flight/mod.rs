@@ -163,8 +163,9 @@ impl FlightService for LongbowFlight {
             // the client goes); then the batches in memory.
             let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_READ_AHEAD_BATCHES);
             if !read.files.is_empty() {
+                let schema = read.schema.clone();
                 tokio::spawn(async move {
-                    let mut batches = std::pin::pin!(longbow_engine::snapshot::read_objects(read.files));
+                    let mut batches = std::pin::pin!(longbow_engine::snapshot::read_objects(read.files, schema));
                     while let Some(batch) = batches.next().await {
                         let failed = batch.is_err();
                         if tx.send(batch).await.is_err() || failed {
