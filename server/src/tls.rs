@@ -133,6 +133,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Makes ring the process's rustls provider. The object-store client the
+/// snapshot store brings (reqwest, through deltalake) enables rustls's
+/// aws-lc-rs feature too, and with both compiled in rustls picks neither
+/// by itself. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,12 +201,4 @@ mod tests {
         let key_line = key_body.lines().nth(1).unwrap();
         assert!(!e.to_string().contains(key_line), "{e}");
     }
-}
-
-/// Makes ring the process's rustls provider. The object-store client the
-/// snapshot store brings (reqwest, through deltalake) enables rustls's
-/// aws-lc-rs feature too, and with both compiled in rustls picks neither
-/// by itself. Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

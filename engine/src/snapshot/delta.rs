@@ -216,7 +216,7 @@ fn store_error(message: String) -> Error {
 }
 
 fn delta_err<'a>(op: &'static str, dataset: &'a str) -> impl FnOnce(DeltaTableError) -> Error + 'a {
-    move |e| store_error(format!("{op} of dataset {dataset}: {e}"))
+    move |e| store_error(format!("{op} of {dataset}: {e}"))
 }
 
 fn store_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(object_store::Error) -> Error + 'a {
@@ -493,8 +493,9 @@ impl SnapshotStore {
 
     /// The covered LSN app `app_id` committed to `dataset`'s table, if any.
     async fn committed_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
-        let snapshot = table.snapshot().map_err(delta_err("reading the table", "?"))?;
-        snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(delta_err("reading txn", "?"))
+        let name = table.table_url().to_string();
+        let snapshot = table.snapshot().map_err(delta_err("reading the table", &name))?;
+        snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(delta_err("reading txn", &name))
     }
 
     /// Uploads the batches as one file and commits it with `txn(app_id,
