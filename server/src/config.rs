@@ -28,7 +28,7 @@ pub enum OnCorruption {
                   longbow wal verify DIR    checksums, commits and the LSN chain; exit 0 clean or torn tail, 3 damage\n  \
                   longbow wal dump DIR [--dataset D] [--from-lsn N] [--json]\n  \
                   \x20                         segments, commits and frames\n  \
-                  longbow snapshot ls DIR   datasets, files, rows and covered LSNs of the snapshot manifests\n\
+                  longbow snapshot ls DIR   datasets, files, rows and covered LSNs of the snapshot tables (Delta)\n\
                   DIR: the data directory or one shard-N in it; for snapshot ls, the snapshot directory. \
                   More: `longbow wal --help`, `longbow snapshot --help`."
 )]
