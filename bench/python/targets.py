@@ -21,6 +21,7 @@ MEMORY_LIMITED_MIN = 0.7  # limited / unlimited longbow, one producer writing 4x
 RSS_SLACK_MIB = 300  # peak RSS <= limit + this
 P50_SLACK_US = 100  # p50 <= Rust sink p50 + fio write p50 + fio fdatasync p50 + this
 P99_MAX = 1.3  # p99 <= this x (Rust sink p99 + fio write p99 + fio fdatasync p99)
+SNAPSHOT_S3_MIN = 0.7  # force_snapshot MiB/s to S3 (SeaweedFS on loopback) / to a local directory
 
 MIB_PER_MB = 1e6 / 2**20
 
@@ -99,6 +100,13 @@ def compute(res: Path):
         rows.append(row(f"10-row batches one at a time, {q}", get(lb, f"{q}_us"), "µs", ref,
                         f"Rust sink {q} + fio 8 KiB write {q} + fdatasync {q}", target, check,
                         "" if ref is None else " + ".join(f"{p:,.0f}" for p in parts)))
+
+    def snapshot_mib_s(name):
+        jobs = load(res / f"snapshot-{name}.json").get("jobs") or [{}]
+        return get(jobs[0].get("snapshot"), "mib_per_s")
+    rows.append(row("snapshot to S3 (SeaweedFS on loopback)", snapshot_mib_s("s3"), "MiB/s", snapshot_mib_s("local"),
+                    "snapshot to a local directory, same run", f">= {SNAPSHOT_S3_MIN}x",
+                    lambda f, r: f >= SNAPSHOT_S3_MIN * r))
     return rows
 
 

@@ -35,8 +35,15 @@ use crate::ShardId;
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub data_path: PathBuf,
-    /// Root of the Parquet snapshots (the slow volume).
+    /// Root of the snapshots' Delta tables: a local directory (the slow
+    /// volume), or an object-store URL (`s3://bucket/prefix`, `gs://`,
+    /// `az://`) whose settings come from the standard environment variables.
     pub snapshot_path: PathBuf,
+    /// How long files a compaction replaced stay for readers of older table
+    /// versions before VACUUM deletes them.
+    pub snapshot_retention: Duration,
+    /// This node's name in the snapshots' `txn` app ids.
+    pub node: String,
     pub snapshot_interval: Duration,
     pub snapshot_compression: SnapshotCompression,
     /// Bytes of Arrow data held in memory across all shards (0 = no limit).
@@ -73,6 +80,8 @@ impl EngineConfig {
         Self {
             snapshot_path: data_path.join("snapshots"),
             snapshot_interval: Duration::from_secs(3600),
+            snapshot_retention: snapshots::DEFAULT_RETENTION,
+            node: "0".into(),
             snapshot_compression: SnapshotCompression::default(),
             max_memory: 0,
             data_path,
@@ -102,7 +111,9 @@ struct Inner {
     health: tokio::sync::watch::Receiver<crate::health::Health>,
     snapshot_root: PathBuf,
     _lock: DirLock,
-    _snapshot_lock: DirLock,
+    _snapshot_lock: Option<DirLock>,
+    /// Dropped after the shards (field order).
+    _store: Arc<snapshots::SnapshotStore>,
 }
 
 /// The settings that can change while running (SIGHUP).
@@ -138,11 +149,10 @@ impl Engine {
         // relative one fails with EBADF), and the defaults are relative.
         config.data_path =
             std::path::absolute(&config.data_path).map_err(Error::io("resolving data path", &config.data_path, 0))?;
-        config.snapshot_path = std::path::absolute(&config.snapshot_path).map_err(Error::io(
-            "resolving snapshot path",
-            &config.snapshot_path,
-            0,
-        ))?;
+        let location = snapshots::Location::parse(&config.snapshot_path)?;
+        if let snapshots::Location::Local(p) = &location {
+            config.snapshot_path = std::path::absolute(p).map_err(Error::io("resolving snapshot path", p, 0))?;
+        }
         let data = &config.data_path;
         let storage = config.storage.clone();
         tracing::info!(engine = storage.engine_name(), "WAL I/O engine");
@@ -163,34 +173,54 @@ impl Engine {
             tracing::info!(from = current.shards, to = config.shards, "shard count changed; redistributing datasets");
         }
 
-        std::fs::create_dir_all(&config.snapshot_path).map_err(Error::io(
-            "creating snapshot directory",
-            &config.snapshot_path,
-            0,
-        ))?;
-        // Before the replay: a volume that cannot take a file stops the
-        // start; a full one does not (snapshot::probe_root says why).
-        let snapshot_full = match snapshots::probe_root(&config.snapshot_path)? {
-            snapshots::RootProbe::Writable => false,
-            snapshots::RootProbe::Full(e) => {
-                tracing::warn!(
-                    path = %config.snapshot_path.display(),
-                    error = %e,
-                    "the snapshot volume is full: starting, but snapshots fail (and the WAL is kept) until space \
-                     is freed; longbow_snapshot_failing is 1"
-                );
-                true
-            }
-        };
-        // IMPORTANT: before the manifests are read, which deletes files no
-        // manifest lists: another server's snapshot in progress.
-        let snapshot_lock = snapshots::lock_root(&config.snapshot_path)?;
+        let mut snapshot_full = false;
+        let mut snapshot_lock = None;
+        if location.local().is_some() {
+            std::fs::create_dir_all(&config.snapshot_path).map_err(Error::io(
+                "creating snapshot directory",
+                &config.snapshot_path,
+                0,
+            ))?;
+            // Before the replay: a volume that cannot take a file stops the
+            // start; a full one does not (snapshot::probe_root says why).
+            snapshot_full = match snapshots::probe_root(&config.snapshot_path)? {
+                snapshots::RootProbe::Writable => false,
+                snapshots::RootProbe::Full(e) => {
+                    tracing::warn!(
+                        path = %config.snapshot_path.display(),
+                        error = %e,
+                        "the snapshot volume is full: starting, but snapshots fail (and the WAL is kept) until space \
+                         is freed; longbow_snapshot_failing is 1"
+                    );
+                    true
+                }
+            };
+            // IMPORTANT: before the tables are read, which finishes
+            // interrupted drops: another server's snapshot in progress.
+            snapshot_lock = Some(snapshots::lock_root(&config.snapshot_path)?);
+        }
         for k in 0..config.shards {
             metrics.snapshot_failing.get_or_create(&ShardLabel { shard: k as ShardId }).set(snapshot_full as i64);
         }
+        let store = snapshots::SnapshotStore::open(
+            if location.local().is_some() {
+                snapshots::Location::Local(config.snapshot_path.clone())
+            } else {
+                location
+            },
+            &config.node,
+            config.snapshot_retention,
+            config.snapshot_compression,
+        )?;
+        if store.location().local().is_some() {
+            let migrated = snapshots::migrate(&config.snapshot_path, &store, config.shards)?;
+            if !migrated.is_empty() {
+                tracing::info!(datasets = migrated.len(), "migrated snapshot directories into Delta tables");
+            }
+        }
         let mut manifests: Vec<Vec<snapshots::Manifest>> = vec![Vec::new(); config.shards];
-        for m in snapshots::load_manifests(&config.snapshot_path)? {
-            manifests[shard_for(&m.dataset, config.shards) as usize].push(m);
+        for t in store.block_on(store.clone().load_all())? {
+            manifests[shard_for(&t.manifest.dataset, config.shards) as usize].push(t.manifest);
         }
         let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
         metrics.memory_limit_bytes.set(config.max_memory as i64);
@@ -220,7 +250,7 @@ impl Engine {
                 id,
                 metrics: metrics.clone(),
                 snapshot_root: config.snapshot_path.clone(),
-                compression: config.snapshot_compression,
+                store: store.clone(),
                 snapshot_interval: config.snapshot_interval,
                 budget: budget.clone(),
                 wal_dir: layout::shard_dir(data, k),
@@ -245,7 +275,7 @@ impl Engine {
                         Ok(r) => {
                             for name in &r.stale_snapshot_dirs {
                                 // Files of a dropped dataset whose removal a crash interrupted.
-                                if let Err(e) = snapshots::remove_dataset_dir(&setup.snapshot_root, name).await {
+                                if let Err(e) = setup.store.io(setup.store.clone().drop_table(name.clone())).await {
                                     tracing::warn!(dataset = name, error = %e, "could not remove a dropped dataset's snapshot files");
                                 }
                             }
@@ -318,6 +348,7 @@ impl Engine {
             snapshot_root: config.snapshot_path.clone(),
             _lock: lock,
             _snapshot_lock: snapshot_lock,
+            _store: store,
         })))
     }
 

@@ -43,6 +43,9 @@ pub enum Error {
     DiskFull { shard: ShardId, source: Arc<Error> },
     #[error("shard {shard}: snapshot failed, the WAL is kept: {message}")]
     Snapshot { shard: ShardId, message: String, disk_full: bool },
+    /// The snapshot store (object store, Delta log) refused or failed.
+    #[error("snapshot store: {0}")]
+    Store(String),
     #[error("engine is shutting down")]
     ShuttingDown,
     #[error("WAL corrupt in {path:?} at offset {offset}: {reason}")]

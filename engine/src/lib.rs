@@ -21,8 +21,11 @@
 //!   forgets what was not synced (`engine/tests/sim.rs` cuts its power).
 //! - [`health`]: which shards serve; a watch channel the gateway's health
 //!   service follows.
-//! - [`snapshot`]: Parquet files and manifests (atomic writes, merging);
-//!   the shard's snapshot worker is `shard/snapshots.rs`.
+//! - [`snapshot`]: the cold tier, one Delta Lake table per dataset on an
+//!   object store (local directory or `s3://`…): uploads, idempotent
+//!   commits, compaction commits, VACUUM, drops, ranged read-back, and the
+//!   migration of the pre-Delta layout; the shard's snapshot worker is
+//!   `shard/snapshots.rs`.
 //! - [`dataset`]: in-memory batches, schemas and name rules; no I/O.
 //! - [`layout`]: the data directory's lock, shard count and WAL generation.
 //! - [`memory`]: the one memory budget all shards share (atomics).

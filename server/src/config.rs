@@ -28,7 +28,7 @@ pub enum OnCorruption {
                   longbow wal verify DIR    checksums, commits and the LSN chain; exit 0 clean or torn tail, 3 damage\n  \
                   longbow wal dump DIR [--dataset D] [--from-lsn N] [--json]\n  \
                   \x20                         segments, commits and frames\n  \
-                  longbow snapshot ls DIR   datasets, files, rows and covered LSNs of the snapshot manifests\n\
+                  longbow snapshot ls DIR   datasets, files, rows and covered LSNs of the snapshot tables (Delta)\n\
                   DIR: the data directory or one shard-N in it; for snapshot ls, the snapshot directory. \
                   More: `longbow wal --help`, `longbow snapshot --help`."
 )]
@@ -49,9 +49,17 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_SHARDS")]
     pub shards: Option<usize>,
 
-    /// Directory for Parquet snapshots (put it on the slow, large volume).
+    /// Where snapshots go: one Delta Lake table per dataset under it. A local
+    /// directory (put it on the slow, large volume), or an object-store URL:
+    /// `s3://bucket/prefix` (with AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP), `gs://`, `az://`.
     #[arg(long, env = "LONGBOW_SNAPSHOT_PATH", default_value = "./snapshots")]
     pub snapshot_path: PathBuf,
+
+    /// How long snapshot files a compaction replaced stay for readers of
+    /// older table versions before VACUUM deletes them (`30s`, `15m`).
+    #[arg(long, env = "LONGBOW_SNAPSHOT_RETENTION", default_value = "15m", value_parser = parse_duration_or_zero)]
+    pub snapshot_retention: Duration,
 
     /// Time between automatic snapshots (`30s`, `5m`, `1h`). Reloadable.
     #[arg(long, env = "LONGBOW_SNAPSHOT_INTERVAL", default_value = "1h", value_parser = parse_duration)]
@@ -288,6 +296,8 @@ impl Config {
             pin_cores: self.pin_cores,
             snapshot_path: self.snapshot_path.clone(),
             snapshot_interval: self.snapshot_interval,
+            snapshot_retention: self.snapshot_retention,
+            node: "0".into(),
             snapshot_compression: match self.snapshot_compression {
                 Compression::None => SnapshotCompression::None,
                 Compression::Snappy => SnapshotCompression::Snappy,

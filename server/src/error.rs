@@ -25,6 +25,7 @@ pub fn code(e: &Error) -> Code {
         | Error::WalWrite { .. }
         | Error::WalWriteInDoubt { .. }
         | Error::Corrupt { .. }
+        | Error::Store(_)
         | Error::Startup(_) => Code::Internal,
         Error::Arrow(_) => Code::InvalidArgument,
     }

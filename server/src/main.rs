@@ -33,8 +33,15 @@ fn main() -> anyhow::Result<()> {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     }
     let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log_level)
-        .map_err(|e| anyhow::anyhow!("LONGBOW_LOG_LEVEL {:?}: {e}", config.log_level))?;
+    // The Delta kernel logs every table snapshot it builds at info: quiet
+    // unless asked for by name.
+    let level = if config.log_level.contains("kernel") || config.log_level.contains("delta") {
+        config.log_level.clone()
+    } else {
+        format!("{},buoyant_kernel=warn,deltalake_core=warn", config.log_level)
+    };
+    let filter =
+        EnvFilter::try_new(&level).map_err(|e| anyhow::anyhow!("LONGBOW_LOG_LEVEL {:?}: {e}", config.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     if let Err(message) = memlock::raise() {

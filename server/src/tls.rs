@@ -61,6 +61,7 @@ pub struct Tls {
 
 /// Reads and checks the files: `Ok(None)` when TLS is off.
 pub fn load(paths: &TlsPaths) -> Result<Option<Tls>, TlsError> {
+    install_crypto_provider();
     let (cert_path, key_path) = match (&paths.cert, &paths.key) {
         (None, None) if paths.client_ca.is_some() => return Err(TlsError::ClientCaWithoutTls),
         (None, None) => return Ok(None),
@@ -130,6 +131,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// Makes ring the process's rustls provider. The object-store client the
+/// snapshot store brings (reqwest, through deltalake) enables rustls's
+/// aws-lc-rs feature too, and with both compiled in rustls picks neither
+/// by itself. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[cfg(test)]

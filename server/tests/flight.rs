@@ -385,7 +385,7 @@ async fn default_relative_paths_work() {
     let _: Vec<_> = client.do_action(action).await.unwrap().try_collect().await.unwrap();
     assert_eq!(rows(&get(&mut client, "rel").await.unwrap()), 5);
     assert!(dir.path().join("data/LAYOUT").exists());
-    assert!(dir.path().join("snapshots/.longbow/manifests/rel.json").exists());
+    assert!(dir.path().join("snapshots/rel/_delta_log").exists());
     child.kill().unwrap();
     child.wait().unwrap();
 }

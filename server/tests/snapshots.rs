@@ -45,9 +45,9 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
     assert!(text.contains("longbow_snapshot_duration_seconds_count"), "{text}");
     assert!(text.contains("longbow_snapshot_last_success_timestamp_seconds{shard=\"1\"}"), "{text}");
     assert!(report["wal_segments_deleted"].as_u64().unwrap() > 0, "covered segments are deleted: {report}");
-    let files = parquet_files(&snaps.join("vec"));
+    let files = table_files(&snaps, "vec");
     assert_eq!(files.len(), 1, "{files:?}");
-    assert!(snaps.join(".longbow/manifests/vec.json").exists());
+    assert!(snaps.join("vec/_delta_log").exists());
     let after = action(&mut client, "get_stats", "").await.unwrap();
     // Released: fewer segments; some kept as free files for new segments
     // (they count in wal_bytes, which does not grow).
@@ -60,7 +60,7 @@ async fn snapshots_cover_the_wal_and_restart_loads_both_without_doubles() {
     put(&mut client, "vec", second.clone()).await.unwrap();
     let report = action(&mut client, "force_snapshot", "vec").await.unwrap();
     assert_eq!(report["rows_written"], 500, "only the new rows: {report}");
-    assert_eq!(parquet_files(&snaps.join("vec")).len(), 2);
+    assert_eq!(table_files(&snaps, "vec").len(), 2);
 
     // A WAL tail after the snapshots, then a crash.
     let tail = batches(200_000, 3, 50);
@@ -196,11 +196,10 @@ async fn kill9_during_snapshots_loses_nothing() {
         server.kill9();
         let _ = snap.await;
         for f in parquet_files(&snaps.join("crash")) {
-            let manifest = std::fs::read_to_string(snaps.join(".longbow/manifests/crash.json")).unwrap_or_default();
-            // A visible file not in the manifest would be deleted at start;
-            // but it must still be a complete Parquet file.
+            // Uploads are staged under another name and renamed: a file
+            // with a Parquet name is complete, committed or not.
             let bytes = std::fs::read(snaps.join("crash").join(&f)).unwrap();
-            assert!(bytes.ends_with(b"PAR1"), "{f} is complete (manifest: {manifest})");
+            assert!(bytes.ends_with(b"PAR1"), "{f} is complete");
         }
     }
     let server = Server::start(&data, 2, &[]);
@@ -413,8 +412,11 @@ async fn four_producers_beyond_the_memory_limit_stay_within_the_rss_bound() {
     // Fixed: per shard glommio's DMA pool (32 MiB) and a Parquet row group
     // being encoded, plus what the allocator keeps of freed memory for its
     // 1 s purge delay at this rate (measured 214-253 MiB in all above the
-    // baseline here, 214 with a 10 ms delay).
-    let fixed = 200 << 20;
+    // baseline here, 214 with a 10 ms delay). Since snapshots go through
+    // the Delta store, encoding and uploads run on its own runtime's
+    // threads, whose allocator heaps keep freed memory as well: measured
+    // 417 MiB above the baseline (not yet explained further).
+    let fixed = 340 << 20;
     let bound = baseline + LIMIT + INFLIGHT + PRODUCERS * per_connection + fixed;
     eprintln!(
         "RSS peak {} MiB above a baseline of {} MiB; bound {} MiB",
@@ -452,7 +454,7 @@ async fn small_snapshot_files_are_compacted_without_changing_the_data() {
         written.extend(b);
         action(&mut client, "force_snapshot", "often").await.unwrap();
     }
-    let files = parquet_files(&snaps.join("often"));
+    let files = table_files(&snaps, "often");
     assert!(files.len() < 12, "small files were merged: {files:?}");
     let text = server.metrics_text().await;
     assert!(
@@ -464,49 +466,37 @@ async fn small_snapshot_files_are_compacted_without_changing_the_data() {
     server.kill9();
     let server = Server::start(&data, 1, &[]);
     assert_eq!(concat(&get(&mut server.client().await, "often").await.unwrap()), concat(&written));
-    assert_eq!(parquet_files(&snaps.join("often")), files, "the manifest's files, nothing else");
+    assert_eq!(table_files(&snaps, "often"), files, "the table's files, nothing else");
     server.terminate();
 }
 
-/// A first snapshot interrupted between its Parquet file and its manifest
-/// leaves a complete-looking file that no manifest lists: the WAL still
-/// holds those rows, so the file goes at the next start (outside readers
-/// globbing the directory would otherwise count the rows twice).
+/// A snapshot interrupted between its upload and its commit leaves a
+/// complete-looking file that no table version lists: the WAL still holds
+/// those rows, Delta readers never see the file, and the start's VACUUM
+/// deletes it once older than the retention period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_no_manifest_lists_are_deleted_at_start() {
+async fn files_no_commit_lists_are_never_read_and_vacuumed_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let snaps = dir.path().join("snapshots");
-    let server = Server::start(&data, 1, &[]);
+    let args = ["--snapshot-retention", "0s"];
+    let server = Server::start(&data, 1, &args);
     let mut client = server.client().await;
     let written = batches(0, 5, 100);
     put(&mut client, "first", written.clone()).await.unwrap();
     put(&mut client, "second", written.clone()).await.unwrap();
     action(&mut client, "force_snapshot", "second").await.unwrap();
     server.kill9();
-    // As if the crash came after the rename of "first"'s file, before its
-    // manifest; and a merge of "second" cut short the same way.
-    std::fs::create_dir_all(snaps.join("first")).unwrap();
-    let second = parquet_files(&snaps.join("second"));
-    for (ds, name) in [("first", "part-00000000000000000009.parquet"), ("second", "part-1-9.parquet")] {
-        std::fs::copy(snaps.join("second").join(&second[0]), snaps.join(ds).join(name)).unwrap();
-    }
-    let server = Server::start(&data, 1, &[]);
-    assert!(parquet_files(&snaps.join("first")).is_empty());
-    assert_eq!(parquet_files(&snaps.join("second")), second);
+    // As if the crash came after an upload of "second", before its commit.
+    let second = table_files(&snaps, "second");
+    let stray = "part-00000000000000000001-00000000000000000009.parquet";
+    std::fs::copy(snaps.join("second").join(&second[0]), snaps.join("second").join(stray)).unwrap();
+    let server = Server::start(&data, 1, &args);
+    assert_eq!(table_files(&snaps, "second"), second);
+    assert!(!snaps.join("second").join(stray).exists(), "vacuumed at start");
     let mut client = server.client().await;
     for ds in ["first", "second"] {
         assert_eq!(concat(&get(&mut client, ds).await.unwrap()), concat(&written), "{ds}: once each");
     }
-    server.kill9();
-    // A merge whose manifest was durable when the crash came, before its
-    // file was renamed into place: the next start finishes the rename.
-    let tmp = snaps.join(".longbow/tmp").join(format!("second.{}.tmp", second[0]));
-    std::fs::rename(snaps.join("second").join(&second[0]), &tmp).unwrap();
-    let server = Server::start(&data, 1, &[]);
-    assert_eq!(parquet_files(&snaps.join("second")), second, "rolled forward");
-    assert!(!tmp.exists());
-    let mut client = server.client().await;
-    assert_eq!(concat(&get(&mut client, "second").await.unwrap()), concat(&written));
     server.terminate();
 }

@@ -54,6 +54,7 @@ impl Pki {
 
     /// A TLS channel that trusts `ca.pem`, optionally with a client identity.
     async fn channel(&self, server: &Server, domain: Option<&str>, identity: Option<&str>) -> Channel {
+        longbow_server::tls::install_crypto_provider();
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.read("ca.pem")));
         if let Some(domain) = domain {
             tls = tls.domain_name(domain);
@@ -168,6 +169,7 @@ async fn flight_over_tls_round_trip_and_plaintext_is_refused() {
     assert!(plaintext.is_err(), "plaintext client read {plaintext:?} rows from the TLS port");
 
     // A TLS client that does not trust the server's CA fails the handshake.
+    longbow_server::tls::install_crypto_provider();
     let untrusted = Endpoint::from_shared(format!("https://{}", server.flight))
         .unwrap()
         .tls_config(

@@ -339,7 +339,7 @@ async fn stale_frames_of_a_recycled_segment_after_the_log_are_not_damage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_ls_shows_the_datasets_files_of_the_manifests() {
+async fn snapshot_ls_shows_the_datasets_files_of_the_tables() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let snapshots = dir.path().join("snapshots");
@@ -351,9 +351,9 @@ async fn snapshot_ls_shows_the_datasets_files_of_the_manifests() {
     action(&mut client, "force_snapshot", "").await.unwrap();
     server.kill9();
 
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(snapshots.join(".longbow/manifests/snap.json")).unwrap()).unwrap();
-    let file = manifest["files"][0]["name"].as_str().unwrap().to_owned();
+    let files = table_files(&snapshots, "snap");
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = files[0].clone();
     assert!(snapshots.join("snap").join(&file).exists());
 
     let run = longbow(&["snapshot", "ls"], Some(&snapshots));
@@ -364,7 +364,7 @@ async fn snapshot_ls_shows_the_datasets_files_of_the_manifests() {
     let ds = json.iter().find(|e| e["type"] == "dataset").unwrap();
     assert_eq!(ds["dataset"], "snap");
     assert_eq!(ds["rows"], 157);
-    assert_eq!(ds["covered_lsn"], manifest["covered_lsn"]);
+    assert!(ds["covered_lsn"].as_u64().unwrap() >= 3, "{ds}");
     assert_eq!(ds["producers"], 1);
     assert_eq!(ds["files"][0]["name"], file.as_str());
     assert_eq!(ds["files"][0]["bytes"], std::fs::metadata(snapshots.join("snap").join(&file)).unwrap().len());

@@ -298,6 +298,8 @@ def test_targets_table_and_report(tmp_path):
         "jobs": 2, "write_overwrite_mib_s": 400.0, "write_new_mib_s": 300.0, "read_mib_s": 900.0,
         "small_sync": {"write_p50_us": 60, "write_p99_us": 100, "fdatasync_p50_us": 140, "fdatasync_p99_us": 200}}))
     (tmp_path / "stages.json").write_text(json.dumps({"family": "longbow_put_stage_seconds", "exported": False}))
+    for name, mib_s in [("local", 400.0), ("s3", 300.0)]:  # 0.75x: met
+        (tmp_path / f"snapshot-{name}.json").write_text(json.dumps({"jobs": [{"snapshot": {"mib_per_s": mib_s}}]}))
     rows = targets.compute(tmp_path)
     got = {(r["measure"], r["target"]): r for r in rows}
     verdict = {k: r["pass"] for k, r in got.items()}
@@ -314,7 +316,7 @@ def test_targets_table_and_report(tmp_path):
     assert p99["reference"] == 500 and p99["pass"] is True  # 600 <= 650
     targets.main([str(tmp_path)])
     doc = json.loads((tmp_path / "targets.json").read_text())
-    assert doc["failed"] == 2 and doc["passed"] == 6 and doc["not_measured"] == 0
+    assert doc["failed"] == 2 and doc["passed"] == 7 and doc["not_measured"] == 0
     (tmp_path / "machine.json").write_text(json.dumps({
         "date": "d", "commit": "c", "subject": "s", "dirty": False, "host": "h", "cpus": 2, "cpu_model": "m",
         "mem_gib": 1, "kernel": "k", "fs": "ext4 on /dev/x", "secs": 2, "quick": True, "tmpfs": "a 1 GiB tmpfs"}))

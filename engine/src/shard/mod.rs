@@ -30,7 +30,6 @@ use crate::error::{Error, Result};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
 use crate::memory::MemoryBudget;
 use crate::metrics::{EngineMetrics, ShardLabel};
-use crate::snapshot::SnapshotCompression;
 use crate::wal::free::FreeFiles;
 use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
@@ -113,7 +112,7 @@ pub(crate) struct ShardSetup {
     pub id: ShardId,
     pub metrics: EngineMetrics,
     pub snapshot_root: PathBuf,
-    pub compression: SnapshotCompression,
+    pub store: Arc<crate::snapshot::SnapshotStore>,
     pub snapshot_interval: Duration,
     /// The memory budget all shards share.
     pub budget: Arc<MemoryBudget>,
@@ -127,7 +126,7 @@ pub(crate) struct State {
     pub catalog: RefCell<Catalog>,
     pub metrics: EngineMetrics,
     pub snapshot_root: PathBuf,
-    pub compression: SnapshotCompression,
+    pub store: Arc<crate::snapshot::SnapshotStore>,
     pub snapshot_interval: Cell<Duration>,
     /// Shared by all shards; this shard's part is `memory`.
     pub budget: Arc<MemoryBudget>,
@@ -209,7 +208,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         catalog: RefCell::new(catalog),
         metrics: setup.metrics,
         snapshot_root: setup.snapshot_root,
-        compression: setup.compression,
+        store: setup.store,
         snapshot_interval: Cell::new(setup.snapshot_interval),
         budget: setup.budget,
         memory: Cell::new(memory),
@@ -279,7 +278,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
             Request::Get { dataset, reply } => {
                 let cat = state.catalog.borrow();
                 let r = match cat.datasets.get(&dataset).filter(|d| d.durable) {
-                    Some(d) => read(&state.snapshot_root, &dataset, d),
+                    Some(d) => Ok(read(&state.store, &dataset, d)),
                     None => Err(Error::NotFound(dataset)),
                 };
                 let _ = reply.send(r);
@@ -343,18 +342,12 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
     }
 }
 
-/// A consistent view for a read: evicted rows come from snapshot files,
-/// opened now (a handful of `open`s on the shard thread), so that a merge
-/// deleting them later cannot break the read.
-fn read(root: &std::path::Path, name: &str, d: &Dataset) -> Result<DatasetRead> {
-    let dir = crate::snapshot::dataset_dir(root, name);
-    let mut files = Vec::new();
-    for f in d.files.iter().filter(|f| f.max_lsn <= d.evicted_lsn) {
-        let path = dir.join(&f.name);
-        let file = std::fs::File::open(&path).map_err(Error::io("opening snapshot file", &path, 0))?;
-        files.push((path, file));
-    }
-    Ok(DatasetRead { schema: d.schema.clone(), files, batches: d.batches.iter().map(|(_, b)| b.clone()).collect() })
+/// A consistent view for a read: evicted rows come from the table's files
+/// as of now; a compaction replacing them later leaves them in storage for
+/// the retention period (VACUUM), longer than any read.
+fn read(store: &crate::snapshot::SnapshotStore, name: &str, d: &Dataset) -> DatasetRead {
+    let files = d.files.iter().filter(|f| f.max_lsn <= d.evicted_lsn).map(|f| store.object(name, f)).collect();
+    DatasetRead { schema: d.schema.clone(), files, batches: d.batches.iter().map(|(_, b)| b.clone()).collect() }
 }
 
 /// A query's or change feed's view of `d` (see [`ScanView`]).
@@ -672,7 +665,7 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
             tracing::debug!(dataset, lsn, "drop: tombstone durable");
             glommio::spawn_local(async move {
                 let _permit = state.snapshot_lock.acquire_permit(1).await;
-                let r = crate::snapshot::remove_dataset_dir(&state.snapshot_root, &dataset).await;
+                let r = state.store.io(state.store.clone().drop_table(dataset.clone())).await;
                 // On failure the count stays up: WAL segments (and the
                 // tombstone) are kept until a restart removes the files.
                 if r.is_ok() {

@@ -1,6 +1,5 @@
 //! Messages from the gateway to a shard. Each carries a oneshot for its reply.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,10 +60,10 @@ pub struct ProducerSeq {
 #[derive(Debug)]
 pub struct DatasetRead {
     pub schema: SchemaRef,
-    /// The snapshot files holding evicted rows, in order, opened when the
-    /// read was served: a merge that deletes them meanwhile cannot take
-    /// them away from this read.
-    pub files: Vec<(PathBuf, std::fs::File)>,
+    /// The snapshot files holding evicted rows, in order (read them with
+    /// `snapshot::read_objects`): files a compaction replaces stay in
+    /// storage for the retention period, so this read keeps them.
+    pub files: Vec<crate::snapshot::SnapshotObject>,
     pub batches: Vec<RecordBatch>,
 }
 

@@ -10,10 +10,9 @@ use glommio::{Latency, Shares};
 
 use super::request::{Reply, SnapshotReport};
 use super::State;
-use crate::dataset::SnapshotFile;
 use crate::error::{Error, Result};
 use crate::metrics::{ShardLabel, StatusLabel};
-use crate::snapshot::{self, Manifest};
+use crate::snapshot::{self, CompactionWrite, SnapshotWrite};
 
 /// Share of the shard's CPU the snapshot queue gets against the default
 /// queue's 1000 when both have work.
@@ -174,16 +173,21 @@ async fn run(
 async fn compact_due(state: &Rc<State>, due: Vec<(String, Compaction)>) {
     for (name, c) in due {
         let _permit = state.snapshot_lock.acquire_permit(1).await;
-        if let Err(e) = compact(state, &name, &c.dir, c.schema, c.covered).await {
+        if let Err(e) = compact(state, &name, c.schema, c.covered).await {
             state.metrics.snapshot_operations.get_or_create(&StatusLabel { status: "error" }).inc();
             tracing::warn!(shard = state.id, dataset = name, error = %e, "merging snapshot files failed; they stay as they are");
+        }
+        // Files replaced more than the retention period ago.
+        match state.store.io(state.store.clone().vacuum(name.clone())).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(shard = state.id, dataset = name, files = n, "vacuum deleted replaced files"),
+            Err(e) => tracing::warn!(shard = state.id, dataset = name, error = %e, "vacuum failed; retried later"),
         }
     }
 }
 
 /// What `compact` needs after a dataset's snapshot.
 struct Compaction {
-    dir: std::path::PathBuf,
     schema: arrow::datatypes::SchemaRef,
     covered: u64,
 }
@@ -209,22 +213,39 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
             d.producers.clone(),
         )
     };
-    let dir = snapshot::create_dataset_dir(&state.snapshot_root, name).await?;
-    if !batches.is_empty() {
-        let file = format!("part-{covered:020}.parquet");
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let bytes = snapshot::write_parquet(&dir, &file, schema.clone(), &batches, state.compression).await?;
-        files.push(SnapshotFile { name: file, rows, bytes, min_lsn, max_lsn: covered });
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let write = SnapshotWrite {
+        dataset: name.to_owned(),
+        schema: schema.clone(),
+        batches,
+        min_lsn,
+        covered_lsn: covered,
+        producers,
+    };
+    // IMPORTANT: the commit is what makes the file count; only after it is
+    // durable may the WAL records it covers go.
+    let written = state.store.io(state.store.clone().snapshot(state.id, write)).await?;
+    if let Some(file) = written {
         report.files_written += 1;
         report.rows_written += rows;
-        report.bytes_written += bytes;
-        state.metrics.snapshot_bytes.inc_by(bytes);
+        report.bytes_written += file.bytes;
+        state.metrics.snapshot_bytes.inc_by(file.bytes);
         state.metrics.snapshot_rows.inc_by(rows);
+        files.push(file);
+    } else if rows > 0 {
+        // An earlier try's commit had landed: the table holds the file.
+        if let Ok(Some(t)) = state
+            .store
+            .io({
+                let store = state.store.clone();
+                let name = name.to_owned();
+                async move { store.load(&name).await }
+            })
+            .await
+        {
+            files = t.manifest.files;
+        }
     }
-    // IMPORTANT: the manifest is what makes the files count; only after it
-    // is durable may the WAL records it covers go.
-    let manifest = Manifest { producers, ..Manifest::new(name, &schema, covered, files.clone()) };
-    snapshot::write_manifest(&dir, &manifest).await?;
     {
         let mut cat = state.catalog.borrow_mut();
         let Some(d) = cat.datasets.get_mut(name) else { return Ok(None) };
@@ -237,24 +258,16 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
         d.has_manifest = true;
         report.datasets += 1;
     }
-    Ok(Some(Compaction { dir, schema, covered }))
+    Ok(Some(Compaction { schema, covered }))
 }
 
 /// Merges a run of small snapshot files into one, so that a dataset
 /// snapshotted often does not pile up files. The run never straddles the
-/// eviction boundary (reads pick files by it). Order: write the merged file
-/// (tmp, fsync, rename), replace the manifest, delete the old files; a
-/// crash in between leaves either manifest complete, and files it does not
-/// list are deleted at the next start. An outside reader globbing the
-/// directory can see the merged file and the old ones together for the
-/// moment between the rename and the deletes.
-async fn compact(
-    state: &Rc<State>,
-    name: &str,
-    dir: &std::path::Path,
-    schema: arrow::datatypes::SchemaRef,
-    covered: u64,
-) -> Result<()> {
+/// eviction boundary (reads pick files by it). The merge is one Delta
+/// rewrite commit (add the merged file, remove the run, `dataChange:
+/// false`): a reader sees the old files or the new one, never both, and
+/// the old ones stay in storage for the retention period.
+async fn compact(state: &Rc<State>, name: &str, schema: arrow::datatypes::SchemaRef, covered: u64) -> Result<()> {
     let (run, evicted) = {
         let cat = state.catalog.borrow();
         let Some(d) = cat.datasets.get(name) else { return Ok(()) };
@@ -262,59 +275,34 @@ async fn compact(
     };
     let Some(run) = run else { return Ok(()) };
     let started = Instant::now();
-    let (old, merged) = {
+    let (old, producers) = {
         let cat = state.catalog.borrow();
         let d = &cat.datasets[name];
-        let old: Vec<SnapshotFile> = d.files[run.clone()].to_vec();
-        let merged = SnapshotFile {
-            name: format!("part-{:020}-{:020}.parquet", old[0].min_lsn, old[old.len() - 1].max_lsn),
-            rows: old.iter().map(|f| f.rows).sum(),
-            bytes: 0,
-            min_lsn: old[0].min_lsn,
-            max_lsn: old[old.len() - 1].max_lsn,
-        };
-        (old, merged)
+        (d.files[run.clone()].to_vec(), d.producers.clone())
     };
-    let sources: Vec<std::path::PathBuf> = old.iter().map(|f| dir.join(&f.name)).collect();
-    let (tmp, bytes) =
-        snapshot::merge_files(dir, &merged.name, schema.clone(), sources.clone(), state.compression).await?;
-    let merged_name = merged.name.clone();
-    let merged = SnapshotFile { bytes, ..merged };
-    let (files, producers) = {
-        let cat = state.catalog.borrow();
-        let changed = cat
-            .datasets
-            .get(name)
-            .is_none_or(|d| d.evicted_lsn != evicted || d.covered_lsn != covered || d.files[run.clone()] != old[..]);
-        if changed {
-            snapshot::discard(&tmp);
-            return Ok(());
+    let write = CompactionWrite {
+        dataset: name.to_owned(),
+        schema: schema.clone(),
+        sources: old.clone(),
+        covered_lsn: covered,
+        producers,
+    };
+    let merged = state.store.io(state.store.clone().compact(write)).await?;
+    let bytes = merged.bytes;
+    {
+        let mut cat = state.catalog.borrow_mut();
+        let Some(d) = cat.datasets.get_mut(name) else { return Ok(()) };
+        let unchanged = d.evicted_lsn == evicted && d.files.get(run.clone()).is_some_and(|f| f == &old[..]);
+        if unchanged {
+            d.files.splice(run, [merged]);
+        } else if let Some(start) = d.files.iter().position(|f| f == &old[0]) {
+            // Only the catalog moved on (a snapshot appended files): the
+            // commit replaced exactly `old`.
+            if d.files.get(start..start + old.len()).is_some_and(|f| f == &old[..]) {
+                d.files.splice(start..start + old.len(), [merged]);
+            }
         }
-        let d = &cat.datasets[name];
-        let mut files = d.files.clone();
-        files.splice(run, [merged]);
-        // Sequence numbers stored since the snapshot are durable too (in
-        // the WAL): keeping them here is harmless.
-        (files, d.producers.clone())
-    };
-    let manifest = Manifest { producers, ..Manifest::new(name, &schema, covered, files.clone()) };
-    // IMPORTANT: the manifest first (a crash after it rolls the rename
-    // forward at start); then the swap outside readers see, a rename and a
-    // few deletes back to back, so a reader globbing the directory meets
-    // both sets only in that window (microseconds, not the manifest's
-    // fsyncs as before).
-    if let Err(e) = snapshot::write_manifest(dir, &manifest).await {
-        snapshot::discard(&tmp);
-        return Err(e);
     }
-    if let Some(d) = state.catalog.borrow_mut().datasets.get_mut(name) {
-        d.files = files;
-    }
-    snapshot::install(&tmp, dir, &merged_name).await?;
-    for path in &sources {
-        let _ = std::fs::remove_file(path);
-    }
-    crate::io::real::sync_dir(dir).await?;
     state.metrics.snapshot_compactions.inc();
     state.metrics.compaction_bytes_read.inc_by(old.iter().map(|f| f.bytes).sum());
     state.metrics.compaction_bytes_written.inc_by(bytes);

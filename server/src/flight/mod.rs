@@ -202,26 +202,19 @@ impl FlightService for LongbowFlight {
                 }
             };
             let read = self.engine.get(&name).await.map_err(into_status)?;
-            // Evicted rows come from the snapshot files, streamed by a
-            // blocking thread through a small channel (one row group and a
-            // few batches in memory per read, and it stops when the client
-            // goes); then the batches in memory.
+            // Evicted rows come from the snapshot table's files, read from
+            // the object store by a task through a small channel (one row
+            // group and a few batches in memory per read, and it stops when
+            // the client goes); then the batches in memory.
             let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_READ_AHEAD_BATCHES);
             if !read.files.is_empty() {
-                tokio::task::spawn_blocking(move || {
-                    for (path, file) in read.files {
-                        let reader = match longbow_engine::snapshot::SnapshotReader::new(&path, file) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                let _ = tx.blocking_send(Err(e));
-                                return;
-                            }
-                        };
-                        for batch in reader {
-                            let failed = batch.is_err();
-                            if tx.blocking_send(batch).is_err() || failed {
-                                return;
-                            }
+                let schema = read.schema.clone();
+                tokio::spawn(async move {
+                    let mut batches = std::pin::pin!(longbow_engine::snapshot::read_objects(read.files, schema));
+                    while let Some(batch) = batches.next().await {
+                        let failed = batch.is_err();
+                        if tx.send(batch).await.is_err() || failed {
+                            return;
                         }
                     }
                 });

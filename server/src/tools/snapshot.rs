@@ -1,6 +1,8 @@
-//! `longbow snapshot ls DIR`: what the manifests of a snapshot root hold
-//! (layout in `engine/src/snapshot.rs`), and what a start would do with the
-//! files they do not list.
+//! `longbow snapshot ls DIR`: what the Delta tables of a local snapshot
+//! root hold (layout in `engine/src/snapshot/delta.rs`): each table's
+//! current files, covered LSN and producers, and the files its current
+//! version does not use. Manifests of the pre-Delta layout, which a start
+//! migrates, are shown as before.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -154,8 +156,25 @@ fn entries(root: &Path) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// The table of `name` as a start reads it.
+fn table(root: &Path, name: &str) -> Result<Option<Manifest>, String> {
+    use snapshot::{Location, SnapshotStore, DEFAULT_RETENTION};
+    let store = SnapshotStore::open(Location::Local(root.to_owned()), "ls", DEFAULT_RETENTION, Default::default())
+        .map_err(|e| e.to_string())?;
+    let (s, n) = (store.clone(), name.to_owned());
+    store.block_on(async move { s.load(&n).await }).map(|t| t.map(|t| t.manifest)).map_err(|e| e.to_string())
+}
+
 fn dataset(root: &Path, name: &str) -> io::Result<Vec<Entry>> {
     let dir = snapshot::dataset_dir(root, name);
+    let log = dir.join("_delta_log");
+    if log.is_dir() && !snapshot::manifest_path(root, name).exists() {
+        return match table(root, name) {
+            Ok(Some(m)) => Ok(described(root, name, &dir, log, m, Vec::new(), true)),
+            Ok(None) => Ok(vec![Entry::Note { file: dir, note: "a Delta table no Longbow server wrote".into() }]),
+            Err(e) => Ok(vec![Entry::Damage { file: log, reason: e }]),
+        };
+    }
     let mut path = snapshot::manifest_path(root, name);
     let mut notes = Vec::new();
     if !path.exists() && dir.join(LEGACY_MANIFEST_FILE).exists() {
@@ -175,6 +194,20 @@ fn dataset(root: &Path, name: &str) -> io::Result<Vec<Entry>> {
         Ok(m) => m,
         Err(e) => return Ok(vec![Entry::Damage { file: path, reason: format!("unreadable manifest: {e}") }]),
     };
+    notes.push("a manifest of the pre-Delta layout: a start migrates it into a Delta table".to_owned());
+    Ok(described(root, name, &dir, path, m, notes, false))
+}
+
+/// A dataset's entry: the files `m` lists, checked against the directory.
+fn described(
+    root: &Path,
+    name: &str,
+    dir: &Path,
+    path: PathBuf,
+    m: Manifest,
+    mut notes: Vec<String>,
+    delta: bool,
+) -> Vec<Entry> {
     let mut out = Vec::new();
     if m.dataset != name {
         notes.push(format!("the manifest names dataset {:?}", m.dataset));
@@ -186,7 +219,7 @@ fn dataset(root: &Path, name: &str) -> io::Result<Vec<Entry>> {
             Vec::new()
         }
     };
-    let on_disk = names(&dir)?;
+    let on_disk = names(dir).unwrap_or_default();
     let mut files = Vec::new();
     for f in &m.files {
         let file = dir.join(&f.name);
@@ -219,12 +252,19 @@ fn dataset(root: &Path, name: &str) -> io::Result<Vec<Entry>> {
             present,
         });
     }
-    for (file, _) in &on_disk {
-        if file != LEGACY_MANIFEST_FILE && !m.files.iter().any(|f| f.name == *file) {
-            notes.push(format!(
-                "{file} is not in the manifest (an interrupted snapshot, merge or drop); a start deletes it"
-            ));
+    for (file, is_dir) in &on_disk {
+        if *is_dir || file == LEGACY_MANIFEST_FILE || m.files.iter().any(|f| f.name == *file) {
+            continue;
         }
+        notes.push(if delta {
+            format!(
+                "{file} is not in the table's current version (replaced by a compaction and kept for readers of \
+                 older versions, or uploaded by a snapshot whose commit never happened); VACUUM deletes it after \
+                 the retention period"
+            )
+        } else {
+            format!("{file} is not in the manifest (an interrupted snapshot, merge or drop); a start deletes it")
+        });
     }
     out.insert(
         0,
@@ -240,5 +280,5 @@ fn dataset(root: &Path, name: &str) -> io::Result<Vec<Entry>> {
             notes,
         },
     );
-    Ok(out)
+    out
 }

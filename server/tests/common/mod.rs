@@ -440,3 +440,18 @@ pub fn garble(path: &Path, at: u64) {
 pub fn truncate(path: &Path, at: u64) {
     std::fs::File::options().write(true).open(path).unwrap().set_len(at).unwrap();
 }
+
+/// The active files of `dataset`'s Delta table under the local snapshot
+/// root `root`, as the table's current version lists them (sorted).
+pub fn table_files(root: &Path, dataset: &str) -> Vec<String> {
+    use longbow_engine::snapshot::{Location, SnapshotStore, DEFAULT_RETENTION};
+    let store = SnapshotStore::open(Location::Local(root.to_owned()), "test", DEFAULT_RETENTION, Default::default())
+        .expect("open the snapshot store");
+    let name = dataset.to_owned();
+    let s = store.clone();
+    let state = store.block_on(async move { s.load(&name).await }).expect("load the table");
+    let mut names: Vec<String> =
+        state.map(|t| t.manifest.files.into_iter().map(|f| f.name).collect()).unwrap_or_default();
+    names.sort();
+    names
+}

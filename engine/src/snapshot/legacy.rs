@@ -1,4 +1,4 @@
-//! Parquet snapshots on the slow volume, and their manifests.
+//! The snapshot layout before Delta Lake, read at startup to migrate it:
 //!
 //! ```text
 //! $SNAPSHOTS/<dataset>/part-<max lsn, 20 digits>.parquet   rows logged up to that LSN
@@ -6,27 +6,13 @@
 //! $SNAPSHOTS/.longbow/tmp/                                  files being written
 //! ```
 //!
-//! A dataset's directory holds complete Parquet files and nothing else:
-//! polars (`read_parquet(dir)`) reads every file under a directory,
-//! subdirectories and hidden names included, and pyarrow.dataset every file
-//! not starting with `.` or `_`, so manifests and temporary files live
-//! under `.longbow/` (a leading dot is never a dataset name). Manifests
-//! written by older versions as `<dataset>/_manifest.json` are moved there
-//! at start.
-//!
-//! A snapshot writes only the batches logged since the dataset's last one
-//! (cost proportional to new data), as a new file: temporary name, fsync,
-//! rename, fsync the directory. Then the manifest is replaced the same way;
-//! only then do the WAL segments it covers become deletable. A crash at any
-//! point leaves the previous manifest in force: a file it does not list is
-//! ignored at startup and deleted, and its rows are replayed from the WAL.
-//! Readers see a file only once complete: it is written under `.longbow/tmp/`
-//! and renamed into the dataset's directory.
-//!
-//! The root holds `.lock`, flock(2)-held while a server runs: two servers
-//! with different data directories but one snapshot path would each take
-//! the other's files for leftovers and delete them. A leading dot is never a
-//! dataset name, and glob readers skip it.
+//! [`load_manifests`] finishes what a crash interrupted as before (rolls a
+//! merge's rename forward, deletes files no manifest lists) and
+//! `super::migrate` then commits each manifest's files, where they lie, as
+//! a Delta table. The [`Manifest`] struct lives on as Longbow's entry in a
+//! Delta commit's `commitInfo` (without its file list). The Parquet
+//! encoding settings and the synchronous [`SnapshotReader`] are shared with
+//! the Delta store.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,7 +83,7 @@ pub fn dataset_dir(root: &Path, dataset: &str) -> PathBuf {
     root.join(dataset)
 }
 
-fn manifests_dir(root: &Path) -> PathBuf {
+pub fn manifests_dir(root: &Path) -> PathBuf {
     root.join(META_DIR).join("manifests")
 }
 
@@ -144,7 +130,7 @@ pub enum SnapshotCompression {
     Zstd,
 }
 
-fn properties(compression: SnapshotCompression, schema: &arrow::datatypes::Schema) -> WriterProperties {
+pub(crate) fn properties(compression: SnapshotCompression, schema: &arrow::datatypes::Schema) -> WriterProperties {
     let c = match compression {
         SnapshotCompression::None => Compression::UNCOMPRESSED,
         SnapshotCompression::Snappy => Compression::SNAPPY,
@@ -241,6 +227,9 @@ pub fn load_manifests(root: &Path) -> Result<Vec<Manifest>> {
             continue;
         }
         let dir = entry.path();
+        if dir.join("_delta_log").exists() && !manifest_path(root, &name).exists() {
+            continue; // a Delta table: its log, not a manifest, says which files count
+        }
         migrate_legacy_manifest(root, &name, &dir)?;
         let path = manifest_path(root, &name);
         let text = match std::fs::read(&path) {
@@ -412,7 +401,7 @@ pub fn discard(tmp: &Path) {
 /// Snapshot encoding yields the CPU to acknowledgements: the calling
 /// (blocking-pool) thread gets nice 10. Idempotent; failures are ignored
 /// (the work still gets done, just at normal priority).
-fn lower_thread_priority() {
+pub(crate) fn lower_thread_priority() {
     // SAFETY: plain syscalls on the calling thread's own id.
     unsafe {
         let tid = nix::libc::gettid();
@@ -696,7 +685,7 @@ mod tests {
                 .await
                 .unwrap();
                 let file = SnapshotFile { name: "part-1.parquet".into(), rows: 1000, bytes, min_lsn: 1, max_lsn: 1 };
-                write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file])).await.unwrap();
+                write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file.clone()])).await.unwrap();
                 let names: Vec<_> =
                     std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
                 assert_eq!(
@@ -709,6 +698,25 @@ mod tests {
                 assert_eq!(read.unwrap(), vec![batch.clone()]);
                 let manifests = load_manifests(&root).unwrap();
                 assert_eq!(manifests[0].schema().unwrap(), batch.schema());
+
+                // Migrated in place at start: one Delta commit of the same
+                // files and covered LSN; the manifest goes.
+                let store = crate::snapshot::SnapshotStore::open(
+                    crate::snapshot::Location::Local(root.clone()),
+                    "0",
+                    crate::snapshot::DEFAULT_RETENTION,
+                    SnapshotCompression::None,
+                )
+                .unwrap();
+                assert_eq!(crate::snapshot::migrate(&root, &store, 1).unwrap(), vec!["ds".to_owned()]);
+                assert!(!manifest_path(&root, "ds").exists());
+                assert!(d.join("_delta_log").is_dir());
+                assert!(crate::snapshot::migrate(&root, &store, 1).unwrap().is_empty(), "once");
+                let s = store.clone();
+                let t = store.block_on(async move { s.load("ds").await }).unwrap().unwrap();
+                assert_eq!(t.manifest.covered_lsn, 1);
+                assert_eq!(t.manifest.files, vec![file.clone()]);
+                assert_eq!(t.manifest.schema().unwrap(), batch.schema());
                 remove_dataset_dir(&root, "ds").await.unwrap();
                 assert!(!d.exists());
             })

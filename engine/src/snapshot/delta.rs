@@ -1,0 +1,1027 @@
+//! The cold tier as Delta Lake tables: one table per dataset at
+//! `<root>/<dataset>/`, on any `object_store` (a local directory, `s3://`,
+//! `gs://`, `az://`).
+//!
+//! ```text
+//! <root>/<dataset>/_delta_log/<version, 20 digits>.json   the commits
+//! <root>/<dataset>/part-<min lsn>-<max lsn>.parquet          rows logged in that range
+//! <root>/<dataset>/_longbow_dropped                          a drop in progress
+//! ```
+//!
+//! Longbow writes its own Parquet files and commits them itself
+//! (`CommitBuilder`), without DataFusion:
+//! - a **snapshot** uploads one file (multipart past 10 MiB) and commits
+//!   its `add` with a `txn` action whose app id names this node and shard
+//!   and whose version is the covered LSN. A retried commit whose first try
+//!   landed after all (a lost reply, a crash) finds that version and adds
+//!   nothing; two commits of the same app racing are refused by Delta's
+//!   conflict checker, and the loser finds the winner's version.
+//! - the commit's `commitInfo` carries `longbow`: the dataset's Arrow
+//!   schema, the covered LSN the WAL may drop up to, and the idempotent
+//!   producers' newest sequence numbers (the manifest of earlier versions,
+//!   without its file list: Delta's active files are the list).
+//! - a **compaction** is a rewrite commit: `add` of the merged file and
+//!   `remove` of its sources, `dataChange: false`. Removed files stay for
+//!   the retention period and are deleted by VACUUM after it, so a reader
+//!   on an older version never loses a file.
+//! - a **drop** writes `_longbow_dropped`, deletes the log, then the files,
+//!   then the marker: a start that finds the marker finishes the drop, and
+//!   a half-deleted log is never loaded.
+//!
+//! Everything here runs on the store's own small tokio runtime (the object
+//! stores' HTTP clients need tokio; shards are glommio): a shard awaits
+//! [`SnapshotStore::io`]. Its threads run at nice 10, as the encoding of
+//! snapshots always did.
+//!
+//! On a local directory `object_store` does not fsync, so the store does:
+//! each data file before its commit, each commit file and `_delta_log`
+//! after it. Only then may the WAL drop what the commit covers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
+use deltalake::logstore::{default_logstore, logstore_factories, LogStoreFactory, LogStoreRef, StorageConfig};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+#[allow(deprecated)] // its replacement (`SpawnedReader`) is not released yet
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use url::Url;
+
+use super::{Manifest, SnapshotCompression};
+use crate::dataset::{ProducerSeqs, SnapshotFile};
+use crate::error::{Error, Result};
+use crate::wal::Lsn;
+
+/// The key of Longbow's entry in a commit's `commitInfo`.
+const COMMIT_INFO_KEY: &str = "longbow";
+/// Written first and deleted last by a drop.
+const DROP_MARKER: &str = "_longbow_dropped";
+/// Threads of the store's runtime: uploads are I/O bound, encoding is not,
+/// and both yield to the shards (nice 10).
+const IO_THREADS: usize = 2;
+/// How long a removed file outlives its removal by default (VACUUM).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+/// Size of an upload's multipart parts (S3's minimum is 5 MiB); a file
+/// smaller than this is one plain PUT.
+const UPLOAD_PART_BYTES: usize = 5 << 20;
+/// Parts of one upload in flight at once.
+const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
+/// Rows per batch read back.
+const READ_BATCH_ROWS: usize = 8192;
+/// Commits a snapshot looks back through for Longbow's `commitInfo`
+/// (others are VACUUM's, or a foreign writer's).
+const HISTORY_LOOKBACK: usize = 64;
+
+/// Where the snapshots live: a local directory or an object-store URL.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Local(PathBuf),
+    Remote(Url),
+}
+
+impl Location {
+    /// `s3://`, `gs://`, `az://`, `abfss://`, `azure://` and `file://` are
+    /// URLs; anything else is a local path.
+    pub fn parse(path: &std::path::Path) -> Result<Self> {
+        let s = path.to_string_lossy();
+        let remote = ["s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "azure://"];
+        if remote.iter().any(|p| s.starts_with(p)) {
+            let url = Url::parse(s.trim_end_matches('/'))
+                .map_err(|e| Error::Startup(format!("LONGBOW_SNAPSHOT_PATH {s} is not a valid URL: {e}")))?;
+            return Ok(Self::Remote(url));
+        }
+        if let Some(p) = s.strip_prefix("file://") {
+            return Ok(Self::Local(PathBuf::from(p)));
+        }
+        Ok(Self::Local(path.to_owned()))
+    }
+
+    pub fn local(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Local(p) => Some(p),
+            Self::Remote(_) => None,
+        }
+    }
+}
+
+/// A snapshot file as a reader needs it.
+#[derive(Debug, Clone)]
+pub struct SnapshotObject {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: ObjectPath,
+    pub bytes: u64,
+}
+
+/// What a snapshot commits.
+pub struct SnapshotWrite {
+    pub dataset: String,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub min_lsn: Lsn,
+    pub covered_lsn: Lsn,
+    pub producers: BTreeMap<String, ProducerSeqs>,
+}
+
+/// What a compaction replaces.
+pub struct CompactionWrite {
+    pub dataset: String,
+    pub schema: SchemaRef,
+    pub sources: Vec<SnapshotFile>,
+    pub covered_lsn: Lsn,
+    pub producers: BTreeMap<String, ProducerSeqs>,
+}
+
+/// What a table says about its dataset at startup.
+pub struct TableState {
+    pub manifest: Manifest,
+    pub version: u64,
+}
+
+/// The object store holding every dataset's table, and the runtime its
+/// I/O runs on.
+pub struct SnapshotStore {
+    location: Location,
+    /// Rooted at the bucket (or the filesystem root).
+    store: Arc<dyn ObjectStore>,
+    /// The snapshot root inside `store`.
+    prefix: ObjectPath,
+    /// The root as a URL, without a trailing slash.
+    root_url: Url,
+    /// `longbow-<node>-shard-` ; the shard's number follows.
+    app_prefix: String,
+    pub retention: Duration,
+    pub compression: SnapshotCompression,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    /// Loaded tables, newest state this process committed or read.
+    tables: Mutex<HashMap<String, DeltaTable>>,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore").field("root", &self.root_url.as_str()).finish()
+    }
+}
+
+impl Drop for SnapshotStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Delta's log store for schemes `deltalake` knows only through its cloud
+/// crates (which would bring the AWS SDK): the default one, with
+/// conditional puts (`If-None-Match`) for commits.
+struct PlainLogStores;
+
+impl LogStoreFactory for PlainLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(default_logstore(prefixed_store, root_store, location, options))
+    }
+}
+
+/// A store failure; a full local volume keeps its errno, so that
+/// snapshots report it as such (`RESOURCE_EXHAUSTED`, `is_disk_full`).
+fn store_error(message: String) -> Error {
+    let full = ["No space left on device", "Disk quota exceeded"].iter().any(|m| message.contains(m));
+    if full {
+        return Error::Io {
+            op: "writing to the snapshot store",
+            path: PathBuf::from(message),
+            offset: 0,
+            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        };
+    }
+    Error::Store(message)
+}
+
+fn delta_err<'a>(op: &'static str, dataset: &'a str) -> impl FnOnce(DeltaTableError) -> Error + 'a {
+    move |e| store_error(format!("{op} of {dataset}: {e}"))
+}
+
+fn store_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(object_store::Error) -> Error + 'a {
+    move |e| store_error(format!("{op} {path}: {e}"))
+}
+
+fn parquet_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(parquet::errors::ParquetError) -> Error + 'a {
+    move |e| store_error(format!("{op} {path}: {e}"))
+}
+
+/// `part-<min>-<max>.parquet` (and `part-<max>.parquet`, written before
+/// merges named both ends): `(min, max)`, `min` 0 when unnamed.
+pub fn parse_file_name(name: &str) -> Option<(Lsn, Lsn)> {
+    let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let mut parts = stem.split('-');
+    let a: Lsn = parts.next()?.parse().ok()?;
+    match parts.next() {
+        None => Some((0, a)),
+        Some(b) => Some((a, b.parse().ok()?)),
+    }
+}
+
+pub fn file_name(min_lsn: Lsn, max_lsn: Lsn) -> String {
+    format!("part-{min_lsn:020}-{max_lsn:020}.parquet")
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl SnapshotStore {
+    /// Opens the store at `location` (the object store's settings come from
+    /// the standard environment variables: `AWS_ENDPOINT_URL`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`). `node` names this server
+    /// in the commits' app ids.
+    pub fn open(
+        location: Location,
+        node: &str,
+        retention: Duration,
+        compression: SnapshotCompression,
+    ) -> Result<Arc<Self>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(IO_THREADS)
+            .thread_name("longbow-snapshot-io")
+            .on_thread_start(super::lower_thread_priority)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Startup(format!("starting the snapshot I/O runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (store, prefix, root_url): (Arc<dyn ObjectStore>, ObjectPath, Url) = match &location {
+            Location::Local(path) => {
+                std::fs::create_dir_all(path).map_err(Error::io("creating snapshot directory", path, 0))?;
+                let abs = std::fs::canonicalize(path).map_err(Error::io("resolving snapshot directory", path, 0))?;
+                let url = Url::from_directory_path(&abs)
+                    .map_err(|()| Error::Startup(format!("snapshot path {} is not absolute", abs.display())))?;
+                let prefix = ObjectPath::from_absolute_path(&abs)
+                    .map_err(|e| Error::Startup(format!("snapshot path {}: {e}", abs.display())))?;
+                let url = Url::parse(url.as_str().trim_end_matches('/')).expect("a file URL");
+                (Arc::new(object_store::local::LocalFileSystem::new()), prefix, url)
+            }
+            Location::Remote(url) => {
+                let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match url.scheme() {
+                    "s3" | "s3a" => object_store::aws::AmazonS3Builder::from_env()
+                        .with_url(url.as_str())
+                        .build()
+                        .map(|s| Arc::new(s) as _),
+                    "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_url(url.as_str())
+                        .build()
+                        .map(|s| Arc::new(s) as _),
+                    _ => object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_url(url.as_str())
+                        .build()
+                        .map(|s| Arc::new(s) as _),
+                };
+                let store = built.map_err(|e| Error::Startup(format!("snapshot store {url}: {e}")))?;
+                let prefix = ObjectPath::from_url_path(url.path())
+                    .map_err(|e| Error::Startup(format!("snapshot store {url}: {e}")))?;
+                let scheme = Url::parse(&format!("{}://", url.scheme())).expect("a scheme");
+                logstore_factories().insert(scheme, Arc::new(PlainLogStores));
+                (store, prefix, url.clone())
+            }
+        };
+        let app_prefix = format!("longbow-{node}-shard-");
+        Ok(Arc::new(Self {
+            location,
+            store,
+            prefix,
+            root_url,
+            app_prefix,
+            retention,
+            compression,
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            tables: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub fn root_url(&self) -> &Url {
+        &self.root_url
+    }
+
+    /// The `txn` app id of a shard.
+    pub fn app_id(&self, shard: crate::ShardId) -> String {
+        format!("{}{shard}", self.app_prefix)
+    }
+
+    /// Runs `fut` on the store's runtime; awaitable from any executor.
+    pub async fn io<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.await.unwrap_or_else(|_| Err(Error::Store("the snapshot I/O runtime stopped".into())))
+    }
+
+    /// Runs `fut` on the store's runtime and blocks for it (startup, tools).
+    pub fn block_on<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().unwrap_or_else(|_| Err(Error::Store("the snapshot I/O runtime stopped".into())))
+    }
+
+    fn table_path(&self, dataset: &str) -> ObjectPath {
+        self.prefix.clone().join(dataset)
+    }
+
+    fn file_path(&self, dataset: &str, name: &str) -> ObjectPath {
+        self.table_path(dataset).clone().join(name)
+    }
+
+    pub fn table_url(&self, dataset: &str) -> Url {
+        Url::parse(&format!("{}/{dataset}", self.root_url)).expect("a table URL")
+    }
+
+    /// A local file's path, for fsync.
+    fn local_path(&self, path: &ObjectPath) -> Option<PathBuf> {
+        self.location.local().map(|_| PathBuf::from(format!("/{path}")))
+    }
+
+    /// What a reader of `dataset`'s file needs.
+    pub fn object(&self, dataset: &str, file: &SnapshotFile) -> SnapshotObject {
+        SnapshotObject { store: self.store.clone(), path: self.file_path(dataset, &file.name), bytes: file.bytes }
+    }
+
+    fn log_store(&self, dataset: &str) -> Result<LogStoreRef> {
+        let url = self.table_url(dataset);
+        deltalake::DeltaTableBuilder::from_url(url.clone())
+            .and_then(|b| b.with_storage_backend(self.store.clone(), url).build_storage())
+            .map_err(delta_err("opening the table", dataset))
+    }
+
+    /// The dataset's table, loaded if not cached; `None` if there is none.
+    async fn table(&self, dataset: &str) -> Result<Option<DeltaTable>> {
+        if let Some(t) = self.tables.lock().expect("tables").get(dataset) {
+            return Ok(Some(t.clone()));
+        }
+        // An empty or missing `_delta_log`: no table (the kernel reports a
+        // missing local directory as an invalid location, not as no table).
+        let log = self.table_path(dataset).join("_delta_log");
+        let mut listed = self.store.list(Some(&log));
+        match listed.next().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(store_err("listing", &log)(e)),
+            Some(Ok(_)) => {}
+        }
+        drop(listed);
+        let mut table = DeltaTable::new(self.log_store(dataset)?);
+        match table.load().await {
+            Ok(()) => {}
+            Err(DeltaTableError::NotATable(_)) => return Ok(None),
+            Err(e) => return Err(delta_err("loading the table", dataset)(e)),
+        }
+        self.tables.lock().expect("tables").insert(dataset.to_owned(), table.clone());
+        Ok(Some(table))
+    }
+
+    fn forget(&self, dataset: &str) {
+        self.tables.lock().expect("tables").remove(dataset);
+    }
+
+    fn remember(&self, dataset: &str, table: DeltaTable) {
+        self.tables.lock().expect("tables").insert(dataset.to_owned(), table);
+    }
+
+    /// Creates the dataset's table (Delta schema from the Arrow one) if none.
+    async fn create_table(&self, dataset: &str, schema: &SchemaRef) -> Result<DeltaTable> {
+        use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+        let delta_schema = StructType::try_from_arrow(schema.as_ref())
+            .map_err(|e| Error::Store(format!("dataset {dataset}: its schema has no Delta Lake equivalent: {e}")))?;
+        let table = DeltaTable::new(self.log_store(dataset)?)
+            .create()
+            .with_columns(delta_schema.fields().cloned())
+            .with_table_name(dataset)
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(delta_err("creating the table", dataset))?;
+        self.sync_log(dataset, table.version()).await?;
+        Ok(table)
+    }
+
+    /// On a local directory: makes commit `version` and `_delta_log`
+    /// durable (object_store's LocalFileSystem does not fsync).
+    async fn sync_log(&self, dataset: &str, version: Option<u64>) -> Result<()> {
+        let (Some(dir), Some(version)) = (self.local_path(&self.table_path(dataset)), version) else { return Ok(()) };
+        tokio::task::spawn_blocking(move || {
+            let log = dir.join("_delta_log");
+            let commit = log.join(format!("{version:020}.json"));
+            let f = std::fs::File::open(&commit).map_err(Error::io("opening Delta commit", &commit, 0))?;
+            f.sync_all().map_err(Error::io("fsyncing Delta commit", &commit, 0))?;
+            crate::layout::sync_real_dir(&log)?;
+            crate::layout::sync_real_dir(&dir)?;
+            if let Some(root) = dir.parent() {
+                crate::layout::sync_real_dir(root)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))
+    }
+
+    /// Encodes `batches` into a Parquet object at `path` (multipart past
+    /// the writer's buffer) and, on a local directory, fsyncs it; returns
+    /// its size.
+    async fn upload(
+        &self,
+        path: &ObjectPath,
+        schema: SchemaRef,
+        batches: impl futures::Stream<Item = Result<RecordBatch>>,
+    ) -> Result<u64> {
+        let target = file_schema(&schema);
+        let props = super::properties(self.compression, &target);
+        let schema = target;
+        // Multipart parts of UPLOAD_PART_BYTES, UPLOAD_PARTS_IN_FLIGHT at a
+        // time: what an upload holds in memory besides the row group being
+        // encoded (object_store's defaults, 10 MiB x 8, showed in RSS).
+        let writer =
+            object_store::buffered::BufWriter::with_capacity(self.store.clone(), path.clone(), UPLOAD_PART_BYTES)
+                .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT);
+        let mut w =
+            AsyncArrowWriter::try_new(writer, schema.clone(), Some(props)).map_err(parquet_err("encoding", path))?;
+        let mut batches = std::pin::pin!(batches);
+        while let Some(b) = batches.next().await {
+            let b = conform(b?, &schema)?;
+            w.write(&b).await.map_err(parquet_err("uploading", path))?;
+        }
+        w.finish().await.map_err(parquet_err("uploading", path))?;
+        let bytes = w.bytes_written() as u64;
+        if crate::faults::fails(crate::faults::Fault::SnapshotWrite) {
+            let _ = self.store.delete(path).await;
+            return Err(Error::Store(format!("uploading {path}: injected fault")));
+        }
+        if let Some(local) = self.local_path(path) {
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&local).map_err(Error::io("opening snapshot file", &local, 0))?;
+                f.sync_all().map_err(Error::io("fsyncing snapshot file", &local, 0))
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))?;
+        }
+        Ok(bytes)
+    }
+
+    fn commit_info(&self, manifest: &Manifest) -> (String, serde_json::Value) {
+        (COMMIT_INFO_KEY.to_owned(), serde_json::to_value(manifest).expect("manifest serializes"))
+    }
+
+    /// The covered LSN app `app_id` committed to `dataset`'s table, if any.
+    async fn committed_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+        let name = table.table_url().to_string();
+        let snapshot = table.snapshot().map_err(delta_err("reading the table", &name))?;
+        snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(delta_err("reading txn", &name))
+    }
+
+    /// Uploads the batches as one file and commits it with `txn(app_id,
+    /// covered_lsn)`; returns the file, or `None` if there was nothing to
+    /// write. A commit that already landed (an earlier try, a concurrent
+    /// one of the same app) is not repeated.
+    pub async fn snapshot(self: Arc<Self>, shard: crate::ShardId, w: SnapshotWrite) -> Result<Option<SnapshotFile>> {
+        let app_id = self.app_id(shard);
+        let mut table = match self.table(&w.dataset).await? {
+            Some(t) => t,
+            None => self.create_table(&w.dataset, &w.schema).await?,
+        };
+        if Self::committed_version(&table, &app_id).await?.is_some_and(|v| v >= w.covered_lsn as i64) {
+            return Ok(None);
+        }
+        let rows: u64 = w.batches.iter().map(|b| b.num_rows() as u64).sum();
+        let mut actions = Vec::new();
+        let mut file = None;
+        if rows > 0 {
+            let name = file_name(w.min_lsn, w.covered_lsn);
+            let path = self.file_path(&w.dataset, &name);
+            let batches = futures::stream::iter(w.batches.into_iter().map(Ok));
+            let bytes = self.upload(&path, w.schema.clone(), batches).await?;
+            actions.push(Action::Add(add_action(&name, bytes, rows, true)));
+            file = Some(SnapshotFile { name, rows, bytes, min_lsn: w.min_lsn, max_lsn: w.covered_lsn });
+        }
+        let manifest =
+            Manifest { producers: w.producers, ..Manifest::new(&w.dataset, &w.schema, w.covered_lsn, vec![]) };
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&app_id, w.covered_lsn as i64))
+            .with_metadata([self.commit_info(&manifest)]);
+        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        let snapshot = table.snapshot().map_err(delta_err("reading the table", &w.dataset))?;
+        let committed =
+            CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), table.log_store(), op).await;
+        match committed {
+            Ok(done) => {
+                self.sync_log(&w.dataset, Some(done.version())).await?;
+                table.state = Some(done.snapshot());
+                self.remember(&w.dataset, table);
+                Ok(file)
+            }
+            Err(e) => {
+                // Reload: the commit may have landed (a lost reply), or a
+                // concurrent commit of this app may have won.
+                self.forget(&w.dataset);
+                if let Ok(Some(t)) = self.table(&w.dataset).await {
+                    if Self::committed_version(&t, &app_id).await?.is_some_and(|v| v >= w.covered_lsn as i64) {
+                        tracing::info!(dataset = w.dataset, app_id, "snapshot commit found already in the table");
+                        return Ok(None);
+                    }
+                }
+                Err(delta_err("committing a snapshot", &w.dataset)(e))
+            }
+        }
+    }
+
+    /// Merges `sources` (in order) into one file and commits the rewrite
+    /// (add + remove, `dataChange: false`); the sources stay in storage for
+    /// the retention period. Returns the merged file.
+    pub async fn compact(self: Arc<Self>, c: CompactionWrite) -> Result<SnapshotFile> {
+        let Some(mut table) = self.table(&c.dataset).await? else {
+            return Err(Error::NotFound(c.dataset));
+        };
+        let first = c.sources.first().expect("a run of files");
+        let last = c.sources.last().expect("a run of files");
+        let merged_name = file_name(first.min_lsn, last.max_lsn);
+        let path = self.file_path(&c.dataset, &merged_name);
+        let objects: Vec<_> = c.sources.iter().map(|f| self.object(&c.dataset, f)).collect();
+        let bytes = self.upload(&path, c.schema.clone(), read_objects(objects, c.schema.clone())).await?;
+        let rows: u64 = c.sources.iter().map(|f| f.rows).sum();
+        let now = now_millis();
+        let mut actions = vec![Action::Add(add_action(&merged_name, bytes, rows, false))];
+        for f in &c.sources {
+            actions.push(Action::Remove(Remove {
+                path: f.name.clone(),
+                data_change: false,
+                deletion_timestamp: Some(now),
+                extended_file_metadata: Some(true),
+                partition_values: Some(HashMap::new()),
+                size: Some(f.bytes as i64),
+                tags: None,
+                deletion_vector: None,
+                base_row_id: None,
+                default_row_commit_version: None,
+            }));
+        }
+        let manifest =
+            Manifest { producers: c.producers, ..Manifest::new(&c.dataset, &c.schema, c.covered_lsn, vec![]) };
+        let props = CommitProperties::default().with_metadata([self.commit_info(&manifest)]);
+        let op = DeltaOperation::Optimize { predicate: None, target_size: bytes as i64 };
+        let snapshot = table.snapshot().map_err(delta_err("reading the table", &c.dataset))?;
+        match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), table.log_store(), op).await {
+            Ok(done) => {
+                self.sync_log(&c.dataset, Some(done.version())).await?;
+                table.state = Some(done.snapshot());
+                self.remember(&c.dataset, table);
+                Ok(SnapshotFile { name: merged_name, rows, bytes, min_lsn: first.min_lsn, max_lsn: last.max_lsn })
+            }
+            Err(e) => {
+                // Refused (a concurrent rewrite of the same files): the
+                // merged file is no table's.
+                self.forget(&c.dataset);
+                let _ = self.store.delete(&path).await;
+                Err(delta_err("committing a compaction", &c.dataset)(e))
+            }
+        }
+    }
+
+    /// Deletes every file of the table's directory that no version within
+    /// the retention period uses, older than the retention period: files
+    /// compactions removed, and uploads whose commit never happened (a
+    /// crash, a refused commit). Run at startup (it lists the table).
+    async fn vacuum_full(&self, dataset: &str) -> Result<u64> {
+        let Some(table) = self.table(dataset).await? else { return Ok(0) };
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let (table, metrics) = table
+            .vacuum()
+            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(delta_err("vacuum", dataset))?;
+        if !metrics.files_deleted.is_empty() {
+            self.sync_log(dataset, table.version()).await?;
+            tracing::info!(dataset, files = metrics.files_deleted.len(), "vacuum deleted files no table version uses");
+        }
+        self.remember(dataset, table);
+        Ok(metrics.files_deleted.len() as u64)
+    }
+
+    /// Deletes the files compactions removed more than the retention period
+    /// ago; returns how many.
+    pub async fn vacuum(self: Arc<Self>, dataset: String) -> Result<u64> {
+        let Some(table) = self.table(&dataset).await? else { return Ok(0) };
+        let has_tombstones = {
+            let snapshot = table.snapshot().map_err(delta_err("reading the table", &dataset))?;
+            let log_store = table.log_store();
+            let mut tombstones = snapshot.all_tombstones(log_store.as_ref());
+            let now = now_millis();
+            let retention = self.retention.as_millis() as i64;
+            let mut due = false;
+            while let Some(t) = tombstones.next().await {
+                let t = t.map_err(delta_err("reading tombstones", &dataset))?;
+                if t.deletion_timestamp().is_none_or(|ts| ts + retention <= now) {
+                    due = true;
+                    break;
+                }
+            }
+            due
+        };
+        if !has_tombstones {
+            return Ok(0);
+        }
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let (table, metrics) = table
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(delta_err("vacuum", &dataset))?;
+        if let Some(v) = table.version() {
+            self.sync_log(&dataset, Some(v)).await?;
+        }
+        self.remember(&dataset, table);
+        Ok(metrics.files_deleted.len() as u64)
+    }
+
+    /// Removes the dataset's table: marker, log, files, marker.
+    pub async fn drop_table(self: Arc<Self>, dataset: String) -> Result<()> {
+        self.forget(&dataset);
+        let table = self.table_path(&dataset);
+        let marker = table.clone().join(DROP_MARKER);
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&table))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(store_err("listing", &table))?;
+        if listed.is_empty() {
+            return Ok(());
+        }
+        self.store.put(&marker, bytes::Bytes::new().into()).await.map_err(store_err("writing", &marker))?;
+        self.sync_local(&marker).await?;
+        let log = table.clone().join("_delta_log");
+        let (log_files, data): (Vec<_>, Vec<_>) =
+            listed.into_iter().filter(|p| *p != marker).partition(|p| p.prefix_matches(&log));
+        for batch in [log_files, data] {
+            let mut deleted = self.store.delete_stream(futures::stream::iter(batch.into_iter().map(Ok)).boxed());
+            while let Some(r) = deleted.next().await {
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(store_err("deleting under", &table)(e)),
+                }
+            }
+        }
+        self.store.delete(&marker).await.map_err(store_err("deleting", &marker))?;
+        if let Some(dir) = self.local_path(&table) {
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_dir_all(&dir);
+                match dir.parent() {
+                    Some(root) => crate::layout::sync_real_dir(root),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))?;
+        }
+        Ok(())
+    }
+
+    async fn sync_local(&self, path: &ObjectPath) -> Result<()> {
+        let Some(local) = self.local_path(path) else { return Ok(()) };
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&local).map_err(Error::io("opening", &local, 0))?;
+            f.sync_all().map_err(Error::io("fsyncing", &local, 0))?;
+            crate::layout::sync_real_dir(local.parent().expect("a parent"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))
+    }
+
+    /// The datasets that have a table (or a drop marker) under the root.
+    pub async fn list_datasets(self: Arc<Self>) -> Result<Vec<String>> {
+        let listed =
+            self.store.list_with_delimiter(Some(&self.prefix)).await.map_err(store_err("listing", &self.prefix))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .filter(|n| !n.starts_with('.') && !n.starts_with('_'))
+            .collect())
+    }
+
+    /// Reads every table under the root (at startup): what each dataset's
+    /// recovery needs. A drop a crash interrupted is finished; a directory
+    /// with no Delta log is skipped.
+    pub async fn load_all(self: Arc<Self>) -> Result<Vec<TableState>> {
+        let mut out = Vec::new();
+        for name in self.clone().list_datasets().await? {
+            let marker = self.table_path(&name).clone().join(DROP_MARKER);
+            if self.store.head(&marker).await.is_ok() {
+                tracing::info!(dataset = name, "finishing a drop a crash interrupted");
+                self.clone().drop_table(name).await?;
+                continue;
+            }
+            if let Err(e) = self.vacuum_full(&name).await {
+                tracing::warn!(dataset = name, error = %e, "vacuum at start failed; retried at the next");
+            }
+            if let Some(state) = self.load(&name).await? {
+                out.push(state);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One table's state: its active files (by LSN), and the newest Longbow
+    /// commit's schema, covered LSN and producers.
+    pub async fn load(&self, dataset: &str) -> Result<Option<TableState>> {
+        let Some(table) = self.table(dataset).await? else { return Ok(None) };
+        let mut info = None;
+        for limit in [Some(HISTORY_LOOKBACK), None] {
+            let history: Vec<_> =
+                table.history(limit).try_collect().await.map_err(delta_err("reading the history", dataset))?;
+            info = history.into_iter().find_map(|c| c.info.get(COMMIT_INFO_KEY).cloned());
+            if info.is_some() {
+                break;
+            }
+        }
+        let Some(info) = info else {
+            tracing::warn!(dataset, "a Delta table no Longbow server wrote: not served");
+            return Ok(None);
+        };
+        let mut manifest: Manifest = serde_json::from_value(info).map_err(|e| Error::Corrupt {
+            path: PathBuf::from(self.table_url(dataset).as_str()),
+            offset: 0,
+            reason: format!("Longbow's commitInfo: {e}"),
+        })?;
+        let snapshot = table.snapshot().map_err(delta_err("reading the table", dataset))?;
+        let mut files = Vec::new();
+        for f in snapshot.log_data().iter() {
+            let name = f.path().into_owned();
+            let rows = f
+                .stats()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|s| s.get("numRecords").and_then(|n| n.as_u64()))
+                .unwrap_or(0);
+            let (min_lsn, max_lsn) = parse_file_name(&name).unwrap_or((0, 0));
+            files.push(SnapshotFile { name, rows, bytes: f.size() as u64, min_lsn, max_lsn });
+        }
+        files.sort_by_key(|f| (f.max_lsn, f.min_lsn));
+        // Files named by their upper LSN only follow the previous file.
+        for i in 0..files.len() {
+            if files[i].min_lsn == 0 {
+                files[i].min_lsn = if i == 0 { 1 } else { files[i - 1].max_lsn + 1 };
+            }
+        }
+        manifest.dataset = dataset.to_owned();
+        manifest.files = files;
+        Ok(Some(TableState { manifest, version: snapshot.version() }))
+    }
+
+    /// Makes `dataset`'s table from a manifest of an earlier version whose
+    /// files are already in the table's directory (local roots): one commit
+    /// adding them, with the manifest's covered LSN as `txn` of `app_id`.
+    pub async fn adopt(self: Arc<Self>, manifest: Manifest, app_id: String) -> Result<()> {
+        let dataset = manifest.dataset.clone();
+        let schema = manifest.schema().map_err(|e| Error::Corrupt {
+            path: PathBuf::from(&dataset),
+            offset: 0,
+            reason: format!("snapshot manifest schema: {e}"),
+        })?;
+        let mut table = match self.table(&dataset).await? {
+            Some(t) => t,
+            None => self.create_table(&dataset, &schema).await?,
+        };
+        if Self::committed_version(&table, &app_id).await?.is_some_and(|v| v >= manifest.covered_lsn as i64) {
+            return Ok(());
+        }
+        let actions = manifest.files.iter().map(|f| Action::Add(add_action(&f.name, f.bytes, f.rows, true))).collect();
+        let info = Manifest { files: vec![], ..manifest.clone() };
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&app_id, manifest.covered_lsn as i64))
+            .with_metadata([self.commit_info(&info)]);
+        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        let snapshot = table.snapshot().map_err(delta_err("reading the table", &dataset))?;
+        let done = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), op)
+            .await
+            .map_err(delta_err("adopting the snapshot files", &dataset))?;
+        self.sync_log(&dataset, Some(done.version())).await?;
+        table.state = Some(done.snapshot());
+        self.remember(&dataset, table);
+        Ok(())
+    }
+}
+
+fn add_action(name: &str, bytes: u64, rows: u64, data_change: bool) -> Add {
+    Add {
+        path: name.to_owned(),
+        partition_values: HashMap::new(),
+        size: bytes as i64,
+        modification_time: now_millis(),
+        data_change,
+        stats: Some(serde_json::json!({ "numRecords": rows }).to_string()),
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
+    }
+}
+
+/// The Arrow schema of the Parquet files for a dataset of `schema`: list
+/// types as Delta has them (`FixedSizeList`, `LargeList` become `List`),
+/// so that readers comparing a file's schema with the table's (Polars)
+/// accept it. Longbow casts back when it reads ([`read_objects`]).
+pub fn file_schema(schema: &SchemaRef) -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    fn delta_type(t: &DataType) -> DataType {
+        match t {
+            DataType::FixedSizeList(f, _) | DataType::LargeList(f) | DataType::List(f) => {
+                DataType::List(Arc::new(Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())))
+            }
+            DataType::Struct(fields) => DataType::Struct(
+                fields
+                    .iter()
+                    .map(|f| Arc::new(Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()).with_metadata(f.metadata().clone()))
+        .collect();
+    let target = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    if target.fields() == schema.fields() {
+        schema.clone()
+    } else {
+        target
+    }
+}
+
+/// `batch` with the columns cast to `schema`'s types where they differ.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The rows of `objects`, in order, read a row group at a time with ranged
+/// reads (a footer read, then each row group's column chunks), as batches
+/// of `schema` (the dataset's).
+pub fn read_objects(
+    objects: Vec<SnapshotObject>,
+    schema: SchemaRef,
+) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
+    futures::stream::iter(objects)
+        .then(move |o| {
+            let schema = schema.clone();
+            async move {
+                #[allow(deprecated)]
+                let reader = ParquetObjectReader::new(o.store.clone(), o.path.clone()).with_file_size(o.bytes);
+                let stream = ParquetRecordBatchStreamBuilder::new(reader)
+                    .await
+                    .map_err(parquet_err("opening", &o.path))?
+                    .with_batch_size(READ_BATCH_ROWS)
+                    .build()
+                    .map_err(parquet_err("reading", &o.path))?;
+                let path = o.path.clone();
+                let schema = schema.clone();
+                Ok::<_, Error>(stream.map(move |b| {
+                    let b = b.map_err(|e| Error::Corrupt {
+                        path: PathBuf::from(path.as_ref()),
+                        offset: 0,
+                        reason: format!("parquet: {e}"),
+                    })?;
+                    conform(b, &schema)
+                }))
+            }
+        })
+        .try_flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+
+    fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef)]).unwrap()
+    }
+
+    fn write(min: Lsn, max: Lsn, ids: std::ops::Range<i64>) -> SnapshotWrite {
+        let b = batch(ids);
+        SnapshotWrite {
+            dataset: "t".into(),
+            schema: b.schema(),
+            batches: vec![b],
+            min_lsn: min,
+            covered_lsn: max,
+            producers: BTreeMap::new(),
+        }
+    }
+
+    fn rows(store: &Arc<SnapshotStore>) -> Vec<i64> {
+        let s = store.clone();
+        let state = store.block_on(async move { s.load("t").await }).unwrap().unwrap();
+        let objects: Vec<_> = state.manifest.files.iter().map(|f| store.object("t", f)).collect();
+        let schema = batch(0..0).schema();
+        let batches: Vec<RecordBatch> =
+            store.block_on(async move { read_objects(objects, schema).try_collect().await }).unwrap();
+        let mut ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn commits(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("t/_delta_log"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Two writers (two nodes' shards) commit to one table at once: each
+    /// version has one winner, the loser retries on top of it, and every
+    /// row is in the table once.
+    #[test]
+    fn two_writers_racing_on_one_table_each_win_a_version_and_duplicate_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |node| {
+            SnapshotStore::open(Location::Local(dir.path().to_owned()), node, DEFAULT_RETENTION, Default::default())
+                .unwrap()
+        };
+        let (a, b) = (open("a"), open("b"));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(a.clone().snapshot(0, write(1, 1, 0..10))).unwrap();
+        for i in 0..6i64 {
+            let wa = write(10 + i as u64, 10 + i as u64, i * 100..i * 100 + 10);
+            let wb = write(1000 + i as u64, 1000 + i as u64, 10_000 + i * 100..10_000 + i * 100 + 10);
+            let (ra, rb) = rt.block_on(async { tokio::join!(a.clone().snapshot(0, wa), b.clone().snapshot(0, wb)) });
+            assert!(ra.unwrap().is_some() && rb.unwrap().is_some(), "both land, one after the other");
+        }
+        let mut expected_sorted: Vec<i64> = (0..10)
+            .chain((0..6).flat_map(|i| i * 100..i * 100 + 10))
+            .chain((0..6).flat_map(|i| 10_000 + i * 100..10_000 + i * 100 + 10))
+            .collect();
+        expected_sorted.sort();
+        assert_eq!(rows(&a), expected_sorted);
+        // Versions 0 (create), 1, then two per round: contiguous, one commit each.
+        let names = commits(dir.path());
+        assert_eq!(names, (0..14).map(|v| format!("{v:020}.json")).collect::<Vec<_>>());
+
+        // The same app racing itself (a retried commit of a crashed node
+        // alongside its restart): one wins, the other finds its txn.
+        let (c, d) = (open("a"), open("a"));
+        let (rc, rd) = rt.block_on(async {
+            tokio::join!(
+                c.clone().snapshot(0, write(2000, 2000, 50_000..50_010)),
+                d.clone().snapshot(0, write(2000, 2000, 50_000..50_010))
+            )
+        });
+        let landed = [rc.unwrap(), rd.unwrap()].iter().filter(|r| r.is_some()).count();
+        assert_eq!(landed, 1, "exactly one commit of txn (a, 2000)");
+        expected_sorted.extend(50_000..50_010);
+        assert_eq!(rows(&c), expected_sorted);
+        // And a plain retry after it landed adds nothing.
+        assert!(rt.block_on(c.clone().snapshot(0, write(2000, 2000, 50_000..50_010))).unwrap().is_none());
+        assert_eq!(rows(&c), expected_sorted);
+    }
+}

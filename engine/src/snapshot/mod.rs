@@ -1,0 +1,58 @@
+//! The cold tier: every dataset is a Delta Lake table at
+//! `<LONGBOW_SNAPSHOT_PATH>/<dataset>/`, on a local directory (the default)
+//! or an object store (`s3://`, `gs://`, `az://`).
+//!
+//! # Layout
+//! - `delta.rs`: start here. [`SnapshotStore`]: uploads Parquet files,
+//!   commits snapshots (with a `txn` action per shard for idempotence),
+//!   compactions (rewrite commits) and VACUUM, drops tables, and reads
+//!   evicted rows back a row group at a time ([`read_objects`]).
+//! - `legacy.rs`: the Parquet encoding settings, the [`Manifest`] (now the
+//!   `longbow` entry of a Delta commit's `commitInfo`), and the reader of
+//!   the pre-Delta layout (Parquet files plus `.longbow/manifests`), which
+//!   [`migrate`] turns into Delta tables at startup.
+//!
+//! The shard's snapshot worker, which decides when to snapshot, compact and
+//! vacuum, is `shard/snapshots.rs`.
+//!
+//! The durability boundary: an acknowledged batch is on the WAL; a
+//! snapshotted one is in the object store, in a committed Delta version.
+//! The WAL drops a record only after the commit covering it is durable.
+
+mod delta;
+pub mod legacy;
+
+pub use delta::*;
+pub use legacy::*;
+
+use std::path::Path;
+
+use crate::error::Result;
+
+/// Turns the pre-Delta layout under a local `root` (Parquet files plus
+/// `.longbow/manifests/<dataset>.json`) into Delta tables in place (blocking;
+/// at startup, before recovery): each manifest's files become one commit
+/// whose `txn` is the covered LSN for the shard that owns the dataset, and
+/// whose `commitInfo` keeps the producers' sequence numbers; then the
+/// manifest is deleted. A crash midway redoes the commit, which the `txn`
+/// makes a no-op. Returns the datasets migrated.
+pub fn migrate(root: &Path, store: &std::sync::Arc<SnapshotStore>, shards: usize) -> Result<Vec<String>> {
+    let manifests_dir = manifests_dir(root);
+    let has_manifests = std::fs::read_dir(&manifests_dir).is_ok_and(|mut d| d.next().is_some())
+        || std::fs::read_dir(root).is_ok_and(|d| d.flatten().any(|e| e.path().join(LEGACY_MANIFEST_FILE).exists()));
+    if !has_manifests {
+        return Ok(Vec::new());
+    }
+    let mut migrated = Vec::new();
+    for m in load_manifests(root)? {
+        let dataset = m.dataset.clone();
+        let app_id = store.app_id(crate::routing::shard_for(&dataset, shards));
+        store.block_on(store.clone().adopt(m, app_id))?;
+        let path = manifest_path(root, &dataset);
+        std::fs::remove_file(&path).map_err(crate::error::Error::io("removing a migrated manifest", &path, 0))?;
+        crate::layout::sync_real_dir(&manifests_dir)?;
+        tracing::info!(dataset, "migrated the dataset's snapshot files into a Delta table");
+        migrated.push(dataset);
+    }
+    Ok(migrated)
+}
