@@ -486,6 +486,8 @@ impl Engine {
         let results = futures::future::join_all(self.0.shards.iter().map(|s| s.shutdown())).await;
         let executors = std::mem::take(&mut *self.0.executors.lock().expect("executor list lock"));
         join_all(executors);
+        // IMPORTANT: before the snapshot root's lock goes (with the engine).
+        self.0._store.shutdown(Duration::from_secs(30));
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
     }
 }

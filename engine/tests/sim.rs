@@ -95,9 +95,8 @@ fn config(run: &mut Run, storage: &SimStorage) -> EngineConfig {
     c.storage = Arc::new(storage.clone());
     // The simulated files use no DMA buffers: pin next to nothing.
     c.io_memory_bytes = 64 << 10;
-    if std::env::var_os("LONGBOW_SIM_SEED").is_some() {
-        eprintln!("start: {} shards, recycle {}, max memory {}", c.shards, c.wal_recycle_segments, c.max_memory);
-    }
+    run.log
+        .push(format!("start: {} shards, recycle {}, max memory {}", c.shards, c.wal_recycle_segments, c.max_memory));
     c
 }
 
@@ -366,6 +365,12 @@ fn run_seed(seed: u64) -> Result<(), String> {
     }
     let Some(engine) = start(&mut run, &storage)? else { return Ok(()) };
     let r = check(&engine, &mut model, run.damaged).map_err(|e| format!("after the last power cut: {e}"));
+    if r.is_err() {
+        dump(&storage);
+        if let Some(to) = std::env::var_os("LONGBOW_SIM_DUMP") {
+            let _ = std::process::Command::new("cp").arg("-r").arg(&run.snapshots).arg(Path::new(&to)).status();
+        }
+    }
     let _ = block_on(engine.shutdown());
     r.map_err(|e| {
         format!(
