@@ -364,6 +364,12 @@ impl Engine {
         self.shard(dataset)?.tx.try_send(crate::shard::request::Request::Panic).map_err(|_| Error::ShuttingDown)
     }
 
+    /// The snapshot store seen from its root: `<dataset>/<file>` paths,
+    /// local or on object storage.
+    pub fn snapshot_objects(&self) -> Arc<dyn object_store::ObjectStore> {
+        self.0._store.rooted()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.0.shards.len()
     }

@@ -336,6 +336,13 @@ impl SnapshotStore {
         &self.location
     }
 
+    /// The store seen from the snapshot root: paths `<dataset>/<file>`,
+    /// on a local directory or a bucket alike (the SQL tables read the
+    /// files through it).
+    pub fn rooted(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(object_store::prefix::PrefixStore::new(self.store.clone(), self.prefix.clone()))
+    }
+
     pub fn root_url(&self) -> &Url {
         &self.root_url
     }

@@ -155,8 +155,8 @@ impl Feed {
                     file.min_lsn.saturating_sub(1)
                 )));
             }
-            // One file per step, read whole on a blocking thread.
-            let batches = read_file(self.engine.snapshot_root().join(&file.path), file.clone()).await?;
+            // One file per step, read whole (ranged reads, local or object storage).
+            let batches = read_file(&self.engine, view.schema.clone(), file.clone()).await?;
             let n = batches.len();
             for (i, b) in batches.into_iter().enumerate() {
                 let resume = if i + 1 == n { file.max_lsn } else { self.cursor };
@@ -182,20 +182,22 @@ impl Feed {
     }
 }
 
-async fn read_file(path: std::path::PathBuf, file: ScanFile) -> Result<Vec<RecordBatch>, Status> {
-    tokio::task::spawn_blocking(move || {
-        let reader = longbow_engine::snapshot::SnapshotReader::open(&path).map_err(into_status)?;
-        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(into_status)?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        if rows as u64 != file.rows {
-            return Err(Status::internal(format!(
-                "{} holds {rows} rows, its manifest says {}",
-                path.display(),
-                file.rows
-            )));
-        }
-        Ok(batches)
-    })
-    .await
-    .map_err(|e| Status::internal(format!("reading a snapshot file: {e}")))?
+async fn read_file(
+    engine: &longbow_engine::Engine,
+    schema: arrow::datatypes::SchemaRef,
+    file: ScanFile,
+) -> Result<Vec<RecordBatch>, Status> {
+    use futures::TryStreamExt;
+    let object = longbow_engine::snapshot::SnapshotObject {
+        store: engine.snapshot_objects(),
+        path: object_store::path::Path::from(file.path.as_str()),
+        bytes: file.bytes,
+    };
+    let batches: Vec<RecordBatch> =
+        longbow_engine::snapshot::read_objects(vec![object], schema).try_collect().await.map_err(into_status)?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows as u64 != file.rows {
+        return Err(Status::internal(format!("{} holds {rows} rows, its table says {}", file.path, file.rows)));
+    }
+    Ok(batches)
 }

@@ -64,11 +64,8 @@ impl SqlEngine {
     /// in sorts, aggregations and joins (0: no bound); a query that needs
     /// more fails with RESOURCE_EXHAUSTED (nothing spills to disk).
     pub fn new(engine: Engine, query_memory_bytes: u64) -> Result<Self, Status> {
-        let root = engine.snapshot_root().to_owned();
-        let store: Arc<dyn ObjectStore> = Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(&root)
-                .map_err(|e| Status::internal(format!("snapshot store at {}: {e}", root.display())))?,
-        );
+        // Local directory or bucket: the engine's own snapshot store.
+        let store: Arc<dyn ObjectStore> = engine.snapshot_objects();
         Self::with_store(engine, query_memory_bytes, store)
     }
 
