@@ -25,25 +25,32 @@ pub fn arm(fault: Fault, after: u64, times: u64) {
     ARMED.lock().expect("fault table")[fault as usize] = Some((after, times));
 }
 
+/// Counts one operation against an arm "succeed `after` times, then fail
+/// `times` times" (`u64::MAX` = for ever); whether this one fails. Shared
+/// with the storage seam's faults (`io::faulty`).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn count(arm: &mut Option<(u64, u64)>) -> bool {
+    match arm {
+        None => false,
+        Some((after, _)) if *after > 0 => {
+            *after -= 1;
+            false
+        }
+        Some((_, 0)) => false,
+        Some((_, times)) => {
+            if *times != u64::MAX {
+                *times -= 1;
+            }
+            true
+        }
+    }
+}
+
 /// Whether this operation must fail.
 pub(crate) fn fails(fault: Fault) -> bool {
     #[cfg(feature = "fault-injection")]
     {
-        let mut armed = ARMED.lock().expect("fault table");
-        match &mut armed[fault as usize] {
-            None => false,
-            Some((after, _)) if *after > 0 => {
-                *after -= 1;
-                false
-            }
-            Some((_, 0)) => false,
-            Some((_, times)) => {
-                if *times != u64::MAX {
-                    *times -= 1;
-                }
-                true
-            }
-        }
+        count(&mut ARMED.lock().expect("fault table")[fault as usize])
     }
     #[cfg(not(feature = "fault-injection"))]
     {

@@ -69,21 +69,11 @@ fn fails(plan: &Mutex<FaultPlan>, kind: Kind) -> bool {
         Kind::Write => &mut p.write,
         Kind::Create => &mut p.create,
     };
-    match arm {
-        None => false,
-        Some((after, _)) if *after > 0 => {
-            *after -= 1;
-            false
-        }
-        Some((_, 0)) => false,
-        Some((_, times)) => {
-            if *times != u64::MAX {
-                *times -= 1;
-            }
-            tracing::warn!(?kind, "injected fault");
-            true
-        }
+    let fails = crate::faults::count(arm);
+    if fails {
+        tracing::warn!(?kind, "injected fault");
     }
+    fails
 }
 
 fn injected() -> io::Error {

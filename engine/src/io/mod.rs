@@ -47,6 +47,17 @@ pub enum OpenMode {
     Create,
 }
 
+impl OpenMode {
+    pub fn writes(self) -> bool {
+        self != OpenMode::Read
+    }
+
+    /// Created empty, an existing file truncated.
+    pub fn creates(self) -> bool {
+        self == OpenMode::Create
+    }
+}
+
 /// Whether a write or sync should run on the calling thread (lowest
 /// latency for small commits) or be queued (io_uring: the shard serves
 /// other work meanwhile). Engines that have only one way ignore it.

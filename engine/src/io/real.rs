@@ -81,18 +81,13 @@ impl RealStorage {
 const SYNC_ALIGN: u64 = 4096;
 
 fn std_open(path: &Path, mode: OpenMode) -> io::Result<std::fs::File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true).custom_flags(nix::libc::O_DIRECT);
-    match mode {
-        OpenMode::Read => {}
-        OpenMode::Write => {
-            o.write(true);
-        }
-        OpenMode::Create => {
-            o.write(true).create(true).truncate(true);
-        }
-    }
-    o.open(path)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(mode.writes())
+        .create(mode.creates())
+        .truncate(mode.creates())
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(path)
 }
 
 impl Storage for RealStorage {
@@ -110,18 +105,14 @@ impl Storage for RealStorage {
                 let file = std_open(path, mode)?;
                 return Ok(Rc::new(SyncFile { file }) as Rc<dyn File>);
             }
-            let mut o = OpenOptions::new();
-            o.read(true);
-            match mode {
-                OpenMode::Read => {}
-                OpenMode::Write => {
-                    o.write(true);
-                }
-                OpenMode::Create => {
-                    o.write(true).create(true).truncate(true);
-                }
-            }
-            let file = o.dma_open(path).await.map_err(io::Error::from)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(mode.writes())
+                .create(mode.creates())
+                .truncate(mode.creates())
+                .dma_open(path)
+                .await
+                .map_err(io::Error::from)?;
             Ok(Rc::new(UringFile { file }) as Rc<dyn File>)
         }
         .boxed_local()
