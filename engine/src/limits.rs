@@ -15,6 +15,17 @@ pub const GROUP_COMMIT_BYTES_MAX: u64 = 4 * MIB;
 /// shard keeps serving reads while the disk works.
 pub const INLINE_COMMIT_BYTES_MAX: u64 = 256 * KIB;
 
+/// A record batch body at least this large is copied by the gateway into
+/// memory aligned to [`BODY_BLOCK_BYTES`], zero-padded to a multiple of it,
+/// and the WAL writes that memory itself (a vectored write; frame version
+/// 3): its one copy after the socket. Smaller bodies are copied into the
+/// commit buffer, which costs less than the padding and the extra iovecs.
+pub const ALIGNED_BODY_BYTES_MIN: usize = 64 * KIB as usize;
+
+/// Alignment and length granule of the bodies above: a multiple of every
+/// O_DIRECT block size the WAL meets (512 and 4096).
+pub const BODY_BLOCK_BYTES: usize = 4096;
+
 /// glommio `io_memory` per shard: registered DMA buffers for commits and reads.
 pub const SHARD_IO_MEMORY_BYTES: usize = 32 * MIB as usize;
 

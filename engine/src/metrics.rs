@@ -74,6 +74,9 @@ pub struct Inner {
     pub wal_writes_ok: Counter,
     pub wal_writes_error: Counter,
     pub wal_bytes_written: Counter,
+    /// Of those, record batch bodies written from the memory they arrived
+    /// in (frame version 3: no copy into a commit buffer).
+    pub wal_bytes_written_in_place: Counter,
     pub wal_commit_seconds: Histogram,
     pub wal_commit_batches: Histogram,
     pub put_ack_seconds: Histogram,
@@ -149,6 +152,7 @@ impl Default for EngineMetrics {
             wal_writes_ok,
             wal_writes_error,
             wal_bytes_written: Counter::default(),
+            wal_bytes_written_in_place: Counter::default(),
             // 20 µs .. ~2.6 s
             wal_commit_seconds: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
             wal_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
@@ -206,6 +210,11 @@ impl EngineMetrics {
         let r = registry.sub_registry_with_prefix("longbow");
         r.register("wal_writes", "WAL commits (write + fdatasync) by outcome", self.wal_writes.clone());
         r.register("wal_bytes_written", "Bytes written to WAL segments", self.wal_bytes_written.clone());
+        r.register(
+            "wal_bytes_written_in_place",
+            "Bytes of record batch bodies written to WAL segments from the memory they arrived in, not copied into a commit buffer",
+            self.wal_bytes_written_in_place.clone(),
+        );
         r.register(
             "wal_commit_duration_seconds",
             "Time of one WAL group commit: write and fdatasync",

@@ -110,18 +110,24 @@ fn append_burst(engine: &Engine, storage: &SimStorage, run: &mut Run, model: &mu
         let pad = run.rng.random_range(0..=2048);
         let first = model.next_id;
         model.next_id += rows as i64;
-        jobs.push((name, first, rows, batch(first, rows, pad)));
+        // Half the bodies arrive in aligned, padded memory, as the gateway
+        // puts large ones: their frames (version 3) are written in place.
+        let aligned = run.rng.random_bool(0.5);
+        jobs.push((name, first, rows, batch(first, rows, pad), aligned));
     }
-    let outcomes = block_on(futures::future::join_all(jobs.iter().map(|(name, _, _, b)| async move {
+    let outcomes = block_on(futures::future::join_all(jobs.iter().map(|(name, _, _, b, aligned)| async move {
         engine.open(name, schema()).await?;
-        let message = IpcMessage::from_batch(b)?;
+        let mut message = IpcMessage::from_batch(b)?;
+        if *aligned {
+            message = IpcMessage::with_aligned_body(message.header.clone(), &message.body);
+        }
         let durable = engine.append(name, b.clone(), message, None, &PutStream::new()).await?;
         durable.await
     })));
     // A failure reported once the power was gone would reach nobody: a
     // real client sees its connection drop. Those writes are in doubt.
     let power_lost = storage.crashed();
-    for ((name, first, rows, _), outcome) in jobs.into_iter().zip(outcomes) {
+    for ((name, first, rows, _, _), outcome) in jobs.into_iter().zip(outcomes) {
         let ids = first..first + rows as i64;
         match outcome {
             Ok(_) => {

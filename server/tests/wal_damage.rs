@@ -70,14 +70,28 @@ fn bounds(ends: &[u64], at: u64) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_in_the_newest_segment_costs_only_the_commits_it_touches() {
-    let base = crashed(6, 100, &[]).await;
+    // 6.4 KB bodies: frames packed into the commit buffer (version 1).
+    damage_in_the_newest_segment(100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_to_bodies_written_in_place_costs_only_the_commits_it_touches() {
+    // 96 KB bodies: written from the gateway's aligned memory (version 3),
+    // the body from a block boundary on.
+    damage_in_the_newest_segment(1500).await;
+}
+
+async fn damage_in_the_newest_segment(rows: usize) {
+    let base = crashed(6, rows, &[]).await;
     let (written, ends) = (&base.written, &base.ends);
     let last_start = ends[4];
     let mut offsets: Vec<u64> = vec![0, 20, 47, 48, 300, 511, 512, 513, 700];
     for w in ends.windows(2) {
         // A commit's first bytes (frame header), its middle (IPC body) and
-        // its last bytes (padding to the block).
+        // its last bytes (padding to the block); with a body written in
+        // place, also where that body starts (a block boundary).
         offsets.extend([w[0], w[0] + 8, w[0] + 40, (w[0] + w[1]) / 2, w[1] - 200, w[1] - 1]);
+        offsets.extend([w[0] + 511, w[0] + 512, w[0] + 4096]);
     }
     offsets.sort();
     offsets.dedup();

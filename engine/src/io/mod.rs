@@ -105,6 +105,31 @@ impl IoBuf {
     }
 }
 
+/// One part of a vectored write ([`File::write_vectored_at`]).
+pub enum IoChunk {
+    Buf(IoBuf),
+    /// Memory shared with others (a record batch body the engine keeps),
+    /// aligned like an [`IoBuf`] in address and length.
+    Shared(bytes::Bytes),
+}
+
+impl IoChunk {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IoChunk::Buf(b) => b.as_bytes(),
+            IoChunk::Shared(b) => b,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An open file. Not `Send`: it lives on the shard that opened it.
 pub trait File {
     /// The alignment O_DIRECT asks of offsets, lengths and buffers.
@@ -114,6 +139,19 @@ pub trait File {
     fn alloc(&self, len: usize) -> IoBuf;
     /// Writes `buf` at `pos` (aligned); returns the bytes written.
     fn write_at(&self, buf: IoBuf, pos: u64, how: Submit) -> LocalBoxFuture<'_, io::Result<usize>>;
+    /// Writes `chunks` back to back from `pos` (each aligned in address and
+    /// length); returns the bytes written. By default the chunks are copied
+    /// into one buffer for [`File::write_at`]; the real files write them as
+    /// they are (`pwritev`).
+    fn write_vectored_at(&self, chunks: Vec<IoChunk>, pos: u64, how: Submit) -> LocalBoxFuture<'_, io::Result<usize>> {
+        let mut buf = self.alloc(chunks.iter().map(IoChunk::len).sum());
+        let mut at = 0;
+        for c in &chunks {
+            buf.as_bytes_mut()[at..at + c.len()].copy_from_slice(c.as_bytes());
+            at += c.len();
+        }
+        self.write_at(buf, pos, how)
+    }
     /// Up to `len` bytes from `pos` (fewer at the end of the file).
     fn read_at(&self, pos: u64, len: usize) -> LocalBoxFuture<'_, io::Result<Vec<u8>>>;
     /// Makes the data written so far and the file's length durable.

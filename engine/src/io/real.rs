@@ -12,7 +12,7 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use glommio::io::{DmaFile, OpenOptions};
 
-use super::{File, IoBuf, OpenMode, Space, Storage, Submit};
+use super::{File, IoBuf, IoChunk, OpenMode, Space, Storage, Submit};
 
 /// How data is read and written (`LONGBOW_IO_ENGINE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -230,6 +230,46 @@ fn pwrite_all(fd: BorrowedFd<'_>, bytes: &[u8], at: u64) -> io::Result<usize> {
     Ok(written)
 }
 
+/// Writes `chunks` back to back from `at` with `pwritev`, on the calling
+/// thread; returns the bytes written (fewer only if the file system wrote
+/// fewer: a full volume).
+fn pwritev_all(fd: BorrowedFd<'_>, chunks: &[IoChunk], at: u64) -> io::Result<usize> {
+    // Linux's IOV_MAX.
+    const IOVECS_MAX: usize = 1024;
+    let total: usize = chunks.iter().map(IoChunk::len).sum();
+    let mut written = 0usize;
+    // The first chunk not yet wholly written, and how much of it is.
+    let (mut first, mut skip) = (0usize, 0usize);
+    while written < total {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(IOVECS_MAX)
+            .enumerate()
+            .map(|(i, c)| std::io::IoSlice::new(if i == 0 { &c.as_bytes()[skip..] } else { c.as_bytes() }))
+            .collect();
+        match nix::sys::uio::pwritev(fd, &slices, (at + written as u64) as i64) {
+            Ok(0) => return Ok(written),
+            Ok(mut n) => {
+                written += n;
+                while n > 0 {
+                    let left = chunks[first].len() - skip;
+                    if n >= left {
+                        n -= left;
+                        first += 1;
+                        skip = 0;
+                    } else {
+                        skip += n;
+                        n = 0;
+                    }
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(written)
+}
+
 fn fdatasync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     nix::unistd::fdatasync(fd).map_err(io::Error::from)
 }
@@ -270,6 +310,14 @@ impl File for UringFile {
             self.file.write_at(dma, pos).await.map_err(io::Error::from)
         }
         .boxed_local()
+    }
+
+    fn write_vectored_at(&self, chunks: Vec<IoChunk>, pos: u64, _: Submit) -> LocalBoxFuture<'_, io::Result<usize>> {
+        // glommio writes only its own DMA buffers, and a body is not one:
+        // `pwritev` on the shard thread (docs/architecture.md, "Which calls
+        // block"). The `fdatasync` after it may still be queued.
+        let r = pwritev_all(self.fd(), &chunks, pos);
+        async move { r }.boxed_local()
     }
 
     fn read_at(&self, pos: u64, len: usize) -> LocalBoxFuture<'_, io::Result<Vec<u8>>> {
@@ -324,6 +372,11 @@ impl File for SyncFile {
 
     fn write_at(&self, buf: IoBuf, pos: u64, _: Submit) -> LocalBoxFuture<'_, io::Result<usize>> {
         let r = pwrite_all(self.file.as_fd(), buf.as_bytes(), pos);
+        async move { r }.boxed_local()
+    }
+
+    fn write_vectored_at(&self, chunks: Vec<IoChunk>, pos: u64, _: Submit) -> LocalBoxFuture<'_, io::Result<usize>> {
+        let r = pwritev_all(self.file.as_fd(), &chunks, pos);
         async move { r }.boxed_local()
     }
 

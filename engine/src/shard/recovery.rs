@@ -256,7 +256,7 @@ impl Replay<'_> {
                     let buf = Buffer::from_slice_ref(frame.payload);
                     let known = catalog.datasets.get(name).map(|d| d.schema.clone());
                     let mut decoded = Vec::new();
-                    ipc::decode_payload(&buf, known, |m| decoded.push(m))
+                    ipc::decode_payload(&buf, frame.payload_layout(), known, |m| decoded.push(m))
                         .map_err(|e| corrupt(format!("undecodable Arrow IPC payload: {e}")))?;
                     for m in decoded {
                         match m {

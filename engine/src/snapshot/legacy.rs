@@ -70,7 +70,11 @@ impl Manifest {
     pub fn schema(&self) -> std::result::Result<SchemaRef, String> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(&self.schema_ipc).map_err(|e| e.to_string())?;
         let mut found = None;
-        crate::wal::ipc::decode_payload(&arrow::buffer::Buffer::from_vec(bytes), None, |m| {
+        crate::wal::ipc::decode_payload(
+            &arrow::buffer::Buffer::from_vec(bytes),
+            crate::wal::ipc::PayloadLayout::Packed,
+            None,
+            |m| {
             if let crate::wal::ipc::Decoded::Schema(s) = m {
                 found = Some(s);
             }

@@ -8,8 +8,8 @@ use super::format::{self, FrameHeader, FrameKind, FRAME_HEADER_BYTES};
 use super::segment::ActiveSegment;
 use super::{ipc, IpcMessage, Lsn};
 use crate::error::Error;
-use crate::io::{IoBuf, Submit};
-use crate::limits::INLINE_COMMIT_BYTES_MAX;
+use crate::io::{IoChunk, Submit};
+use crate::limits::{BODY_BLOCK_BYTES, INLINE_COMMIT_BYTES_MAX};
 use crate::metrics::{EngineMetrics, Stage};
 
 /// One record to log.
@@ -58,7 +58,7 @@ pub(super) async fn write_seal(
     buf.as_bytes_mut().fill(0);
     buf.as_bytes_mut()[..frame.len()].copy_from_slice(&frame);
     let at = seg.pos;
-    write_and_sync(seg, buf, at, metrics).await?;
+    write_and_sync(seg, vec![IoChunk::Buf(buf)], at, metrics).await?;
     seg.pos += seg.block;
     Ok(())
 }
@@ -80,11 +80,12 @@ impl SyncError {
 
 pub(super) async fn write_and_sync(
     seg: &ActiveSegment,
-    buf: IoBuf,
+    chunks: Vec<IoChunk>,
     at: u64,
     metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
-    let len = buf.len();
+    let len: usize = chunks.iter().map(IoChunk::len).sum();
+    let in_place: usize = chunks.iter().filter(|c| matches!(c, IoChunk::Shared(_))).map(IoChunk::len).sum();
     let started = std::time::Instant::now();
     let result = {
         // Small commits are two plain syscalls on the shard thread. Through
@@ -95,12 +96,13 @@ pub(super) async fn write_and_sync(
         // meanwhile: new appends wait for the next commit anyway. Large
         // ones are queued, so the shard keeps serving reads.
         let how = if len as u64 <= INLINE_COMMIT_BYTES_MAX { Submit::Inline } else { Submit::Queued };
-        write_then_sync(seg, buf, at, how, metrics).await
+        write_then_sync(seg, chunks, at, how, metrics).await
     };
     match &result {
         Ok(()) => {
             metrics.wal_writes_ok.inc();
             metrics.wal_bytes_written.inc_by(len as u64);
+            metrics.wal_bytes_written_in_place.inc_by(in_place as u64);
             metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
             let end = at + len as u64;
             if end > seg.file_len.get() {
@@ -126,16 +128,21 @@ fn short_write(seg: &ActiveSegment, at: u64, written: usize) -> SyncError {
 
 async fn write_then_sync(
     seg: &ActiveSegment,
-    buf: IoBuf,
+    mut chunks: Vec<IoChunk>,
     at: u64,
     how: Submit,
     metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
     let started = std::time::Instant::now();
-    let len = buf.len();
-    let written = seg
-        .file
-        .write_at(buf, at, how)
+    let len: usize = chunks.iter().map(IoChunk::len).sum();
+    let write = match (chunks.len(), chunks.pop()) {
+        (1, Some(IoChunk::Buf(buf))) => seg.file.write_at(buf, at, how),
+        (_, last) => {
+            chunks.extend(last);
+            seg.file.write_vectored_at(chunks, at, how)
+        }
+    };
+    let written = write
         .await
         .map_err(|e| SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e)))?;
     if written != len {
@@ -151,53 +158,149 @@ async fn write_then_sync(
     Ok(())
 }
 
-/// Bytes a commit of these records takes in `seg`.
-pub(super) fn commit_len(seg: &ActiveSegment, records: &[Record<'_>]) -> u64 {
-    let mut seen = HashSet::new();
-    let body: usize = records
-        .iter()
-        .map(|r| {
-            if r.drop {
-                seen.remove(r.dataset);
-                return format::frame_len(r.dataset.len(), 0);
-            }
-            if r.is_bare() {
-                return format::frame_len(r.dataset.len(), r.payload_extra());
-            }
-            let schema = if seg.schemas_written.contains(r.dataset) || !seen.insert(r.dataset) {
-                0
-            } else {
-                r.schema_message.len()
-            };
-            format::frame_len(r.dataset.len(), schema + r.message.map_or(0, |m| m.encoded_len()) + r.payload_extra())
-        })
-        .sum();
-    (body as u64).next_multiple_of(seg.block)
+/// Where the records of one commit go: each frame's length and whether it
+/// carries its dataset's schema, and the commit's length. [`commit_len`]
+/// and [`encode`] both follow it, so the bytes planned are the bytes written.
+pub(super) struct Plan {
+    frames: Vec<FramePlan>,
+    pub(super) len: u64,
 }
 
-/// The commit of `records` as it goes to disk at `commit_start` in `seg`:
-/// their frames, LSNs from `first_lsn`, each dataset's schema before its
-/// first record in the segment, zero-padded to `len` (see [`commit_len`]).
+struct FramePlan {
+    schema: bool,
+    len: usize,
+    /// A version 3 frame: bytes from its start to its body, and the batch
+    /// message's padded metadata length.
+    split: Option<(usize, usize)>,
+}
+
+/// Plans a commit of `records` in `seg`. A record whose body came in
+/// aligned, padded memory ([`IpcMessage::padded_body`]) gets a version 3
+/// frame: its body starts on a block boundary and is written from that
+/// memory, not copied.
+pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>]) -> Plan {
+    let block = seg.block as usize;
+    let splits = BODY_BLOCK_BYTES % block == 0;
+    // Datasets whose schema this commit writes, and those it drops.
+    let mut written = HashSet::new();
+    let mut dropped = HashSet::new();
+    let mut at = 0usize;
+    let mut frames = Vec::with_capacity(records.len());
+    for r in records {
+        let ds = r.dataset.len();
+        let plan = if r.drop {
+            written.remove(r.dataset);
+            dropped.insert(r.dataset);
+            FramePlan { schema: false, len: format::frame_len(ds, 0), split: None }
+        } else if r.is_bare() {
+            FramePlan { schema: false, len: format::frame_len(ds, r.payload_extra()), split: None }
+        } else {
+            let has = (seg.schemas_written.contains(r.dataset) && !dropped.contains(r.dataset))
+                || written.contains(r.dataset);
+            let schema = !has;
+            if schema {
+                written.insert(r.dataset);
+            }
+            let schema_len = if schema { r.schema_message.len() } else { 0 };
+            match r.message.and_then(|m| m.padded_body.as_ref().map(|b| (m, b))) {
+                Some((m, body)) if splits => {
+                    let fixed = format::payload_offset(format::FORMAT_VERSION_ALIGNED, ds)
+                        + r.payload_extra()
+                        + schema_len
+                        + m.prefix_len();
+                    let body_at = (at + fixed).next_multiple_of(block);
+                    let meta_len = m.prefix_len() - 8 + (body_at - at - fixed);
+                    let prefix = body_at - at;
+                    FramePlan { schema, len: prefix + body.len(), split: Some((prefix, meta_len)) }
+                }
+                _ => {
+                    let payload = schema_len + r.message.map_or(0, |m| m.encoded_len()) + r.payload_extra();
+                    FramePlan { schema, len: format::frame_len(ds, payload), split: None }
+                }
+            }
+        };
+        at += plan.len;
+        frames.push(plan);
+    }
+    Plan { frames, len: (at as u64).next_multiple_of(seg.block) }
+}
+
+/// Bytes a commit of these records takes in `seg`.
+pub(super) fn commit_len(seg: &ActiveSegment, records: &[Record<'_>]) -> u64 {
+    plan(seg, records).len
+}
+
+/// The commit of `records` as it goes to disk at `commit_start` in `seg`,
+/// as laid out by `plan`: their frames, LSNs from `first_lsn`, each
+/// dataset's schema before its first record in the segment, zero-padded to
+/// `plan.len`. One buffer, or, where version 3 frames are, the commit
+/// buffer's pieces and the bodies between them, back to back.
 pub(super) fn encode(
     seg: &mut ActiveSegment,
     records: &[Record<'_>],
     first_lsn: Lsn,
     commit_start: u64,
-    len: u64,
-) -> IoBuf {
-    let mut buf = seg.file.alloc(len as usize);
-    let out = buf.as_bytes_mut();
+    plan: &Plan,
+) -> Vec<IoChunk> {
+    // The commit buffer's pieces: each ends where a body starts.
+    let mut pieces = Vec::new();
+    let mut piece = 0usize;
+    for f in &plan.frames {
+        match f.split {
+            Some((prefix, _)) => {
+                pieces.push(piece + prefix);
+                piece = 0;
+            }
+            None => piece += f.len,
+        }
+    }
+    let tail = plan.len as usize - plan.frames.iter().map(|f| f.len).sum::<usize>();
+    if piece + tail > 0 {
+        pieces.push(piece + tail);
+    }
+    let mut pieces = pieces.into_iter();
+    let mut chunks = Vec::with_capacity(pieces.len() * 2);
+    let mut buf = pieces.next().map(|len| seg.file.alloc(len));
     let mut at = 0usize;
-    for (i, r) in records.iter().enumerate() {
-        let payload_at = at + FRAME_HEADER_BYTES + r.dataset.len();
-        let mut payload_len = 0;
+    for (i, (r, f)) in records.iter().zip(&plan.frames).enumerate() {
+        let out = &mut buf.as_mut().expect("a frame has a piece").as_bytes_mut()[at..];
+        let kind = match () {
+            _ if r.drop => FrameKind::Drop,
+            _ if r.producers_state.is_some() => FrameKind::Producers,
+            _ => FrameKind::Data,
+        };
+        let header = FrameHeader { kind, lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
         if r.drop {
             // A dataset created again after this must log its schema again.
             seg.schemas_written.remove(r.dataset);
-        } else if !r.is_bare() && !seg.schemas_written.contains(r.dataset) {
+        } else if f.schema {
+            seg.schemas_written.insert(r.dataset.to_owned());
+        }
+        if let Some((prefix, meta_len)) = f.split {
+            let m = r.message.expect("a split frame has a message");
+            let body = m.padded_body.as_ref().expect("a split frame has a padded body");
+            let mut q = format::payload_offset(format::FORMAT_VERSION_ALIGNED, r.dataset.len());
+            if let Some((id, seq)) = r.producer {
+                q += ipc::write_producer_trailer(&mut out[q..], id, seq);
+            }
+            if f.schema {
+                out[q..q + r.schema_message.len()].copy_from_slice(r.schema_message);
+                q += r.schema_message.len();
+            }
+            q += m.write_prefix_to(&mut out[q..], meta_len);
+            debug_assert_eq!(q, prefix);
+            format::seal_split_frame(&mut out[..prefix], header, r.dataset.as_bytes(), body);
+            chunks.push(IoChunk::Buf(buf.take().expect("the piece before a body")));
+            chunks.push(IoChunk::Shared(body.clone()));
+            buf = pieces.next().map(|len| seg.file.alloc(len));
+            at = 0;
+            continue;
+        }
+        let payload_at = FRAME_HEADER_BYTES + r.dataset.len();
+        let mut payload_len = 0;
+        if f.schema {
             out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
             payload_len += r.schema_message.len();
-            seg.schemas_written.insert(r.dataset.to_owned());
         }
         if let Some(m) = r.message {
             payload_len += m.write_to(&mut out[payload_at + payload_len..]);
@@ -211,14 +314,14 @@ pub(super) fn encode(
             payload_len += ipc::write_producer_trailer(&mut out[payload_at + payload_len..], id, seq);
             version = format::FORMAT_VERSION_PRODUCER;
         }
-        let kind = match () {
-            _ if r.drop => FrameKind::Drop,
-            _ if r.producers_state.is_some() => FrameKind::Producers,
-            _ => FrameKind::Data,
-        };
-        let header = FrameHeader { kind, lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
-        at += format::seal_frame_in_place_version(&mut out[at..], header, r.dataset.as_bytes(), payload_len, version);
+        let len = format::seal_frame_in_place_version(out, header, r.dataset.as_bytes(), payload_len, version);
+        debug_assert_eq!(len, f.len);
+        at += len;
     }
-    out[at..].fill(0);
-    buf
+    if let Some(mut last) = buf {
+        last.as_bytes_mut()[at..].fill(0);
+        chunks.push(IoChunk::Buf(last));
+    }
+    debug_assert_eq!(chunks.iter().map(|c| c.len() as u64).sum::<u64>(), plan.len);
+    chunks
 }

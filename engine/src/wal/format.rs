@@ -18,6 +18,8 @@
 //! .. payload      [u8; payload_len]  Arrow IPC encapsulated messages
 //! .. zero padding to 8 bytes
 //! ```
+//! In version 3 ([`FORMAT_VERSION_ALIGNED`]) zeros pad the dataset name to 8
+//! bytes before the payload, under the checksum.
 //! All integers are little-endian.
 
 use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
@@ -32,6 +34,14 @@ pub const FORMAT_VERSION: u8 = 1;
 /// it can be, so that a log without producers stays readable by older
 /// binaries.
 pub const FORMAT_VERSION_PRODUCER: u8 = 2;
+/// Version of data frames whose record batch body starts at an aligned
+/// offset: the payload starts at the next 8-byte boundary after the dataset
+/// name, a producer trailer (if any) comes first, the batch message's
+/// metadata is zero-padded so that its body starts on a block boundary of
+/// the file, and zeros follow the body up to the next one. The frame is then
+/// written from two buffers: the commit buffer up to the body, and the body
+/// as the gateway received it (see `commit.rs`).
+pub const FORMAT_VERSION_ALIGNED: u8 = 3;
 pub const FRAME_HEADER_BYTES: usize = 40;
 pub const SEGMENT_HEADER_BYTES: usize = 48;
 pub const FRAME_ALIGN: usize = 8;
@@ -98,6 +108,17 @@ pub enum DecodeError {
     },
 }
 
+impl FrameRef<'_> {
+    /// How the payload's messages are laid out.
+    pub fn payload_layout(&self) -> super::ipc::PayloadLayout {
+        if self.version == FORMAT_VERSION_ALIGNED {
+            super::ipc::PayloadLayout::AlignedBody
+        } else {
+            super::ipc::PayloadLayout::Packed
+        }
+    }
+}
+
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -129,6 +150,39 @@ pub const fn frame_len(dataset_len: usize, payload_len: usize) -> usize {
 /// length. `out` must hold at least `frame_len(..)` bytes.
 pub fn seal_frame_in_place(out: &mut [u8], header: FrameHeader, dataset: &[u8], payload_len: usize) -> usize {
     seal_frame_in_place_version(out, header, dataset, payload_len, FORMAT_VERSION)
+}
+
+/// Offset of the payload in a frame of `version`.
+pub const fn payload_offset(version: u8, dataset_len: usize) -> usize {
+    if version == FORMAT_VERSION_ALIGNED {
+        align_up(FRAME_HEADER_BYTES + dataset_len, FRAME_ALIGN)
+    } else {
+        FRAME_HEADER_BYTES + dataset_len
+    }
+}
+
+/// Seals a version 3 frame written in two parts: `prefix` holds the frame
+/// from its header to the body (header fields are filled in here; the
+/// dataset padding and the payload's start are the caller's), `body` the
+/// rest, already padded. `prefix.len()` and `body.len()` are multiples of
+/// 8. The checksum covers both, as [`decode_frame`] reads them back to back.
+pub fn seal_split_frame(prefix: &mut [u8], header: FrameHeader, dataset: &[u8], body: &[u8]) {
+    let payload_at = payload_offset(FORMAT_VERSION_ALIGNED, dataset.len());
+    assert!(prefix.len() >= payload_at && prefix.len() % FRAME_ALIGN == 0 && body.len() % FRAME_ALIGN == 0);
+    let payload_len = prefix.len() - payload_at + body.len();
+    assert!(payload_len as u64 <= FRAME_PAYLOAD_BYTES_MAX);
+    prefix[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    prefix[4] = FORMAT_VERSION_ALIGNED;
+    prefix[5] = header.kind as u8;
+    prefix[6..8].copy_from_slice(&(dataset.len() as u16).to_le_bytes());
+    prefix[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    prefix[16..24].copy_from_slice(&header.lsn.to_le_bytes());
+    prefix[24..32].copy_from_slice(&header.segment_id.to_le_bytes());
+    prefix[32..40].copy_from_slice(&header.commit_start.to_le_bytes());
+    prefix[40..40 + dataset.len()].copy_from_slice(dataset);
+    prefix[40 + dataset.len()..payload_at].fill(0);
+    let crc = crc32c::crc32c_append(frame_crc(prefix), body);
+    prefix[12..16].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// [`seal_frame_in_place`] for a given frame version.
@@ -205,7 +259,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
         return Err(DecodeError::Truncated);
     }
     let version = buf[4];
-    if version != FORMAT_VERSION && version != FORMAT_VERSION_PRODUCER {
+    if !(FORMAT_VERSION..=FORMAT_VERSION_ALIGNED).contains(&version) {
         return Err(DecodeError::BadVersion(version));
     }
     let kind = FrameKind::from_u8(buf[5]).ok_or(DecodeError::BadKind(buf[5]))?;
@@ -214,8 +268,9 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
     if payload_len > FRAME_PAYLOAD_BYTES_MAX {
         return Err(DecodeError::TooLarge(payload_len));
     }
-    let body_end = FRAME_HEADER_BYTES + dataset_len + payload_len as usize;
-    let len = frame_len(dataset_len, payload_len as usize);
+    let payload_at = payload_offset(version, dataset_len);
+    let body_end = payload_at + payload_len as usize;
+    let len = align_up(body_end, FRAME_ALIGN);
     if buf.len() < body_end {
         return Err(DecodeError::Truncated);
     }
@@ -227,7 +282,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
     Ok(FrameRef {
         header: FrameHeader { kind, lsn: u64_at(buf, 16), segment_id: u64_at(buf, 24), commit_start: u64_at(buf, 32) },
         dataset: &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + dataset_len],
-        payload: &buf[FRAME_HEADER_BYTES + dataset_len..body_end],
+        payload: &buf[payload_at..body_end],
         len,
         version,
     })
@@ -344,6 +399,31 @@ mod tests {
                 let mut b = bytes.clone();
                 b[byte] ^= 1 << bit;
                 assert!(decode_frame(&b).is_err(), "flip at byte {byte} bit {bit} went unnoticed");
+            }
+        }
+    }
+
+    /// A version 3 frame sealed in two parts decodes from their
+    /// concatenation, and damage anywhere in either part is detected.
+    #[test]
+    fn a_split_frame_decodes_whole_and_every_flipped_bit_is_detected() {
+        for dataset in [&b"d"[..], b"dataset8", b"seven_7"] {
+            let payload_at = payload_offset(FORMAT_VERSION_ALIGNED, dataset.len());
+            assert_eq!(payload_at % FRAME_ALIGN, 0);
+            let mut prefix = vec![0u8; payload_at + 24];
+            prefix[payload_at..].copy_from_slice(&[5u8; 24]);
+            let body = [9u8; 64];
+            seal_split_frame(&mut prefix, header(3), dataset, &body);
+            let whole = [prefix.clone(), body.to_vec()].concat();
+            let f = decode_frame(&whole).expect("decodes");
+            assert_eq!((f.header, f.dataset, f.version, f.len), (header(3), dataset, FORMAT_VERSION_ALIGNED, whole.len()));
+            assert_eq!(f.payload, &whole[payload_at..]);
+            for byte in 0..whole.len() {
+                for bit in 0..8 {
+                    let mut b = whole.clone();
+                    b[byte] ^= 1 << bit;
+                    assert!(decode_frame(&b).is_err(), "flip at byte {byte} bit {bit} went unnoticed");
+                }
             }
         }
     }

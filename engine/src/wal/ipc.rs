@@ -19,6 +19,7 @@ use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, I
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::limits::BODY_BLOCK_BYTES;
 
 const CONTINUATION: [u8; 4] = [0xFF; 4];
 const PRODUCER_MAGIC: [u8; 4] = *b"LBPS";
@@ -46,9 +47,60 @@ pub fn write_producer_trailer(out: &mut [u8], id: &str, seq: u64) -> usize {
 pub struct IpcMessage {
     pub header: Bytes,
     pub body: Bytes,
+    /// `body` followed by zeros up to a multiple of [`BODY_BLOCK_BYTES`], in
+    /// memory aligned to it (see [`IpcMessage::with_aligned_body`]): the WAL
+    /// writes this memory as it is instead of copying the body.
+    pub padded_body: Option<Bytes>,
+}
+
+/// Memory aligned to [`BODY_BLOCK_BYTES`], as the owner of a `Bytes`.
+struct AlignedBody(aligned_vec::AVec<u8, aligned_vec::ConstAlign<BODY_BLOCK_BYTES>>);
+
+impl AsRef<[u8]> for AlignedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
 }
 
 impl IpcMessage {
+    pub fn new(header: Bytes, body: Bytes) -> Self {
+        Self { header, body, padded_body: None }
+    }
+
+    /// The message with its body copied, once, into memory aligned to
+    /// [`BODY_BLOCK_BYTES`] and zero-padded to a multiple of it. The columns
+    /// decoded from `body` and the WAL's write of `padded_body` then share
+    /// that memory (frame version 3).
+    pub fn with_aligned_body(header: Bytes, body: &[u8]) -> Self {
+        let padded = body.len().next_multiple_of(BODY_BLOCK_BYTES);
+        let mut v = aligned_vec::AVec::<u8, aligned_vec::ConstAlign<BODY_BLOCK_BYTES>>::with_capacity(
+            BODY_BLOCK_BYTES,
+            padded,
+        );
+        v.extend_from_slice(body);
+        v.resize(padded, 0);
+        let padded_body = Bytes::from_owner(AlignedBody(v));
+        Self { header, body: padded_body.slice(..body.len()), padded_body: Some(padded_body) }
+    }
+
+    /// Bytes of the encapsulated message's prefix: continuation marker,
+    /// metadata length and the metadata padded to 8 bytes.
+    pub fn prefix_len(&self) -> usize {
+        8 + self.header.len().next_multiple_of(8)
+    }
+
+    /// Writes the message's prefix with its metadata padded to `meta_len`
+    /// bytes (a multiple of 8, at least the metadata's own), so that the
+    /// body after it can start at an aligned offset; returns its length.
+    pub fn write_prefix_to(&self, out: &mut [u8], meta_len: usize) -> usize {
+        debug_assert!(meta_len % 8 == 0 && meta_len >= self.header.len());
+        out[0..4].copy_from_slice(&CONTINUATION);
+        out[4..8].copy_from_slice(&(meta_len as u32).to_le_bytes());
+        out[8..8 + self.header.len()].copy_from_slice(&self.header);
+        out[8 + self.header.len()..8 + meta_len].fill(0);
+        8 + meta_len
+    }
+
     /// Bytes the encapsulated message occupies.
     pub fn encoded_len(&self) -> usize {
         8 + self.header.len().next_multiple_of(8) + self.body.len()
@@ -56,12 +108,7 @@ impl IpcMessage {
 
     /// Writes the encapsulated message to the start of `out`; returns its length.
     pub fn write_to(&self, out: &mut [u8]) -> usize {
-        let meta_len = self.header.len().next_multiple_of(8);
-        out[0..4].copy_from_slice(&CONTINUATION);
-        out[4..8].copy_from_slice(&(meta_len as u32).to_le_bytes());
-        out[8..8 + self.header.len()].copy_from_slice(&self.header);
-        out[8 + self.header.len()..8 + meta_len].fill(0);
-        let body_at = 8 + meta_len;
+        let body_at = self.write_prefix_to(out, self.header.len().next_multiple_of(8));
         out[body_at..body_at + self.body.len()].copy_from_slice(&self.body);
         body_at + self.body.len()
     }
@@ -83,7 +130,7 @@ impl IpcMessage {
         if !dicts.is_empty() {
             return Err(Error::InvalidInput("dictionary-encoded columns are not supported".into()));
         }
-        Ok(Self { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() })
+        Ok(Self::new(encoded.ipc_message.into(), encoded.arrow_data.into()))
     }
 }
 
@@ -93,7 +140,7 @@ pub fn schema_message(schema: &Schema) -> Vec<u8> {
     let gen = IpcDataGenerator::default();
     let mut tracker = DictionaryTracker::new(false);
     let encoded = gen.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &IpcWriteOptions::default());
-    IpcMessage { header: encoded.ipc_message.into(), body: encoded.arrow_data.into() }.to_vec()
+    IpcMessage::new(encoded.ipc_message.into(), encoded.arrow_data.into()).to_vec()
 }
 
 /// Decodes a record batch message's `body` (no dictionaries: they are
@@ -119,11 +166,23 @@ pub enum Decoded {
     },
 }
 
+/// How a frame's payload is laid out (by frame version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadLayout {
+    /// Versions 1 and 2: IPC messages back to back, a producer trailer (if
+    /// any) last.
+    Packed,
+    /// Version 3: a producer trailer (if any) first, then the IPC messages,
+    /// the last one's body at an aligned offset, then zeros to the end.
+    AlignedBody,
+}
+
 /// Splits a frame payload into its encapsulated IPC messages and decodes
 /// each. `schema` is the dataset's schema so far; record batches need one.
 /// Array data is sliced from `payload`, not copied.
 pub fn decode_payload(
     payload: &arrow::buffer::Buffer,
+    layout: PayloadLayout,
     mut schema: Option<arrow::datatypes::SchemaRef>,
     mut out: impl FnMut(Decoded),
 ) -> std::result::Result<(), String> {
@@ -131,6 +190,10 @@ pub fn decode_payload(
     let mut at = 0usize;
     let bytes = payload.as_slice();
     while at < bytes.len() {
+        if layout == PayloadLayout::AlignedBody && at > 0 && bytes[at..].iter().all(|&b| b == 0) {
+            // The body's padding up to the block after it.
+            break;
+        }
         let word = |i: usize| -> std::result::Result<u32, String> {
             bytes
                 .get(i..i + 4)
@@ -140,8 +203,12 @@ pub fn decode_payload(
         if word(at)? == u32::from_le_bytes(PRODUCER_MAGIC) {
             let id_len = (word(at + 4)? & 0xFFFF) as usize;
             let end = at + producer_trailer_len(id_len);
-            if end != bytes.len() {
-                return Err(format!("producer trailer at payload offset {at} does not end the payload"));
+            let placed = match layout {
+                PayloadLayout::Packed => end == bytes.len(),
+                PayloadLayout::AlignedBody => at == 0 && end < bytes.len(),
+            };
+            if !placed {
+                return Err(format!("producer trailer at payload offset {at} is out of place"));
             }
             let seq = u64::from(word(at + 8)?) | (u64::from(word(at + 12)?) << 32);
             let id = std::str::from_utf8(
@@ -149,7 +216,11 @@ pub fn decode_payload(
             )
             .map_err(|_| "producer id is not UTF-8")?;
             out(Decoded::Producer { id: id.to_owned(), seq });
-            return Ok(());
+            if layout == PayloadLayout::Packed {
+                return Ok(());
+            }
+            at = end;
+            continue;
         }
         if word(at)? != u32::from_le_bytes(CONTINUATION) {
             return Err(format!("no IPC continuation marker at payload offset {at}"));

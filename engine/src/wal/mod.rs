@@ -295,11 +295,12 @@ impl Wal {
             self.rotate().await?;
         }
         let seg = self.active.as_mut().expect("a rotation leaves an active segment");
-        let len = commit::commit_len(seg, records);
+        let plan = commit::plan(seg, records);
+        let len = plan.len;
         let commit_start = seg.pos;
         let first_lsn = self.next_lsn;
-        let buf = commit::encode(seg, records, first_lsn, commit_start, len);
-        let result = write_and_sync(seg, buf, commit_start, &self.metrics).await;
+        let chunks = commit::encode(seg, records, first_lsn, commit_start, &plan);
+        let result = write_and_sync(seg, chunks, commit_start, &self.metrics).await;
         if result.is_err() {
             // The commit never became durable: its schemas may be missing
             // from the file, so write them again next time.
@@ -453,6 +454,116 @@ mod tests {
             format::decode_frame(&bytes[at..])
                 .is_ok_and(|f| f.header.segment_id < id && f.header.commit_start == at as u64)
         })
+    }
+
+    fn ids(first: i64, rows: usize) -> arrow::array::RecordBatch {
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Int64,
+            false,
+        )]));
+        let ids = arrow::array::Int64Array::from_iter_values(first..first + rows as i64);
+        arrow::array::RecordBatch::try_new(schema, vec![std::sync::Arc::new(ids)]).unwrap()
+    }
+
+    #[test]
+    fn aligned_bodies_are_written_in_place_and_replay_with_packed_frames_in_any_mix() {
+        for engine in [crate::io::IoEngine::Uring, crate::io::IoEngine::Sync] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().to_owned();
+            glommio::LocalExecutorBuilder::default()
+                .spawn(move || async move {
+                    std::fs::write(d.join("probe"), [1u8; 4096]).unwrap();
+                    let fs: StorageRef = std::sync::Arc::new(crate::io::RealStorage::new(engine));
+                    fs.open(&d.join("probe"), OpenMode::Read).await.unwrap().close().await.unwrap();
+                    let metrics = EngineMetrics::default();
+                    let (free, _) = FreeFiles::open(fs.clone(), &d, 4 * FILE_BYTES, 2).await.unwrap();
+                    let mut wal =
+                        Wal::open(fs.clone(), &d, 0, 0, 1, 1, metrics.clone(), Vec::new(), None, free).await.unwrap();
+                    let schema = ipc::schema_message(&ids(0, 1).schema());
+                    // Commits of small (packed) and large (aligned) bodies,
+                    // with and without a producer, two datasets with names
+                    // of lengths that do and do not pad, a drop between.
+                    let mut expected: Vec<(String, i64, usize, Option<u64>)> = Vec::new();
+                    let mut next = 0i64;
+                    let mut seq = 0u64;
+                    for commit in 0..12usize {
+                        let mut batches = Vec::new();
+                        for k in 0..=(commit % 4) {
+                            let rows = if (commit + k) % 2 == 0 { 9_000 + commit * 37 } else { 3 + k };
+                            let ds = if k % 2 == 0 { "d" } else { "dataset8" };
+                            let producer = (commit + k) % 3 == 0;
+                            let batch = ids(next, rows);
+                            let m = IpcMessage::from_batch(&batch).unwrap();
+                            let m = if rows > 1000 { IpcMessage::with_aligned_body(m.header.clone(), &m.body) } else { m };
+                            batches.push((ds, m, producer.then(|| { seq += 1; seq })));
+                            expected.push((ds.to_owned(), next, rows, producer.then_some(seq)));
+                            next += rows as i64;
+                        }
+                        let records: Vec<Record<'_>> = batches
+                            .iter()
+                            .map(|(ds, m, seq)| Record {
+                                producer: seq.map(|s| ("producer-7", s)),
+                                ..Record::data(ds, &schema, Some(m))
+                            })
+                            .collect();
+                        wal.append_synced(&records).await.unwrap();
+                        if commit == 6 {
+                            let drop = Record { drop: true, ..Record::data("dataset8", &[], None) };
+                            wal.append_synced(&[drop]).await.unwrap();
+                            expected.retain(|e| e.0 != "dataset8");
+                        }
+                    }
+                    assert!(metrics.wal_bytes_written_in_place.get() > 0, "large bodies were written in place");
+                    assert!(metrics.wal_bytes_written_in_place.get() < metrics.wal_bytes_written.get());
+                    drop(wal);
+
+                    let mut got: Vec<(String, i64, usize, Option<u64>)> = Vec::new();
+                    let mut versions = std::collections::BTreeSet::new();
+                    let mut known: std::collections::HashMap<String, arrow::datatypes::SchemaRef> = Default::default();
+                    for s in list_segments(&*fs, &d).unwrap() {
+                        replay_segment(&*fs, &s, None, true, CorruptionPolicy::Refuse, |f, _| {
+                            let ds = String::from_utf8(f.dataset.to_vec()).unwrap();
+                            if f.header.kind == format::FrameKind::Drop {
+                                got.retain(|g| g.0 != ds);
+                                known.remove(&ds);
+                                return Ok(());
+                            }
+                            versions.insert(f.version);
+                            let payload = arrow::buffer::Buffer::from_slice_ref(f.payload);
+                            let mut producer = None;
+                            let mut batch = None;
+                            ipc::decode_payload(&payload, f.payload_layout(), known.get(&ds).cloned(), |m| match m {
+                                ipc::Decoded::Schema(s) => {
+                                    known.insert(ds.clone(), s);
+                                }
+                                ipc::Decoded::Batch(b) => batch = Some(b),
+                                ipc::Decoded::Producer { id, seq } => {
+                                    assert_eq!(id, "producer-7");
+                                    producer = Some(seq);
+                                }
+                            })
+                            .unwrap();
+                            let b = batch.expect("a data frame holds a batch");
+                            let col = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+                            let first = col.value(0);
+                            assert!(col.values().iter().copied().eq(first..first + b.num_rows() as i64));
+                            got.push((ds, first, b.num_rows(), producer));
+                            Ok(())
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    assert_eq!(got, expected);
+                    assert_eq!(
+                        versions.into_iter().collect::<Vec<_>>(),
+                        vec![format::FORMAT_VERSION, format::FORMAT_VERSION_PRODUCER, format::FORMAT_VERSION_ALIGNED]
+                    );
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        }
     }
 
     #[test]

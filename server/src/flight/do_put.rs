@@ -29,6 +29,7 @@ use arrow_flight::{FlightData, PutResult};
 use futures::stream::BoxStream;
 use futures::{Future, StreamExt};
 use longbow_engine::metrics::Stage;
+use longbow_engine::limits::ALIGNED_BODY_BYTES_MIN;
 use longbow_engine::{Committed, Engine, IpcMessage, ProducerSeq, PutStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -266,12 +267,14 @@ impl Reader {
     }
 }
 
-/// Decodes a record batch message. The body is copied once into aligned
-/// memory if the transport left it misaligned (it usually does: the gRPC
-/// and protobuf framing put it at an arbitrary offset), so the columns are
-/// then sliced from one buffer instead of each being realigned on its own.
-/// The returned IPC message (what the WAL logs) is then that copy too, and
-/// holds nothing of the transport's buffer.
+/// Decodes a record batch message, copying its body once into aligned
+/// memory: the transport leaves it at an arbitrary offset in its own buffer
+/// (the gRPC and protobuf framing), which then holds nothing of the batch.
+/// A large body goes into block-aligned, zero-padded memory that the WAL
+/// writes as it is (frame version 3, no copy into the commit buffer); a
+/// small one, if misaligned, into memory aligned for the columns. The
+/// columns are sliced from that one copy, and the returned IPC message (what
+/// the WAL logs) is that copy too.
 fn decode_batch(
     data: &FlightData,
     message: &arrow::ipc::Message<'_>,
@@ -285,15 +288,16 @@ fn decode_batch(
             data.data_body.len()
         ));
     }
-    let mut body = Buffer::from(data.data_body.clone());
-    let mut ipc = IpcMessage { header: data.data_header.clone(), body: data.data_body.clone() };
-    if body.as_ptr().align_offset(64) != 0 {
-        body = Buffer::from_slice_ref(body.as_slice());
-        ipc = IpcMessage {
-            header: bytes::Bytes::copy_from_slice(&data.data_header),
-            body: bytes::Bytes::from_owner(OwnedBuffer(body.clone())),
-        };
-    }
+    let header = bytes::Bytes::copy_from_slice(&data.data_header);
+    let ipc = if data.data_body.len() >= ALIGNED_BODY_BYTES_MIN {
+        IpcMessage::with_aligned_body(header, &data.data_body)
+    } else if data.data_body.as_ptr().align_offset(64) != 0 {
+        let body = Buffer::from_slice_ref(&data.data_body);
+        IpcMessage::new(header, bytes::Bytes::from_owner(OwnedBuffer(body)))
+    } else {
+        IpcMessage::new(data.data_header.clone(), data.data_body.clone())
+    };
+    let body = Buffer::from(ipc.body.clone());
     let batch =
         longbow_engine::wal::ipc::read_batch(&body, fb, schema, message.version()).map_err(|e| e.to_string())?;
     Ok((batch, ipc))

@@ -755,7 +755,8 @@ fn describe(
         FrameKind::Data => {
             let buf = arrow::buffer::Buffer::from_slice_ref(f.payload);
             let mut decoded = Vec::new();
-            let result = ipc::decode_payload(&buf, schemas.get(&frame.dataset).cloned(), |m| decoded.push(m));
+            let layout = f.payload_layout();
+            let result = ipc::decode_payload(&buf, layout, schemas.get(&frame.dataset).cloned(), |m| decoded.push(m));
             for m in decoded {
                 match m {
                     Decoded::Schema(s) => {
