@@ -353,3 +353,14 @@ def test_a_client_that_goes_away_stops_its_query(server):
     else:
         raise AssertionError(f"the query kept running after its client left: {busy_rate} then {rates}")
     assert client.do_get(fl.Ticket(b"small")).read_all().num_rows == 5000
+
+
+def test_get_schema_of_a_query_plans_it_without_running_it(server):
+    client = server.client()
+    put(client, "ds", [vectors(0, 10)])
+    schema = client.get_schema(statement_query("SELECT id, id * 2 AS twice FROM ds WHERE id > 3")).schema
+    assert schema.names == ["id", "twice"]
+    assert schema.field("id").type == pa.int32()
+    with pytest.raises(pa.ArrowInvalid, match="nope"):
+        client.get_schema(statement_query("SELECT nope FROM ds"))
+    assert client.get_schema(fl.FlightDescriptor.for_path("ds")).schema == vectors(0, 1).schema

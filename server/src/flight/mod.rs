@@ -174,7 +174,11 @@ impl FlightService for LongbowFlight {
         let started = std::time::Instant::now();
         let r = async move {
             if is_cmd(request.get_ref()) {
-                return FlightService::get_schema(&self.sql, request).await;
+                // A Flight SQL command's schema is its FlightInfo's: the
+                // query is planned, not run (metadata commands have fixed
+                // schemas; unknown ones are UNIMPLEMENTED there).
+                let info = FlightService::get_flight_info(&self.sql, request).await?.into_inner();
+                return Ok(Response::new(SchemaResult { schema: info.schema }));
             }
             let name = dataset_from_descriptor(Some(request.get_ref()))?;
             let info = self.engine.info(&name).await.map_err(into_status)?;
