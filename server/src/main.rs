@@ -35,14 +35,12 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     }
-    std::thread::Builder::new()
-        .name("allocator-purge".into())
-        .spawn(|| loop {
-            std::thread::sleep(std::time::Duration::from_millis(ALLOCATOR_PURGE_DELAY_MS as u64));
-            // SAFETY: collects this thread's heap and purges what other
-            // threads freed longer ago than the delay.
-            unsafe { libmimalloc_sys::mi_collect(false) };
-        })?;
+    std::thread::Builder::new().name("allocator-purge".into()).spawn(|| loop {
+        std::thread::sleep(std::time::Duration::from_millis(ALLOCATOR_PURGE_DELAY_MS as u64));
+        // SAFETY: collects this thread's heap and purges what other
+        // threads freed longer ago than the delay.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    })?;
     let config = Config::parse();
     // The Delta kernel logs every table snapshot it builds at info: quiet
     // unless asked for by name.

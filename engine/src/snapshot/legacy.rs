@@ -75,10 +75,11 @@ impl Manifest {
             crate::wal::ipc::PayloadLayout::Packed,
             None,
             |m| {
-            if let crate::wal::ipc::Decoded::Schema(s) = m {
-                found = Some(s);
-            }
-        })?;
+                if let crate::wal::ipc::Decoded::Schema(s) = m {
+                    found = Some(s);
+                }
+            },
+        )?;
         found.ok_or_else(|| "manifest holds no schema".to_owned())
     }
 }

@@ -142,9 +142,7 @@ async fn write_then_sync(
             seg.file.write_vectored_at(chunks, at, how)
         }
     };
-    let written = write
-        .await
-        .map_err(|e| SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e)))?;
+    let written = write.await.map_err(|e| SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e)))?;
     if written != len {
         return Err(short_write(seg, at, written));
     }

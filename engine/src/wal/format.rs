@@ -416,7 +416,10 @@ mod tests {
             seal_split_frame(&mut prefix, header(3), dataset, &body);
             let whole = [prefix.clone(), body.to_vec()].concat();
             let f = decode_frame(&whole).expect("decodes");
-            assert_eq!((f.header, f.dataset, f.version, f.len), (header(3), dataset, FORMAT_VERSION_ALIGNED, whole.len()));
+            assert_eq!(
+                (f.header, f.dataset, f.version, f.len),
+                (header(3), dataset, FORMAT_VERSION_ALIGNED, whole.len())
+            );
             assert_eq!(f.payload, &whole[payload_at..]);
             for byte in 0..whole.len() {
                 for bit in 0..8 {

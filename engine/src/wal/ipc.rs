@@ -73,10 +73,8 @@ impl IpcMessage {
     /// that memory (frame version 3).
     pub fn with_aligned_body(header: Bytes, body: &[u8]) -> Self {
         let padded = body.len().next_multiple_of(BODY_BLOCK_BYTES);
-        let mut v = aligned_vec::AVec::<u8, aligned_vec::ConstAlign<BODY_BLOCK_BYTES>>::with_capacity(
-            BODY_BLOCK_BYTES,
-            padded,
-        );
+        let mut v =
+            aligned_vec::AVec::<u8, aligned_vec::ConstAlign<BODY_BLOCK_BYTES>>::with_capacity(BODY_BLOCK_BYTES, padded);
         v.extend_from_slice(body);
         v.resize(padded, 0);
         let padded_body = Bytes::from_owner(AlignedBody(v));

@@ -495,8 +495,16 @@ mod tests {
                             let producer = (commit + k) % 3 == 0;
                             let batch = ids(next, rows);
                             let m = IpcMessage::from_batch(&batch).unwrap();
-                            let m = if rows > 1000 { IpcMessage::with_aligned_body(m.header.clone(), &m.body) } else { m };
-                            batches.push((ds, m, producer.then(|| { seq += 1; seq })));
+                            let m =
+                                if rows > 1000 { IpcMessage::with_aligned_body(m.header.clone(), &m.body) } else { m };
+                            batches.push((
+                                ds,
+                                m,
+                                producer.then(|| {
+                                    seq += 1;
+                                    seq
+                                }),
+                            ));
                             expected.push((ds.to_owned(), next, rows, producer.then_some(seq)));
                             next += rows as i64;
                         }
