@@ -11,18 +11,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long mimalloc keeps freed memory before returning it to the kernel.
-/// Its default (10 ms, x10 for arenas) hands a batch's pages back between
-/// two batches, and the kernel then zeroes fresh ones for the next: the
-/// kernel's page zeroing was 40 % of the server's CPU during ingest
-/// (docs/benchmarks.md). Memory freed by eviction or acknowledged batches
-/// is reused within this delay. It costs resident memory: up to about a
-/// second of freed batches (measured +38 MiB at 16 MiB/s of eviction in the
-/// memory-limit test; 5 s cost +74). mimalloc purges only when some thread
+/// Its default (10 ms, x10 for arenas) hands memory back between two
+/// batches, and the kernel then zeroes fresh pages for the next: page
+/// zeroing was 40 % of the server's CPU during ingest (docs/benchmarks.md).
+/// Batch bodies, the bulk of it, are now reused through the engine's body
+/// pool (`engine/src/wal/body_pool.rs`), so a short delay is enough for the
+/// rest. Measured (one producer writing 1 GiB under a 256 MiB limit, RSS
+/// peak, MB/s): 10 ms 539-557 MiB at 447-455 MB/s; 100 ms 583-587 MiB at
+/// 703-711 MB/s; 1 s 655-675 MiB at 451-665 MB/s; without a limit 100 ms
+/// was within the noise of 1 s. mimalloc purges only when some thread
 /// allocates or frees, so a thread of its own calls `mi_collect` once per
-/// delay: an idle server gives the memory back (the short soak's RSS 20 s
-/// after its load: 452 MiB without it, 289 with it, 226 with no delay).
+/// second: an idle server gives the memory back (the short soak's RSS 20 s
+/// after its load, with a 1 s delay: 452 MiB without it, 289 with it).
 /// `MIMALLOC_PURGE_DELAY` in the environment overrides the delay.
-const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1_000;
+const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+/// How often the purge thread collects.
+const ALLOCATOR_COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> anyhow::Result<()> {
     // The offline tools (`longbow wal …`, `longbow snapshot …`) parse their
@@ -36,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     }
     std::thread::Builder::new().name("allocator-purge".into()).spawn(|| loop {
-        std::thread::sleep(std::time::Duration::from_millis(ALLOCATOR_PURGE_DELAY_MS as u64));
+        std::thread::sleep(ALLOCATOR_COLLECT_EVERY);
         // SAFETY: collects this thread's heap and purges what other
         // threads freed longer ago than the delay.
         unsafe { libmimalloc_sys::mi_collect(false) };

@@ -53,12 +53,21 @@ pub struct IpcMessage {
     pub padded_body: Option<Bytes>,
 }
 
-/// Memory aligned to [`BODY_BLOCK_BYTES`], as the owner of a `Bytes`.
-struct AlignedBody(aligned_vec::AVec<u8, aligned_vec::ConstAlign<BODY_BLOCK_BYTES>>);
+/// Memory aligned to [`BODY_BLOCK_BYTES`], as the owner of a `Bytes`; back
+/// to the body pool when the last reference goes.
+struct AlignedBody(Option<super::body_pool::Body>);
 
 impl AsRef<[u8]> for AlignedBody {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_slice()
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl Drop for AlignedBody {
+    fn drop(&mut self) {
+        if let Some(v) = self.0.take() {
+            super::body_pool::give(v);
+        }
     }
 }
 
@@ -73,11 +82,10 @@ impl IpcMessage {
     /// that memory (frame version 3).
     pub fn with_aligned_body(header: Bytes, body: &[u8]) -> Self {
         let padded = body.len().next_multiple_of(BODY_BLOCK_BYTES);
-        let mut v =
-            aligned_vec::AVec::<u8, aligned_vec::ConstAlign<BODY_BLOCK_BYTES>>::with_capacity(BODY_BLOCK_BYTES, padded);
+        let mut v = super::body_pool::take(padded);
         v.extend_from_slice(body);
         v.resize(padded, 0);
-        let padded_body = Bytes::from_owner(AlignedBody(v));
+        let padded_body = Bytes::from_owner(AlignedBody(Some(v)));
         Self { header, body: padded_body.slice(..body.len()), padded_body: Some(padded_body) }
     }
 

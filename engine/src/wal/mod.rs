@@ -17,6 +17,7 @@
 //!   (`free.rs`). Segment ids and LSNs only grow in a directory, so the
 //!   frames a recycled file still holds never pass for new ones.
 
+pub mod body_pool;
 mod commit;
 pub mod format;
 pub mod free;
