@@ -224,6 +224,8 @@ def main():
             "knn_vs_duckdb": out["duckdb_knn_s"] / out["longbow_knn_s"],
             "knn_vs_numpy": out["numpy_knn_s"] / out["longbow_knn_s"],
         }
+        cur.close()
+        conn.close()
     finally:
         s.stop()
     print(json.dumps(out, indent=2))
