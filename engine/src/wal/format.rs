@@ -161,6 +161,20 @@ pub const fn payload_offset(version: u8, dataset_len: usize) -> usize {
     }
 }
 
+/// The header fields and the dataset name at the start of `out`, all but
+/// the checksum (bytes 12..16), which covers them.
+fn write_header(out: &mut [u8], header: FrameHeader, version: u8, dataset: &[u8], payload_len: usize) {
+    out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    out[4] = version;
+    out[5] = header.kind as u8;
+    out[6..8].copy_from_slice(&(dataset.len() as u16).to_le_bytes());
+    out[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&header.lsn.to_le_bytes());
+    out[24..32].copy_from_slice(&header.segment_id.to_le_bytes());
+    out[32..40].copy_from_slice(&header.commit_start.to_le_bytes());
+    out[40..40 + dataset.len()].copy_from_slice(dataset);
+}
+
 /// Seals a version 3 frame written in two parts: `prefix` holds the frame
 /// from its header to the body (header fields are filled in here; the
 /// dataset padding and the payload's start are the caller's), `body` the
@@ -171,15 +185,7 @@ pub fn seal_split_frame(prefix: &mut [u8], header: FrameHeader, dataset: &[u8], 
     assert!(prefix.len() >= payload_at && prefix.len() % FRAME_ALIGN == 0 && body.len() % FRAME_ALIGN == 0);
     let payload_len = prefix.len() - payload_at + body.len();
     assert!(payload_len as u64 <= FRAME_PAYLOAD_BYTES_MAX);
-    prefix[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-    prefix[4] = FORMAT_VERSION_ALIGNED;
-    prefix[5] = header.kind as u8;
-    prefix[6..8].copy_from_slice(&(dataset.len() as u16).to_le_bytes());
-    prefix[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    prefix[16..24].copy_from_slice(&header.lsn.to_le_bytes());
-    prefix[24..32].copy_from_slice(&header.segment_id.to_le_bytes());
-    prefix[32..40].copy_from_slice(&header.commit_start.to_le_bytes());
-    prefix[40..40 + dataset.len()].copy_from_slice(dataset);
+    write_header(prefix, header, FORMAT_VERSION_ALIGNED, dataset, payload_len);
     prefix[40 + dataset.len()..payload_at].fill(0);
     let crc = crc32c::crc32c_append(frame_crc(prefix), body);
     prefix[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -198,15 +204,7 @@ pub fn seal_frame_in_place_version(
     assert!(out.len() >= len, "frame buffer too small");
     assert!(dataset.len() <= u16::MAX as usize);
     assert!(payload_len as u64 <= FRAME_PAYLOAD_BYTES_MAX);
-    out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-    out[4] = version;
-    out[5] = header.kind as u8;
-    out[6..8].copy_from_slice(&(dataset.len() as u16).to_le_bytes());
-    out[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    out[16..24].copy_from_slice(&header.lsn.to_le_bytes());
-    out[24..32].copy_from_slice(&header.segment_id.to_le_bytes());
-    out[32..40].copy_from_slice(&header.commit_start.to_le_bytes());
-    out[40..40 + dataset.len()].copy_from_slice(dataset);
+    write_header(out, header, version, dataset, payload_len);
     let body_end = FRAME_HEADER_BYTES + dataset.len() + payload_len;
     out[body_end..len].fill(0);
     let crc = frame_crc(&out[..body_end]);
