@@ -74,9 +74,7 @@ def loaded(tmp_path):
         time.sleep(1.5)  # the storage gauges are refreshed every second
         yield s
     finally:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait()
+        s.kill()
 
 
 def test_promtool_finds_no_problem_in_the_prometheus_text(loaded):
@@ -254,12 +252,9 @@ def test_large_bodies_are_written_from_the_memory_they_arrived_in(tmp_path):
         body = 1000 * 128 * 4
         assert 4 * body <= in_place <= 4 * (body + 4096 + 4096), in_place
         assert written > in_place
-        s.proc.kill()
-        s.proc.wait()
+        s.kill()
         s = Server(tmp_path / "data", shards=1)
         got = s.client().do_get(fl.Ticket(b"mixed")).read_all()
         assert got == pa.concat_tables([t for pair in zip(big, small) for t in pair])
     finally:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait()
+        s.kill()

@@ -136,9 +136,7 @@ def scraped(tmp_path):
     finally:
         if prometheus:
             prometheus.stop()
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill()
 
 
 def wait_for(prometheus, expr, what, timeout=30):

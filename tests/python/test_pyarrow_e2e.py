@@ -41,6 +41,12 @@ class Server:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
 
+    def kill(self):
+        """SIGKILL, unless it already exited."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
 
 def vectors(first_id: int, rows: int) -> pa.Table:
     rng = np.random.default_rng(first_id)
@@ -49,15 +55,6 @@ def vectors(first_id: int, rows: int) -> pa.Table:
         "id": pa.array(np.arange(first_id, first_id + rows, dtype=np.int32)),
         "vector": pa.FixedSizeListArray.from_arrays(flat, DIM),
     })
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path / "data")
-    yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait()
 
 
 def put(client, name, tables):
@@ -136,9 +133,7 @@ def test_snapshots_are_readable_by_duckdb_and_pandas(tmp_path, compression):
     try:
         check_snapshots_readable(server, tmp_path)
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill()
 
 
 def check_snapshots_readable(server, tmp_path):

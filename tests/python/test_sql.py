@@ -25,18 +25,7 @@ def small_memory(tmp_path):
     snapshotted batches are evicted and read back from Parquet."""
     s = Server(tmp_path / "data", extra=["--max-memory", "4MiB"])
     yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait()
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path / "data")
-    yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait()
+    s.kill()
 
 
 def connect(server):
@@ -241,8 +230,7 @@ def test_follow_stream_gets_each_later_batch_once_and_resumes_after_restart(tmp_
             waiting.read_chunk()
         dropper.join()
     finally:
-        if s.proc.poll() is None:
-            s.proc.kill()
+        s.kill()
 
 
 def test_sql_errors_name_the_problem_and_the_server_keeps_serving(server):
