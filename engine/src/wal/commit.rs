@@ -96,7 +96,7 @@ pub(super) async fn write_and_sync(
         // meanwhile: new appends wait for the next commit anyway. Large
         // ones are queued, so the shard keeps serving reads.
         let how = if len as u64 <= INLINE_COMMIT_BYTES_MAX { Submit::Inline } else { Submit::Queued };
-        write_then_sync(seg, chunks, at, how, metrics).await
+        write_then_sync(seg, chunks, len, at, how, metrics).await
     };
     match &result {
         Ok(()) => {
@@ -126,15 +126,16 @@ fn short_write(seg: &ActiveSegment, at: u64, written: usize) -> SyncError {
     })
 }
 
+/// Writes `chunks` (`len` bytes in all) at `at`, then syncs.
 async fn write_then_sync(
     seg: &ActiveSegment,
     mut chunks: Vec<IoChunk>,
+    len: usize,
     at: u64,
     how: Submit,
     metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
     let started = std::time::Instant::now();
-    let len: usize = chunks.iter().map(IoChunk::len).sum();
     let write = match (chunks.len(), chunks.pop()) {
         (1, Some(IoChunk::Buf(buf))) => seg.file.write_at(buf, at, how),
         (_, last) => {
@@ -157,8 +158,8 @@ async fn write_then_sync(
 }
 
 /// Where the records of one commit go: each frame's length and whether it
-/// carries its dataset's schema, and the commit's length. [`commit_len`]
-/// and [`encode`] both follow it, so the bytes planned are the bytes written.
+/// carries its dataset's schema, and the commit's length. The rotation check
+/// and [`encode`] both use it, so the bytes planned are the bytes written.
 pub(super) struct Plan {
     frames: Vec<FramePlan>,
     pub(super) len: u64,
@@ -221,11 +222,6 @@ pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>]) -> Plan {
         frames.push(plan);
     }
     Plan { frames, len: (at as u64).next_multiple_of(seg.block) }
-}
-
-/// Bytes a commit of these records takes in `seg`.
-pub(super) fn commit_len(seg: &ActiveSegment, records: &[Record<'_>]) -> u64 {
-    plan(seg, records).len
 }
 
 /// The commit of `records` as it goes to disk at `commit_start` in `seg`,

@@ -284,19 +284,23 @@ impl Wal {
         // first): a new segment. Nor a commit that, with the seal after
         // it, would extend the file (unless the segment is empty: a commit
         // larger than a segment extends its own).
+        let mut plan = None;
         let rotate = match &self.active {
             None => true,
             Some(a) => {
-                a.sealed
-                    || a.tail_suspect
-                    || (a.pos + commit::commit_len(a, records) + a.block > self.file_bytes && a.pos > a.block)
+                a.sealed || a.tail_suspect || {
+                    let p = plan.insert(commit::plan(a, records));
+                    a.pos + p.len + a.block > self.file_bytes && a.pos > a.block
+                }
             }
         };
         if rotate {
             self.rotate().await?;
+            // The new segment has its own schemas (and block size).
+            plan = None;
         }
         let seg = self.active.as_mut().expect("a rotation leaves an active segment");
-        let plan = commit::plan(seg, records);
+        let plan = plan.unwrap_or_else(|| commit::plan(seg, records));
         let len = plan.len;
         let commit_start = seg.pos;
         let first_lsn = self.next_lsn;
