@@ -779,7 +779,12 @@ impl SnapshotStore {
     /// One table's state: its active files (by LSN), and the newest Longbow
     /// commit's schema, covered LSN and producers.
     pub async fn load(&self, dataset: &str) -> Result<Option<TableState>> {
-        let Some(table) = self.table(dataset).await? else { return Ok(None) };
+        let Some(mut table) = self.table(dataset).await? else { return Ok(None) };
+        // The cached table is as of this store's own last commit: another
+        // writer's, or one of an earlier try whose answer was lost, may have
+        // landed since.
+        table.update_state().await.map_err(delta_err("updating the table", dataset))?;
+        self.tables.lock().expect("tables").insert(dataset.to_owned(), table.clone());
         let mut info = None;
         for limit in [Some(HISTORY_LOOKBACK), None] {
             let history: Vec<_> =
@@ -1046,5 +1051,11 @@ mod tests {
         // And a plain retry after it landed adds nothing.
         assert!(rt.block_on(c.clone().snapshot(0, write(2000, 2000, 50_000..50_010))).unwrap().is_none());
         assert_eq!(rows(&c), expected_sorted);
+        // A commit `b` makes alone, after `a`'s last: `a`'s view of the
+        // table is behind it, and a load still sees it.
+        expected_sorted.extend(60_000..60_010);
+        rt.block_on(b.clone().snapshot(0, write(3000, 3000, 60_000..60_010))).unwrap();
+        expected_sorted.sort();
+        assert_eq!(rows(&a), expected_sorted);
     }
 }
