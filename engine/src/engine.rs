@@ -39,6 +39,9 @@ pub struct EngineConfig {
     /// volume), or an object-store URL (`s3://bucket/prefix`, `gs://`,
     /// `az://`) whose settings come from the standard environment variables.
     pub snapshot_path: PathBuf,
+    /// The object store a remote `snapshot_path` names, instead of one
+    /// built from the environment (tests: the simulated store).
+    pub snapshot_store: Option<Arc<dyn object_store::ObjectStore>>,
     /// How long files a compaction replaced stay for readers of older table
     /// versions before VACUUM deletes them.
     pub snapshot_retention: Duration,
@@ -79,6 +82,7 @@ impl EngineConfig {
         let data_path: PathBuf = data_path.into();
         Self {
             snapshot_path: data_path.join("snapshots"),
+            snapshot_store: None,
             snapshot_interval: Duration::from_secs(3600),
             snapshot_retention: snapshots::DEFAULT_RETENTION,
             node: "0".into(),
@@ -208,6 +212,7 @@ impl Engine {
             } else {
                 location
             },
+            config.snapshot_store.clone(),
             &config.node,
             config.snapshot_retention,
             config.snapshot_compression,
@@ -294,10 +299,13 @@ impl Engine {
                 Err(e) => {
                     drop(handles);
                     join_all(executors);
-                    return Err(Error::Startup(format!(
-                        "cannot start shard {k} (a glommio executor needs io_uring and locked memory; \
-                         check that the kernel allows io_uring and that RLIMIT_MEMLOCK is at least 512 KiB): {e}"
-                    )));
+                    return Err(Error::startup(
+                        format!(
+                            "cannot start shard {k} (a glommio executor needs io_uring and locked memory; \
+                             check that the kernel allows io_uring and that RLIMIT_MEMLOCK is at least 512 KiB)"
+                        ),
+                        e.to_string(),
+                    ));
                 }
             }
         }

@@ -9,8 +9,10 @@
 //! since the last one that succeeded (the snapshot volume is failing).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::error::Error;
 
 #[derive(Debug, Default)]
 pub struct MemoryBudget {
@@ -24,7 +26,7 @@ pub struct MemoryBudget {
     /// A snapshot failed and none has succeeded since: waiting for memory
     /// is pointless.
     snapshot_failing: AtomicBool,
-    snapshot_error: Mutex<Option<(String, bool)>>,
+    snapshot_error: Mutex<Option<Arc<Error>>>,
     /// How long a commit waits for memory with no progress at all.
     backpressure_timeout_ms: AtomicU64,
 }
@@ -79,8 +81,8 @@ impl MemoryBudget {
         limit > 0 && self.used() > limit / 4 * quarters
     }
 
-    pub fn snapshot_failed(&self, message: String, disk_full: bool) {
-        *self.snapshot_error.lock().expect("snapshot error lock") = Some((message, disk_full));
+    pub fn snapshot_failed(&self, error: Arc<Error>) {
+        *self.snapshot_error.lock().expect("snapshot error lock") = Some(error);
         self.snapshot_failing.store(true, Ordering::Relaxed);
     }
 
@@ -91,7 +93,7 @@ impl MemoryBudget {
     }
 
     /// The last snapshot failure, if no snapshot succeeded since.
-    pub fn snapshot_failure(&self) -> Option<(String, bool)> {
+    pub fn snapshot_failure(&self) -> Option<Arc<Error>> {
         if !self.snapshot_failing.load(Ordering::Relaxed) {
             return None;
         }
@@ -124,8 +126,14 @@ mod tests {
     fn snapshot_failure_clears_on_success() {
         let b = MemoryBudget::new(1, Duration::from_secs(1));
         assert!(b.snapshot_failure().is_none());
-        b.snapshot_failed("disk full".into(), true);
-        assert_eq!(b.snapshot_failure(), Some(("disk full".into(), true)));
+        let full = Error::Io {
+            op: "writing",
+            path: "/snapshots/f".into(),
+            offset: 0,
+            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        };
+        b.snapshot_failed(Arc::new(full));
+        assert!(b.snapshot_failure().is_some_and(|e| e.is_disk_full()));
         b.snapshot_succeeded();
         assert!(b.snapshot_failure().is_none());
     }

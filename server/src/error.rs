@@ -18,15 +18,17 @@ pub fn code(e: &Error) -> Code {
         Error::NotStored { .. } => Code::Aborted,
         Error::SequenceGap { .. } | Error::SequenceTooOld { .. } => Code::FailedPrecondition,
         Error::DiskFull { .. } => Code::ResourceExhausted,
-        Error::Snapshot { disk_full: true, .. } => Code::ResourceExhausted,
-        Error::Snapshot { disk_full: false, .. } => Code::Internal,
+        Error::Snapshot { .. } if e.is_disk_full() => Code::ResourceExhausted,
+        Error::Snapshot { .. } => Code::Internal,
         Error::Io { .. }
         | Error::Poisoned { .. }
         | Error::WalWrite { .. }
         | Error::WalWriteInDoubt { .. }
         | Error::Corrupt { .. }
-        | Error::Store(_)
-        | Error::Startup(_) => Code::Internal,
+        | Error::Store { .. }
+        | Error::Startup(_)
+        | Error::StartupFailed { .. }
+        | Error::Task(_) => Code::Internal,
         Error::Arrow(_) => Code::InvalidArgument,
     }
 }

@@ -14,6 +14,10 @@
 //!   what was synced, can tear the last unsynced write at sector
 //!   granularity, and the storage can flip bits in synced sectors and fail
 //!   any operation with EIO or ENOSPC on a seeded schedule.
+//! - [`sim_object`]: the cold tier's object store as the simulated machine
+//!   reaches it: object_store's in-memory store behind a client that
+//!   shares the simulated storage's power and faults (a cut loses uploads
+//!   in flight; a put can land and lose its answer).
 //!
 //! Blocking calls: the metadata operations (`rename`, `list`, `remove`,
 //! `set_len`, small reads) are synchronous and run on the calling thread;
@@ -24,6 +28,7 @@
 pub mod faulty;
 pub mod real;
 pub mod sim;
+pub mod sim_object;
 
 use std::any::Any;
 use std::fmt::Debug;

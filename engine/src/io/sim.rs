@@ -49,6 +49,12 @@ pub struct Faults {
     pub fsync_eio: u32,
     /// A create, rename, remove or directory sync fails with EIO.
     pub meta_eio: u32,
+    /// A request of the simulated object store's client
+    /// ([`super::sim_object`]) fails before it reaches the store.
+    pub object_fail: u32,
+    /// A put or completed upload lands, but its answer is lost (a timeout,
+    /// a reset connection): the client sees an error.
+    pub object_answer_lost: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +101,8 @@ enum Op {
     Fsync,
     Meta,
     Read,
+    /// A request of the simulated object store's client.
+    Object,
 }
 
 /// `v` grown or cut to `len`, new bytes zero (calloc and a copy: quick in
@@ -137,6 +145,7 @@ impl State {
         let p = match op {
             Op::Fsync => self.faults.fsync_eio,
             Op::Meta => self.faults.meta_eio,
+            Op::Object => self.faults.object_fail,
             Op::Write | Op::Read => 0,
         };
         if p > 0 && self.rng.random_range(0..1_000_000) < p {
@@ -295,6 +304,28 @@ impl SimStorage {
 
     pub fn crashed(&self) -> bool {
         self.lock().crashed
+    }
+
+    /// Counts a request of the simulated object store's client on this
+    /// machine: fails once the power is lost, or when a fault is drawn.
+    pub(crate) fn begin_object_request(&self, what: &str) -> io::Result<()> {
+        self.lock().begin(Op::Object, what)
+    }
+
+    /// Whether the answer to a request that reached the store is lost:
+    /// always once the power is lost, otherwise when a fault is drawn.
+    pub(crate) fn object_answer_lost(&self, what: &str) -> bool {
+        let mut s = self.lock();
+        if s.crashed {
+            return true;
+        }
+        let p = s.faults.object_answer_lost;
+        if s.draw(p) {
+            let ops = s.ops;
+            s.events.push(format!("op {ops}: {what} landed, its answer lost"));
+            return true;
+        }
+        false
     }
 
     /// The faults and damage injected so far, oldest first.

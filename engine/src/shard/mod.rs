@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 
 use crate::dataset::{Catalog, Dataset, SeqCheck};
-use crate::error::{Error, Result};
+use crate::error::{Error, HeldBackCause, Result};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
 use crate::memory::MemoryBudget;
 use crate::metrics::{EngineMetrics, ShardLabel};
@@ -412,7 +412,7 @@ fn not_stored() -> Error {
 /// (back-pressure: meanwhile the queues fill and the gateway stops reading
 /// streams). Fails when nothing was freed for the back-pressure timeout, or
 /// when snapshots are failing; the error says which.
-async fn wait_for_memory(state: &State) -> std::result::Result<(), String> {
+async fn wait_for_memory(state: &State) -> std::result::Result<(), HeldBackCause> {
     let budget = &state.budget;
     if !budget.over() {
         return Ok(());
@@ -422,17 +422,14 @@ async fn wait_for_memory(state: &State) -> std::result::Result<(), String> {
     let mut progress_at = Instant::now();
     while budget.over() {
         state.check_pressure();
-        if let Some((message, _)) = budget.snapshot_failure() {
-            return Err(format!("snapshots are failing, so memory cannot be freed: {message}"));
+        if let Some(e) = budget.snapshot_failure() {
+            return Err(HeldBackCause::SnapshotsFailing(e));
         }
         if budget.freed() != freed {
             freed = budget.freed();
             progress_at = Instant::now();
         } else if progress_at.elapsed() > budget.backpressure_timeout() {
-            return Err(format!(
-                "snapshots freed no memory for {:?} (LONGBOW_BACKPRESSURE_TIMEOUT)",
-                budget.backpressure_timeout()
-            ));
+            return Err(HeldBackCause::NoProgress(budget.backpressure_timeout()));
         }
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
@@ -464,7 +461,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
         }
         if group.iter().any(|p| matches!(p, Pending::Batch { .. })) {
             if let Err(cause) = wait_for_memory(&state).await {
-                tracing::warn!(shard, cause, "memory limit: refusing the batches of a commit");
+                tracing::warn!(shard, %cause, "memory limit: refusing the batches of a commit");
                 let (batches, rest): (Vec<_>, Vec<_>) =
                     group.drain(..).partition(|p| matches!(p, Pending::Batch { .. }));
                 for p in batches {

@@ -75,26 +75,22 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
         if all {
             last_run = Instant::now();
         }
-        let r = r.map_err(|e| (e.to_string(), e.is_disk_full()));
+        let r = r.map_err(Arc::new);
         state.metrics.snapshot_failing.get_or_create(&ShardLabel { shard: state.id }).set(r.is_err() as i64);
         match &r {
             Ok(_) => state.budget.snapshot_succeeded(),
-            Err((message, disk_full)) => state.budget.snapshot_failed(message.clone(), *disk_full),
+            Err(e) => state.budget.snapshot_failed(e.clone()),
         }
-        if let Err((message, _)) = &r {
+        if let Err(e) = &r {
             tracing::warn!(
                 shard = state.id,
-                error = message,
+                error = %e,
                 "snapshot failed, the WAL is kept; next try in {RETRY_BACKOFF:?} at the earliest"
             );
         }
         for j in jobs {
             if let Some(reply) = j.reply {
-                let _ = reply.send(r.clone().map_err(|(message, disk_full)| Error::Snapshot {
-                    shard: state.id,
-                    message,
-                    disk_full,
-                }));
+                let _ = reply.send(r.clone().map_err(|source| Error::Snapshot { shard: state.id, source }));
             }
         }
         // After the answers: `force_snapshot` returns once the snapshot is
@@ -205,7 +201,7 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
         let min_lsn = pending.first().map_or(d.last_lsn, |(l, _)| *l);
         (
             d.schema.clone(),
-            pending.into_iter().map(|(_, b)| b).collect::<Vec<_>>(),
+            pending,
             min_lsn,
             d.last_lsn,
             d.files.clone(),
@@ -213,7 +209,6 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
             d.producers.clone(),
         )
     };
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     let write = SnapshotWrite {
         dataset: name.to_owned(),
         schema: schema.clone(),
@@ -224,27 +219,27 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
     };
     // IMPORTANT: the commit is what makes the file count; only after it is
     // durable may the WAL records it covers go.
-    let written = state.store.io(state.store.clone().snapshot(state.id, write)).await?;
-    if let Some(file) = written {
+    let outcome = state.store.io(state.store.clone().snapshot(state.id, write)).await?;
+    if let Some(file) = &outcome.file {
         report.files_written += 1;
-        report.rows_written += rows;
+        report.rows_written += outcome.rows;
         report.bytes_written += file.bytes;
         state.metrics.snapshot_bytes.inc_by(file.bytes);
-        state.metrics.snapshot_rows.inc_by(rows);
-        files.push(file);
-    } else if rows > 0 {
-        // An earlier try's commit had landed: the table holds the file.
-        if let Ok(Some(t)) = state
-            .store
-            .io({
-                let store = state.store.clone();
-                let name = name.to_owned();
-                async move { store.load(&name).await }
-            })
-            .await
-        {
-            files = t.manifest.files;
+        state.metrics.snapshot_rows.inc_by(outcome.rows);
+    }
+    if outcome.table_ahead {
+        // An earlier try's commit had landed unanswered: the table lists
+        // files this shard does not. Until they are known, eviction and
+        // reads cannot rely on the list, so this snapshot counts only once
+        // they are (a failure here is retried like any snapshot's).
+        let store = state.store.clone();
+        let owned = name.to_owned();
+        match state.store.io(async move { store.load(&owned).await }).await? {
+            Some(t) => files = t.manifest.files,
+            None => return Err(Error::NotFound(name.to_owned())),
         }
+    } else if let Some(file) = outcome.file {
+        files.push(file);
     }
     {
         let mut cat = state.catalog.borrow_mut();

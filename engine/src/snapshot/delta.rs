@@ -99,7 +99,7 @@ impl Location {
         let remote = ["s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "azure://"];
         if remote.iter().any(|p| s.starts_with(p)) {
             let url = Url::parse(s.trim_end_matches('/'))
-                .map_err(|e| Error::Startup(format!("LONGBOW_SNAPSHOT_PATH {s} is not a valid URL: {e}")))?;
+                .map_err(|e| Error::startup(format!("LONGBOW_SNAPSHOT_PATH {s} is not a valid URL"), e))?;
             return Ok(Self::Remote(url));
         }
         if let Some(p) = s.strip_prefix("file://") {
@@ -128,10 +128,24 @@ pub struct SnapshotObject {
 pub struct SnapshotWrite {
     pub dataset: String,
     pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
+    /// The batches not yet in a snapshot, with their LSNs, ascending.
+    pub batches: Vec<(Lsn, RecordBatch)>,
     pub min_lsn: Lsn,
     pub covered_lsn: Lsn,
     pub producers: BTreeMap<String, ProducerSeqs>,
+}
+
+/// What a snapshot did.
+#[derive(Debug, Default)]
+pub struct SnapshotOutcome {
+    /// The file it wrote and committed, if it had rows to write.
+    pub file: Option<SnapshotFile>,
+    /// The rows in that file.
+    pub rows: u64,
+    /// The table held a commit of this shard that its caller did not know
+    /// of (an earlier try whose answer was lost): what it covered was not
+    /// written again, and the caller's list of the table's files is stale.
+    pub table_ahead: bool,
 }
 
 /// What a compaction replaces.
@@ -216,31 +230,16 @@ impl LogStoreFactory for PlainLogStores {
     }
 }
 
-/// A store failure; a full local volume keeps its errno, so that
-/// snapshots report it as such (`RESOURCE_EXHAUSTED`, `is_disk_full`).
-fn store_error(message: String) -> Error {
-    let full = ["No space left on device", "Disk quota exceeded"].iter().any(|m| message.contains(m));
-    if full {
-        return Error::Io {
-            op: "writing to the snapshot store",
-            path: PathBuf::from(message),
-            offset: 0,
-            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
-        };
-    }
-    Error::Store(message)
-}
-
 fn delta_err<'a>(op: &'static str, dataset: &'a str) -> impl FnOnce(DeltaTableError) -> Error + 'a {
-    move |e| store_error(format!("{op} of {dataset}: {e}"))
+    move |e| Error::store(format!("{op} of {dataset}"), e)
 }
 
 fn store_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(object_store::Error) -> Error + 'a {
-    move |e| store_error(format!("{op} {path}: {e}"))
+    move |e| Error::store(format!("{op} {path}"), e)
 }
 
 fn parquet_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(parquet::errors::ParquetError) -> Error + 'a {
-    move |e| store_error(format!("{op} {path}: {e}"))
+    move |e| Error::store(format!("{op} {path}"), e)
 }
 
 /// `part-<min>-<max>.parquet` (and `part-<max>.parquet`, written before
@@ -268,9 +267,11 @@ impl SnapshotStore {
     /// the standard environment variables: `AWS_ENDPOINT_URL`,
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
     /// `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`). `node` names this server
-    /// in the commits' app ids.
+    /// in the commits' app ids. `store`, if given, is the object store a
+    /// remote location names (the environment is not read then).
     pub fn open(
         location: Location,
+        store: Option<Arc<dyn ObjectStore>>,
         node: &str,
         retention: Duration,
         compression: SnapshotCompression,
@@ -281,7 +282,7 @@ impl SnapshotStore {
             .on_thread_start(super::lower_thread_priority)
             .enable_all()
             .build()
-            .map_err(|e| Error::Startup(format!("starting the snapshot I/O runtime: {e}")))?;
+            .map_err(|e| Error::startup("starting the snapshot I/O runtime", e))?;
         let handle = runtime.handle().clone();
         let (store, prefix, root_url): (Arc<dyn ObjectStore>, ObjectPath, Url) = match &location {
             Location::Local(path) => {
@@ -290,28 +291,30 @@ impl SnapshotStore {
                 let url = Url::from_directory_path(&abs)
                     .map_err(|()| Error::Startup(format!("snapshot path {} is not absolute", abs.display())))?;
                 let prefix = ObjectPath::from_absolute_path(&abs)
-                    .map_err(|e| Error::Startup(format!("snapshot path {}: {e}", abs.display())))?;
+                    .map_err(|e| Error::startup(format!("snapshot path {}", abs.display()), e))?;
                 let url = Url::parse(url.as_str().trim_end_matches('/')).expect("a file URL");
                 (Arc::new(object_store::local::LocalFileSystem::new()), prefix, url)
             }
             Location::Remote(url) => {
-                let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match url.scheme() {
-                    "s3" | "s3a" => object_store::aws::AmazonS3Builder::from_env()
+                let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match (store, url.scheme())
+                {
+                    (Some(given), _) => Ok(given),
+                    (None, "s3" | "s3a") => object_store::aws::AmazonS3Builder::from_env()
                         .with_url(url.as_str())
                         .build()
                         .map(|s| Arc::new(s) as _),
-                    "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    (None, "gs") => object_store::gcp::GoogleCloudStorageBuilder::from_env()
                         .with_url(url.as_str())
                         .build()
                         .map(|s| Arc::new(s) as _),
-                    _ => object_store::azure::MicrosoftAzureBuilder::from_env()
+                    (None, _) => object_store::azure::MicrosoftAzureBuilder::from_env()
                         .with_url(url.as_str())
                         .build()
                         .map(|s| Arc::new(s) as _),
                 };
-                let store = built.map_err(|e| Error::Startup(format!("snapshot store {url}: {e}")))?;
+                let store = built.map_err(|e| Error::startup(format!("snapshot store {url}"), e))?;
                 let prefix = ObjectPath::from_url_path(url.path())
-                    .map_err(|e| Error::Startup(format!("snapshot store {url}: {e}")))?;
+                    .map_err(|e| Error::startup(format!("snapshot store {url}"), e))?;
                 let scheme = Url::parse(&format!("{}://", url.scheme())).expect("a scheme");
                 logstore_factories().insert(scheme, Arc::new(PlainLogStores));
                 (store, prefix, url.clone())
@@ -358,7 +361,7 @@ impl SnapshotStore {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.await.unwrap_or_else(|_| Err(Error::Store("the snapshot I/O runtime stopped".into())))
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Runs `fut` on the store's runtime and blocks for it (startup, tools).
@@ -367,7 +370,7 @@ impl SnapshotStore {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().unwrap_or_else(|_| Err(Error::Store("the snapshot I/O runtime stopped".into())))
+        rx.recv().unwrap_or(Err(Error::ShuttingDown))
     }
 
     fn table_path(&self, dataset: &str) -> ObjectPath {
@@ -436,7 +439,7 @@ impl SnapshotStore {
     async fn create_table(&self, dataset: &str, schema: &SchemaRef) -> Result<DeltaTable> {
         use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
         let delta_schema = StructType::try_from_arrow(schema.as_ref())
-            .map_err(|e| Error::Store(format!("dataset {dataset}: its schema has no Delta Lake equivalent: {e}")))?;
+            .map_err(|e| Error::store(format!("dataset {dataset}: its schema has no Delta Lake equivalent"), e))?;
         let table = DeltaTable::new(self.log_store(dataset)?)
             .create()
             .with_columns(delta_schema.fields().cloned())
@@ -465,7 +468,7 @@ impl SnapshotStore {
             Ok(())
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))
+        .unwrap_or_else(|e| Err(e.into()))
     }
 
     /// Encodes `batches` into a Parquet object at `path` (multipart past
@@ -497,7 +500,7 @@ impl SnapshotStore {
         let bytes = w.bytes_written() as u64;
         if crate::faults::fails(crate::faults::Fault::SnapshotWrite) {
             let _ = self.store.delete(path).await;
-            return Err(Error::Store(format!("uploading {path}: injected fault")));
+            return Err(Error::store(format!("uploading {path} (injected fault)"), crate::faults::eio()));
         }
         if let Some(local) = self.local_path(path) {
             tokio::task::spawn_blocking(move || {
@@ -505,13 +508,18 @@ impl SnapshotStore {
                 f.sync_all().map_err(Error::io("fsyncing snapshot file", &local, 0))
             })
             .await
-            .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))?;
+            .unwrap_or_else(|e| Err(e.into()))?;
         }
         Ok(bytes)
     }
 
     fn commit_info(&self, manifest: &Manifest) -> (String, serde_json::Value) {
         (COMMIT_INFO_KEY.to_owned(), serde_json::to_value(manifest).expect("manifest serializes"))
+    }
+
+    /// Whether `name` is one of the table's files.
+    fn has_file(table: &DeltaTable, name: &str) -> bool {
+        table.snapshot().is_ok_and(|s| s.log_data().iter().any(|f| f.path() == name))
     }
 
     /// The covered LSN app `app_id` committed to `dataset`'s table, if any.
@@ -522,28 +530,37 @@ impl SnapshotStore {
     }
 
     /// Uploads the batches as one file and commits it with `txn(app_id,
-    /// covered_lsn)`; returns the file, or `None` if there was nothing to
-    /// write. A commit that already landed (an earlier try, a concurrent
-    /// one of the same app) is not repeated.
-    pub async fn snapshot(self: Arc<Self>, shard: crate::ShardId, w: SnapshotWrite) -> Result<Option<SnapshotFile>> {
+    /// covered_lsn)`. What a commit of the same app already covers (an
+    /// earlier try whose answer was lost, a concurrent one of the same app)
+    /// is not written again: a retry that covers more writes only the
+    /// batches after it.
+    pub async fn snapshot(self: Arc<Self>, shard: crate::ShardId, mut w: SnapshotWrite) -> Result<SnapshotOutcome> {
         let app_id = self.app_id(shard);
         let mut table = match self.table(&w.dataset).await? {
             Some(t) => t,
             None => self.create_table(&w.dataset, &w.schema).await?,
         };
-        if Self::committed_version(&table, &app_id).await?.is_some_and(|v| v >= w.covered_lsn as i64) {
-            return Ok(None);
+        let committed = Self::committed_version(&table, &app_id).await?.map(|v| v as Lsn);
+        if committed.is_some_and(|v| v >= w.covered_lsn) {
+            return Ok(SnapshotOutcome { table_ahead: true, ..SnapshotOutcome::default() });
         }
-        let rows: u64 = w.batches.iter().map(|b| b.num_rows() as u64).sum();
+        let mut min_lsn = w.min_lsn;
+        let table_ahead = committed.is_some_and(|v| v >= w.min_lsn);
+        if let Some(v) = committed.filter(|_| table_ahead) {
+            tracing::info!(dataset = w.dataset, app_id, lsn = v, "the table already holds a snapshot up to this LSN");
+            w.batches.retain(|(lsn, _)| *lsn > v);
+            min_lsn = w.batches.first().map_or(w.covered_lsn, |(lsn, _)| *lsn);
+        }
+        let rows: u64 = w.batches.iter().map(|(_, b)| b.num_rows() as u64).sum();
         let mut actions = Vec::new();
         let mut file = None;
         if rows > 0 {
-            let name = file_name(w.min_lsn, w.covered_lsn);
+            let name = file_name(min_lsn, w.covered_lsn);
             let path = self.file_path(&w.dataset, &name);
-            let batches = futures::stream::iter(w.batches.into_iter().map(Ok));
+            let batches = futures::stream::iter(w.batches.into_iter().map(|(_, b)| Ok(b)));
             let bytes = self.upload(&path, w.schema.clone(), batches).await?;
             actions.push(Action::Add(add_action(&name, bytes, rows, true)));
-            file = Some(SnapshotFile { name, rows, bytes, min_lsn: w.min_lsn, max_lsn: w.covered_lsn });
+            file = Some(SnapshotFile { name, rows, bytes, min_lsn, max_lsn: w.covered_lsn });
         }
         let manifest =
             Manifest { producers: w.producers, ..Manifest::new(&w.dataset, &w.schema, w.covered_lsn, vec![]) };
@@ -559,7 +576,7 @@ impl SnapshotStore {
                 self.sync_log(&w.dataset, Some(done.version())).await?;
                 table.state = Some(done.snapshot());
                 self.remember(&w.dataset, table);
-                Ok(file)
+                Ok(SnapshotOutcome { file, rows, table_ahead })
             }
             Err(e) => {
                 // Reload: the commit may have landed (a lost reply), or a
@@ -568,7 +585,7 @@ impl SnapshotStore {
                 if let Ok(Some(t)) = self.table(&w.dataset).await {
                     if Self::committed_version(&t, &app_id).await?.is_some_and(|v| v >= w.covered_lsn as i64) {
                         tracing::info!(dataset = w.dataset, app_id, "snapshot commit found already in the table");
-                        return Ok(None);
+                        return Ok(SnapshotOutcome { table_ahead: true, ..SnapshotOutcome::default() });
                     }
                 }
                 Err(delta_err("committing a snapshot", &w.dataset)(e))
@@ -619,10 +636,23 @@ impl SnapshotStore {
                 Ok(SnapshotFile { name: merged_name, rows, bytes, min_lsn: first.min_lsn, max_lsn: last.max_lsn })
             }
             Err(e) => {
-                // Refused (a concurrent rewrite of the same files): the
-                // merged file is no table's.
+                // The commit may have landed (a lost answer): then the
+                // merged file is the table's. If not (refused by a
+                // concurrent rewrite of the same files), it is left to
+                // VACUUM: a commit whose answer was lost could still land.
                 self.forget(&c.dataset);
-                let _ = self.store.delete(&path).await;
+                if let Ok(Some(t)) = self.table(&c.dataset).await {
+                    if Self::has_file(&t, &merged_name) {
+                        tracing::info!(dataset = c.dataset, file = merged_name, "compaction commit found in the table");
+                        return Ok(SnapshotFile {
+                            name: merged_name,
+                            rows,
+                            bytes,
+                            min_lsn: first.min_lsn,
+                            max_lsn: last.max_lsn,
+                        });
+                    }
+                }
                 Err(delta_err("committing a compaction", &c.dataset)(e))
             }
         }
@@ -726,7 +756,7 @@ impl SnapshotStore {
                 }
             })
             .await
-            .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))?;
+            .unwrap_or_else(|e| Err(e.into()))?;
         }
         Ok(())
     }
@@ -739,7 +769,7 @@ impl SnapshotStore {
             crate::layout::sync_real_dir(local.parent().expect("a parent"))
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Startup(format!("fsync task: {e}"))))
+        .unwrap_or_else(|e| Err(e.into()))
     }
 
     /// The datasets that have a table (or a drop marker) under the root.
@@ -974,7 +1004,7 @@ mod tests {
         SnapshotWrite {
             dataset: "t".into(),
             schema: b.schema(),
-            batches: vec![b],
+            batches: vec![(min, b)],
             min_lsn: min,
             covered_lsn: max,
             producers: BTreeMap::new(),
@@ -1013,8 +1043,14 @@ mod tests {
     fn two_writers_racing_on_one_table_each_win_a_version_and_duplicate_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let open = |node| {
-            SnapshotStore::open(Location::Local(dir.path().to_owned()), node, DEFAULT_RETENTION, Default::default())
-                .unwrap()
+            SnapshotStore::open(
+                Location::Local(dir.path().to_owned()),
+                None,
+                node,
+                DEFAULT_RETENTION,
+                Default::default(),
+            )
+            .unwrap()
         };
         let (a, b) = (open("a"), open("b"));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -1023,7 +1059,7 @@ mod tests {
             let wa = write(10 + i as u64, 10 + i as u64, i * 100..i * 100 + 10);
             let wb = write(1000 + i as u64, 1000 + i as u64, 10_000 + i * 100..10_000 + i * 100 + 10);
             let (ra, rb) = rt.block_on(async { tokio::join!(a.clone().snapshot(0, wa), b.clone().snapshot(0, wb)) });
-            assert!(ra.unwrap().is_some() && rb.unwrap().is_some(), "both land, one after the other");
+            assert!(ra.unwrap().file.is_some() && rb.unwrap().file.is_some(), "both land, one after the other");
         }
         let mut expected_sorted: Vec<i64> = (0..10)
             .chain((0..6).flat_map(|i| i * 100..i * 100 + 10))
@@ -1044,12 +1080,12 @@ mod tests {
                 d.clone().snapshot(0, write(2000, 2000, 50_000..50_010))
             )
         });
-        let landed = [rc.unwrap(), rd.unwrap()].iter().filter(|r| r.is_some()).count();
+        let landed = [rc.unwrap(), rd.unwrap()].iter().filter(|r| r.file.is_some()).count();
         assert_eq!(landed, 1, "exactly one commit of txn (a, 2000)");
         expected_sorted.extend(50_000..50_010);
         assert_eq!(rows(&c), expected_sorted);
         // And a plain retry after it landed adds nothing.
-        assert!(rt.block_on(c.clone().snapshot(0, write(2000, 2000, 50_000..50_010))).unwrap().is_none());
+        assert!(rt.block_on(c.clone().snapshot(0, write(2000, 2000, 50_000..50_010))).unwrap().file.is_none());
         assert_eq!(rows(&c), expected_sorted);
         // A commit `b` makes alone, after `a`'s last: `a`'s view of the
         // table is behind it, and a load still sees it.
@@ -1057,5 +1093,35 @@ mod tests {
         rt.block_on(b.clone().snapshot(0, write(3000, 3000, 60_000..60_010))).unwrap();
         expected_sorted.sort();
         assert_eq!(rows(&a), expected_sorted);
+    }
+
+    /// A retry that covers more than a commit of the same app it did not
+    /// hear of (an earlier try whose answer was lost) writes only the
+    /// batches after that commit: no row is in the table twice.
+    #[test]
+    fn a_retry_covering_more_than_an_unanswered_commit_writes_only_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            SnapshotStore::open(
+                Location::Local(dir.path().to_owned()),
+                None,
+                "a",
+                DEFAULT_RETENTION,
+                Default::default(),
+            )
+            .unwrap()
+        };
+        let (first_try, retry) = (open(), open());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(retry.clone().snapshot(0, write(1, 1, 0..10))).unwrap();
+        // The first try lands lsn 2; the retry does not know and covers 2 and 3.
+        rt.block_on(first_try.clone().snapshot(0, write(2, 2, 10..20))).unwrap();
+        let mut w = write(2, 3, 10..20);
+        w.batches.push((3, batch(20..30)));
+        let outcome = rt.block_on(retry.clone().snapshot(0, w)).unwrap();
+        assert!(outcome.table_ahead, "the retry says its list of files is stale");
+        let file = outcome.file.expect("lsn 3 is written");
+        assert_eq!((file.min_lsn, file.max_lsn, file.rows, outcome.rows), (3, 3, 10, 10));
+        assert_eq!(rows(&retry), (0..30).collect::<Vec<_>>());
     }
 }

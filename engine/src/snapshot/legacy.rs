@@ -209,13 +209,16 @@ pub fn probe_root(root: &Path) -> Result<RootProbe> {
     match written {
         Ok(()) => Ok(RootProbe::Writable),
         Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT)) => Ok(RootProbe::Full(e)),
-        Err(e) => Err(Error::Startup(format!(
-            "the snapshot directory {} is not writable ({}: {e}); without snapshots the WAL is never truncated \
-             and memory never freed, so Longbow does not start: fix the volume (permissions, a read-only mount) \
-             or set LONGBOW_SNAPSHOT_PATH",
-            root.display(),
-            path.display()
-        ))),
+        Err(e) => Err(Error::startup(
+            format!(
+                "the snapshot directory {} is not writable (without snapshots the WAL is never truncated and \
+                 memory never freed, so Longbow does not start: fix the volume (permissions, a read-only mount) \
+                 or set LONGBOW_SNAPSHOT_PATH); writing {}",
+                root.display(),
+                path.display()
+            ),
+            e,
+        )),
     }
 }
 
@@ -708,6 +711,7 @@ mod tests {
                 // files and covered LSN; the manifest goes.
                 let store = crate::snapshot::SnapshotStore::open(
                     crate::snapshot::Location::Local(root.clone()),
+                    None,
                     "0",
                     crate::snapshot::DEFAULT_RETENTION,
                     SnapshotCompression::None,

@@ -159,8 +159,9 @@ fn entries(root: &Path) -> io::Result<Vec<Entry>> {
 /// The table of `name` as a start reads it.
 fn table(root: &Path, name: &str) -> Result<Option<Manifest>, String> {
     use snapshot::{Location, SnapshotStore, DEFAULT_RETENTION};
-    let store = SnapshotStore::open(Location::Local(root.to_owned()), "ls", DEFAULT_RETENTION, Default::default())
-        .map_err(|e| e.to_string())?;
+    let store =
+        SnapshotStore::open(Location::Local(root.to_owned()), None, "ls", DEFAULT_RETENTION, Default::default())
+            .map_err(|e| e.to_string())?;
     let (s, n) = (store.clone(), name.to_owned());
     store.block_on(async move { s.load(&n).await }).map(|t| t.map(|t| t.manifest)).map_err(|e| e.to_string())
 }
