@@ -427,6 +427,16 @@ impl SnapshotStore {
         Ok(Some(table))
     }
 
+    /// The table as of its latest version. The cached one is as of this
+    /// store's own last commit: another writer's, or one of an earlier try
+    /// whose answer was lost, may have landed since.
+    async fn current_table(&self, dataset: &str) -> Result<Option<DeltaTable>> {
+        let Some(mut table) = self.table(dataset).await? else { return Ok(None) };
+        table.update_state().await.map_err(delta_err("updating the table", dataset))?;
+        self.remember(dataset, table.clone());
+        Ok(Some(table))
+    }
+
     fn forget(&self, dataset: &str) {
         self.tables.lock().expect("tables").remove(dataset);
     }
@@ -536,7 +546,9 @@ impl SnapshotStore {
     /// batches after it.
     pub async fn snapshot(self: Arc<Self>, shard: crate::ShardId, mut w: SnapshotWrite) -> Result<SnapshotOutcome> {
         let app_id = self.app_id(shard);
-        let mut table = match self.table(&w.dataset).await? {
+        // Current, not cached: the `txn` read next must see every commit of
+        // this app that landed, answered or not.
+        let mut table = match self.current_table(&w.dataset).await? {
             Some(t) => t,
             None => self.create_table(&w.dataset, &w.schema).await?,
         };
@@ -809,12 +821,7 @@ impl SnapshotStore {
     /// One table's state: its active files (by LSN), and the newest Longbow
     /// commit's schema, covered LSN and producers.
     pub async fn load(&self, dataset: &str) -> Result<Option<TableState>> {
-        let Some(mut table) = self.table(dataset).await? else { return Ok(None) };
-        // The cached table is as of this store's own last commit: another
-        // writer's, or one of an earlier try whose answer was lost, may have
-        // landed since.
-        table.update_state().await.map_err(delta_err("updating the table", dataset))?;
-        self.tables.lock().expect("tables").insert(dataset.to_owned(), table.clone());
+        let Some(table) = self.current_table(dataset).await? else { return Ok(None) };
         let mut info = None;
         for limit in [Some(HISTORY_LOOKBACK), None] {
             let history: Vec<_> =
