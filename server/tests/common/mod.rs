@@ -445,8 +445,9 @@ pub fn truncate(path: &Path, at: u64) {
 /// root `root`, as the table's current version lists them (sorted).
 pub fn table_files(root: &Path, dataset: &str) -> Vec<String> {
     use longbow_engine::snapshot::{Location, SnapshotStore, DEFAULT_RETENTION};
-    let store = SnapshotStore::open(Location::Local(root.to_owned()), "test", DEFAULT_RETENTION, Default::default())
-        .expect("open the snapshot store");
+    let store =
+        SnapshotStore::open(Location::Local(root.to_owned()), None, "test", DEFAULT_RETENTION, Default::default())
+            .expect("open the snapshot store");
     let name = dataset.to_owned();
     let s = store.clone();
     let state = store.block_on(async move { s.load(&name).await }).expect("load the table");
