@@ -180,11 +180,11 @@ impl Dataset {
             records: 0,
             bytes: 0,
             durable: false,
-            last_lsn: 0,
+            last_lsn: Lsn::ZERO,
             files: Vec::new(),
-            covered_lsn: 0,
+            covered_lsn: Lsn::ZERO,
             has_manifest: false,
-            evicted_lsn: 0,
+            evicted_lsn: Lsn::ZERO,
             producers: BTreeMap::new(),
         }
     }
@@ -226,7 +226,7 @@ impl Dataset {
             return None;
         }
         if !self.has_manifest {
-            return Some(0); // its schema record is only in the WAL
+            return Some(Lsn::ZERO); // its schema record is only in the WAL
         }
         self.unsnapshotted().next().map(|(l, _)| *l).or(Some(self.covered_lsn + 1))
     }
@@ -340,22 +340,22 @@ mod producer_tests {
     fn sequence_numbers_are_checked_against_the_window() {
         let mut p = ProducerSeqs::default();
         assert_eq!(p.check(7), SeqCheck::Next, "a new producer starts anywhere");
-        p.record(7, 100);
-        p.record(8, 105);
+        p.record(7, Lsn(100));
+        p.record(8, Lsn(105));
         assert_eq!(p.check(9), SeqCheck::Next);
-        assert_eq!(p.check(8), SeqCheck::Stored(105));
-        assert_eq!(p.check(7), SeqCheck::Stored(100));
+        assert_eq!(p.check(8), SeqCheck::Stored(Lsn(105)));
+        assert_eq!(p.check(7), SeqCheck::Stored(Lsn(100)));
         assert_eq!(p.check(6), SeqCheck::TooOld { oldest: 7 });
         assert_eq!(p.check(11), SeqCheck::Gap { expected: 9 });
-        p.record(8, 999);
-        assert_eq!(p.check(8), SeqCheck::Stored(105), "replaying a stored one changes nothing");
+        p.record(8, Lsn(999));
+        assert_eq!(p.check(8), SeqCheck::Stored(Lsn(105)), "replaying a stored one changes nothing");
         for s in 9..9 + PRODUCER_WINDOW as u64 {
-            p.record(s, 1000 + s);
+            p.record(s, Lsn(1000 + s));
         }
         assert_eq!(p.recent.len(), PRODUCER_WINDOW);
         assert!(matches!(p.check(8), SeqCheck::TooOld { .. }));
         let mut q = ProducerSeqs::default();
-        q.record(5, 1);
+        q.record(5, Lsn(1));
         q.merge(&p);
         assert_eq!(q.last(), p.last());
     }

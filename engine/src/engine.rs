@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::dataset::{validate_name, DatasetInfo};
@@ -23,13 +25,19 @@ use crate::metrics::{EngineMetrics, ShardLabel};
 use crate::routing::shard_for;
 use crate::shard::recovery::{self, Plan, RecoveryStats};
 use crate::shard::request::{
-    Committed, DatasetRead, ProducerSeq, PutStream, ScanRequest, ScanView, ShardStats, SnapshotReport,
+    Committed, DatasetRead, ProducerSeq, PutStream, ScanFile, ScanRequest, ScanView, ShardStats, SnapshotReport,
 };
 use crate::shard::{self, ShardHandle, ShardSetup};
 use crate::snapshot::{self as snapshots, SnapshotCompression};
 use crate::wal::replay::CorruptionPolicy;
 use crate::wal::IpcMessage;
 use crate::ShardId;
+
+/// A dataset's rows as [`Engine::scan`] streams them.
+pub struct Scan {
+    pub schema: SchemaRef,
+    pub batches: BoxStream<'static, Result<RecordBatch>>,
+}
 
 /// Everything the engine needs; reads no environment.
 #[derive(Debug, Clone)]
@@ -204,7 +212,7 @@ impl Engine {
             snapshot_lock = Some(snapshots::lock_root(&config.snapshot_path)?);
         }
         for k in 0..config.shards {
-            metrics.snapshot_failing.get_or_create(&ShardLabel { shard: k as ShardId }).set(snapshot_full as i64);
+            metrics.snapshot_failing.get_or_create(&ShardLabel { shard: k as u32 }).set(snapshot_full as i64);
         }
         let store = snapshots::SnapshotStore::open(
             if location.local().is_some() {
@@ -225,7 +233,7 @@ impl Engine {
         }
         let mut manifests: Vec<Vec<snapshots::Manifest>> = vec![Vec::new(); config.shards];
         for t in store.block_on(store.clone().load_all())? {
-            manifests[shard_for(&t.manifest.dataset, config.shards) as usize].push(t.manifest);
+            manifests[shard_for(&t.manifest.dataset, config.shards).index()].push(t.manifest);
         }
         let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
         metrics.memory_limit_bytes.set(config.max_memory as i64);
@@ -236,7 +244,7 @@ impl Engine {
         let mut handles = Vec::with_capacity(config.shards);
         let mut executors = Vec::with_capacity(config.shards);
         for k in 0..config.shards {
-            let id = k as ShardId;
+            let id = ShardId(k as u32);
             let (tx, inbox) = flume::bounded(SHARD_INBOX_DEPTH_MAX);
             handles.push(ShardHandle { id, tx, backpressure_timeout: config.backpressure_timeout });
             let plan = Plan {
@@ -315,9 +323,9 @@ impl Engine {
         let mut failure = None;
         for _ in 0..config.shards {
             match report_rx.recv() {
-                Ok((id, Ok(stats))) => recovery[id as usize] = stats,
+                Ok((id, Ok(stats))) => recovery[id.index()] = stats,
                 Ok((id, Err(e))) => {
-                    tracing::error!(shard = id, error = %e, "shard recovery failed");
+                    tracing::error!(shard = %id, error = %e, "shard recovery failed");
                     failure.get_or_insert(e);
                 }
                 Err(_) => {
@@ -394,7 +402,7 @@ impl Engine {
     /// The shard that owns `dataset`, after checking the name.
     pub fn shard(&self, dataset: &str) -> Result<&ShardHandle> {
         validate_name(dataset)?;
-        Ok(&self.0.shards[shard_for(dataset, self.0.shards.len()) as usize])
+        Ok(&self.0.shards[shard_for(dataset, self.0.shards.len()).index()])
     }
 
     /// Creates `dataset` with `schema` (durably) or checks that it matches.
@@ -421,15 +429,42 @@ impl Engine {
         &self.0.budget
     }
 
-    /// The dataset as of now: snapshot files holding evicted rows, then the
-    /// batches in memory.
-    pub async fn get(&self, dataset: &str) -> Result<DatasetRead> {
-        self.shard(dataset)?.get(dataset.to_owned()).await
+    /// Every row of `dataset` as of now, in LSN order: evicted rows read
+    /// back from its snapshot table's files (a row group at a time, decoded
+    /// on the snapshot store's runtime; files a compaction replaced stay
+    /// readable for the retention period), then the batches in memory. The
+    /// stream holds a few batches at most and stops reading when dropped.
+    pub async fn scan(&self, dataset: &str) -> Result<Scan> {
+        let DatasetRead { schema, files, batches } = self.shard(dataset)?.get(dataset.to_owned()).await?;
+        let cold = self.0._store.read(files, schema.clone());
+        let hot = futures::stream::iter(batches.into_iter().map(Ok));
+        Ok(Scan { schema, batches: cold.chain(hot).boxed() })
+    }
+
+    /// The rows of one snapshot file of a [`ScanView`], read as
+    /// [`Engine::scan`] reads them, checked against the row count its
+    /// table records.
+    pub async fn read_file(&self, schema: SchemaRef, file: &ScanFile) -> Result<Vec<RecordBatch>> {
+        let object = snapshots::SnapshotObject {
+            store: self.snapshot_objects(),
+            path: object_store::path::Path::from(file.path.as_str()),
+            bytes: file.bytes,
+        };
+        let batches: Vec<RecordBatch> = self.0._store.read(vec![object], schema).try_collect().await?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows as u64 != file.rows {
+            return Err(Error::Corrupt {
+                path: PathBuf::from(&file.path),
+                offset: 0,
+                reason: format!("holds {rows} rows, its table says {}", file.rows),
+            });
+        }
+        Ok(batches)
     }
 
     /// A consistent view of `dataset` for a query or a change feed: its
     /// evicted rows' snapshot files and its batches in memory, with LSNs.
-    pub async fn scan(&self, dataset: &str, scan: ScanRequest) -> Result<ScanView> {
+    pub async fn view(&self, dataset: &str, scan: ScanRequest) -> Result<ScanView> {
         self.shard(dataset)?.scan(dataset.to_owned(), scan).await
     }
 

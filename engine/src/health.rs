@@ -79,7 +79,7 @@ impl Drop for ExitGuard {
     fn drop(&mut self) {
         let why = if std::thread::panicking() { ShardDown::Panicked } else { ShardDown::Exited };
         if why == ShardDown::Panicked {
-            tracing::error!(shard = self.shard, "shard thread panicked: its datasets are unavailable until a restart");
+            tracing::error!(shard = %self.shard, "shard thread panicked: its datasets are unavailable until a restart");
         }
         self.tx.down(self.shard, why);
     }

@@ -257,7 +257,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shard = shard_dir(dir.path(), 0);
         std::fs::create_dir_all(&shard).unwrap();
-        std::fs::write(shard.join(crate::wal::segment_file_name(1)), b"x").unwrap();
+        std::fs::write(shard.join(crate::wal::segment_file_name(crate::SegmentId(1))), b"x").unwrap();
         assert!(matches!(read(&FS, dir.path()), Err(Error::Startup(_))));
     }
 }

@@ -26,9 +26,12 @@
 //!   commits, compaction commits, VACUUM, drops, ranged read-back, and the
 //!   migration of the pre-Delta layout; the shard's snapshot worker is
 //!   `shard/snapshots.rs`.
+//! - [`record`]: a write (`Schema | Batch | Drop`), one type from the
+//!   gateway's request through the committer's queue to its WAL frame.
 //! - [`dataset`]: in-memory batches, schemas and name rules; no I/O.
 //! - [`layout`]: the data directory's lock, shard count and WAL generation.
 //! - [`memory`]: the one memory budget all shards share (atomics).
+//! - [`ids`]: the `Lsn`, `ShardId` and `SegmentId` newtypes.
 //! - [`routing`], [`limits`], [`error`], [`metrics`], and [`faults`]
 //!   (test-only fault injection, behind the `fault-injection` feature).
 //!
@@ -43,24 +46,25 @@ pub mod engine;
 pub mod error;
 pub mod faults;
 pub mod health;
+pub mod ids;
 pub mod io;
 pub mod layout;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod record;
 pub mod routing;
 pub mod shard;
 pub mod snapshot;
 pub mod wal;
 
-/// Index of a shard, `0..shards`.
-pub type ShardId = u32;
+pub use ids::{Lsn, SegmentId, ShardId};
 
 pub use dataset::DatasetInfo;
-pub use engine::{default_shards, Engine, EngineConfig};
+pub use engine::{default_shards, Engine, EngineConfig, Scan};
 pub use error::{Error, Result};
 pub use metrics::EngineMetrics;
 pub use shard::request::{Committed, ProducerSeq, PutStream};
 pub use shard::ShardHandle;
 pub use wal::replay::CorruptionPolicy;
-pub use wal::{IpcMessage, Lsn};
+pub use wal::IpcMessage;

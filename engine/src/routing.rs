@@ -5,7 +5,7 @@ use crate::ShardId;
 
 pub fn shard_for(dataset: &str, shards: usize) -> ShardId {
     assert!(shards > 0);
-    (crc32c::crc32c(dataset.as_bytes()) as usize % shards) as ShardId
+    ShardId((crc32c::crc32c(dataset.as_bytes()) as usize % shards) as u32)
 }
 
 #[cfg(test)]
@@ -17,7 +17,7 @@ mod tests {
         // Pinned values: changing the hash would strand data on restart.
         for n in 1..17 {
             for name in ["a", "vectors", "x.y-z_1"] {
-                assert!((shard_for(name, n) as usize) < n);
+                assert!(shard_for(name, n).index() < n);
                 assert_eq!(shard_for(name, n), shard_for(name, n));
             }
         }
@@ -27,7 +27,7 @@ mod tests {
     fn spreads() {
         let mut counts = [0usize; 4];
         for i in 0..4000 {
-            counts[shard_for(&format!("ds{i}"), 4) as usize] += 1;
+            counts[shard_for(&format!("ds{i}"), 4).index()] += 1;
         }
         assert!(counts.iter().all(|c| *c > 800), "{counts:?}");
     }

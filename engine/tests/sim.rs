@@ -179,16 +179,14 @@ fn drop_one(engine: &Engine, storage: &SimStorage, run: &mut Run, model: &mut Mo
 
 /// Every row id (with its payload checked) the engine serves for `name`.
 fn rows_of(engine: &Engine, name: &str) -> Result<Vec<i64>, String> {
-    let read = match block_on(engine.get(name)) {
-        Ok(r) => r,
+    let scan = match block_on(engine.scan(name)) {
+        Ok(s) => s,
         Err(Error::NotFound(_)) => return Ok(Vec::new()),
         Err(e) => return Err(format!("reading {name}: {e}")),
     };
-    // Evicted rows come from the snapshot table's files.
-    let mut batches: Vec<RecordBatch> =
-        block_on(futures::TryStreamExt::try_collect(longbow_engine::snapshot::read_objects(read.files, read.schema)))
-            .map_err(|e| format!("reading {name}'s snapshot files: {e}"))?;
-    batches.extend(read.batches);
+    // Evicted rows come from the snapshot table's files, then memory.
+    let batches: Vec<RecordBatch> = block_on(futures::TryStreamExt::try_collect(scan.batches))
+        .map_err(|e| format!("reading {name}'s rows: {e}"))?;
     let mut ids = Vec::new();
     for b in batches {
         let id = b.column(0).as_any().downcast_ref::<Int64Array>().ok_or("id column")?;

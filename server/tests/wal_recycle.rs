@@ -33,7 +33,7 @@ fn metric(text: &str, name: &str) -> u64 {
 }
 
 fn segment_id(path: &Path) -> u64 {
-    SegmentHeader::decode(&std::fs::read(path).unwrap()).unwrap().segment_id
+    SegmentHeader::decode(&std::fs::read(path).unwrap()).unwrap().segment_id.0
 }
 
 /// Whether the segment is a recycled file holding, after its own log,
@@ -43,7 +43,7 @@ fn old_frames_after_the_log(path: &Path) -> bool {
     let id = segment_id(path);
     let bytes = std::fs::read(path).unwrap();
     (end as usize..bytes.len()).step_by(8).any(|at| {
-        decode_frame(&bytes[at..]).is_ok_and(|f| f.header.segment_id < id && f.header.commit_start == at as u64)
+        decode_frame(&bytes[at..]).is_ok_and(|f| f.header.segment_id.0 < id && f.header.commit_start == at as u64)
     })
 }
 
@@ -143,7 +143,14 @@ async fn a_crash_while_a_free_file_becomes_a_segment_loses_nothing() {
     let newest = wal_segments(&shard).pop().unwrap();
     let next = segment_id(&newest) + 1;
     let header = |id: u64| {
-        SegmentHeader { block_bytes: 512, shard: 0, generation: 0, segment_id: id, first_lsn: 1_000_000 }.encode()
+        SegmentHeader {
+            block_bytes: 512,
+            shard: longbow_engine::ShardId(0),
+            generation: 0,
+            segment_id: longbow_engine::SegmentId(id),
+            first_lsn: longbow_engine::Lsn(1_000_000),
+        }
+        .encode()
     };
     let rewrite_header = |path: &Path, id: u64| {
         let mut bytes = std::fs::read(path).unwrap();

@@ -9,11 +9,13 @@ use futures::channel::oneshot;
 use futures::FutureExt;
 
 use super::request::{
-    Committed, DatasetRead, ProducerSeq, PutStream, Request, ScanRequest, ScanView, ShardStats, SnapshotReport,
+    Committed, DatasetRead, ProducerSeq, PutStream, Reply, Request, ScanRequest, ScanView, ShardStats, SnapshotReport,
+    Write,
 };
 use crate::dataset::DatasetInfo;
 use crate::error::{Error, Result};
 use crate::limits::SHARD_SEND_TIMEOUT_MS;
+use crate::record::{Batch, Op};
 use crate::wal::IpcMessage;
 use crate::ShardId;
 
@@ -59,8 +61,12 @@ impl ShardHandle {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
+    fn write(dataset: String, op: Op, stream: PutStream, reply: Reply<Committed>) -> Request {
+        Request::Write(Write { dataset, op, stream, queued_at: Instant::now(), reply })
+    }
+
     pub async fn open(&self, dataset: String, schema: SchemaRef) -> Result<()> {
-        self.call(|reply| Request::Open { dataset, schema, reply }).await
+        self.call(|reply| Self::write(dataset, Op::Schema(schema), PutStream::new(), reply)).await.map(drop)
     }
 
     /// Queues a batch of `stream`. The outer future resolves once the shard
@@ -83,7 +89,7 @@ impl ShardHandle {
             )));
         }
         let (reply, rx) = oneshot::channel();
-        let req = Request::Append { dataset, batch, message, producer, stream, queued_at: Instant::now(), reply };
+        let req = Self::write(dataset, Op::Batch(Batch { batch, message, producer }), stream, reply);
         self.send_within(req, self.backpressure_timeout).await?;
         Ok(async move { rx.await.map_err(|_| Error::ShuttingDown)? })
     }
@@ -101,7 +107,7 @@ impl ShardHandle {
     }
 
     pub async fn drop_dataset(&self, dataset: String) -> Result<()> {
-        self.call(|reply| Request::Drop { dataset, reply }).await
+        self.call(|reply| Self::write(dataset, Op::Drop, PutStream::new(), reply)).await.map(drop)
     }
 
     pub async fn stats(&self) -> Result<ShardStats> {

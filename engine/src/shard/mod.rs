@@ -23,63 +23,28 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
-
 use crate::dataset::{Catalog, Dataset, SeqCheck};
 use crate::error::{Error, HeldBackCause, Result};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, SHARD_PENDING_APPENDS_MAX};
 use crate::memory::MemoryBudget;
 use crate::metrics::{EngineMetrics, ShardLabel};
+use crate::record::{Batch, Op};
 use crate::wal::free::FreeFiles;
-use crate::wal::{IpcMessage, Lsn, Record, SealedSegment, Wal};
+use crate::wal::{Lsn, Record, SealedSegment, Wal};
 use crate::ShardId;
 pub use handle::ShardHandle;
-use request::{
-    Committed, DatasetRead, ProducerSeq, PutStream, Reply, Request, ScanFile, ScanRequest, ScanView, ShardStats,
-};
+use request::{Committed, DatasetRead, Reply, Request, ScanFile, ScanRequest, ScanView, ShardStats, Write};
 pub use snapshots::SnapJob;
 
-/// A write waiting for the committer.
-enum Pending {
-    /// A new dataset's schema.
-    Create { dataset: String, reply: Reply<()> },
-    Batch {
-        dataset: String,
-        batch: RecordBatch,
-        message: IpcMessage,
-        producer: Option<ProducerSeq>,
-        stream: PutStream,
-        queued_at: Instant,
-        reply: Reply<Committed>,
-    },
-    /// A tombstone.
-    Drop { dataset: String, reply: Reply<()> },
-}
-
-impl Pending {
-    fn dataset(&self) -> &str {
-        match self {
-            Pending::Create { dataset, .. } | Pending::Batch { dataset, .. } | Pending::Drop { dataset, .. } => dataset,
-        }
-    }
-
-    fn message(&self) -> Option<&IpcMessage> {
-        match self {
-            Pending::Batch { message, .. } => Some(message),
-            _ => None,
-        }
-    }
-
-    fn producer(&self) -> Option<(&str, u64)> {
-        match self {
-            Pending::Batch { producer: Some(p), .. } => Some((&p.id, p.seq)),
-            _ => None,
-        }
+/// A write waiting for the committer: its request as it came.
+impl Write {
+    fn is_batch(&self) -> bool {
+        matches!(self.op, Op::Batch(_))
     }
 
     fn bytes(&self) -> u64 {
-        match self {
-            Pending::Batch { message, .. } => message.encoded_len() as u64 + 64,
+        match &self.op {
+            Op::Batch(b) => b.message.encoded_len() as u64 + 64,
             _ => 512,
         }
     }
@@ -87,20 +52,13 @@ impl Pending {
     /// Answers with `e`; a batch's stream fails with it, so none of its
     /// later batches is stored.
     fn fail(self, e: Error) {
-        match self {
-            Pending::Create { reply, .. } | Pending::Drop { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
-            Pending::Batch { reply, stream, .. } => {
-                stream.fail();
-                let _ = reply.send(Err(e));
-            }
-        }
+        self.stream.fail();
+        let _ = self.reply.send(Err(e));
     }
 
     /// A batch whose stream failed after it was queued.
     fn is_abandoned(&self) -> bool {
-        matches!(self, Pending::Batch { stream, .. } if stream.is_failed())
+        self.is_batch() && self.stream.is_failed()
     }
 }
 
@@ -223,55 +181,47 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         followers: RefCell::new(std::collections::HashMap::new()),
     });
     let snapshotter = snapshots::spawn_worker(state.clone(), snap_rx);
-    let (commit_tx, commit_rx) = flume::bounded::<Pending>(SHARD_PENDING_APPENDS_MAX);
+    let (commit_tx, commit_rx) = flume::bounded::<Write>(SHARD_PENDING_APPENDS_MAX);
     let committer = glommio::spawn_local(commit_loop(state.clone(), wal, commit_rx));
     let mut shutdown_reply = None;
-    let queue_depth = state.metrics.shard_queue_depth.get_or_create(&ShardLabel { shard: state.id }).clone();
+    let queue_depth = state.metrics.shard_queue_depth.get_or_create(&ShardLabel { shard: state.id.0 }).clone();
     while let Ok(req) = inbox.recv_async().await {
         queue_depth.set(inbox.len() as i64);
         match req {
-            Request::Open { dataset, schema, reply } => {
-                let opened = open(&mut state.catalog.borrow_mut(), &dataset, schema);
-                match opened {
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                    Ok(Opened::Durable) => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    // Answered by the committer once the schema is durable.
-                    Ok(Opened::Pending) => {
-                        if commit_tx.send_async(Pending::Create { dataset, reply }).await.is_err() {
-                            break;
+            Request::Write(w) => {
+                let checked = match &w.op {
+                    Op::Schema(schema) => match open(&mut state.catalog.borrow_mut(), &w.dataset, schema.clone()) {
+                        Err(e) => Err(e),
+                        Ok(Opened::Durable(lsn)) => {
+                            let _ = w.reply.send(Ok(Committed { lsn, durable_at: Instant::now(), duplicate: true }));
+                            continue;
+                        }
+                        // Answered by the committer once the schema is durable.
+                        Ok(Opened::Pending) => Ok(()),
+                    },
+                    Op::Batch(b) => match state.catalog.borrow().datasets.get(&w.dataset) {
+                        _ if w.stream.is_failed() => Err(not_stored()),
+                        None => Err(Error::NotFound(w.dataset.clone())),
+                        Some(d) => d.check_schema(&w.dataset, &b.batch.schema()),
+                    },
+                    Op::Drop => {
+                        tracing::debug!(dataset = w.dataset, "drop requested");
+                        match state.catalog.borrow().datasets.get(&w.dataset) {
+                            Some(d) if d.durable => Ok(()),
+                            _ => Err(Error::NotFound(w.dataset.clone())),
                         }
                     }
-                }
-            }
-            Request::Append { dataset, batch, message, producer, stream, queued_at, reply } => {
-                let checked = match state.catalog.borrow().datasets.get(&dataset) {
-                    _ if stream.is_failed() => Err(not_stored()),
-                    None => Err(Error::NotFound(dataset.clone())),
-                    Some(d) => d.check_schema(&dataset, &batch.schema()),
+                    Op::Producers(_) => {
+                        Err(Error::InvalidInput("a producers' state is logged by recovery only".into()))
+                    }
                 };
                 if let Err(e) = checked {
-                    stream.fail();
-                    let _ = reply.send(Err(e));
+                    w.fail(e);
                     continue;
                 }
                 // IMPORTANT: waits while the committer is behind; the inbox
                 // then fills and callers are pushed back.
-                let pending = Pending::Batch { dataset, batch, message, producer, stream, queued_at, reply };
-                if commit_tx.send_async(pending).await.is_err() {
-                    break;
-                }
-            }
-            Request::Drop { dataset, reply } => {
-                tracing::debug!(dataset, "drop requested");
-                if !state.catalog.borrow().datasets.get(&dataset).is_some_and(|d| d.durable) {
-                    let _ = reply.send(Err(Error::NotFound(dataset)));
-                    continue;
-                }
-                if commit_tx.send_async(Pending::Drop { dataset, reply }).await.is_err() {
+                if commit_tx.send_async(w).await.is_err() {
                     break;
                 }
             }
@@ -383,7 +333,8 @@ fn wake_followers(state: &State, dataset: &str) {
 }
 
 enum Opened {
-    Durable,
+    /// The dataset's schema is durable; its last LSN.
+    Durable(Lsn),
     Pending,
 }
 
@@ -394,7 +345,7 @@ fn open(cat: &mut Catalog, dataset: &str, schema: arrow::datatypes::SchemaRef) -
     match cat.datasets.get(dataset) {
         Some(d) => {
             d.check_schema(dataset, &schema)?;
-            Ok(if d.durable { Opened::Durable } else { Opened::Pending })
+            Ok(if d.durable { Opened::Durable(d.last_lsn) } else { Opened::Pending })
         }
         None => {
             crate::dataset::validate_schema(&schema)?;
@@ -436,11 +387,11 @@ async fn wait_for_memory(state: &State) -> std::result::Result<(), HeldBackCause
     Ok(())
 }
 
-async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending>) -> Result<()> {
+async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>) -> Result<()> {
     let shard = state.id;
     let metrics = state.metrics.clone();
     let mut poisoned = false;
-    let mut group: Vec<Pending> = Vec::new();
+    let mut group: Vec<Write> = Vec::new();
     while let Ok(first) = rx.recv_async().await {
         let mut bytes = first.bytes();
         group.push(first);
@@ -459,11 +410,10 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
             }
             continue;
         }
-        if group.iter().any(|p| matches!(p, Pending::Batch { .. })) {
+        if group.iter().any(Write::is_batch) {
             if let Err(cause) = wait_for_memory(&state).await {
-                tracing::warn!(shard, %cause, "memory limit: refusing the batches of a commit");
-                let (batches, rest): (Vec<_>, Vec<_>) =
-                    group.drain(..).partition(|p| matches!(p, Pending::Batch { .. }));
+                tracing::warn!(%shard, %cause, "memory limit: refusing the batches of a commit");
+                let (batches, rest): (Vec<_>, Vec<_>) = group.drain(..).partition(Write::is_batch);
                 for p in batches {
                     metrics.memory_refusals.inc();
                     p.fail(Error::HeldBack { shard, cause: cause.clone() });
@@ -473,7 +423,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
         }
         // IMPORTANT: a batch whose stream failed after it was queued (an
         // earlier batch was refused, the client went away) is never written.
-        let (abandoned, kept): (Vec<_>, Vec<_>) = group.drain(..).partition(Pending::is_abandoned);
+        let (abandoned, kept): (Vec<_>, Vec<_>) = group.drain(..).partition(Write::is_abandoned);
         group = kept;
         for p in abandoned {
             metrics.batches_not_stored.inc();
@@ -484,8 +434,8 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
         }
         let picked_at = Instant::now();
         for p in &group {
-            if let Pending::Batch { queued_at, .. } = p {
-                metrics.stage(crate::metrics::Stage::Queue).observe((picked_at - *queued_at).as_secs_f64());
+            if p.is_batch() {
+                metrics.stage(crate::metrics::Stage::Queue).observe((picked_at - p.queued_at).as_secs_f64());
             }
         }
         let schemas: Vec<Rc<[u8]>> = {
@@ -501,19 +451,19 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                     p.fail(not_stored());
                     continue;
                 }
-                let name = p.dataset().to_owned();
+                let name = p.dataset.clone();
                 // A write after a drop of the same dataset in this commit
                 // would bring it back on replay.
                 if !cat.datasets.contains_key(&name) || dropped_here.contains(&name) {
                     p.fail(Error::NotFound(name));
                     continue;
                 }
-                if matches!(p, Pending::Drop { .. }) {
+                if matches!(p.op, Op::Drop) {
                     dropped_here.insert(name);
                     kept.push(p);
                     continue;
                 }
-                let Pending::Batch { producer: Some(ps), .. } = &p else {
+                let Some(ps) = p.op.batch().and_then(|b| b.producer.as_ref()) else {
                     kept.push(p);
                     continue;
                 };
@@ -540,9 +490,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                     }
                     SeqCheck::Stored(lsn) => {
                         metrics.batches_deduplicated.inc();
-                        if let Pending::Batch { reply, .. } = p {
-                            let _ = reply.send(Ok(Committed { lsn, durable_at: Instant::now(), duplicate: true }));
-                        }
+                        let _ = p.reply.send(Ok(Committed { lsn, durable_at: Instant::now(), duplicate: true }));
                     }
                     SeqCheck::Gap { expected } => p.fail(Error::SequenceGap { dataset: name, producer, seq, expected }),
                     SeqCheck::TooOld { oldest } => {
@@ -551,23 +499,13 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
                 }
             }
             group = kept;
-            group.iter().map(|p| cat.datasets[p.dataset()].schema_message.clone()).collect()
+            group.iter().map(|p| cat.datasets[&p.dataset].schema_message.clone()).collect()
         };
         if group.is_empty() {
             continue;
         }
-        let records: Vec<Record<'_>> = group
-            .iter()
-            .zip(&schemas)
-            .map(|(p, s)| Record {
-                dataset: p.dataset(),
-                schema_message: s,
-                message: p.message(),
-                drop: matches!(p, Pending::Drop { .. }),
-                producer: p.producer(),
-                producers_state: None,
-            })
-            .collect();
+        let records: Vec<Record<'_>> =
+            group.iter().zip(&schemas).map(|(p, s)| Record::new(&p.dataset, s, &p.op)).collect();
         let result = wal.append_synced(&records).await;
         drop(records);
         match result {
@@ -581,21 +519,21 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
             }
             Err(e) => {
                 if wal.is_poisoned() {
-                    tracing::error!(shard, error = %e, "fsync failed; shard stops accepting writes until restart");
+                    tracing::error!(%shard, error = %e, "fsync failed; shard stops accepting writes until restart");
                     poisoned = true;
                     metrics.shards_poisoned.inc();
                     state.health.down(shard, crate::health::ShardDown::Poisoned);
                 } else {
-                    tracing::warn!(shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
+                    tracing::warn!(%shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
                 }
                 let disk_full = e.is_disk_full();
                 let cause = Arc::new(e);
                 let mut cat = state.catalog.borrow_mut();
                 for p in group.drain(..) {
-                    if let Pending::Create { dataset, .. } = &p {
+                    if matches!(p.op, Op::Schema(_)) {
                         // Never made durable: forget the reservation.
-                        if cat.datasets.get(dataset).is_some_and(|d| !d.durable) {
-                            cat.datasets.remove(dataset);
+                        if cat.datasets.get(&p.dataset).is_some_and(|d| !d.durable) {
+                            cat.datasets.remove(&p.dataset);
                         }
                     }
                     let err = match &*cause {
@@ -618,10 +556,12 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Pending
 }
 
 /// Makes a durable record visible and answers its writer.
-fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
+fn apply(state: &Rc<State>, w: Write, lsn: Lsn, durable_at: Instant) {
     let metrics = &state.metrics;
-    match p {
-        Pending::Create { dataset, reply } => {
+    let Write { dataset, op, reply, .. } = w;
+    let committed = Committed { lsn, durable_at, duplicate: false };
+    match op {
+        Op::Schema(_) => {
             let mut cat = state.catalog.borrow_mut();
             if let Some(d) = cat.datasets.get_mut(&dataset) {
                 if !d.durable {
@@ -630,9 +570,9 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
                 d.durable = true;
                 d.last_lsn = d.last_lsn.max(lsn);
             }
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(Ok(committed));
         }
-        Pending::Batch { dataset, batch, producer, reply, .. } => {
+        Op::Batch(Batch { batch, producer, .. }) => {
             let mut cat = state.catalog.borrow_mut();
             let d = cat.datasets.get_mut(&dataset).expect("dataset of a committed batch");
             if let Some(p) = producer {
@@ -644,10 +584,11 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
             metrics.batches_ingested.inc();
             metrics.records.inc_by(rows as i64);
             state.add_memory(bytes);
-            let _ = reply.send(Ok(Committed { lsn, durable_at, duplicate: false }));
+            let _ = reply.send(Ok(committed));
             wake_followers(state, &dataset);
         }
-        Pending::Drop { dataset, reply } => {
+        Op::Producers(_) => unreachable!("the request loop refuses a producers' state"),
+        Op::Drop => {
             let removed = state.catalog.borrow_mut().datasets.remove(&dataset);
             if let Some(d) = removed {
                 metrics.datasets.dec();
@@ -659,7 +600,7 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
             // they are gone no WAL segment may be deleted.
             state.pending_drops.set(state.pending_drops.get() + 1);
             let state = state.clone();
-            tracing::debug!(dataset, lsn, "drop: tombstone durable");
+            tracing::debug!(dataset, %lsn, "drop: tombstone durable");
             glommio::spawn_local(async move {
                 let _permit = state.snapshot_lock.acquire_permit(1).await;
                 let r = state.store.io(state.store.clone().drop_table(dataset.clone())).await;
@@ -668,7 +609,7 @@ fn apply(state: &Rc<State>, p: Pending, lsn: Lsn, durable_at: Instant) {
                 if r.is_ok() {
                     state.pending_drops.set(state.pending_drops.get() - 1);
                 }
-                let _ = reply.send(r);
+                let _ = reply.send(r.map(|()| committed));
             })
             .detach();
         }

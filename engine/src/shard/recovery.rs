@@ -19,13 +19,14 @@ use crate::dataset::{Catalog, Dataset, ProducerSeqs};
 use crate::error::{Error, Result};
 use crate::limits::GROUP_COMMIT_BYTES_MAX;
 use crate::metrics::EngineMetrics;
+use crate::record::{self, Op};
 use crate::routing::shard_for;
 use crate::snapshot::Manifest;
 use crate::wal::format::FrameKind;
 use crate::wal::free::FreeFiles;
 use crate::wal::ipc::{self, Decoded};
 use crate::wal::replay::{self, CorruptionPolicy, SegmentEnd, SegmentFile};
-use crate::wal::{self, IpcMessage, Lsn, Record, SealedSegment, Wal};
+use crate::wal::{self, IpcMessage, Lsn, Record, SealedSegment, SegmentId, Wal};
 use crate::ShardId;
 
 pub(crate) struct Plan {
@@ -88,7 +89,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
         metrics,
         policy: plan.policy,
     };
-    let mut lsn_floor = 0;
+    let mut lsn_floor = Lsn::ZERO;
     for m in &plan.manifests {
         let schema = m.schema().map_err(|e| Error::Corrupt {
             path: PathBuf::from(&m.dataset),
@@ -115,14 +116,14 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
     let (free, free_max_id) = FreeFiles::open(storage.clone(), &plan.dir, file_bytes, plan.recycle_segments).await?;
     // IMPORTANT: above every id a free file may still hold frames of, so
     // that replay never takes a recycled file's old frames for new ones.
-    let next_segment = own.last().map_or(1, |s| s.id + 1).max(free_max_id + 1);
+    let next_segment = own.last().map_or(SegmentId(1), |s| s.id.next()).max(free_max_id.next());
 
     let wal = match &plan.migrate_from {
         None => {
             let (last, mut sealed, resume) = r.replay_segments(&own, plan.generation, true, |_| true).await?;
             // IMPORTANT: LSNs never go back, even if every segment that
             // held the newest ones was deleted after a snapshot.
-            let mut next_lsn = last.unwrap_or(0).max(lsn_floor) + 1;
+            let mut next_lsn = last.unwrap_or(Lsn::ZERO).max(lsn_floor) + 1;
             let resume = match resume {
                 // Go on in the crashed segment: no space needed to start.
                 Some(res) if res.next_lsn >= next_lsn => {
@@ -168,7 +169,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
                 // Old directories are read, never repaired: they are deleted
                 // once every shard has logged its datasets again.
                 let (last, _, _) = r.replay_segments(segments, plan.generation, false, owned).await?;
-                max_lsn = max_lsn.max(last.unwrap_or(0));
+                max_lsn = max_lsn.max(last.unwrap_or(Lsn::ZERO));
             }
             // Old generations' LSNs are all below the new ones, so what the
             // manifests cover stays below every new record.
@@ -349,22 +350,25 @@ async fn relog(wal: &mut Wal, catalog: &mut Catalog) -> Result<()> {
             continue;
         }
         let schema: Rc<[u8]> = d.schema_message.clone();
-        let lsn = wal.append_synced(&[Record::data(name, &schema, None)]).await?;
+        let lsn = wal.append_synced(&[Record::new(name, &schema, &Op::Schema(d.schema.clone()))]).await?;
         d.last_lsn = lsn;
-        let messages: Vec<IpcMessage> =
-            pending.iter().map(|&i| IpcMessage::from_batch(&d.batches[i].1)).collect::<Result<_>>()?;
+        let ops: Vec<Op> = pending
+            .iter()
+            .map(|&i| {
+                let batch = d.batches[i].1.clone();
+                Ok(Op::Batch(record::Batch { message: IpcMessage::from_batch(&batch)?, batch, producer: None }))
+            })
+            .collect::<Result<_>>()?;
+        let len = |op: &Op| op.message().map_or(0, |m| m.encoded_len() as u64);
         let mut start = 0;
-        while start < messages.len() {
+        while start < ops.len() {
             let mut end = start;
             let mut bytes = 0u64;
-            while end < messages.len()
-                && (end == start || bytes + messages[end].encoded_len() as u64 <= GROUP_COMMIT_BYTES_MAX)
-            {
-                bytes += messages[end].encoded_len() as u64;
+            while end < ops.len() && (end == start || bytes + len(&ops[end]) <= GROUP_COMMIT_BYTES_MAX) {
+                bytes += len(&ops[end]);
                 end += 1;
             }
-            let records: Vec<Record<'_>> =
-                messages[start..end].iter().map(|m| Record::data(name, &schema, Some(m))).collect();
+            let records: Vec<Record<'_>> = ops[start..end].iter().map(|op| Record::new(name, &schema, op)).collect();
             let first = wal.append_synced(&records).await?;
             for (k, &i) in pending[start..end].iter().enumerate() {
                 d.batches[i].0 = first + k as u64;
@@ -377,9 +381,8 @@ async fn relog(wal: &mut Wal, catalog: &mut Catalog) -> Result<()> {
             // generation's frames and manifests that held it are about to go
             // (its manifest stays, but frames above `covered_lsn` held the
             // newest sequence numbers).
-            let state = serde_json::to_vec(&d.producers).expect("producers' state is JSON");
-            let record = Record { producers_state: Some(&state), ..Record::data(name, &schema, None) };
-            d.last_lsn = wal.append_synced(&[record]).await?;
+            let state = Op::Producers(serde_json::to_vec(&d.producers).expect("producers' state is JSON"));
+            d.last_lsn = wal.append_synced(&[Record::new(name, &schema, &state)]).await?;
         }
     }
     Ok(())

@@ -10,7 +10,8 @@ use futures::channel::oneshot;
 
 use crate::dataset::DatasetInfo;
 use crate::error::Result;
-use crate::wal::{IpcMessage, Lsn};
+use crate::record::Op;
+use crate::wal::Lsn;
 
 pub type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -48,11 +49,23 @@ pub struct Committed {
     pub duplicate: bool,
 }
 
-/// An idempotent producer's id and the sequence number of one batch.
-#[derive(Debug, Clone)]
-pub struct ProducerSeq {
-    pub id: Arc<str>,
-    pub seq: u64,
+pub use crate::record::ProducerSeq;
+
+/// A write on its way to the WAL: its [`Op`], and what the shard needs to
+/// answer it. The same value goes from the gateway's request through the
+/// committer's queue, and the WAL frame is written from its `op`.
+#[derive(Debug)]
+pub struct Write {
+    pub dataset: String,
+    pub op: Op,
+    /// The DoPut stream of a batch (a fresh one for other writes): not
+    /// stored if it has failed before the write is committed.
+    pub stream: PutStream,
+    pub queued_at: Instant,
+    /// Answered once the write is durable (a drop: once its snapshot files
+    /// are gone too). A schema the dataset already had durably is answered
+    /// at once with `duplicate: true` and the dataset's last LSN.
+    pub reply: Reply<Committed>,
 }
 
 /// What a read sees: rows evicted from memory are read from `files` (in
@@ -164,24 +177,8 @@ pub struct SnapshotReport {
 }
 
 pub enum Request {
-    /// Create the dataset with this schema if it is new (durably), or check
-    /// that the schema matches.
-    Open {
-        dataset: String,
-        schema: SchemaRef,
-        reply: Reply<()>,
-    },
-    /// Log a batch; the reply comes once it is durable. Not stored if
-    /// `stream` has failed before it is committed.
-    Append {
-        dataset: String,
-        batch: RecordBatch,
-        message: IpcMessage,
-        producer: Option<ProducerSeq>,
-        stream: PutStream,
-        queued_at: Instant,
-        reply: Reply<Committed>,
-    },
+    /// A schema, a batch or a drop (see [`Write`]).
+    Write(Write),
     /// A dataset's schema and data, as of now.
     Get {
         dataset: String,
@@ -202,11 +199,6 @@ pub enum Request {
     Snapshot {
         dataset: Option<String>,
         reply: Reply<SnapshotReport>,
-    },
-    /// Drop a dataset durably (WAL tombstone, memory, snapshot files).
-    Drop {
-        dataset: String,
-        reply: Reply<()>,
     },
     /// A new snapshot interval; the shared memory budget has changed too.
     Configure {

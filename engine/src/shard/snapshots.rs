@@ -11,6 +11,7 @@ use glommio::{Latency, Shares};
 use super::request::{Reply, SnapshotReport};
 use super::State;
 use crate::error::{Error, Result};
+use crate::ids::Lsn;
 use crate::metrics::{ShardLabel, StatusLabel};
 use crate::snapshot::{self, CompactionWrite, SnapshotWrite};
 
@@ -76,14 +77,14 @@ async fn worker(state: Rc<State>, rx: flume::Receiver<SnapJob>) {
             last_run = Instant::now();
         }
         let r = r.map_err(Arc::new);
-        state.metrics.snapshot_failing.get_or_create(&ShardLabel { shard: state.id }).set(r.is_err() as i64);
+        state.metrics.snapshot_failing.get_or_create(&ShardLabel { shard: state.id.0 }).set(r.is_err() as i64);
         match &r {
             Ok(_) => state.budget.snapshot_succeeded(),
             Err(e) => state.budget.snapshot_failed(e.clone()),
         }
         if let Err(e) = &r {
             tracing::warn!(
-                shard = state.id,
+                shard = %state.id,
                 error = %e,
                 "snapshot failed, the WAL is kept; next try in {RETRY_BACKOFF:?} at the earliest"
             );
@@ -133,7 +134,7 @@ async fn run(
             }
             Err(e) => {
                 state.metrics.snapshot_operations.get_or_create(&StatusLabel { status: "error" }).inc();
-                tracing::warn!(shard = state.id, dataset = name, error = %e, "snapshot of dataset failed");
+                tracing::warn!(shard = %state.id, dataset = name, error = %e, "snapshot of dataset failed");
                 first_error.get_or_insert(e);
             }
         }
@@ -155,7 +156,7 @@ async fn run(
                 state
                     .metrics
                     .snapshot_last_success
-                    .get_or_create(&ShardLabel { shard: state.id })
+                    .get_or_create(&ShardLabel { shard: state.id.0 })
                     .set(now.as_secs_f64());
             }
             Ok(report)
@@ -171,13 +172,13 @@ async fn compact_due(state: &Rc<State>, due: Vec<(String, Compaction)>) {
         let _permit = state.snapshot_lock.acquire_permit(1).await;
         if let Err(e) = compact(state, &name, c.schema, c.covered).await {
             state.metrics.snapshot_operations.get_or_create(&StatusLabel { status: "error" }).inc();
-            tracing::warn!(shard = state.id, dataset = name, error = %e, "merging snapshot files failed; they stay as they are");
+            tracing::warn!(shard = %state.id, dataset = name, error = %e, "merging snapshot files failed; they stay as they are");
         }
         // Files replaced more than the retention period ago.
         match state.store.io(state.store.clone().vacuum(name.clone())).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(shard = state.id, dataset = name, files = n, "vacuum deleted replaced files"),
-            Err(e) => tracing::warn!(shard = state.id, dataset = name, error = %e, "vacuum failed; retried later"),
+            Ok(n) => tracing::debug!(shard = %state.id, dataset = name, files = n, "vacuum deleted replaced files"),
+            Err(e) => tracing::warn!(shard = %state.id, dataset = name, error = %e, "vacuum failed; retried later"),
         }
     }
 }
@@ -185,7 +186,7 @@ async fn compact_due(state: &Rc<State>, due: Vec<(String, Compaction)>) {
 /// What `compact` needs after a dataset's snapshot.
 struct Compaction {
     schema: arrow::datatypes::SchemaRef,
-    covered: u64,
+    covered: Lsn,
 }
 
 /// Writes the dataset's new rows and its manifest; then a compaction may
@@ -262,7 +263,7 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
 /// rewrite commit (add the merged file, remove the run, `dataChange:
 /// false`): a reader sees the old files or the new one, never both, and
 /// the old ones stay in storage for the retention period.
-async fn compact(state: &Rc<State>, name: &str, schema: arrow::datatypes::SchemaRef, covered: u64) -> Result<()> {
+async fn compact(state: &Rc<State>, name: &str, schema: arrow::datatypes::SchemaRef, covered: Lsn) -> Result<()> {
     let (run, evicted) = {
         let cat = state.catalog.borrow();
         let Some(d) = cat.datasets.get(name) else { return Ok(()) };
@@ -364,7 +365,7 @@ async fn truncate_wal(state: &State) -> Result<u64> {
     if !doomed.is_empty() {
         crate::wal::sync_dir(&*storage, &state.wal_dir).await?;
         tracing::debug!(
-            shard = state.id,
+            shard = %state.id,
             segments = doomed.len(),
             recycled = recycled.len(),
             "released WAL segments covered by snapshots"

@@ -50,6 +50,7 @@ use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::logstore::{default_logstore, logstore_factories, LogStoreFactory, LogStoreRef, StorageConfig};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -249,7 +250,7 @@ pub fn parse_file_name(name: &str) -> Option<(Lsn, Lsn)> {
     let mut parts = stem.split('-');
     let a: Lsn = parts.next()?.parse().ok()?;
     match parts.next() {
-        None => Some((0, a)),
+        None => Some((Lsn::ZERO, a)),
         Some(b) => Some((a, b.parse().ok()?)),
     }
 }
@@ -362,6 +363,41 @@ impl SnapshotStore {
             let _ = tx.send(fut.await);
         });
         rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Reads `objects` in order on the store's runtime, a row group at a
+    /// time, handing batches over a channel of
+    /// [`SNAPSHOT_READ_AHEAD_BATCHES`](crate::limits::SNAPSHOT_READ_AHEAD_BATCHES):
+    /// the reader's executor decodes no Parquet, memory stays bounded, and
+    /// the read stops when the stream is dropped. A read cut short (the
+    /// runtime stopped) ends with an error, never early and silently.
+    pub fn read(&self, objects: Vec<SnapshotObject>, schema: SchemaRef) -> BoxStream<'static, Result<RecordBatch>> {
+        use futures::SinkExt;
+        if objects.is_empty() {
+            return futures::stream::empty().boxed();
+        }
+        let (mut tx, rx) = futures::channel::mpsc::channel(crate::limits::SNAPSHOT_READ_AHEAD_BATCHES);
+        self.handle.spawn(async move {
+            let mut batches = std::pin::pin!(read_objects(objects, schema));
+            while let Some(b) = batches.next().await {
+                let failed = b.is_err();
+                if tx.send(b.map(Some)).await.is_err() || failed {
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(None)).await;
+        });
+        // `Ok(None)` marks the end; a channel closed before it is an error.
+        futures::stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            match rx.next().await {
+                Some(Ok(Some(b))) => Some((Ok(b), Some(rx))),
+                Some(Ok(None)) => None,
+                Some(Err(e)) => Some((Err(e), None)),
+                None => Some((Err(Error::ShuttingDown), None)),
+            }
+        })
+        .boxed()
     }
 
     /// Runs `fut` on the store's runtime and blocks for it (startup, tools).
@@ -552,14 +588,14 @@ impl SnapshotStore {
             Some(t) => t,
             None => self.create_table(&w.dataset, &w.schema).await?,
         };
-        let committed = Self::committed_version(&table, &app_id).await?.map(|v| v as Lsn);
+        let committed = Self::committed_version(&table, &app_id).await?.map(Lsn::from_i64);
         if committed.is_some_and(|v| v >= w.covered_lsn) {
             return Ok(SnapshotOutcome { table_ahead: true, ..SnapshotOutcome::default() });
         }
         let mut min_lsn = w.min_lsn;
         let table_ahead = committed.is_some_and(|v| v >= w.min_lsn);
         if let Some(v) = committed.filter(|_| table_ahead) {
-            tracing::info!(dataset = w.dataset, app_id, lsn = v, "the table already holds a snapshot up to this LSN");
+            tracing::info!(dataset = w.dataset, app_id, lsn = %v, "the table already holds a snapshot up to this LSN");
             w.batches.retain(|(lsn, _)| *lsn > v);
             min_lsn = w.batches.first().map_or(w.covered_lsn, |(lsn, _)| *lsn);
         }
@@ -577,7 +613,7 @@ impl SnapshotStore {
         let manifest =
             Manifest { producers: w.producers, ..Manifest::new(&w.dataset, &w.schema, w.covered_lsn, vec![]) };
         let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&app_id, w.covered_lsn as i64))
+            .with_application_transaction(Transaction::new(&app_id, w.covered_lsn.as_i64()))
             .with_metadata([self.commit_info(&manifest)]);
         let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
         let snapshot = table.snapshot().map_err(delta_err("reading the table", &w.dataset))?;
@@ -595,7 +631,7 @@ impl SnapshotStore {
                 // concurrent commit of this app may have won.
                 self.forget(&w.dataset);
                 if let Ok(Some(t)) = self.table(&w.dataset).await {
-                    if Self::committed_version(&t, &app_id).await?.is_some_and(|v| v >= w.covered_lsn as i64) {
+                    if Self::committed_version(&t, &app_id).await?.is_some_and(|v| v >= w.covered_lsn.as_i64()) {
                         tracing::info!(dataset = w.dataset, app_id, "snapshot commit found already in the table");
                         return Ok(SnapshotOutcome { table_ahead: true, ..SnapshotOutcome::default() });
                     }
@@ -849,14 +885,14 @@ impl SnapshotStore {
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
                 .and_then(|s| s.get("numRecords").and_then(|n| n.as_u64()))
                 .unwrap_or(0);
-            let (min_lsn, max_lsn) = parse_file_name(&name).unwrap_or((0, 0));
+            let (min_lsn, max_lsn) = parse_file_name(&name).unwrap_or((Lsn::ZERO, Lsn::ZERO));
             files.push(SnapshotFile { name, rows, bytes: f.size() as u64, min_lsn, max_lsn });
         }
         files.sort_by_key(|f| (f.max_lsn, f.min_lsn));
         // Files named by their upper LSN only follow the previous file.
         for i in 0..files.len() {
-            if files[i].min_lsn == 0 {
-                files[i].min_lsn = if i == 0 { 1 } else { files[i - 1].max_lsn + 1 };
+            if files[i].min_lsn == Lsn::ZERO {
+                files[i].min_lsn = if i == 0 { Lsn(1) } else { files[i - 1].max_lsn + 1 };
             }
         }
         manifest.dataset = dataset.to_owned();
@@ -878,13 +914,13 @@ impl SnapshotStore {
             Some(t) => t,
             None => self.create_table(&dataset, &schema).await?,
         };
-        if Self::committed_version(&table, &app_id).await?.is_some_and(|v| v >= manifest.covered_lsn as i64) {
+        if Self::committed_version(&table, &app_id).await?.is_some_and(|v| v >= manifest.covered_lsn.as_i64()) {
             return Ok(());
         }
         let actions = manifest.files.iter().map(|f| Action::Add(add_action(&f.name, f.bytes, f.rows, true))).collect();
         let info = Manifest { files: vec![], ..manifest.clone() };
         let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&app_id, manifest.covered_lsn as i64))
+            .with_application_transaction(Transaction::new(&app_id, manifest.covered_lsn.as_i64()))
             .with_metadata([self.commit_info(&info)]);
         let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
         let snapshot = table.snapshot().map_err(delta_err("reading the table", &dataset))?;
@@ -1000,13 +1036,15 @@ pub fn read_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ShardId;
     use arrow::array::{ArrayRef, Int64Array};
 
     fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
         RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef)]).unwrap()
     }
 
-    fn write(min: Lsn, max: Lsn, ids: std::ops::Range<i64>) -> SnapshotWrite {
+    fn write(min: u64, max: u64, ids: std::ops::Range<i64>) -> SnapshotWrite {
+        let (min, max) = (Lsn(min), Lsn(max));
         let b = batch(ids);
         SnapshotWrite {
             dataset: "t".into(),
@@ -1061,11 +1099,13 @@ mod tests {
         };
         let (a, b) = (open("a"), open("b"));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(a.clone().snapshot(0, write(1, 1, 0..10))).unwrap();
+        rt.block_on(a.clone().snapshot(ShardId(0), write(1, 1, 0..10))).unwrap();
         for i in 0..6i64 {
             let wa = write(10 + i as u64, 10 + i as u64, i * 100..i * 100 + 10);
             let wb = write(1000 + i as u64, 1000 + i as u64, 10_000 + i * 100..10_000 + i * 100 + 10);
-            let (ra, rb) = rt.block_on(async { tokio::join!(a.clone().snapshot(0, wa), b.clone().snapshot(0, wb)) });
+            let (ra, rb) = rt.block_on(async {
+                tokio::join!(a.clone().snapshot(ShardId(0), wa), b.clone().snapshot(ShardId(0), wb))
+            });
             assert!(ra.unwrap().file.is_some() && rb.unwrap().file.is_some(), "both land, one after the other");
         }
         let mut expected_sorted: Vec<i64> = (0..10)
@@ -1083,8 +1123,8 @@ mod tests {
         let (c, d) = (open("a"), open("a"));
         let (rc, rd) = rt.block_on(async {
             tokio::join!(
-                c.clone().snapshot(0, write(2000, 2000, 50_000..50_010)),
-                d.clone().snapshot(0, write(2000, 2000, 50_000..50_010))
+                c.clone().snapshot(ShardId(0), write(2000, 2000, 50_000..50_010)),
+                d.clone().snapshot(ShardId(0), write(2000, 2000, 50_000..50_010))
             )
         });
         let landed = [rc.unwrap(), rd.unwrap()].iter().filter(|r| r.file.is_some()).count();
@@ -1092,12 +1132,12 @@ mod tests {
         expected_sorted.extend(50_000..50_010);
         assert_eq!(rows(&c), expected_sorted);
         // And a plain retry after it landed adds nothing.
-        assert!(rt.block_on(c.clone().snapshot(0, write(2000, 2000, 50_000..50_010))).unwrap().file.is_none());
+        assert!(rt.block_on(c.clone().snapshot(ShardId(0), write(2000, 2000, 50_000..50_010))).unwrap().file.is_none());
         assert_eq!(rows(&c), expected_sorted);
         // A commit `b` makes alone, after `a`'s last: `a`'s view of the
         // table is behind it, and a load still sees it.
         expected_sorted.extend(60_000..60_010);
-        rt.block_on(b.clone().snapshot(0, write(3000, 3000, 60_000..60_010))).unwrap();
+        rt.block_on(b.clone().snapshot(ShardId(0), write(3000, 3000, 60_000..60_010))).unwrap();
         expected_sorted.sort();
         assert_eq!(rows(&a), expected_sorted);
     }
@@ -1120,15 +1160,15 @@ mod tests {
         };
         let (first_try, retry) = (open(), open());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(retry.clone().snapshot(0, write(1, 1, 0..10))).unwrap();
+        rt.block_on(retry.clone().snapshot(ShardId(0), write(1, 1, 0..10))).unwrap();
         // The first try lands lsn 2; the retry does not know and covers 2 and 3.
-        rt.block_on(first_try.clone().snapshot(0, write(2, 2, 10..20))).unwrap();
+        rt.block_on(first_try.clone().snapshot(ShardId(0), write(2, 2, 10..20))).unwrap();
         let mut w = write(2, 3, 10..20);
-        w.batches.push((3, batch(20..30)));
-        let outcome = rt.block_on(retry.clone().snapshot(0, w)).unwrap();
+        w.batches.push((Lsn(3), batch(20..30)));
+        let outcome = rt.block_on(retry.clone().snapshot(ShardId(0), w)).unwrap();
         assert!(outcome.table_ahead, "the retry says its list of files is stale");
         let file = outcome.file.expect("lsn 3 is written");
-        assert_eq!((file.min_lsn, file.max_lsn, file.rows, outcome.rows), (3, 3, 10, 10));
+        assert_eq!((file.min_lsn, file.max_lsn, file.rows, outcome.rows), (Lsn(3), Lsn(3), 10, 10));
         assert_eq!(rows(&retry), (0..30).collect::<Vec<_>>());
     }
 }

@@ -653,22 +653,22 @@ mod tests {
     use arrow::array::Int32Array;
 
     fn file(i: u64, bytes: u64) -> SnapshotFile {
-        SnapshotFile { name: format!("f{i}"), rows: 1, bytes, min_lsn: i * 10 + 1, max_lsn: i * 10 + 10 }
+        SnapshotFile { name: format!("f{i}"), rows: 1, bytes, min_lsn: Lsn(i * 10 + 1), max_lsn: Lsn(i * 10 + 10) }
     }
 
     #[test]
     fn compaction_picks_runs_of_small_files_on_one_side_of_the_eviction_boundary() {
         let small: Vec<_> = (0..10).map(|i| file(i, 1000)).collect();
-        assert_eq!(compaction_run(&small[..7], 0), None);
-        assert_eq!(compaction_run(&small, 0), Some(0..10));
+        assert_eq!(compaction_run(&small[..7], Lsn(0)), None);
+        assert_eq!(compaction_run(&small, Lsn(0)), Some(0..10));
         // Evicted up to file 3 (lsn 40): runs 0..4 and 4..10; only the second is long enough.
-        assert_eq!(compaction_run(&small, 40), None);
+        assert_eq!(compaction_run(&small, Lsn(40)), None);
         let more: Vec<_> = (0..14).map(|i| file(i, 1000)).collect();
-        assert_eq!(compaction_run(&more, 40), Some(4..14));
+        assert_eq!(compaction_run(&more, Lsn(40)), Some(4..14));
         // A big file breaks a run.
         let mut mixed = small.clone();
         mixed[5] = file(5, COMPACT_FILE_BYTES);
-        assert_eq!(compaction_run(&mixed, 0), None);
+        assert_eq!(compaction_run(&mixed, Lsn(0)), None);
     }
 
     #[test]
@@ -692,8 +692,9 @@ mod tests {
                 )
                 .await
                 .unwrap();
-                let file = SnapshotFile { name: "part-1.parquet".into(), rows: 1000, bytes, min_lsn: 1, max_lsn: 1 };
-                write_manifest(&d, &Manifest::new("ds", &batch.schema(), 1, vec![file.clone()])).await.unwrap();
+                let file =
+                    SnapshotFile { name: "part-1.parquet".into(), rows: 1000, bytes, min_lsn: Lsn(1), max_lsn: Lsn(1) };
+                write_manifest(&d, &Manifest::new("ds", &batch.schema(), Lsn(1), vec![file.clone()])).await.unwrap();
                 let names: Vec<_> =
                     std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
                 assert_eq!(
@@ -723,7 +724,7 @@ mod tests {
                 assert!(crate::snapshot::migrate(&root, &store, 1).unwrap().is_empty(), "once");
                 let s = store.clone();
                 let t = store.block_on(async move { s.load("ds").await }).unwrap().unwrap();
-                assert_eq!(t.manifest.covered_lsn, 1);
+                assert_eq!(t.manifest.covered_lsn, Lsn(1));
                 assert_eq!(t.manifest.files, vec![file.clone()]);
                 assert_eq!(t.manifest.schema().unwrap(), batch.schema());
                 remove_dataset_dir(&root, "ds").await.unwrap();

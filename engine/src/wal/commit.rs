@@ -11,39 +11,57 @@ use crate::error::Error;
 use crate::io::{IoChunk, Submit};
 use crate::limits::{BODY_BLOCK_BYTES, INLINE_COMMIT_BYTES_MAX};
 use crate::metrics::{EngineMetrics, Stage};
+use crate::record::Op;
 
-/// One record to log.
+/// One record to log: a write's [`Op`] and its dataset.
 pub struct Record<'a> {
     pub dataset: &'a str,
     /// The dataset's encapsulated schema message, written before its first
     /// record in each segment.
     pub schema_message: &'a [u8],
-    /// `None` logs only the schema (a dataset created with no rows yet).
-    pub message: Option<&'a IpcMessage>,
-    /// A tombstone: the dataset was dropped (no schema, no message).
-    pub drop: bool,
-    /// The idempotent producer and sequence number of `message`, logged in
-    /// the same frame (version 2) so both are durable together.
-    pub producer: Option<(&'a str, u64)>,
-    /// The dataset's producers' state as JSON, alone in a `Producers`
-    /// frame (no schema, no message).
-    pub producers_state: Option<&'a [u8]>,
+    pub op: &'a Op,
 }
 
 impl<'a> Record<'a> {
-    /// A data record: the schema if this segment lacks it, and `message`.
-    pub fn data(dataset: &'a str, schema_message: &'a [u8], message: Option<&'a IpcMessage>) -> Self {
-        Self { dataset, schema_message, message, drop: false, producer: None, producers_state: None }
+    pub fn new(dataset: &'a str, schema_message: &'a [u8], op: &'a Op) -> Self {
+        Self { dataset, schema_message, op }
+    }
+
+    pub(super) fn message(&self) -> Option<&'a IpcMessage> {
+        self.op.message()
+    }
+
+    pub(super) fn producer(&self) -> Option<(&'a str, u64)> {
+        self.op.producer()
+    }
+
+    fn producers_state(&self) -> Option<&'a [u8]> {
+        match self.op {
+            Op::Producers(state) => Some(state),
+            _ => None,
+        }
+    }
+
+    fn is_drop(&self) -> bool {
+        matches!(self.op, Op::Drop)
     }
 
     pub(super) fn payload_extra(&self) -> usize {
-        self.producer.map_or(0, |(id, _)| ipc::producer_trailer_len(id.len()))
-            + self.producers_state.map_or(0, |s| s.len())
+        self.producer().map_or(0, |(id, _)| ipc::producer_trailer_len(id.len()))
+            + self.producers_state().map_or(0, |s| s.len())
     }
 
     /// Whether this record's frame carries no schema message.
     pub(super) fn is_bare(&self) -> bool {
-        self.drop || self.producers_state.is_some()
+        matches!(self.op, Op::Drop | Op::Producers(_))
+    }
+
+    fn kind(&self) -> FrameKind {
+        match self.op {
+            Op::Drop => FrameKind::Drop,
+            Op::Producers(_) => FrameKind::Producers,
+            Op::Schema(_) | Op::Batch(_) => FrameKind::Data,
+        }
     }
 }
 
@@ -187,7 +205,7 @@ pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>]) -> Plan {
     let mut frames = Vec::with_capacity(records.len());
     for r in records {
         let ds = r.dataset.len();
-        let plan = if r.drop {
+        let plan = if r.is_drop() {
             written.remove(r.dataset);
             dropped.insert(r.dataset);
             FramePlan { schema: false, len: format::frame_len(ds, 0), split: None }
@@ -201,7 +219,7 @@ pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>]) -> Plan {
                 written.insert(r.dataset);
             }
             let schema_len = if schema { r.schema_message.len() } else { 0 };
-            match r.message.and_then(|m| m.padded_body.as_ref().map(|b| (m, b))) {
+            match r.message().and_then(|m| m.padded_body.as_ref().map(|b| (m, b))) {
                 Some((m, body)) if splits => {
                     let fixed = format::payload_offset(format::FORMAT_VERSION_ALIGNED, ds)
                         + r.payload_extra()
@@ -213,7 +231,7 @@ pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>]) -> Plan {
                     FramePlan { schema, len: prefix + body.len(), split: Some((prefix, meta_len)) }
                 }
                 _ => {
-                    let payload = schema_len + r.message.map_or(0, |m| m.encoded_len()) + r.payload_extra();
+                    let payload = schema_len + r.message().map_or(0, |m| m.encoded_len()) + r.payload_extra();
                     FramePlan { schema, len: format::frame_len(ds, payload), split: None }
                 }
             }
@@ -258,23 +276,18 @@ pub(super) fn encode(
     let mut at = 0usize;
     for (i, (r, f)) in records.iter().zip(&plan.frames).enumerate() {
         let out = &mut buf.as_mut().expect("a frame has a piece").as_bytes_mut()[at..];
-        let kind = match () {
-            _ if r.drop => FrameKind::Drop,
-            _ if r.producers_state.is_some() => FrameKind::Producers,
-            _ => FrameKind::Data,
-        };
-        let header = FrameHeader { kind, lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
-        if r.drop {
+        let header = FrameHeader { kind: r.kind(), lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
+        if r.is_drop() {
             // A dataset created again after this must log its schema again.
             seg.schemas_written.remove(r.dataset);
         } else if f.schema {
             seg.schemas_written.insert(r.dataset.to_owned());
         }
         if let Some((prefix, meta_len)) = f.split {
-            let m = r.message.expect("a split frame has a message");
+            let m = r.message().expect("a split frame has a message");
             let body = m.padded_body.as_ref().expect("a split frame has a padded body");
             let mut q = format::payload_offset(format::FORMAT_VERSION_ALIGNED, r.dataset.len());
-            if let Some((id, seq)) = r.producer {
+            if let Some((id, seq)) = r.producer() {
                 q += ipc::write_producer_trailer(&mut out[q..], id, seq);
             }
             if f.schema {
@@ -296,15 +309,15 @@ pub(super) fn encode(
             out[payload_at..payload_at + r.schema_message.len()].copy_from_slice(r.schema_message);
             payload_len += r.schema_message.len();
         }
-        if let Some(m) = r.message {
+        if let Some(m) = r.message() {
             payload_len += m.write_to(&mut out[payload_at + payload_len..]);
         }
-        if let Some(state) = r.producers_state {
+        if let Some(state) = r.producers_state() {
             out[payload_at..payload_at + state.len()].copy_from_slice(state);
             payload_len += state.len();
         }
         let mut version = format::FORMAT_VERSION;
-        if let Some((id, seq)) = r.producer {
+        if let Some((id, seq)) = r.producer() {
             payload_len += ipc::write_producer_trailer(&mut out[payload_at + payload_len..], id, seq);
             version = format::FORMAT_VERSION_PRODUCER;
         }

@@ -22,6 +22,7 @@
 //! bytes before the payload, under the checksum.
 //! All integers are little-endian.
 
+use crate::ids::{Lsn, SegmentId, ShardId};
 use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
 
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"LBWF");
@@ -76,8 +77,8 @@ impl FrameKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub kind: FrameKind,
-    pub lsn: u64,
-    pub segment_id: u64,
+    pub lsn: Lsn,
+    pub segment_id: SegmentId,
     pub commit_start: u64,
 }
 
@@ -169,8 +170,8 @@ fn write_header(out: &mut [u8], header: FrameHeader, version: u8, dataset: &[u8]
     out[5] = header.kind as u8;
     out[6..8].copy_from_slice(&(dataset.len() as u16).to_le_bytes());
     out[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    out[16..24].copy_from_slice(&header.lsn.to_le_bytes());
-    out[24..32].copy_from_slice(&header.segment_id.to_le_bytes());
+    out[16..24].copy_from_slice(&header.lsn.0.to_le_bytes());
+    out[24..32].copy_from_slice(&header.segment_id.0.to_le_bytes());
     out[32..40].copy_from_slice(&header.commit_start.to_le_bytes());
     out[40..40 + dataset.len()].copy_from_slice(dataset);
 }
@@ -278,7 +279,12 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
         return Err(DecodeError::Checksum { stored, computed });
     }
     Ok(FrameRef {
-        header: FrameHeader { kind, lsn: u64_at(buf, 16), segment_id: u64_at(buf, 24), commit_start: u64_at(buf, 32) },
+        header: FrameHeader {
+            kind,
+            lsn: Lsn(u64_at(buf, 16)),
+            segment_id: SegmentId(u64_at(buf, 24)),
+            commit_start: u64_at(buf, 32),
+        },
         dataset: &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + dataset_len],
         payload: &buf[payload_at..body_end],
         len,
@@ -290,8 +296,8 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FramePlace {
     pub magic: u32,
-    pub lsn: u64,
-    pub segment_id: u64,
+    pub lsn: Lsn,
+    pub segment_id: SegmentId,
     pub commit_start: u64,
 }
 
@@ -304,8 +310,8 @@ pub fn peek_frame_place(buf: &[u8]) -> Option<FramePlace> {
     }
     Some(FramePlace {
         magic: u32_at(buf, 0),
-        lsn: u64_at(buf, 16),
-        segment_id: u64_at(buf, 24),
+        lsn: Lsn(u64_at(buf, 16)),
+        segment_id: SegmentId(u64_at(buf, 24)),
         commit_start: u64_at(buf, 32),
     })
 }
@@ -316,11 +322,11 @@ pub struct SegmentHeader {
     /// Bytes the header block occupies: the device alignment when written.
     /// Commits are aligned to it.
     pub block_bytes: u32,
-    pub shard: u32,
+    pub shard: ShardId,
     /// Shard layout generation (see `layout.rs`).
     pub generation: u64,
-    pub segment_id: u64,
-    pub first_lsn: u64,
+    pub segment_id: SegmentId,
+    pub first_lsn: Lsn,
 }
 
 impl SegmentHeader {
@@ -329,10 +335,10 @@ impl SegmentHeader {
         out[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
         out[4] = FORMAT_VERSION;
         out[8..12].copy_from_slice(&self.block_bytes.to_le_bytes());
-        out[12..16].copy_from_slice(&self.shard.to_le_bytes());
+        out[12..16].copy_from_slice(&self.shard.0.to_le_bytes());
         out[16..24].copy_from_slice(&self.generation.to_le_bytes());
-        out[24..32].copy_from_slice(&self.segment_id.to_le_bytes());
-        out[32..40].copy_from_slice(&self.first_lsn.to_le_bytes());
+        out[24..32].copy_from_slice(&self.segment_id.0.to_le_bytes());
+        out[32..40].copy_from_slice(&self.first_lsn.0.to_le_bytes());
         let crc = crc32c::crc32c(&out[0..44]);
         out[44..48].copy_from_slice(&crc.to_le_bytes());
         out
@@ -356,10 +362,10 @@ impl SegmentHeader {
         }
         let header = Self {
             block_bytes: u32_at(buf, 8),
-            shard: u32_at(buf, 12),
+            shard: ShardId(u32_at(buf, 12)),
             generation: u64_at(buf, 16),
-            segment_id: u64_at(buf, 24),
-            first_lsn: u64_at(buf, 32),
+            segment_id: SegmentId(u64_at(buf, 24)),
+            first_lsn: Lsn(u64_at(buf, 32)),
         };
         if !header.block_bytes.is_power_of_two() || (header.block_bytes as usize) < SEGMENT_HEADER_BYTES {
             return Err(DecodeError::TooLarge(header.block_bytes as u64));
@@ -374,7 +380,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(lsn: u64) -> FrameHeader {
-        FrameHeader { kind: FrameKind::Data, lsn, segment_id: 7, commit_start: 4096 }
+        FrameHeader { kind: FrameKind::Data, lsn: Lsn(lsn), segment_id: SegmentId(7), commit_start: 4096 }
     }
 
     #[test]
@@ -444,7 +450,13 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip() {
-        let h = SegmentHeader { block_bytes: 512, shard: 3, generation: 2, segment_id: 9, first_lsn: 100 };
+        let h = SegmentHeader {
+            block_bytes: 512,
+            shard: ShardId(3),
+            generation: 2,
+            segment_id: SegmentId(9),
+            first_lsn: Lsn(100),
+        };
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         let mut bad = h.encode();
         bad[20] ^= 1;
@@ -467,6 +479,7 @@ mod tests {
 
         #[test]
         fn a_peek_places_what_decodes(lsn in any::<u64>(), segment_id in any::<u64>(), commit_start in any::<u64>()) {
+            let (lsn, segment_id) = (Lsn(lsn), SegmentId(segment_id));
             let header = FrameHeader { kind: FrameKind::Data, lsn, segment_id, commit_start };
             let bytes = encode_frame(header, b"ds", b"payload");
             let place = peek_frame_place(&bytes).unwrap();
@@ -478,7 +491,7 @@ mod tests {
         fn round_trips(lsn in any::<u64>(), ds in proptest::collection::vec(any::<u8>(), 0..130), payload in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let bytes = encode_frame(header(lsn), &ds, &payload);
             let f = decode_frame(&bytes).unwrap();
-            prop_assert_eq!(f.header.lsn, lsn);
+            prop_assert_eq!(f.header.lsn, Lsn(lsn));
             prop_assert_eq!(f.dataset, &ds[..]);
             prop_assert_eq!(f.payload, &payload[..]);
         }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
+use crate::ids::SegmentId;
 use crate::io::{File, OpenMode, Storage, StorageRef, Submit};
 use crate::limits::WAL_ZERO_FILL_BYTES;
 
@@ -78,7 +79,12 @@ impl FreeFiles {
     /// go. Also returns the highest segment id a free file's header names
     /// (0 if none), so that new segments never take an id whose frames a
     /// free file may still hold.
-    pub async fn open(storage: StorageRef, dir: &Path, file_bytes: u64, recycle_max: usize) -> Result<(Self, u64)> {
+    pub async fn open(
+        storage: StorageRef,
+        dir: &Path,
+        file_bytes: u64,
+        recycle_max: usize,
+    ) -> Result<(Self, SegmentId)> {
         let mut found = Vec::new();
         for name in super::list_names(&*storage, dir, "listing WAL directory")? {
             if let Some(n) = parse_free_file_name(&name) {
@@ -94,7 +100,7 @@ impl FreeFiles {
             recycle_max,
             file_bytes,
         };
-        let mut max_id = 0;
+        let mut max_id = SegmentId(0);
         let mut deleted = false;
         for (_, path) in found {
             if let Some(h) =
@@ -289,7 +295,13 @@ mod tests {
     fn a_restart_keeps_what_is_needed_and_learns_the_ids_free_files_held() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let header = SegmentHeader { block_bytes: 512, shard: 0, generation: 0, segment_id: 41, first_lsn: 9 };
+        let header = SegmentHeader {
+            block_bytes: 512,
+            shard: crate::ShardId(0),
+            generation: 0,
+            segment_id: SegmentId(41),
+            first_lsn: crate::Lsn(9),
+        };
         let mut long = header.encode().to_vec();
         long.resize(8192 + 512, 0);
         std::fs::write(d.join(free_file_name(3)), &long).unwrap();
@@ -298,7 +310,7 @@ mod tests {
         std::fs::write(d.join(free_file_name(9)), vec![0u8; 8192]).unwrap(); // beyond recycle_max
         let fs: StorageRef = std::sync::Arc::new(crate::io::RealStorage::SYNC);
         let (free, max_id) = futures::executor::block_on(FreeFiles::open(fs, d, 8192, 2)).unwrap();
-        assert_eq!(max_id, 41);
+        assert_eq!(max_id, SegmentId(41));
         assert_eq!(free.len(), 2);
         assert_eq!(std::fs::metadata(d.join(free_file_name(3))).unwrap().len(), 8192, "cut to the file length");
         assert!(!d.join(free_file_name(5)).exists() && !d.join(free_file_name(9)).exists());

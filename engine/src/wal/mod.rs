@@ -48,13 +48,13 @@ pub use segment::{is_segment_tmp_name, parse_segment_file_name, segment_file_nam
 /// against the default queue's 1000 (it mostly waits for the disk).
 const PREPARE_SHARES: usize = 50;
 
-/// Log sequence number: per shard, contiguous, starting at 1.
-pub type Lsn = u64;
+use crate::ids::ShardId;
+pub use crate::ids::{Lsn, SegmentId};
 
 /// A finished segment: every record in it has an LSN up to `last_lsn`.
 #[derive(Debug, Clone)]
 pub struct SealedSegment {
-    pub id: u64,
+    pub id: SegmentId,
     pub path: PathBuf,
     pub last_lsn: Lsn,
 }
@@ -84,7 +84,7 @@ pub async fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
 pub struct Wal {
     storage: StorageRef,
     dir: PathBuf,
-    shard: u32,
+    shard: ShardId,
     generation: u64,
     /// Length of every new segment file; a commit goes to the next segment
     /// unless it and a seal after it fit in it.
@@ -95,7 +95,7 @@ pub struct Wal {
     active: Option<ActiveSegment>,
     /// The id the next new segment gets: above every segment in the
     /// directory and every id a free file's header names.
-    next_segment_id: u64,
+    next_segment_id: SegmentId,
     metrics: EngineMetrics,
     /// Set when an fdatasync failed: the kernel may have dropped the dirty
     /// pages, so retrying could report success for lost data.
@@ -133,9 +133,9 @@ impl Wal {
     pub async fn open(
         storage: StorageRef,
         dir: &Path,
-        shard: u32,
+        shard: ShardId,
         generation: u64,
-        segment_id: u64,
+        segment_id: SegmentId,
         next_lsn: Lsn,
         metrics: EngineMetrics,
         sealed: Vec<SealedSegment>,
@@ -153,11 +153,11 @@ impl Wal {
                 let reuse = free.take();
                 match create_segment(&*storage, dir, shard, generation, segment_id, next_lsn, reuse, file_bytes).await {
                     Ok(a) => {
-                        next_segment_id += 1;
+                        next_segment_id = next_segment_id.next();
                         Some(a)
                     }
                     Err(e) if e.is_disk_full() => {
-                        tracing::warn!(shard, error = %e, "the WAL volume is full: starting without a segment; writes are refused until there is room");
+                        tracing::warn!(%shard, error = %e, "the WAL volume is full: starting without a segment; writes are refused until there is room");
                         None
                     }
                     Err(e) => return Err(e),
@@ -194,7 +194,7 @@ impl Wal {
                 if wal.poisoned {
                     return Err(e);
                 }
-                tracing::warn!(shard, error = %e, "sealing the segment a crash left failed; retried before the next commit");
+                tracing::warn!(%shard, error = %e, "sealing the segment a crash left failed; retried before the next commit");
             }
         }
         wal.start_preparing();
@@ -244,7 +244,7 @@ impl Wal {
                         free.borrow_mut().add(path);
                     }
                     Err(e) => {
-                        tracing::warn!(shard, error = %e, "preallocating the next WAL segment file failed; the rotation that needs it makes one itself")
+                        tracing::warn!(%shard, error = %e, "preallocating the next WAL segment file failed; the rotation that needs it makes one itself")
                     }
                 }
                 running.set(false);
@@ -253,7 +253,7 @@ impl Wal {
         match glommio::spawn_local_into(work, self.prepare_queue) {
             Ok(task) => self.preparing = Some(Preparing { task, running, tmp }),
             Err(e) => {
-                tracing::warn!(shard = self.shard, error = %e, "cannot start preallocating the next WAL segment file")
+                tracing::warn!(shard = %self.shard, error = %e, "cannot start preallocating the next WAL segment file")
             }
         }
     }
@@ -334,7 +334,7 @@ impl Wal {
                     // retries it first), and a crash before that would
                     // bring them back: their outcome is unknown, and the
                     // error says so.
-                    tracing::warn!(shard = self.shard, error = %seal, "sealing over a failed WAL write failed too; retried before the next commit");
+                    tracing::warn!(shard = %self.shard, error = %seal, "sealing over a failed WAL write failed too; retried before the next commit");
                     if !self.poisoned {
                         return Err(Error::WalWriteInDoubt {
                             shard: self.shard,
@@ -368,12 +368,12 @@ impl Wal {
         .await;
         self.start_preparing();
         let next = created?;
-        self.next_segment_id = id + 1;
+        self.next_segment_id = id.next();
         if let Some(old) = self.active.replace(next) {
             self.sealed.borrow_mut().push(SealedSegment {
                 id: old.id,
                 path: old.path.clone(),
-                last_lsn: self.next_lsn - 1,
+                last_lsn: self.next_lsn.prev(),
             });
             close(old).await;
         }
@@ -422,12 +422,13 @@ mod tests {
     use super::replay::{list_segments, replay_segment, CorruptionPolicy, SegmentEnd};
     use super::*;
     use crate::io::OpenMode;
+    use crate::record::{Op, ProducerSeq};
 
     const FILE_BYTES: u64 = 1024 * 1024;
 
     /// A commit of `n` tombstones (48 bytes each).
     fn drops(n: usize) -> Vec<Record<'static>> {
-        (0..n).map(|_| Record { drop: true, ..Record::data("d", &[], None) }).collect()
+        (0..n).map(|_| Record::new("d", &[], &Op::Drop)).collect()
     }
 
     /// Commits of 200 tombstones until the WAL rotates; returns their LSNs.
@@ -437,7 +438,7 @@ mod tests {
         let records = drops(200);
         while wal.sealed_segments().borrow().len() == sealed {
             let first = wal.append_synced(&records).await.unwrap();
-            lsns.extend(first..first + records.len() as u64);
+            lsns.extend((0..records.len() as u64).map(|i| first + i));
         }
         lsns
     }
@@ -453,7 +454,7 @@ mod tests {
     }
 
     /// An intact frame of another, older segment somewhere after `from`.
-    fn old_frame_after(path: &Path, id: u64, from: u64) -> bool {
+    fn old_frame_after(path: &Path, id: SegmentId, from: u64) -> bool {
         let bytes = std::fs::read(path).unwrap();
         (from as usize..bytes.len()).step_by(8).any(|at| {
             format::decode_frame(&bytes[at..])
@@ -483,8 +484,20 @@ mod tests {
                     fs.open(&d.join("probe"), OpenMode::Read).await.unwrap().close().await.unwrap();
                     let metrics = EngineMetrics::default();
                     let (free, _) = FreeFiles::open(fs.clone(), &d, 4 * FILE_BYTES, 2).await.unwrap();
-                    let mut wal =
-                        Wal::open(fs.clone(), &d, 0, 0, 1, 1, metrics.clone(), Vec::new(), None, free).await.unwrap();
+                    let mut wal = Wal::open(
+                        fs.clone(),
+                        &d,
+                        ShardId(0),
+                        0,
+                        SegmentId(1),
+                        Lsn(1),
+                        metrics.clone(),
+                        Vec::new(),
+                        None,
+                        free,
+                    )
+                    .await
+                    .unwrap();
                     let schema = ipc::schema_message(&ids(0, 1).schema());
                     // Commits of small (packed) and large (aligned) bodies,
                     // with and without a producer, two datasets with names
@@ -504,6 +517,7 @@ mod tests {
                                 if rows > 1000 { IpcMessage::with_aligned_body(m.header.clone(), &m.body) } else { m };
                             batches.push((
                                 ds,
+                                batch,
                                 m,
                                 producer.then(|| {
                                     seq += 1;
@@ -513,17 +527,18 @@ mod tests {
                             expected.push((ds.to_owned(), next, rows, producer.then_some(seq)));
                             next += rows as i64;
                         }
-                        let records: Vec<Record<'_>> = batches
-                            .iter()
-                            .map(|(ds, m, seq)| Record {
-                                producer: seq.map(|s| ("producer-7", s)),
-                                ..Record::data(ds, &schema, Some(m))
+                        let ops: Vec<(&str, Op)> = batches
+                            .into_iter()
+                            .map(|(ds, batch, message, seq)| {
+                                let producer = seq.map(|seq| ProducerSeq { id: "producer-7".into(), seq });
+                                (ds, Op::Batch(crate::record::Batch { batch, message, producer }))
                             })
                             .collect();
+                        let records: Vec<Record<'_>> =
+                            ops.iter().map(|(ds, op)| Record::new(ds, &schema, op)).collect();
                         wal.append_synced(&records).await.unwrap();
                         if commit == 6 {
-                            let drop = Record { drop: true, ..Record::data("dataset8", &[], None) };
-                            wal.append_synced(&[drop]).await.unwrap();
+                            wal.append_synced(&[Record::new("dataset8", &[], &Op::Drop)]).await.unwrap();
                             expected.retain(|e| e.0 != "dataset8");
                         }
                     }
@@ -595,8 +610,20 @@ mod tests {
                 fs.open(&d.join("probe"), OpenMode::Read).await.unwrap().close().await.unwrap();
                 let metrics = EngineMetrics::default();
                 let (free, _) = FreeFiles::open(fs.clone(), &d, FILE_BYTES, 2).await.unwrap();
-                let mut wal =
-                    Wal::open(fs.clone(), &d, 0, 0, 1, 1, metrics.clone(), Vec::new(), None, free).await.unwrap();
+                let mut wal = Wal::open(
+                    fs.clone(),
+                    &d,
+                    ShardId(0),
+                    0,
+                    SegmentId(1),
+                    Lsn(1),
+                    metrics.clone(),
+                    Vec::new(),
+                    None,
+                    free,
+                )
+                .await
+                .unwrap();
                 let mut logged = Vec::new();
                 for _ in 0..3 {
                     wait_for_a_free_file(&wal).await;

@@ -9,6 +9,7 @@ use super::commit::{write_seal, SyncError};
 use super::segment::{close, ActiveSegment};
 use super::Lsn;
 use crate::error::{Error, Result};
+use crate::ids::SegmentId;
 use crate::io::{OpenMode, Storage, Submit};
 use crate::metrics::EngineMetrics;
 
@@ -16,7 +17,7 @@ use crate::metrics::EngineMetrics;
 /// `valid_end` (a torn commit dropped), not sealed yet.
 #[derive(Debug, Clone)]
 pub struct Resume {
-    pub id: u64,
+    pub id: SegmentId,
     pub path: PathBuf,
     pub valid_end: u64,
     pub block: u64,
@@ -29,7 +30,7 @@ pub struct Resume {
 pub async fn seal_after_crash(
     storage: &dyn Storage,
     path: &Path,
-    segment_id: u64,
+    segment_id: SegmentId,
     valid_end: u64,
     block: u64,
     lsn: Lsn,

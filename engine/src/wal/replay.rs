@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use super::format::{self, DecodeError, FrameKind, FrameRef, SegmentHeader};
 use super::Lsn;
 use crate::error::{Error, Result};
+use crate::ids::SegmentId;
 use crate::io::{OpenMode, SeqReader, Storage};
 use crate::limits::REPLAY_READ_BYTES;
 
 #[derive(Debug, Clone)]
 pub struct SegmentFile {
-    pub id: u64,
+    pub id: SegmentId,
     pub path: PathBuf,
 }
 
@@ -137,7 +138,7 @@ pub async fn replay_segment(
                 if format::peek_frame_place(&buf[rel.min(buf.len())..])
                     .is_some_and(|p| p.magic == format::FRAME_MAGIC && p.segment_id != seg.id) =>
             {
-                let other = format::peek_frame_place(&buf[rel..]).map_or(0, |p| p.segment_id);
+                let other = format::peek_frame_place(&buf[rel..]).map_or(SegmentId(0), |p| p.segment_id);
                 break format!("frame belongs to segment {other}");
             }
             Err(DecodeError::Truncated) if !eof => {
@@ -218,7 +219,7 @@ pub async fn replay_segment(
 /// walks logs with it too.
 pub fn check_chain(
     h: &format::FrameHeader,
-    segment_id: u64,
+    segment_id: SegmentId,
     pos: u64,
     block: u64,
     commit: &mut u64,
@@ -247,7 +248,7 @@ pub fn check_chain(
 /// Pure; shared with the offline tool.
 pub fn judge_frame_after_end(
     p: &format::FramePlace,
-    segment_id: u64,
+    segment_id: SegmentId,
     at: u64,
     from: u64,
     commit: u64,
@@ -284,7 +285,7 @@ struct After {
 async fn scan_after(
     storage: &dyn Storage,
     path: &Path,
-    segment_id: u64,
+    segment_id: SegmentId,
     from: u64,
     commit: u64,
     next_lsn: Lsn,
@@ -388,6 +389,7 @@ impl Window<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ShardId;
     use crate::wal::format::{encode_frame, FrameHeader};
 
     const BLOCK: u64 = 512;
@@ -400,18 +402,21 @@ mod tests {
             Bytes(vec![0; len])
         }
 
-        fn header(&mut self, segment_id: u64, first_lsn: Lsn) {
-            let h = SegmentHeader { block_bytes: BLOCK as u32, shard: 0, generation: 0, segment_id, first_lsn };
+        fn header(&mut self, segment_id: u64, first_lsn: u64) {
+            let (segment_id, first_lsn) = (SegmentId(segment_id), Lsn(first_lsn));
+            let h =
+                SegmentHeader { block_bytes: BLOCK as u32, shard: ShardId(0), generation: 0, segment_id, first_lsn };
             self.0[..BLOCK as usize].fill(0);
             self.0[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&h.encode());
         }
 
         /// One commit at `at` of `frames` data frames of `payload` bytes,
         /// LSNs from `lsn`, zero-padded to the block. Returns its end.
-        fn commit(&mut self, segment_id: u64, at: u64, lsn: Lsn, frames: u64, payload: usize) -> u64 {
+        fn commit(&mut self, segment_id: u64, at: u64, lsn: u64, frames: u64, payload: usize) -> u64 {
             let mut pos = at as usize;
             for i in 0..frames {
-                let h = FrameHeader { kind: FrameKind::Data, lsn: lsn + i, segment_id, commit_start: at };
+                let (id, l) = (SegmentId(segment_id), Lsn(lsn + i));
+                let h = FrameHeader { kind: FrameKind::Data, lsn: l, segment_id: id, commit_start: at };
                 let f = encode_frame(h, b"ds", &vec![(lsn + i) as u8 | 1; payload]);
                 self.0[pos..pos + f.len()].copy_from_slice(&f);
                 pos += f.len();
@@ -427,13 +432,13 @@ mod tests {
     }
 
     /// Replays `path` as segment `id`; returns the outcome and the LSNs visited.
-    fn replay(path: &Path, id: u64, newest: bool, policy: CorruptionPolicy) -> (Result<SegmentReplay>, Vec<Lsn>) {
-        let seg = SegmentFile { id, path: path.to_owned() };
+    fn replay(path: &Path, id: u64, newest: bool, policy: CorruptionPolicy) -> (Result<SegmentReplay>, Vec<u64>) {
+        let seg = SegmentFile { id: SegmentId(id), path: path.to_owned() };
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let mut lsns = Vec::new();
                 let r = replay_segment(&crate::io::RealStorage::SYNC, &seg, None, newest, policy, |f, _| {
-                    lsns.push(f.header.lsn);
+                    lsns.push(f.header.lsn.get());
                     Ok(())
                 })
                 .await;
@@ -457,7 +462,7 @@ mod tests {
         for lsn in (1..=40).step_by(4) {
             at = b.commit(3, at, lsn, 4, 300);
         }
-        let seal = FrameHeader { kind: FrameKind::Seal, lsn: 41, segment_id: 3, commit_start: at };
+        let seal = FrameHeader { kind: FrameKind::Seal, lsn: Lsn(41), segment_id: SegmentId(3), commit_start: at };
         let seal = encode_frame(seal, b"", b"");
         b.0[at as usize..at as usize + seal.len()].copy_from_slice(&seal);
         b.header(7, 41);
@@ -483,7 +488,7 @@ mod tests {
         assert_eq!(lsns, vec![41, 42, 43], "only segment 7's frames, never the old ones");
         assert_eq!(r.end, SegmentEnd::Clean, "not a torn tail, not corruption");
         assert_eq!(r.valid_end, ends[2]);
-        assert_eq!(r.last_lsn, Some(43));
+        assert_eq!(r.last_lsn, Some(Lsn(43)));
         // An older segment must end with a seal, recycled file or not.
         let (r, _) = replay(&path, 7, false, CorruptionPolicy::Refuse);
         assert!(matches!(r, Err(Error::Corrupt { offset, .. }) if offset == ends[2]), "{r:?}");

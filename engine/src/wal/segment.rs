@@ -10,24 +10,25 @@ use std::rc::Rc;
 use super::format::{self, SegmentHeader};
 use super::{free, sync_dir, Lsn};
 use crate::error::{Error, Result};
+use crate::ids::{SegmentId, ShardId};
 use crate::io::{File, OpenMode, Storage, Submit};
 
-pub fn segment_file_name(id: u64) -> String {
+pub fn segment_file_name(id: SegmentId) -> String {
     format!("{id:020}.wal")
 }
 
-pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+pub fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
     let stem = name.strip_suffix(".wal")?;
     if stem.len() != 20 {
         return None;
     }
-    stem.parse().ok()
+    stem.parse().ok().map(SegmentId)
 }
 
 pub(super) struct ActiveSegment {
     pub(super) file: Rc<dyn File>,
     pub(super) path: PathBuf,
-    pub(super) id: u64,
+    pub(super) id: SegmentId,
     /// Next write offset; always a multiple of `block`.
     pub(super) pos: u64,
     pub(super) block: u64,
@@ -48,7 +49,7 @@ pub(super) async fn close(seg: ActiveSegment) {
 }
 
 /// The temporary name a segment has until its header is durable.
-fn segment_tmp_name(id: u64) -> String {
+fn segment_tmp_name(id: SegmentId) -> String {
     format!(".{}.tmp", segment_file_name(id))
 }
 
@@ -72,9 +73,9 @@ pub fn is_segment_tmp_name(name: &str) -> bool {
 pub(super) async fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
-    shard: u32,
+    shard: ShardId,
     generation: u64,
-    id: u64,
+    id: SegmentId,
     first_lsn: Lsn,
     reuse: Option<PathBuf>,
     file_bytes: u64,
@@ -126,9 +127,9 @@ async fn init_segment(
     storage: &dyn Storage,
     path: &Path,
     file: &dyn File,
-    shard: u32,
+    shard: ShardId,
     generation: u64,
-    id: u64,
+    id: SegmentId,
     first_lsn: Lsn,
     zero_fill: bool,
     file_bytes: u64,

@@ -9,7 +9,7 @@ use arrow::datatypes::SchemaRef;
 use arrow_flight::{FlightData, FlightEndpoint, SchemaAsIpc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use longbow_engine::shard::request::{ScanFile, ScanRequest, ScanView};
+use longbow_engine::shard::request::{ScanRequest, ScanView};
 use longbow_engine::{Engine, Lsn};
 use tonic::Status;
 
@@ -34,7 +34,7 @@ pub const PARALLEL_FILE_ENDPOINTS_MAX: usize = 8;
 pub async fn query(sql: &SqlEngine, engine: &Engine, body: TicketBody) -> Result<Stream, Status> {
     let view = match (body.min_lsn, body.max_lsn) {
         (None, None) => None,
-        (lo, hi) => Some(Arc::new(part(engine, &body.dataset, lo.unwrap_or(0), hi.unwrap_or(u64::MAX)).await?)),
+        (lo, hi) => Some(Arc::new(part(engine, &body.dataset, lo.unwrap_or(Lsn::ZERO), hi.unwrap_or(Lsn::MAX)).await?)),
     };
     let df = sql.dataset_query(&body.dataset, &body.columns, body.filter.as_deref(), body.limit, view).await?;
     let (schema, stream) = sql.execute(df).await?;
@@ -46,8 +46,8 @@ pub async fn query(sql: &SqlEngine, engine: &Engine, body: TicketBody) -> Result
 /// since GetFlightInfo cut the ranges) fails the read: ask for the
 /// endpoints again.
 async fn part(engine: &Engine, dataset: &str, lo: Lsn, hi: Lsn) -> Result<ScanView, Status> {
-    let req = ScanRequest { after_lsn: lo.saturating_sub(1), max_batches: usize::MAX, wait: false };
-    let mut view = engine.scan(dataset, req).await.map_err(into_status)?;
+    let req = ScanRequest { after_lsn: lo.prev(), max_batches: usize::MAX, wait: false };
+    let mut view = engine.view(dataset, req).await.map_err(into_status)?;
     if let Some(f) =
         view.files.iter().find(|f| (f.min_lsn < lo && f.max_lsn >= lo) || (f.min_lsn <= hi && f.max_lsn > hi))
     {
@@ -66,8 +66,10 @@ async fn part(engine: &Engine, dataset: &str, lo: Lsn, hi: Lsn) -> Result<ScanVi
 /// before); for one with many rows in snapshot files, contiguous groups of
 /// files and the part in memory, each an LSN range.
 pub async fn endpoints(engine: &Engine, dataset: &str) -> Result<Vec<FlightEndpoint>, Status> {
-    let view =
-        engine.scan(dataset, ScanRequest { after_lsn: 0, max_batches: 0, wait: false }).await.map_err(into_status)?;
+    let view = engine
+        .view(dataset, ScanRequest { after_lsn: Lsn::ZERO, max_batches: 0, wait: false })
+        .await
+        .map_err(into_status)?;
     let cold_rows: u64 = view.files.iter().map(|f| f.rows).sum();
     if cold_rows < PARALLEL_READ_ROWS_MIN {
         return Ok(vec![FlightEndpoint::new().with_ticket(ticket_for(dataset))]);
@@ -80,7 +82,7 @@ pub async fn endpoints(engine: &Engine, dataset: &str) -> Result<Vec<FlightEndpo
     let mut out = Vec::new();
     let groups = PARALLEL_FILE_ENDPOINTS_MAX.min(view.files.len());
     let per_group = cold_rows.div_ceil(groups as u64);
-    let mut lo = 0;
+    let mut lo = Lsn::ZERO;
     let mut rows = 0;
     for (i, f) in view.files.iter().enumerate() {
         rows += f.rows;
@@ -92,7 +94,7 @@ pub async fn endpoints(engine: &Engine, dataset: &str) -> Result<Vec<FlightEndpo
     }
     // The rest (in memory, and whatever is logged until this endpoint is
     // read) has no upper bound.
-    out.push(range(view.evicted_lsn + 1, u64::MAX));
+    out.push(range(view.evicted_lsn + 1, Lsn::MAX));
     Ok(out)
 }
 
@@ -140,7 +142,7 @@ impl Feed {
     /// cursor is durable.
     async fn step(&mut self) -> Result<Vec<FlightData>, Status> {
         let req = ScanRequest { after_lsn: self.cursor, max_batches: FOLLOW_BATCHES_MAX, wait: true };
-        let view = self.engine.scan(&self.dataset, req).await.map_err(into_status)?;
+        let view = self.engine.view(&self.dataset, req).await.map_err(into_status)?;
         let mut out = Vec::new();
         if let Some(file) = view.files.first() {
             if file.min_lsn <= self.cursor {
@@ -152,11 +154,11 @@ impl Feed {
                     file.min_lsn,
                     file.max_lsn,
                     file.max_lsn,
-                    file.min_lsn.saturating_sub(1)
+                    file.min_lsn.prev()
                 )));
             }
             // One file per step, read whole (ranged reads, local or object storage).
-            let batches = read_file(&self.engine, view.schema.clone(), file.clone()).await?;
+            let batches = self.engine.read_file(view.schema.clone(), file).await.map_err(into_status)?;
             let n = batches.len();
             for (i, b) in batches.into_iter().enumerate() {
                 let resume = if i + 1 == n { file.max_lsn } else { self.cursor };
@@ -180,24 +182,4 @@ impl Feed {
         msgs.remove(0); // the schema, sent once at the start
         Ok(msgs.into_iter().map(|m| m.with_app_metadata(meta.clone())).collect())
     }
-}
-
-async fn read_file(
-    engine: &longbow_engine::Engine,
-    schema: arrow::datatypes::SchemaRef,
-    file: ScanFile,
-) -> Result<Vec<RecordBatch>, Status> {
-    use futures::TryStreamExt;
-    let object = longbow_engine::snapshot::SnapshotObject {
-        store: engine.snapshot_objects(),
-        path: object_store::path::Path::from(file.path.as_str()),
-        bytes: file.bytes,
-    };
-    let batches: Vec<RecordBatch> =
-        longbow_engine::snapshot::read_objects(vec![object], schema).try_collect().await.map_err(into_status)?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows as u64 != file.rows {
-        return Err(Status::internal(format!("{} holds {rows} rows, its table says {}", file.path, file.rows)));
-    }
-    Ok(batches)
 }

@@ -65,10 +65,6 @@ fn sql_command(d: Option<&FlightDescriptor>) -> Option<arrow_flight::sql::Comman
     arrow_flight::sql::Command::try_from(any).ok()
 }
 
-/// Batches read from snapshot files ahead of the client, per DoGet; the
-/// reading thread waits when they are not taken.
-const SNAPSHOT_READ_AHEAD_BATCHES: usize = 2;
-
 const ACTIONS: &[(&str, &str)] = &[
     (
         "get_stats",
@@ -205,33 +201,15 @@ impl FlightService for LongbowFlight {
                     return do_get::follow(self.engine.clone(), dataset, after_lsn).await
                 }
             };
-            let read = self.engine.get(&name).await.map_err(into_status)?;
-            // Evicted rows come from the snapshot table's files, read from
-            // the object store by a task through a small channel (one row
-            // group and a few batches in memory per read, and it stops when
-            // the client goes); then the batches in memory.
-            let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_READ_AHEAD_BATCHES);
-            if !read.files.is_empty() {
-                let schema = read.schema.clone();
-                tokio::spawn(async move {
-                    let mut batches = std::pin::pin!(longbow_engine::snapshot::read_objects(read.files, schema));
-                    while let Some(batch) = batches.next().await {
-                        let failed = batch.is_err();
-                        if tx.send(batch).await.is_err() || failed {
-                            return;
-                        }
-                    }
-                });
-            }
-            let from_files = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |r| {
+            let scan = self.engine.scan(&name).await.map_err(into_status)?;
+            let batches = scan.batches.map(move |r| {
                 r.map_err(|e| {
-                    tracing::error!(dataset = name, error = %e, "reading a snapshot file for DoGet");
+                    tracing::error!(dataset = name, error = %e, "reading a dataset for DoGet");
                     arrow_flight::error::FlightError::ExternalError(Box::new(e))
                 })
             });
-            let in_memory = futures::stream::iter(read.batches.into_iter().map(Ok));
             let rows = self.metrics.do_get_rows.clone();
-            let batches = from_files.chain(in_memory).inspect(move |b| {
+            let batches = batches.inspect(move |b| {
                 if let Ok(b) = b {
                     rows.inc_by(b.num_rows() as u64);
                 }
@@ -243,7 +221,7 @@ impl FlightService for LongbowFlight {
                 }
             };
             let stream = FlightDataEncoderBuilder::new()
-                .with_schema(read.schema)
+                .with_schema(scan.schema)
                 .build(batches)
                 .map_err(Status::from)
                 .inspect(count_bytes);

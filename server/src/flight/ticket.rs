@@ -2,6 +2,7 @@
 
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{FlightDescriptor, Ticket};
+use longbow_engine::Lsn;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
@@ -23,11 +24,11 @@ pub struct TicketBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<Lsn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_lsn: Option<u64>,
+    pub max_lsn: Option<Lsn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after_lsn: Option<u64>,
+    pub after_lsn: Option<Lsn>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
 }
@@ -42,7 +43,7 @@ pub enum Read {
     Query(TicketBody),
     /// Every batch logged after `after_lsn`, then new ones as they become
     /// durable.
-    Follow { dataset: String, after_lsn: u64 },
+    Follow { dataset: String, after_lsn: Lsn },
 }
 
 /// The ticket ListFlights and GetFlightInfo hand out: `{"dataset": name}`.
@@ -84,7 +85,7 @@ fn read_of(body: TicketBody) -> Result<Read, Status> {
                 "a follow ticket takes only \"dataset\" and \"after_lsn\" (no columns, filter, limit or LSN range)",
             ));
         }
-        return Ok(Read::Follow { dataset: body.dataset, after_lsn: body.after_lsn.unwrap_or(0) });
+        return Ok(Read::Follow { dataset: body.dataset, after_lsn: body.after_lsn.unwrap_or(Lsn::ZERO) });
     }
     if let (Some(lo), Some(hi)) = (body.min_lsn, body.max_lsn) {
         if lo > hi {
@@ -142,7 +143,7 @@ mod tests {
         assert_eq!((b.columns, b.filter.as_deref(), b.limit), (vec!["a".to_owned()], Some("a > 1"), Some(5)));
         assert_eq!(
             read_from_ticket(br#"{"dataset": "d", "after_lsn": 7, "follow": true}"#).unwrap(),
-            Read::Follow { dataset: "d".into(), after_lsn: 7 }
+            Read::Follow { dataset: "d".into(), after_lsn: Lsn(7) }
         );
         assert_eq!(read_from_ticket(br#"{"dataset": "d"}"#).unwrap(), Read::Whole("d".into()));
         for bad in [
@@ -153,7 +154,8 @@ mod tests {
         ] {
             assert_eq!(read_from_ticket(bad).unwrap_err().code(), tonic::Code::InvalidArgument);
         }
-        let body = TicketBody { dataset: "d".into(), min_lsn: Some(1), max_lsn: Some(9), ..Default::default() };
+        let body =
+            TicketBody { dataset: "d".into(), min_lsn: Some(Lsn(1)), max_lsn: Some(Lsn(9)), ..Default::default() };
         assert_eq!(read_from_ticket(&ticket_of(&body).ticket).unwrap(), Read::Query(body));
     }
 

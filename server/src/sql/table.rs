@@ -69,8 +69,9 @@ impl DatasetTable {
         match &self.source {
             Source::Fixed(v) => Ok(v.clone()),
             Source::Live => {
-                let req = ScanRequest { after_lsn: 0, max_batches: SCAN_BATCHES_MAX, wait: false };
-                let view = self.engine.scan(&self.name, req).await.map_err(engine_error)?;
+                let req =
+                    ScanRequest { after_lsn: longbow_engine::Lsn::ZERO, max_batches: SCAN_BATCHES_MAX, wait: false };
+                let view = self.engine.view(&self.name, req).await.map_err(engine_error)?;
                 Ok(Arc::new(view))
             }
         }

@@ -125,7 +125,7 @@ pub fn dispatch(args: &[OsString]) -> Option<u8> {
     let result = match tools.command {
         Command::Wal(WalCommand::Verify { dir, json }) => wal::verify(&dir, json, &mut out),
         Command::Wal(WalCommand::Dump { dir, dataset, from_lsn, json }) => {
-            let filter = wal::Filter { dataset, from_lsn };
+            let filter = wal::Filter { dataset, from_lsn: from_lsn.map(longbow_engine::Lsn) };
             wal::dump(&dir, &filter, json, &mut out)
         }
         Command::Snapshot(SnapshotCommand::Ls { dir, json }) => snapshot::ls(&dir, json, &mut out),

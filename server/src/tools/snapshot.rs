@@ -18,8 +18,8 @@ struct File {
     name: String,
     rows: u64,
     bytes: u64,
-    min_lsn: u64,
-    max_lsn: u64,
+    min_lsn: longbow_engine::Lsn,
+    max_lsn: longbow_engine::Lsn,
     /// In the dataset's directory.
     present: bool,
 }
@@ -33,7 +33,7 @@ enum Entry {
         files: Vec<File>,
         rows: u64,
         bytes: u64,
-        covered_lsn: u64,
+        covered_lsn: longbow_engine::Lsn,
         producers: usize,
         schema: Vec<String>,
         #[serde(skip_serializing_if = "Vec::is_empty")]

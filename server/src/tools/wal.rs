@@ -33,6 +33,7 @@ use longbow_engine::layout;
 use longbow_engine::wal::format::{self, DecodeError, FrameKind, FrameRef, SegmentHeader};
 use longbow_engine::wal::ipc::{self, Decoded};
 use longbow_engine::wal::replay::{self, SegmentFile};
+use longbow_engine::{Lsn, SegmentId, ShardId};
 
 /// The files as they are, read with plain syscalls (no executor here).
 const FS: RealStorage = RealStorage::SYNC;
@@ -44,7 +45,7 @@ use super::{EXIT_DAMAGE, EXIT_OK};
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
     pub dataset: Option<String>,
-    pub from_lsn: Option<u64>,
+    pub from_lsn: Option<Lsn>,
 }
 
 impl Filter {
@@ -65,12 +66,12 @@ pub enum Message {
 #[derive(Debug, Clone, Serialize)]
 pub struct Frame {
     pub file: PathBuf,
-    pub segment: u64,
+    pub segment: SegmentId,
     pub offset: u64,
     /// Offset of the commit holding the frame; equal to `offset` for the
     /// first frame of a commit.
     pub commit_start: u64,
-    pub lsn: u64,
+    pub lsn: Lsn,
     pub kind: &'static str,
     pub version: u8,
     /// Empty for a seal frame.
@@ -136,10 +137,10 @@ enum Event {
     },
     Segment {
         file: PathBuf,
-        segment: u64,
-        shard: u32,
+        segment: SegmentId,
+        shard: ShardId,
         generation: u64,
-        first_lsn: u64,
+        first_lsn: Lsn,
         block_bytes: u32,
         file_bytes: u64,
     },
@@ -147,10 +148,10 @@ enum Event {
     /// Where a segment's log stops.
     End {
         file: PathBuf,
-        segment: u64,
+        segment: SegmentId,
         state: EndState,
         offset: u64,
-        last_lsn: Option<u64>,
+        last_lsn: Option<Lsn>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,8 +170,8 @@ enum Event {
         shard: Option<usize>,
         segments: usize,
         frames: u64,
-        first_lsn: Option<u64>,
-        last_lsn: Option<u64>,
+        first_lsn: Option<Lsn>,
+        last_lsn: Option<Lsn>,
         end: Option<EndState>,
     },
 }
@@ -261,8 +262,8 @@ fn write_json(out: &mut dyn Write, e: &Event) -> io::Result<()> {
     writeln!(out)
 }
 
-fn write_text(out: &mut dyn Write, e: &Event, commit: &mut Option<(u64, u64)>) -> io::Result<()> {
-    let lsn = |l: &Option<u64>| l.map_or("none".to_owned(), |l| l.to_string());
+fn write_text(out: &mut dyn Write, e: &Event, commit: &mut Option<(SegmentId, u64)>) -> io::Result<()> {
+    let lsn = |l: &Option<Lsn>| l.map_or("none".to_owned(), |l| l.to_string());
     match e {
         Event::Shard { dir, shard, generation } => {
             let shard = shard.map_or(String::new(), |s| format!(" {s}"));
@@ -447,11 +448,11 @@ fn walk_shard(
     }
 
     let mut schemas: HashMap<String, SchemaRef> = HashMap::new();
-    let (mut frames, mut first_lsn, mut last_lsn, mut end) = (0u64, None, None::<u64>, None);
+    let (mut frames, mut first_lsn, mut last_lsn, mut end) = (0u64, None, None::<Lsn>, None);
     // The last LSN of the chain the next segment must go on from: none
     // after damage, when the next segment is checked from its own header's
     // first LSN (replay would have stopped).
-    let mut chain: Option<u64> = None;
+    let mut chain: Option<Lsn> = None;
     for (i, (seg, header)) in segments.iter().enumerate() {
         let newest = i + 1 == segments.len();
         let header = match header {
@@ -478,7 +479,7 @@ fn walk_shard(
             block_bytes: header.block_bytes,
             file_bytes: bytes.len() as u64,
         })?;
-        let walked = walk_segment(seg, &bytes, &header, chain.map(|l| l.wrapping_add(1)), newest, |f, offset| {
+        let walked = walk_segment(seg, &bytes, &header, chain.map(Lsn::next), newest, |f, offset| {
             let (frame, problem) = describe(seg, f, offset, &mut schemas);
             frames += 1;
             first_lsn = first_lsn.or(Some(frame.lsn));
@@ -513,7 +514,7 @@ struct Walked {
     state: EndState,
     /// Just past the last good frame (or where the damage is).
     offset: u64,
-    last_lsn: Option<u64>,
+    last_lsn: Option<Lsn>,
     reason: Option<String>,
     note: Option<String>,
 }
@@ -530,7 +531,7 @@ fn walk_segment(
     seg: &SegmentFile,
     bytes: &[u8],
     header: &SegmentHeader,
-    expected_lsn: Option<u64>,
+    expected_lsn: Option<Lsn>,
     newest: bool,
     mut visit: impl FnMut(&FrameRef<'_>, u64) -> io::Result<()>,
 ) -> io::Result<Walked> {
@@ -566,7 +567,7 @@ fn walk_segment(
                 if let Err(reason) = replay::check_chain(&f.header, seg.id, pos, block, &mut commit, next_lsn) {
                     break reason;
                 }
-                next_lsn = next_lsn.wrapping_add(1);
+                next_lsn = next_lsn.next();
                 last_lsn = Some(f.header.lsn);
                 visit(&f, pos)?;
                 if f.header.kind == FrameKind::Seal {
@@ -615,10 +616,10 @@ fn walk_segment(
 /// but zeros in the rest of the block).
 fn judge_after(
     bytes: &[u8],
-    segment_id: u64,
+    segment_id: SegmentId,
     from: u64,
     commit: u64,
-    next_lsn: u64,
+    next_lsn: Lsn,
     block: u64,
 ) -> (Option<u64>, bool) {
     let len = bytes.len() as u64;
@@ -647,7 +648,7 @@ fn judge_after(
 struct StaleFrames {
     from: u64,
     frames: usize,
-    segments: BTreeSet<u64>,
+    segments: BTreeSet<SegmentId>,
 }
 
 impl StaleFrames {
@@ -664,7 +665,7 @@ impl StaleFrames {
 
 /// Intact frames of an older segment id from `from` on (8-byte aligned),
 /// as a recycled file holds after its log's end.
-fn stale_frames(bytes: &[u8], segment_id: u64, from: u64) -> Option<StaleFrames> {
+fn stale_frames(bytes: &[u8], segment_id: SegmentId, from: u64) -> Option<StaleFrames> {
     let align = format::FRAME_ALIGN as u64;
     let mut at = from.next_multiple_of(align);
     let mut found: Option<StaleFrames> = None;
@@ -687,7 +688,7 @@ fn stale_frames(bytes: &[u8], segment_id: u64, from: u64) -> Option<StaleFrames>
 
 /// What lies after a seal (replay never reads it): a note when it is not
 /// zeros.
-fn after_seal(bytes: &[u8], segment_id: u64, end: u64) -> Option<String> {
+fn after_seal(bytes: &[u8], segment_id: SegmentId, end: u64) -> Option<String> {
     let rest = tail(bytes, end);
     let nonzero = rest.iter().filter(|b| **b != 0).count();
     if nonzero == 0 {
@@ -797,7 +798,9 @@ mod tests {
         commits: &[&[(FrameKind, u64)]],
         payload: usize,
     ) -> (SegmentFile, Vec<u8>) {
-        let h = SegmentHeader { block_bytes: BLOCK as u32, shard: 0, generation: 0, segment_id: id, first_lsn };
+        let (id, first_lsn) = (SegmentId(id), Lsn(first_lsn));
+        let h =
+            SegmentHeader { block_bytes: BLOCK as u32, shard: ShardId(0), generation: 0, segment_id: id, first_lsn };
         let mut bytes = vec![0u8; BLOCK];
         bytes[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&h.encode());
         for commit in commits {
@@ -805,7 +808,7 @@ mod tests {
             for (kind, lsn) in *commit {
                 let dataset: &[u8] = if *kind == FrameKind::Seal { b"" } else { b"ds" };
                 let body = if *kind == FrameKind::Data { vec![7u8; payload] } else { Vec::new() };
-                let header = FrameHeader { kind: *kind, lsn: *lsn, segment_id: id, commit_start: start };
+                let header = FrameHeader { kind: *kind, lsn: Lsn(*lsn), segment_id: id, commit_start: start };
                 bytes.extend(encode_frame(header, dataset, &body));
             }
             bytes.resize(bytes.len().next_multiple_of(BLOCK), 0);
@@ -819,7 +822,7 @@ mod tests {
         let header = SegmentHeader::decode(bytes).unwrap();
         let mut lsns = Vec::new();
         let w = walk_segment(seg, bytes, &header, None, newest, |f, _| {
-            lsns.push(f.header.lsn);
+            lsns.push(f.header.lsn.get());
             Ok(())
         })
         .unwrap();
@@ -845,7 +848,7 @@ mod tests {
         torn[2 * BLOCK + 20] ^= 0xFF;
         std::fs::write(&seg.path, &torn).unwrap();
         let w = walk_one(&seg, &torn, true).0;
-        assert_eq!((w.state, w.offset, w.last_lsn), (EndState::Torn, 2 * BLOCK as u64, Some(1)), "{w:?}");
+        assert_eq!((w.state, w.offset, w.last_lsn), (EndState::Torn, 2 * BLOCK as u64, Some(Lsn(1))), "{w:?}");
 
         // The first commit garbled with an intact one after it: damage.
         let mut bad = bytes.clone();
@@ -899,15 +902,16 @@ mod tests {
     #[test]
     fn frames_decode_producers_and_drops() {
         let dir = tempfile::tempdir().unwrap();
-        let seg = SegmentFile { id: 1, path: dir.path().join("x.wal") };
+        let seg = SegmentFile { id: SegmentId(1), path: dir.path().join("x.wal") };
         let state = br#"{"p": {"recent": [[4, 10], [5, 11]]}}"#;
-        let header = FrameHeader { kind: FrameKind::Producers, lsn: 12, segment_id: 1, commit_start: 512 };
+        let header =
+            FrameHeader { kind: FrameKind::Producers, lsn: Lsn(12), segment_id: SegmentId(1), commit_start: 512 };
         let bytes = encode_frame(header, b"ds", state);
         let f = format::decode_frame(&bytes).unwrap();
         let (frame, problem) = describe(&seg, &f, 512, &mut HashMap::new());
         assert!(problem.is_none());
         assert_eq!(frame.producers.unwrap()["p"], Some(5));
-        let header = FrameHeader { kind: FrameKind::Data, lsn: 13, segment_id: 1, commit_start: 512 };
+        let header = FrameHeader { kind: FrameKind::Data, lsn: Lsn(13), segment_id: SegmentId(1), commit_start: 512 };
         let bytes = encode_frame(header, b"ds", b"garbage!");
         let (_, problem) = describe(&seg, &format::decode_frame(&bytes).unwrap(), 512, &mut HashMap::new());
         assert!(problem.unwrap().contains("undecodable Arrow IPC payload"));

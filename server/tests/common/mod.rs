@@ -313,9 +313,9 @@ pub fn segment_frames(path: &Path) -> Vec<FrameAt> {
                     offset: at as u64,
                     end: (at + f.len) as u64,
                     kind: f.header.kind,
-                    segment_id: f.header.segment_id,
+                    segment_id: f.header.segment_id.0,
                     commit_start: f.header.commit_start,
-                    lsn: f.header.lsn,
+                    lsn: f.header.lsn.get(),
                 });
                 if f.header.kind == longbow_engine::wal::format::FrameKind::Seal {
                     break;
