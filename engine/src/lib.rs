@@ -32,8 +32,9 @@
 //! - [`layout`]: the data directory's lock, shard count and WAL generation.
 //! - [`memory`]: the one memory budget all shards share (atomics).
 //! - [`ids`]: the `Lsn`, `ShardId` and `SegmentId` newtypes.
-//! - [`routing`], [`limits`], [`error`], [`metrics`], and [`faults`]
-//!   (test-only fault injection, behind the `fault-injection` feature).
+//! - [`routing`], [`limits`], [`error`], [`metrics`]. Test-only fault
+//!   injection is on the seams (`io::faulty`, behind the `fault-injection`
+//!   feature; `io::sim` and `io::sim_object` in-process).
 //!
 //! Two choices that may surprise: shards share no state or locks but the
 //! memory budget's atomics (a dataset lives on exactly one core, so its
@@ -44,7 +45,6 @@
 pub mod dataset;
 pub mod engine;
 pub mod error;
-pub mod faults;
 pub mod health;
 pub mod ids;
 pub mod io;

@@ -69,6 +69,13 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_SNAPSHOT_COMPRESSION", value_enum, default_value = "snappy")]
     pub snapshot_compression: Compression,
 
+    /// This node's id: an integer, or a pod name such as `longbow-2` whose
+    /// trailing ordinal is taken. It names the node in the snapshot
+    /// tables' commits (app id `longbow-<id>-shard-<k>`), so nodes sharing
+    /// an object store must have distinct ids.
+    #[arg(long, env = "LONGBOW_NODE_ID", default_value = "0", value_parser = parse_node_id)]
+    pub node_id: usize,
+
     /// Arrow data held in memory across all shards (e.g. 8GiB; 0 = no limit).
     /// Above it, snapshotted data is evicted and read back from Parquet, and
     /// ingest is held back until snapshots free memory (refused with
@@ -298,7 +305,7 @@ impl Config {
             snapshot_store: None,
             snapshot_interval: self.snapshot_interval,
             snapshot_retention: self.snapshot_retention,
-            node: "0".into(),
+            node: self.node_id.to_string(),
             snapshot_compression: match self.snapshot_compression {
                 Compression::None => SnapshotCompression::None,
                 Compression::Snappy => SnapshotCompression::Snappy,
@@ -311,6 +318,16 @@ impl Config {
             io_memory_bytes: longbow_engine::limits::SHARD_IO_MEMORY_BYTES,
         }
     }
+}
+
+/// A node id: an integer, or a name ending in one (a StatefulSet pod's).
+fn parse_node_id(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return Err(format!("node id {s:?}: expected an integer or a name ending in one (longbow-2)"));
+    }
+    s[s.len() - digits..].parse().map_err(|e| format!("node id {s:?}: {e}"))
 }
 
 /// A duration, or `off` (also `0`) for none.
@@ -366,5 +383,12 @@ mod tests {
         let e = parse_message_size("2GiB").unwrap_err();
         assert!(e.contains("one WAL frame"), "{e}");
         assert!(parse_message_size("10").is_err(), "below 1KiB");
+    }
+
+    #[test]
+    fn node_ids_are_integers_or_pod_ordinals() {
+        assert_eq!(parse_node_id("2"), Ok(2));
+        assert_eq!(parse_node_id("longbow-12"), Ok(12));
+        assert!(parse_node_id("longbow").is_err());
     }
 }

@@ -129,14 +129,13 @@ async fn reload_on_sighup(
 
 /// Test builds only: `LONGBOW_FAULT_FSYNC_FAIL_AFTER=n` (every WAL fsync
 /// after the n-th fails), `LONGBOW_FAULT_WAL_WRITE_FAIL=after:times`,
-/// `LONGBOW_FAULT_WAL_CREATE_FAIL=after:times` (on the storage seam:
-/// `io::faulty`) and `LONGBOW_FAULT_SNAPSHOT_FAIL=after:times` (succeed
-/// `after` times, then fail `times` times with EIO). Returns the WAL
-/// storage with its faults.
+/// `LONGBOW_FAULT_WAL_CREATE_FAIL=after:times` (on the WAL's storage seam)
+/// and `LONGBOW_FAULT_SNAPSHOT_FAIL=after:times` (on the cold tier's object
+/// store; a local snapshot path only): succeed `after` times, then fail
+/// `times` times with EIO (`io::faulty`).
 #[cfg(feature = "fault-injection")]
-fn arm_faults_from_env(storage: longbow_engine::io::StorageRef) -> longbow_engine::io::StorageRef {
-    use longbow_engine::faults::{arm, Fault};
-    use longbow_engine::io::faulty::{FaultPlan, FaultyStorage};
+fn arm_faults_from_env(config: &mut longbow_engine::EngineConfig) {
+    use longbow_engine::io::faulty::{FaultPlan, FaultyObjectStore, FaultyStorage};
     let parse = |var: &str| -> Option<(u64, u64)> {
         let v = std::env::var(var).ok()?;
         let parsed = v.split_once(':').and_then(|(a, t)| Some((a.parse().ok()?, t.parse().ok()?)));
@@ -150,15 +149,20 @@ fn arm_faults_from_env(storage: longbow_engine::io::StorageRef) -> longbow_engin
         write: parse("LONGBOW_FAULT_WAL_WRITE_FAIL"),
         create: parse("LONGBOW_FAULT_WAL_CREATE_FAIL"),
     };
-    if let Some((after, times)) = parse("LONGBOW_FAULT_SNAPSHOT_FAIL") {
-        tracing::warn!(after, times, "fault injection armed: snapshot writes");
-        arm(Fault::SnapshotWrite, after, times);
+    if let Some(arm) = parse("LONGBOW_FAULT_SNAPSHOT_FAIL") {
+        match longbow_engine::snapshot::Location::parse(&config.snapshot_path) {
+            Ok(longbow_engine::snapshot::Location::Local(_)) => {
+                tracing::warn!(?arm, "fault injection armed: snapshot uploads");
+                let local = std::sync::Arc::new(object_store::local::LocalFileSystem::new());
+                config.snapshot_store = Some(std::sync::Arc::new(FaultyObjectStore::new(local, arm)));
+            }
+            _ => tracing::error!("LONGBOW_FAULT_SNAPSHOT_FAIL applies to a local snapshot path; ignored"),
+        }
     }
-    if plan.fsync.is_none() && plan.write.is_none() && plan.create.is_none() {
-        return storage;
+    if plan.fsync.is_some() || plan.write.is_some() || plan.create.is_some() {
+        tracing::warn!(?plan, "fault injection armed on the WAL's storage");
+        config.storage = std::sync::Arc::new(FaultyStorage::new(config.storage.clone(), plan));
     }
-    tracing::warn!(?plan, "fault injection armed on the WAL's storage");
-    std::sync::Arc::new(FaultyStorage::new(storage, plan))
 }
 
 /// Logs the transport limits, and warns when descriptors would run out
@@ -237,7 +241,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let mut engine_config = config.engine();
     #[cfg(feature = "fault-injection")]
     {
-        engine_config.storage = arm_faults_from_env(engine_config.storage);
+        arm_faults_from_env(&mut engine_config);
     }
     tracing::info!(data = %engine_config.data_path.display(), shards = engine_config.shards, "starting engine");
     let metrics = EngineMetrics::default();

@@ -11,7 +11,9 @@
 //!   seal) puts its first half on disk, then reports EIO: the worst kind,
 //!   valid frames among what reached the file;
 //! - `create`: writing a new segment's header (`.<id>.wal.tmp`) reports
-//!   EIO.
+//!   EIO;
+//! - on the cold tier, [`FaultyObjectStore`]: uploading a snapshot file
+//!   reports EIO.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -21,7 +23,13 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use futures::future::LocalBoxFuture;
+use futures::stream::BoxStream;
 use futures::FutureExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult, RenameOptions,
+};
 
 use super::{File, IoBuf, OpenMode, Space, Storage, StorageRef, Submit};
 
@@ -69,11 +77,29 @@ fn fails(plan: &Mutex<FaultPlan>, kind: Kind) -> bool {
         Kind::Write => &mut p.write,
         Kind::Create => &mut p.create,
     };
-    let fails = crate::faults::count(arm);
+    let fails = count(arm);
     if fails {
         tracing::warn!(?kind, "injected fault");
     }
     fails
+}
+
+/// Counts one operation against an arm; whether this one fails.
+fn count(arm: &mut Option<Arm>) -> bool {
+    match arm {
+        None => false,
+        Some((after, _)) if *after > 0 => {
+            *after -= 1;
+            false
+        }
+        Some((_, 0)) => false,
+        Some((_, times)) => {
+            if *times != u64::MAX {
+                *times -= 1;
+            }
+            true
+        }
+    }
 }
 
 fn injected() -> io::Error {
@@ -252,5 +278,96 @@ impl File for FaultyFile {
             Ok(f) => f.file.close(),
             Err(_) => async { Ok(()) }.boxed_local(),
         }
+    }
+}
+
+/// Faults on the cold tier's object store, for the same end-to-end tests:
+/// with `upload` armed, putting a snapshot file (`*.parquet`, in one put or
+/// as a multipart upload) reports EIO before anything is stored. The Delta
+/// log and reads are untouched. The simulator covers the cold tier's other
+/// faults in-process ([`super::sim_object`]).
+#[derive(Debug)]
+pub struct FaultyObjectStore {
+    inner: Arc<dyn ObjectStore>,
+    upload: Mutex<Option<Arm>>,
+}
+
+impl FaultyObjectStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, upload: Arm) -> Self {
+        Self { inner, upload: Mutex::new(Some(upload)) }
+    }
+
+    fn check(&self, location: &ObjectPath) -> object_store::Result<()> {
+        if !location.as_ref().ends_with(".parquet") {
+            return Ok(());
+        }
+        if count(&mut self.upload.lock().unwrap_or_else(|e| e.into_inner())) {
+            tracing::warn!(%location, "injected fault: snapshot upload");
+            return Err(object_store::Error::Generic {
+                store: "fault injection",
+                source: format!("uploading {location}: {}", injected()).into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for FaultyObjectStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultyObjectStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FaultyObjectStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.check(location)?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.check(location)?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&ObjectPath>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &ObjectPath, to: &ObjectPath, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
     }
 }

@@ -269,7 +269,8 @@ impl SnapshotStore {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
     /// `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`). `node` names this server
     /// in the commits' app ids. `store`, if given, is the object store a
-    /// remote location names (the environment is not read then).
+    /// remote location names (the environment is not read then), or for a
+    /// local one a store over the local file system by absolute paths.
     pub fn open(
         location: Location,
         store: Option<Arc<dyn ObjectStore>>,
@@ -294,7 +295,7 @@ impl SnapshotStore {
                 let prefix = ObjectPath::from_absolute_path(&abs)
                     .map_err(|e| Error::startup(format!("snapshot path {}", abs.display()), e))?;
                 let url = Url::parse(url.as_str().trim_end_matches('/')).expect("a file URL");
-                (Arc::new(object_store::local::LocalFileSystem::new()), prefix, url)
+                (store.unwrap_or_else(|| Arc::new(object_store::local::LocalFileSystem::new())), prefix, url)
             }
             Location::Remote(url) => {
                 let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match (store, url.scheme())
@@ -544,10 +545,6 @@ impl SnapshotStore {
         }
         w.finish().await.map_err(parquet_err("uploading", path))?;
         let bytes = w.bytes_written() as u64;
-        if crate::faults::fails(crate::faults::Fault::SnapshotWrite) {
-            let _ = self.store.delete(path).await;
-            return Err(Error::store(format!("uploading {path} (injected fault)"), crate::faults::eio()));
-        }
         if let Some(local) = self.local_path(path) {
             tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(&local).map_err(Error::io("opening snapshot file", &local, 0))?;

@@ -440,9 +440,6 @@ fn encode_to_file(
     // Writes the footer and hands back the buffered file.
     let out = writer.into_inner().map_err(|e| parquet_io(path, e))?;
     let file = out.into_inner().map_err(|e| Error::io("writing snapshot file", path, 0)(e.into_error()))?.file;
-    if crate::faults::fails(crate::faults::Fault::SnapshotWrite) {
-        return Err(Error::io("fsyncing snapshot file (injected fault)", path, 0)(crate::faults::eio()));
-    }
     file.sync_all().map_err(Error::io("fsyncing snapshot file", path, 0))?;
     let bytes = file.metadata().map_err(Error::io("stat snapshot file", path, 0))?.len();
     Ok(bytes)
