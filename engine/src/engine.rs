@@ -430,13 +430,14 @@ impl Engine {
     }
 
     /// Every row of `dataset` as of now, in LSN order: evicted rows read
-    /// back from its snapshot table's files (a row group at a time, decoded
-    /// on the snapshot store's runtime; files a compaction replaced stay
-    /// readable for the retention period), then the batches in memory. The
-    /// stream holds a few batches at most and stops reading when dropped.
+    /// back from its snapshot table's files (ranged reads, a row group at a
+    /// time, decoded as the stream is polled; files a compaction replaced
+    /// stay readable for the retention period), then the batches in
+    /// memory. The stream holds a row group at most and stops reading when
+    /// dropped.
     pub async fn scan(&self, dataset: &str) -> Result<Scan> {
         let DatasetRead { schema, files, batches } = self.shard(dataset)?.get(dataset.to_owned()).await?;
-        let cold = self.0._store.read(files, schema.clone());
+        let cold = snapshots::read_objects(files, schema.clone()).boxed();
         let hot = futures::stream::iter(batches.into_iter().map(Ok));
         Ok(Scan { schema, batches: cold.chain(hot).boxed() })
     }
@@ -450,7 +451,7 @@ impl Engine {
             path: object_store::path::Path::from(file.path.as_str()),
             bytes: file.bytes,
         };
-        let batches: Vec<RecordBatch> = self.0._store.read(vec![object], schema).try_collect().await?;
+        let batches: Vec<RecordBatch> = snapshots::read_objects(vec![object], schema).try_collect().await?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows as u64 != file.rows {
             return Err(Error::Corrupt {

@@ -84,7 +84,3 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 * KIB;
 const _: () = assert!(GROUP_COMMIT_BYTES_MAX < SHARD_IO_MEMORY_BYTES as u64);
 const _: () = assert!(SEGMENT_BYTES_MIN > GROUP_COMMIT_BYTES_MAX / 8);
 const _: () = assert!(WAL_ZERO_FILL_BYTES < SHARD_IO_MEMORY_BYTES as u64 / 8);
-
-/// Batches a read of snapshot files decodes ahead of its reader (one row
-/// group's worth at most is in memory besides).
-pub const SNAPSHOT_READ_AHEAD_BATCHES: usize = 2;

@@ -50,7 +50,6 @@ use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::logstore::{default_logstore, logstore_factories, LogStoreFactory, LogStoreRef, StorageConfig};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
-use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -364,41 +363,6 @@ impl SnapshotStore {
             let _ = tx.send(fut.await);
         });
         rx.await.unwrap_or(Err(Error::ShuttingDown))
-    }
-
-    /// Reads `objects` in order on the store's runtime, a row group at a
-    /// time, handing batches over a channel of
-    /// [`SNAPSHOT_READ_AHEAD_BATCHES`](crate::limits::SNAPSHOT_READ_AHEAD_BATCHES):
-    /// the reader's executor decodes no Parquet, memory stays bounded, and
-    /// the read stops when the stream is dropped. A read cut short (the
-    /// runtime stopped) ends with an error, never early and silently.
-    pub fn read(&self, objects: Vec<SnapshotObject>, schema: SchemaRef) -> BoxStream<'static, Result<RecordBatch>> {
-        use futures::SinkExt;
-        if objects.is_empty() {
-            return futures::stream::empty().boxed();
-        }
-        let (mut tx, rx) = futures::channel::mpsc::channel(crate::limits::SNAPSHOT_READ_AHEAD_BATCHES);
-        self.handle.spawn(async move {
-            let mut batches = std::pin::pin!(read_objects(objects, schema));
-            while let Some(b) = batches.next().await {
-                let failed = b.is_err();
-                if tx.send(b.map(Some)).await.is_err() || failed {
-                    return;
-                }
-            }
-            let _ = tx.send(Ok(None)).await;
-        });
-        // `Ok(None)` marks the end; a channel closed before it is an error.
-        futures::stream::unfold(Some(rx), |rx| async move {
-            let mut rx = rx?;
-            match rx.next().await {
-                Some(Ok(Some(b))) => Some((Ok(b), Some(rx))),
-                Some(Ok(None)) => None,
-                Some(Err(e)) => Some((Err(e), None)),
-                None => Some((Err(Error::ShuttingDown), None)),
-            }
-        })
-        .boxed()
     }
 
     /// Runs `fut` on the store's runtime and blocks for it (startup, tools).
