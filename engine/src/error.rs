@@ -130,13 +130,4 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { op, path, offset, source }
     }
-
-    pub(crate) fn glommio(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        offset: u64,
-    ) -> impl FnOnce(glommio::GlommioError<()>) -> Error {
-        let path = path.into();
-        move |e| Error::Io { op, path, offset, source: e.into() }
-    }
 }

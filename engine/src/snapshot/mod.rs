@@ -3,14 +3,18 @@
 //! or an object store (`s3://`, `gs://`, `az://`).
 //!
 //! # Layout
-//! - `delta.rs`: start here. [`SnapshotStore`]: uploads Parquet files,
-//!   commits snapshots (with a `txn` action per shard for idempotence),
-//!   compactions (rewrite commits) and VACUUM, drops tables, and reads
-//!   evicted rows back a row group at a time ([`read_objects`]).
-//! - `legacy.rs`: the Parquet encoding settings, the [`Manifest`] (now the
-//!   `longbow` entry of a Delta commit's `commitInfo`), and the reader of
-//!   the pre-Delta layout (Parquet files plus `.longbow/manifests`), which
-//!   [`migrate`] turns into Delta tables at startup.
+//! - `delta/`: start here. `mod.rs`, the [`SnapshotStore`]: the object
+//!   store and its runtime, each dataset's table, loads, drops;
+//!   `write.rs`: snapshots (an upload, then a commit with a `txn` action
+//!   per shard for idempotence); `read.rs`: evicted rows read back a row
+//!   group at a time ([`read_objects`]); `compact.rs`: which files to merge,
+//!   compactions (rewrite commits) and VACUUM.
+//! - `metadata.rs`: the [`Manifest`] (the `longbow` entry of a Delta
+//!   commit's `commitInfo`) and the Parquet encoding settings.
+//! - `root.rs`: the local snapshot root's lock and startup probe.
+//! - `legacy.rs`: the reader of the pre-Delta layout (Parquet files plus
+//!   `.longbow/manifests`), which [`migrate`] turns into Delta tables at
+//!   startup.
 //!
 //! The shard's snapshot worker, which decides when to snapshot, compact and
 //! vacuum, is `shard/snapshots.rs`.
@@ -21,9 +25,13 @@
 
 mod delta;
 pub mod legacy;
+mod metadata;
+mod root;
 
 pub use delta::*;
 pub use legacy::*;
+pub use metadata::*;
+pub use root::*;
 
 use std::path::Path;
 

@@ -64,6 +64,14 @@ use crate::dataset::{ProducerSeqs, SnapshotFile};
 use crate::error::{Error, Result};
 use crate::wal::Lsn;
 
+mod compact;
+mod read;
+mod write;
+
+pub use compact::{compaction_run, CompactionWrite, COMPACT_FILE_BYTES, COMPACT_RUN_FILES};
+pub use read::{file_schema, read_objects};
+pub use write::{SnapshotOutcome, SnapshotWrite};
+
 /// The key of Longbow's entry in a commit's `commitInfo`.
 const COMMIT_INFO_KEY: &str = "longbow";
 /// Written first and deleted last by a drop.
@@ -122,39 +130,6 @@ pub struct SnapshotObject {
     pub store: Arc<dyn ObjectStore>,
     pub path: ObjectPath,
     pub bytes: u64,
-}
-
-/// What a snapshot commits.
-pub struct SnapshotWrite {
-    pub dataset: String,
-    pub schema: SchemaRef,
-    /// The batches not yet in a snapshot, with their LSNs, ascending.
-    pub batches: Vec<(Lsn, RecordBatch)>,
-    pub min_lsn: Lsn,
-    pub covered_lsn: Lsn,
-    pub producers: BTreeMap<String, ProducerSeqs>,
-}
-
-/// What a snapshot did.
-#[derive(Debug, Default)]
-pub struct SnapshotOutcome {
-    /// The file it wrote and committed, if it had rows to write.
-    pub file: Option<SnapshotFile>,
-    /// The rows in that file.
-    pub rows: u64,
-    /// The table held a commit of this shard that its caller did not know
-    /// of (an earlier try whose answer was lost): what it covered was not
-    /// written again, and the caller's list of the table's files is stale.
-    pub table_ahead: bool,
-}
-
-/// What a compaction replaces.
-pub struct CompactionWrite {
-    pub dataset: String,
-    pub schema: SchemaRef,
-    pub sources: Vec<SnapshotFile>,
-    pub covered_lsn: Lsn,
-    pub producers: BTreeMap<String, ProducerSeqs>,
 }
 
 /// What a table says about its dataset at startup.
@@ -280,7 +255,7 @@ impl SnapshotStore {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(IO_THREADS)
             .thread_name("longbow-snapshot-io")
-            .on_thread_start(super::lower_thread_priority)
+            .on_thread_start(lower_thread_priority)
             .enable_all()
             .build()
             .map_err(|e| Error::startup("starting the snapshot I/O runtime", e))?;
@@ -482,250 +457,6 @@ impl SnapshotStore {
         .unwrap_or_else(|e| Err(e.into()))
     }
 
-    /// Encodes `batches` into a Parquet object at `path` (multipart past
-    /// the writer's buffer) and, on a local directory, fsyncs it; returns
-    /// its size.
-    async fn upload(
-        &self,
-        path: &ObjectPath,
-        schema: SchemaRef,
-        batches: impl futures::Stream<Item = Result<RecordBatch>>,
-    ) -> Result<u64> {
-        let target = file_schema(&schema);
-        let props = super::properties(self.compression, &target);
-        let schema = target;
-        // Multipart parts of UPLOAD_PART_BYTES, UPLOAD_PARTS_IN_FLIGHT at a
-        // time: what an upload holds in memory besides the row group being
-        // encoded (object_store's defaults, 10 MiB x 8, showed in RSS).
-        let writer =
-            object_store::buffered::BufWriter::with_capacity(self.store.clone(), path.clone(), UPLOAD_PART_BYTES)
-                .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT);
-        let mut w =
-            AsyncArrowWriter::try_new(writer, schema.clone(), Some(props)).map_err(parquet_err("encoding", path))?;
-        let mut batches = std::pin::pin!(batches);
-        while let Some(b) = batches.next().await {
-            let b = conform(b?, &schema)?;
-            w.write(&b).await.map_err(parquet_err("uploading", path))?;
-        }
-        w.finish().await.map_err(parquet_err("uploading", path))?;
-        let bytes = w.bytes_written() as u64;
-        if let Some(local) = self.local_path(path) {
-            tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(&local).map_err(Error::io("opening snapshot file", &local, 0))?;
-                f.sync_all().map_err(Error::io("fsyncing snapshot file", &local, 0))
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.into()))?;
-        }
-        Ok(bytes)
-    }
-
-    fn commit_info(&self, manifest: &Manifest) -> (String, serde_json::Value) {
-        (COMMIT_INFO_KEY.to_owned(), serde_json::to_value(manifest).expect("manifest serializes"))
-    }
-
-    /// Whether `name` is one of the table's files.
-    fn has_file(table: &DeltaTable, name: &str) -> bool {
-        table.snapshot().is_ok_and(|s| s.log_data().iter().any(|f| f.path() == name))
-    }
-
-    /// The covered LSN app `app_id` committed to `dataset`'s table, if any.
-    async fn committed_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
-        let name = table.table_url().to_string();
-        let snapshot = table.snapshot().map_err(delta_err("reading the table", &name))?;
-        snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(delta_err("reading txn", &name))
-    }
-
-    /// Uploads the batches as one file and commits it with `txn(app_id,
-    /// covered_lsn)`. What a commit of the same app already covers (an
-    /// earlier try whose answer was lost, a concurrent one of the same app)
-    /// is not written again: a retry that covers more writes only the
-    /// batches after it.
-    pub async fn snapshot(self: Arc<Self>, shard: crate::ShardId, mut w: SnapshotWrite) -> Result<SnapshotOutcome> {
-        let app_id = self.app_id(shard);
-        // Current, not cached: the `txn` read next must see every commit of
-        // this app that landed, answered or not.
-        let mut table = match self.current_table(&w.dataset).await? {
-            Some(t) => t,
-            None => self.create_table(&w.dataset, &w.schema).await?,
-        };
-        let committed = Self::committed_version(&table, &app_id).await?.map(Lsn::from_i64);
-        if committed.is_some_and(|v| v >= w.covered_lsn) {
-            return Ok(SnapshotOutcome { table_ahead: true, ..SnapshotOutcome::default() });
-        }
-        let mut min_lsn = w.min_lsn;
-        let table_ahead = committed.is_some_and(|v| v >= w.min_lsn);
-        if let Some(v) = committed.filter(|_| table_ahead) {
-            tracing::info!(dataset = w.dataset, app_id, lsn = %v, "the table already holds a snapshot up to this LSN");
-            w.batches.retain(|(lsn, _)| *lsn > v);
-            min_lsn = w.batches.first().map_or(w.covered_lsn, |(lsn, _)| *lsn);
-        }
-        let rows: u64 = w.batches.iter().map(|(_, b)| b.num_rows() as u64).sum();
-        let mut actions = Vec::new();
-        let mut file = None;
-        if rows > 0 {
-            let name = file_name(min_lsn, w.covered_lsn);
-            let path = self.file_path(&w.dataset, &name);
-            let batches = futures::stream::iter(w.batches.into_iter().map(|(_, b)| Ok(b)));
-            let bytes = self.upload(&path, w.schema.clone(), batches).await?;
-            actions.push(Action::Add(add_action(&name, bytes, rows, true)));
-            file = Some(SnapshotFile { name, rows, bytes, min_lsn, max_lsn: w.covered_lsn });
-        }
-        let manifest =
-            Manifest { producers: w.producers, ..Manifest::new(&w.dataset, &w.schema, w.covered_lsn, vec![]) };
-        let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&app_id, w.covered_lsn.as_i64()))
-            .with_metadata([self.commit_info(&manifest)]);
-        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-        let snapshot = table.snapshot().map_err(delta_err("reading the table", &w.dataset))?;
-        let committed =
-            CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), table.log_store(), op).await;
-        match committed {
-            Ok(done) => {
-                self.sync_log(&w.dataset, Some(done.version())).await?;
-                table.state = Some(done.snapshot());
-                self.remember(&w.dataset, table);
-                Ok(SnapshotOutcome { file, rows, table_ahead })
-            }
-            Err(e) => {
-                // Reload: the commit may have landed (a lost reply), or a
-                // concurrent commit of this app may have won.
-                self.forget(&w.dataset);
-                if let Ok(Some(t)) = self.table(&w.dataset).await {
-                    if Self::committed_version(&t, &app_id).await?.is_some_and(|v| v >= w.covered_lsn.as_i64()) {
-                        tracing::info!(dataset = w.dataset, app_id, "snapshot commit found already in the table");
-                        return Ok(SnapshotOutcome { table_ahead: true, ..SnapshotOutcome::default() });
-                    }
-                }
-                Err(delta_err("committing a snapshot", &w.dataset)(e))
-            }
-        }
-    }
-
-    /// Merges `sources` (in order) into one file and commits the rewrite
-    /// (add + remove, `dataChange: false`); the sources stay in storage for
-    /// the retention period. Returns the merged file.
-    pub async fn compact(self: Arc<Self>, c: CompactionWrite) -> Result<SnapshotFile> {
-        let Some(mut table) = self.table(&c.dataset).await? else {
-            return Err(Error::NotFound(c.dataset));
-        };
-        let first = c.sources.first().expect("a run of files");
-        let last = c.sources.last().expect("a run of files");
-        let merged_name = file_name(first.min_lsn, last.max_lsn);
-        let path = self.file_path(&c.dataset, &merged_name);
-        let objects: Vec<_> = c.sources.iter().map(|f| self.object(&c.dataset, f)).collect();
-        let bytes = self.upload(&path, c.schema.clone(), read_objects(objects, c.schema.clone())).await?;
-        let rows: u64 = c.sources.iter().map(|f| f.rows).sum();
-        let now = now_millis();
-        let mut actions = vec![Action::Add(add_action(&merged_name, bytes, rows, false))];
-        for f in &c.sources {
-            actions.push(Action::Remove(Remove {
-                path: f.name.clone(),
-                data_change: false,
-                deletion_timestamp: Some(now),
-                extended_file_metadata: Some(true),
-                partition_values: Some(HashMap::new()),
-                size: Some(f.bytes as i64),
-                tags: None,
-                deletion_vector: None,
-                base_row_id: None,
-                default_row_commit_version: None,
-            }));
-        }
-        let manifest =
-            Manifest { producers: c.producers, ..Manifest::new(&c.dataset, &c.schema, c.covered_lsn, vec![]) };
-        let props = CommitProperties::default().with_metadata([self.commit_info(&manifest)]);
-        let op = DeltaOperation::Optimize { predicate: None, target_size: bytes as i64 };
-        let snapshot = table.snapshot().map_err(delta_err("reading the table", &c.dataset))?;
-        match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), table.log_store(), op).await {
-            Ok(done) => {
-                self.sync_log(&c.dataset, Some(done.version())).await?;
-                table.state = Some(done.snapshot());
-                self.remember(&c.dataset, table);
-                Ok(SnapshotFile { name: merged_name, rows, bytes, min_lsn: first.min_lsn, max_lsn: last.max_lsn })
-            }
-            Err(e) => {
-                // The commit may have landed (a lost answer): then the
-                // merged file is the table's. If not (refused by a
-                // concurrent rewrite of the same files), it is left to
-                // VACUUM: a commit whose answer was lost could still land.
-                self.forget(&c.dataset);
-                if let Ok(Some(t)) = self.table(&c.dataset).await {
-                    if Self::has_file(&t, &merged_name) {
-                        tracing::info!(dataset = c.dataset, file = merged_name, "compaction commit found in the table");
-                        return Ok(SnapshotFile {
-                            name: merged_name,
-                            rows,
-                            bytes,
-                            min_lsn: first.min_lsn,
-                            max_lsn: last.max_lsn,
-                        });
-                    }
-                }
-                Err(delta_err("committing a compaction", &c.dataset)(e))
-            }
-        }
-    }
-
-    /// Deletes every file of the table's directory that no version within
-    /// the retention period uses, older than the retention period: files
-    /// compactions removed, and uploads whose commit never happened (a
-    /// crash, a refused commit). Run at startup (it lists the table).
-    async fn vacuum_full(&self, dataset: &str) -> Result<u64> {
-        let Some(table) = self.table(dataset).await? else { return Ok(0) };
-        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
-        let (table, metrics) = table
-            .vacuum()
-            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(false)
-            .await
-            .map_err(delta_err("vacuum", dataset))?;
-        if !metrics.files_deleted.is_empty() {
-            self.sync_log(dataset, table.version()).await?;
-            tracing::info!(dataset, files = metrics.files_deleted.len(), "vacuum deleted files no table version uses");
-        }
-        self.remember(dataset, table);
-        Ok(metrics.files_deleted.len() as u64)
-    }
-
-    /// Deletes the files compactions removed more than the retention period
-    /// ago; returns how many.
-    pub async fn vacuum(self: Arc<Self>, dataset: String) -> Result<u64> {
-        let Some(table) = self.table(&dataset).await? else { return Ok(0) };
-        let has_tombstones = {
-            let snapshot = table.snapshot().map_err(delta_err("reading the table", &dataset))?;
-            let log_store = table.log_store();
-            let mut tombstones = snapshot.all_tombstones(log_store.as_ref());
-            let now = now_millis();
-            let retention = self.retention.as_millis() as i64;
-            let mut due = false;
-            while let Some(t) = tombstones.next().await {
-                let t = t.map_err(delta_err("reading tombstones", &dataset))?;
-                if t.deletion_timestamp().is_none_or(|ts| ts + retention <= now) {
-                    due = true;
-                    break;
-                }
-            }
-            due
-        };
-        if !has_tombstones {
-            return Ok(0);
-        }
-        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
-        let (table, metrics) = table
-            .vacuum()
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(false)
-            .await
-            .map_err(delta_err("vacuum", &dataset))?;
-        if let Some(v) = table.version() {
-            self.sync_log(&dataset, Some(v)).await?;
-        }
-        self.remember(&dataset, table);
-        Ok(metrics.files_deleted.len() as u64)
-    }
-
     /// Removes the dataset's table: marker, log, files, marker.
     pub async fn drop_table(self: Arc<Self>, dataset: String) -> Result<()> {
         self.forget(&dataset);
@@ -860,139 +591,21 @@ impl SnapshotStore {
         manifest.files = files;
         Ok(Some(TableState { manifest, version: snapshot.version() }))
     }
+}
 
-    /// Makes `dataset`'s table from a manifest of an earlier version whose
-    /// files are already in the table's directory (local roots): one commit
-    /// adding them, with the manifest's covered LSN as `txn` of `app_id`.
-    pub async fn adopt(self: Arc<Self>, manifest: Manifest, app_id: String) -> Result<()> {
-        let dataset = manifest.dataset.clone();
-        let schema = manifest.schema().map_err(|e| Error::Corrupt {
-            path: PathBuf::from(&dataset),
-            offset: 0,
-            reason: format!("snapshot manifest schema: {e}"),
-        })?;
-        let mut table = match self.table(&dataset).await? {
-            Some(t) => t,
-            None => self.create_table(&dataset, &schema).await?,
-        };
-        if Self::committed_version(&table, &app_id).await?.is_some_and(|v| v >= manifest.covered_lsn.as_i64()) {
-            return Ok(());
-        }
-        let actions = manifest.files.iter().map(|f| Action::Add(add_action(&f.name, f.bytes, f.rows, true))).collect();
-        let info = Manifest { files: vec![], ..manifest.clone() };
-        let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&app_id, manifest.covered_lsn.as_i64()))
-            .with_metadata([self.commit_info(&info)]);
-        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-        let snapshot = table.snapshot().map_err(delta_err("reading the table", &dataset))?;
-        let done = CommitBuilder::from(props)
-            .with_actions(actions)
-            .build(Some(snapshot), table.log_store(), op)
-            .await
-            .map_err(delta_err("adopting the snapshot files", &dataset))?;
-        self.sync_log(&dataset, Some(done.version())).await?;
-        table.state = Some(done.snapshot());
-        self.remember(&dataset, table);
-        Ok(())
+/// Snapshot encoding yields the CPU to acknowledgements: the calling
+/// (blocking-pool) thread gets nice 10. Idempotent; failures are ignored
+/// (the work still gets done, just at normal priority).
+pub(crate) fn lower_thread_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = nix::libc::gettid();
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid as nix::libc::id_t, SNAPSHOT_NICE);
     }
 }
 
-fn add_action(name: &str, bytes: u64, rows: u64, data_change: bool) -> Add {
-    Add {
-        path: name.to_owned(),
-        partition_values: HashMap::new(),
-        size: bytes as i64,
-        modification_time: now_millis(),
-        data_change,
-        stats: Some(serde_json::json!({ "numRecords": rows }).to_string()),
-        tags: None,
-        deletion_vector: None,
-        base_row_id: None,
-        default_row_commit_version: None,
-        clustering_provider: None,
-    }
-}
-
-/// The Arrow schema of the Parquet files for a dataset of `schema`: list
-/// types as Delta has them (`FixedSizeList`, `LargeList` become `List`),
-/// so that readers comparing a file's schema with the table's (Polars)
-/// accept it. Longbow casts back when it reads ([`read_objects`]).
-pub fn file_schema(schema: &SchemaRef) -> SchemaRef {
-    use arrow::datatypes::{DataType, Field, Schema};
-    fn delta_type(t: &DataType) -> DataType {
-        match t {
-            DataType::FixedSizeList(f, _) | DataType::LargeList(f) | DataType::List(f) => {
-                DataType::List(Arc::new(Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())))
-            }
-            DataType::Struct(fields) => DataType::Struct(
-                fields
-                    .iter()
-                    .map(|f| Arc::new(Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
-    }
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()).with_metadata(f.metadata().clone()))
-        .collect();
-    let target = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-    if target.fields() == schema.fields() {
-        schema.clone()
-    } else {
-        target
-    }
-}
-
-/// `batch` with the columns cast to `schema`'s types where they differ.
-fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    if batch.schema().fields() == schema.fields() {
-        return Ok(batch);
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-/// The rows of `objects`, in order, read a row group at a time with ranged
-/// reads (a footer read, then each row group's column chunks), as batches
-/// of `schema` (the dataset's).
-pub fn read_objects(
-    objects: Vec<SnapshotObject>,
-    schema: SchemaRef,
-) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
-    futures::stream::iter(objects)
-        .then(move |o| {
-            let schema = schema.clone();
-            async move {
-                #[allow(deprecated)]
-                let reader = ParquetObjectReader::new(o.store.clone(), o.path.clone()).with_file_size(o.bytes);
-                let stream = ParquetRecordBatchStreamBuilder::new(reader)
-                    .await
-                    .map_err(parquet_err("opening", &o.path))?
-                    .with_batch_size(READ_BATCH_ROWS)
-                    .build()
-                    .map_err(parquet_err("reading", &o.path))?;
-                let path = o.path.clone();
-                let schema = schema.clone();
-                Ok::<_, Error>(stream.map(move |b| {
-                    let b = b.map_err(|e| Error::Corrupt {
-                        path: PathBuf::from(path.as_ref()),
-                        offset: 0,
-                        reason: format!("parquet: {e}"),
-                    })?;
-                    conform(b, &schema)
-                }))
-            }
-        })
-        .try_flatten()
-}
+/// Nice value of the thread that encodes snapshots.
+const SNAPSHOT_NICE: i32 = 10;
 
 #[cfg(test)]
 mod tests {
