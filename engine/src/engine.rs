@@ -268,6 +268,7 @@ impl Engine {
                 budget: budget.clone(),
                 wal_dir: layout::shard_dir(data, k),
                 health: health_tx.clone(),
+                dropping: Vec::new(),
             };
             let placement = if config.pin_cores { Placement::Fixed(cpus[k % cpus.len()]) } else { Placement::Unbound };
             let metrics = metrics.clone();
@@ -286,10 +287,12 @@ impl Engine {
                     let _guard = setup.health.guard(id);
                     match recovery::recover(plan, &metrics).await {
                         Ok(r) => {
+                            let mut setup = setup;
                             for name in &r.stale_snapshot_dirs {
                                 // Files of a dropped dataset whose removal a crash interrupted.
                                 if let Err(e) = setup.store.io(setup.store.clone().drop_table(name.clone())).await {
-                                    tracing::warn!(dataset = name, error = %e, "could not remove a dropped dataset's snapshot files");
+                                    tracing::warn!(dataset = name, error = %e, "could not remove a dropped dataset's snapshot table; retried, and the name cannot be created again until then");
+                                    setup.dropping.push((name.clone(), Arc::new(e)));
                                 }
                             }
                             let _ = report.send((id, Ok(r.stats)));

@@ -30,6 +30,8 @@ pub enum Error {
     SequenceGap { dataset: String, producer: String, seq: u64, expected: u64 },
     #[error("producer {producer:?} resent sequence number {seq} for dataset {dataset:?}: stored long ago, older than the oldest this server remembers ({oldest})")]
     SequenceTooOld { dataset: String, producer: String, seq: u64, oldest: u64 },
+    #[error("dataset {dataset:?} was dropped and its snapshot table is not removed yet ({cause}); it cannot be created again until it is, retry later")]
+    DropPending { dataset: String, cause: Arc<Error> },
     #[error("not stored: {reason}")]
     NotStored { reason: &'static str },
     #[error("shard {shard} poisoned after a failed fsync; restart required")]

@@ -14,7 +14,9 @@ pub fn code(e: &Error) -> Code {
     match e {
         Error::InvalidName { .. } | Error::SchemaMismatch { .. } | Error::InvalidInput(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
-        Error::Overloaded { .. } | Error::HeldBack { .. } | Error::ShuttingDown => Code::Unavailable,
+        Error::Overloaded { .. } | Error::HeldBack { .. } | Error::DropPending { .. } | Error::ShuttingDown => {
+            Code::Unavailable
+        }
         Error::NotStored { .. } => Code::Aborted,
         Error::SequenceGap { .. } | Error::SequenceTooOld { .. } => Code::FailedPrecondition,
         Error::DiskFull { .. } => Code::ResourceExhausted,

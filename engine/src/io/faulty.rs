@@ -282,27 +282,34 @@ impl File for FaultyFile {
 }
 
 /// Faults on the cold tier's object store, for the same end-to-end tests:
-/// with `upload` armed, putting a snapshot file (`*.parquet`, in one put or
-/// as a multipart upload) reports EIO before anything is stored. The Delta
-/// log and reads are untouched. The simulator covers the cold tier's other
-/// faults in-process ([`super::sim_object`]).
+/// with `upload` armed, putting an object whose name ends with `suffix`
+/// (by default a snapshot file, `.parquet`, in one put or as a multipart
+/// upload) reports EIO before anything is stored. Everything else is
+/// untouched. The simulator covers the cold tier's other faults in-process
+/// ([`super::sim_object`]).
 #[derive(Debug)]
 pub struct FaultyObjectStore {
     inner: Arc<dyn ObjectStore>,
+    suffix: &'static str,
     upload: Mutex<Option<Arm>>,
 }
 
 impl FaultyObjectStore {
     pub fn new(inner: Arc<dyn ObjectStore>, upload: Arm) -> Self {
-        Self { inner, upload: Mutex::new(Some(upload)) }
+        Self::failing_puts_of(inner, ".parquet", upload)
+    }
+
+    /// Fails puts of objects whose names end with `suffix`.
+    pub fn failing_puts_of(inner: Arc<dyn ObjectStore>, suffix: &'static str, upload: Arm) -> Self {
+        Self { inner, suffix, upload: Mutex::new(Some(upload)) }
     }
 
     fn check(&self, location: &ObjectPath) -> object_store::Result<()> {
-        if !location.as_ref().ends_with(".parquet") {
+        if !location.as_ref().ends_with(self.suffix) {
             return Ok(());
         }
         if count(&mut self.upload.lock().unwrap_or_else(|e| e.into_inner())) {
-            tracing::warn!(%location, "injected fault: snapshot upload");
+            tracing::warn!(%location, "injected fault: put");
             return Err(object_store::Error::Generic {
                 store: "fault injection",
                 source: format!("uploading {location}: {}", injected()).into(),

@@ -76,6 +76,8 @@ pub(crate) struct ShardSetup {
     pub budget: Arc<MemoryBudget>,
     pub wal_dir: PathBuf,
     pub health: crate::health::HealthTx,
+    /// Dropped datasets whose snapshot tables recovery could not remove.
+    pub dropping: Vec<(String, Arc<Error>)>,
 }
 
 /// State shared by a shard's tasks (one thread: `Rc`, `Cell`, `RefCell`).
@@ -92,9 +94,12 @@ pub(crate) struct State {
     pub memory: Cell<u64>,
     /// Serializes snapshot runs with the removal of dropped datasets' files.
     pub snapshot_lock: glommio::sync::Semaphore,
-    /// Drops whose snapshot files are not yet removed: WAL segments must not
-    /// be deleted meanwhile (they hold the tombstone).
-    pub pending_drops: Cell<u32>,
+    /// Dropped datasets whose snapshot tables are not removed yet, with why
+    /// the last removal failed (`None`: one is under way). WAL segments
+    /// must not be deleted meanwhile (they hold the tombstones), and the
+    /// name cannot be created again: a new incarnation's snapshot would
+    /// commit into the old table and bring its rows back.
+    pub dropping: RefCell<std::collections::HashMap<String, Option<Arc<Error>>>>,
     pub sealed: Rc<RefCell<Vec<SealedSegment>>>,
     /// The WAL's free files, to which covered segments are recycled.
     pub free: Rc<RefCell<FreeFiles>>,
@@ -171,7 +176,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         budget: setup.budget,
         memory: Cell::new(memory),
         snapshot_lock: glommio::sync::Semaphore::new(1),
-        pending_drops: Cell::new(0),
+        dropping: RefCell::new(setup.dropping.into_iter().map(|(name, e)| (name, Some(e))).collect()),
         sealed: wal.sealed_segments(),
         free: wal.free_files(),
         wal_dir: setup.wal_dir,
@@ -190,6 +195,13 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
         match req {
             Request::Write(w) => {
                 let checked = match &w.op {
+                    Op::Schema(_) if state.dropping.borrow().contains_key(&w.dataset) => {
+                        let cause = state.dropping.borrow()[&w.dataset].clone();
+                        let cause =
+                            cause.unwrap_or_else(|| Arc::new(Error::NotStored { reason: "the removal is under way" }));
+                        remove_table(&state, w.dataset.clone(), None);
+                        Err(Error::DropPending { dataset: w.dataset.clone(), cause })
+                    }
                     Op::Schema(schema) => match open(&mut state.catalog.borrow_mut(), &w.dataset, schema.clone()) {
                         Err(e) => Err(e),
                         Ok(Opened::Durable(lsn)) => {
@@ -555,6 +567,43 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
     wal.close().await
 }
 
+/// Removes a dropped dataset's snapshot table (unless a removal is under
+/// way), then calls `done` with the outcome. Until it succeeds the name
+/// stays in `dropping`: retried by the snapshot worker and by each attempt
+/// to create the name again.
+pub(crate) fn remove_table(state: &Rc<State>, dataset: String, done: Option<Box<dyn FnOnce(Result<()>)>>) {
+    if matches!(state.dropping.borrow().get(&dataset), Some(None)) {
+        if let Some(done) = done {
+            done(Err(Error::DropPending {
+                dataset,
+                cause: Arc::new(Error::NotStored { reason: "the removal is under way" }),
+            }));
+        }
+        return;
+    }
+    state.dropping.borrow_mut().insert(dataset.clone(), None);
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        let _permit = state.snapshot_lock.acquire_permit(1).await;
+        let r = match state.store.io(state.store.clone().drop_table(dataset.clone())).await {
+            Ok(()) => {
+                state.dropping.borrow_mut().remove(&dataset);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(shard = %state.id, dataset, error = %e, "removing a dropped dataset's snapshot table failed; retried");
+                let cause = Arc::new(e);
+                state.dropping.borrow_mut().insert(dataset.clone(), Some(cause.clone()));
+                Err(Error::DropPending { dataset, cause })
+            }
+        };
+        if let Some(done) = done {
+            done(r);
+        }
+    })
+    .detach();
+}
+
 /// Makes a durable record visible and answers its writer.
 fn apply(state: &Rc<State>, w: Write, lsn: Lsn, durable_at: Instant) {
     let metrics = &state.metrics;
@@ -596,22 +645,9 @@ fn apply(state: &Rc<State>, w: Write, lsn: Lsn, durable_at: Instant) {
                 state.sub_memory(d.bytes);
             }
             wake_followers(state, &dataset);
-            // The tombstone is durable; its snapshot files go next, and until
-            // they are gone no WAL segment may be deleted.
-            state.pending_drops.set(state.pending_drops.get() + 1);
-            let state = state.clone();
+            // The tombstone is durable; its snapshot table goes next.
             tracing::debug!(dataset, %lsn, "drop: tombstone durable");
-            glommio::spawn_local(async move {
-                let _permit = state.snapshot_lock.acquire_permit(1).await;
-                let r = state.store.io(state.store.clone().drop_table(dataset.clone())).await;
-                // On failure the count stays up: WAL segments (and the
-                // tombstone) are kept until a restart removes the files.
-                if r.is_ok() {
-                    state.pending_drops.set(state.pending_drops.get() - 1);
-                }
-                let _ = reply.send(r.map(|()| committed));
-            })
-            .detach();
+            remove_table(state, dataset, Some(Box::new(move |r: Result<()>| drop(reply.send(r.map(|()| committed))))));
         }
     }
 }

@@ -112,6 +112,12 @@ async fn run(
 ) -> Result<SnapshotReport> {
     let started = Instant::now();
     let all = names.is_none();
+    // Dropped datasets' tables whose removal failed: tried again each run.
+    let failed: Vec<String> =
+        state.dropping.borrow().iter().filter(|(_, e)| e.is_some()).map(|(n, _)| n.clone()).collect();
+    for name in failed {
+        super::remove_table(state, name, None);
+    }
     let permit = state.snapshot_lock.acquire_permit(1).await;
     let names = match names {
         Some(n) => n,
@@ -143,7 +149,7 @@ async fn run(
     if state.budget.above_quarters(2) {
         report.bytes_evicted = evict(state);
     }
-    if state.pending_drops.get() == 0 {
+    if state.dropping.borrow().is_empty() {
         report.segments_deleted = truncate_wal(state).await?;
     }
     drop(permit);
