@@ -76,6 +76,14 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_NODE_ID", default_value = "0", value_parser = parse_node_id)]
     pub node_id: usize,
 
+    /// Every node's Flight URL in index order, comma-separated
+    /// (`grpc://longbow-0.longbow:3000,grpc://longbow-1.longbow:3000`).
+    /// Each dataset has one owner among them (a rendezvous hash of its
+    /// name); any node takes a call for any dataset and forwards it to the
+    /// owner. Empty: one node.
+    #[arg(long, env = "LONGBOW_PEERS", default_value = "")]
+    pub peers: String,
+
     /// Arrow data held in memory across all shards (e.g. 8GiB; 0 = no limit).
     /// Above it, snapshotted data is evicted and read back from Parquet, and
     /// ingest is held back until snapshots free memory (refused with

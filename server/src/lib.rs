@@ -19,6 +19,7 @@
 //!   names one.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod flight;
@@ -209,6 +210,8 @@ pub enum ServerError {
     Join(#[from] tokio::task::JoinError),
     #[error("config file: {0}")]
     Config(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -320,10 +323,37 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
     let planner = sql::SqlEngine::new(engine.clone(), config.query_memory.as_u64())
         .map_err(|e| ServerError::Config(format!("SQL engine: {}", e.message())))?;
-    let flight =
-        FlightServiceServer::new(flight::LongbowFlight::new(engine.clone(), gateway_metrics, admission, planner))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+    let cluster = cluster::Cluster::new(config.node_id, &config.peers).map_err(ServerError::Cluster)?;
+    if !cluster.peers.is_empty() {
+        tracing::info!(node = cluster.node, peers = ?cluster.peers, "one of several nodes: datasets are owned by a rendezvous hash of their names");
+        // IMPORTANT: moving datasets between nodes (a handover) is not
+        // built: data held here for a dataset another node now owns would
+        // be unreachable behind the forwarding, so the start is refused.
+        let held = engine.list().await?;
+        let foreign: Vec<String> = held.iter().filter(|d| !cluster.owns(&d.name)).map(|d| d.name.clone()).collect();
+        if !foreign.is_empty() {
+            let _ = engine.shutdown().await;
+            return Err(ServerError::Cluster(format!(
+                "this node (node id {}) holds data of {} dataset(s) that another node owns under LONGBOW_PEERS ({}): \
+                 the node list changed, and moving datasets between nodes is not supported yet; start with the \
+                 previous LONGBOW_PEERS",
+                cluster.node,
+                foreign.len(),
+                foreign.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let peers =
+        Arc::new(cluster::Peers::new(cluster, config.auth_token.as_deref(), max_message).map_err(ServerError::Config)?);
+    let flight = FlightServiceServer::new(flight::LongbowFlight::new(
+        engine.clone(),
+        gateway_metrics,
+        admission,
+        planner,
+        peers,
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     // The health service stays outside the check so probes need no token.
     let flight =
         tonic::service::interceptor::InterceptedService::new(flight, auth::interceptor(config.auth_token.clone()));

@@ -18,6 +18,7 @@ use longbow_engine::shard::request::ShardStats;
 use longbow_engine::{DatasetInfo, Engine};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cluster::Peers;
 use crate::error::into_status;
 use crate::metrics::GatewayMetrics;
 use crate::sql::service::{is_sql_ticket, SqlService, SQL_ACTIONS};
@@ -35,6 +36,8 @@ pub struct LongbowFlight {
     /// a Flight SQL action goes there.
     sql: SqlService,
     planner: SqlEngine,
+    /// The other nodes, and which owns a dataset.
+    peers: std::sync::Arc<Peers>,
 }
 
 impl LongbowFlight {
@@ -44,10 +47,61 @@ impl LongbowFlight {
         metrics: GatewayMetrics,
         admission: std::sync::Arc<do_put::Admission>,
         planner: SqlEngine,
+        peers: std::sync::Arc<Peers>,
     ) -> Self {
         metrics.watch(engine.clone());
         let sql = SqlService::new(planner.clone(), engine.clone(), admission.clone());
-        Self { engine, metrics, admission, sql, planner }
+        Self { engine, metrics, admission, sql, planner, peers }
+    }
+
+    /// A dataset's FlightInfo as this node serves it: with several nodes,
+    /// its endpoints name the owner (this node) as their location.
+    fn located(&self, mut info: FlightInfo) -> FlightInfo {
+        if let Some(own) = self.peers.cluster.own_url() {
+            let own = arrow_flight::Location { uri: own.to_owned() };
+            for e in &mut info.endpoint {
+                if e.location.is_empty() {
+                    e.location.push(own.clone());
+                }
+            }
+        }
+        info
+    }
+}
+
+impl LongbowFlight {
+    /// A DoPut for a dataset another node owns, proxied there with the
+    /// Flight client: batches go on as they arrive, the owner's
+    /// acknowledgements come back as they are made. Hands `input` back
+    /// (`Ok(Err)`) when this node serves the call itself.
+    async fn forward_put(
+        &self,
+        first: FlightData,
+        input: Streaming<FlightData>,
+        forwarded: bool,
+    ) -> Result<Result<Stream<PutResult>, Streaming<FlightData>>, Status> {
+        // A descriptor this node cannot read gets the local path's error.
+        let Ok(name) = dataset_from_descriptor(first.flight_descriptor.as_ref()) else { return Ok(Err(input)) };
+        let Some(mut owner) = self.peers.route(&name, forwarded)? else { return Ok(Err(input)) };
+        let node = self.peers.cluster.owner(&name);
+        // The client's stream ends where it fails; the owner then answers
+        // for what reached it.
+        let rest =
+            input.take_while(|m| futures::future::ready(m.is_ok())).filter_map(|m| futures::future::ready(m.ok()));
+        let out = futures::stream::once(futures::future::ready(first)).chain(rest);
+        let acks = owner.do_put(self.peers.forward(out)).await.map_err(|e| peer_status(node, e))?;
+        Ok(Ok(acks.into_inner().map_err(move |e| peer_status(node, e)).boxed()))
+    }
+}
+
+/// A peer's error as this node's answer, naming the peer when it could not
+/// be reached.
+fn peer_status(node: usize, e: Status) -> Status {
+    match e.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown if e.message().contains("transport") => {
+            Status::unavailable(format!("node {node}, which owns the dataset, cannot be reached: {}", e.message()))
+        }
+        _ => e,
     }
 }
 
@@ -131,11 +185,26 @@ impl FlightService for LongbowFlight {
         r
     }
 
-    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
         let started = std::time::Instant::now();
+        let forwarded = crate::cluster::is_forwarded(&request);
         let r = async move {
             let infos = self.engine.list().await.map_err(into_status)?;
-            let out: Vec<Result<FlightInfo, Status>> = infos.iter().map(flight_info).collect();
+            let mut out: Vec<Result<FlightInfo, Status>> =
+                infos.iter().map(|i| flight_info(i).map(|f| self.located(f))).collect();
+            // Every node lists every dataset: each peer's own, asked once.
+            if !forwarded {
+                for (node, mut client) in self.peers.others() {
+                    let mut theirs = client
+                        .list_flights(self.peers.forward(Criteria::default()))
+                        .await
+                        .map_err(|e| peer_status(node, e))?
+                        .into_inner();
+                    while let Some(info) = theirs.message().await.map_err(|e| peer_status(node, e))? {
+                        out.push(Ok(info));
+                    }
+                }
+            }
             Ok(Response::new(futures::stream::iter(out).boxed()))
         }
         .await;
@@ -150,10 +219,15 @@ impl FlightService for LongbowFlight {
                 return FlightService::get_flight_info(&self.sql, request).await;
             }
             let name = dataset_from_descriptor(Some(request.get_ref()))?;
+            if let Some(mut owner) = self.peers.route(&name, crate::cluster::is_forwarded(&request))? {
+                let node = self.peers.cluster.owner(&name);
+                let d = request.into_inner();
+                return owner.get_flight_info(self.peers.forward(d)).await.map_err(|e| peer_status(node, e));
+            }
             let info = self.engine.info(&name).await.map_err(into_status)?;
             let mut out = flight_info(&info)?;
             out.endpoint = do_get::endpoints(&self.engine, &name).await?;
-            Ok(Response::new(out))
+            Ok(Response::new(self.located(out)))
         }
         .await;
         self.metrics.observe("GetFlightInfo", started, &r);
@@ -177,6 +251,11 @@ impl FlightService for LongbowFlight {
                 return Ok(Response::new(SchemaResult { schema: info.schema }));
             }
             let name = dataset_from_descriptor(Some(request.get_ref()))?;
+            if let Some(mut owner) = self.peers.route(&name, crate::cluster::is_forwarded(&request))? {
+                let node = self.peers.cluster.owner(&name);
+                let d = request.into_inner();
+                return owner.get_schema(self.peers.forward(d)).await.map_err(|e| peer_status(node, e));
+            }
             let info = self.engine.info(&name).await.map_err(into_status)?;
             let result = SchemaAsIpc::new(&info.schema, &IpcWriteOptions::default())
                 .try_into()
@@ -194,7 +273,19 @@ impl FlightService for LongbowFlight {
             if is_sql_ticket(&request.get_ref().ticket) {
                 return Ok(FlightService::do_get(&self.sql, request).await?.into_inner());
             }
-            let name = match read_from_ticket(&request.get_ref().ticket)? {
+            let read = read_from_ticket(&request.get_ref().ticket)?;
+            let dataset = match &read {
+                Read::Whole(name) => name,
+                Read::Query(body) => &body.dataset,
+                Read::Follow { dataset, .. } => dataset,
+            };
+            if let Some(mut owner) = self.peers.route(dataset, crate::cluster::is_forwarded(&request))? {
+                let node = self.peers.cluster.owner(dataset);
+                let ticket = request.into_inner();
+                let stream = owner.do_get(self.peers.forward(ticket)).await.map_err(|e| peer_status(node, e))?;
+                return Ok(stream.into_inner().boxed());
+            }
+            let name = match read {
                 Read::Whole(name) => name,
                 Read::Query(body) => return do_get::query(&self.planner, &self.engine, body).await,
                 Read::Follow { dataset, after_lsn } => {
@@ -241,6 +332,7 @@ impl FlightService for LongbowFlight {
         // Until the response stream ends: its code is that of the batch
         // that failed, if any (refusals come in the stream).
         let call = self.metrics.stream_call("DoPut");
+        let forwarded = crate::cluster::is_forwarded(&request);
         let mut input = request.into_inner();
         let first = match input.message().await {
             Ok(Some(first)) => first,
@@ -254,8 +346,19 @@ impl FlightService for LongbowFlight {
                 return Err(e);
             }
         };
+        let sql = sql_command(first.flight_descriptor.as_ref());
+        if sql.is_none() && !self.peers.cluster.peers.is_empty() {
+            match self.forward_put(first.clone(), input, forwarded).await {
+                Ok(Ok(stream)) => return Ok(Response::new(call.stream(stream))),
+                Ok(Err(back)) => input = back,
+                Err(e) => {
+                    call.failed(&e);
+                    return Err(e);
+                }
+            }
+        }
         let input: do_put::Input = futures::stream::iter([Ok(first.clone())]).chain(input).boxed();
-        let result = match sql_command(first.flight_descriptor.as_ref()) {
+        let result = match sql {
             Some(cmd) => self.sql.do_put(cmd, input).await,
             None => do_put::do_put(self.engine.clone(), self.admission.clone(), input).await,
         };
@@ -276,6 +379,7 @@ impl FlightService for LongbowFlight {
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let started = std::time::Instant::now();
+        let forwarded = crate::cluster::is_forwarded(&request);
         let action = request.into_inner();
         if SQL_ACTIONS.contains(&action.r#type.as_str()) {
             let r = FlightService::do_action(&self.sql, Request::new(action.clone())).await;
@@ -291,6 +395,13 @@ impl FlightService for LongbowFlight {
                 }
                 "force_snapshot" => {
                     let name = body_name(&action, false)?;
+                    if let Some(name) = &name {
+                        if let Some(mut owner) = self.peers.route(name, forwarded)? {
+                            let node = self.peers.cluster.owner(name);
+                            let r = owner.do_action(self.peers.forward(action.clone())).await;
+                            return r.map(|s| Response::new(s.into_inner().boxed())).map_err(|e| peer_status(node, e));
+                        }
+                    }
                     let r = self.engine.snapshot(name.as_deref()).await.map_err(into_status)?;
                     Ok(Response::new(one_result(serde_json::json!({
                         "datasets": r.datasets, "files_written": r.files_written, "rows_written": r.rows_written,
@@ -300,6 +411,11 @@ impl FlightService for LongbowFlight {
                 }
                 "drop_dataset" => {
                     let name = body_name(&action, true)?.expect("required");
+                    if let Some(mut owner) = self.peers.route(&name, forwarded)? {
+                        let node = self.peers.cluster.owner(&name);
+                        let r = owner.do_action(self.peers.forward(action.clone())).await;
+                        return r.map(|s| Response::new(s.into_inner().boxed())).map_err(|e| peer_status(node, e));
+                    }
                     self.engine.drop_dataset(&name).await.map_err(into_status)?;
                     Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
                 }

@@ -1,0 +1,224 @@
+//! Several nodes: who this node is, who its peers are, and which node owns
+//! a dataset. No membership protocol: the node list is configuration
+//! (`LONGBOW_PEERS`, filled in by the chart from the StatefulSet's
+//! headless Service), and ownership is a rendezvous hash of the dataset's
+//! name over it, so that when the list grows or shrinks by one only about
+//! 1/N of the datasets change owner.
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// This node's place among its peers. One node with no peers is the
+/// single-node store: it owns everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This node's index into `peers`.
+    pub node: usize,
+    /// Every node's Flight URL, in index order (empty: no peers).
+    pub peers: Vec<String>,
+}
+
+impl Cluster {
+    /// Checks `peers` (comma-separated Flight URLs, in index order; empty
+    /// for none) against `node`.
+    pub fn new(node: usize, peers: &str) -> Result<Self, String> {
+        let peers: Vec<String> = peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.trim_end_matches('/').to_owned())
+            .collect();
+        for p in &peers {
+            if !(p.starts_with("grpc://") || p.starts_with("grpc+tcp://")) {
+                return Err(format!(
+                    "peer {p:?}: expected a plain Flight URL (grpc://host:port); forwarding over TLS between nodes \
+                     is not built yet"
+                ));
+            }
+        }
+        if !peers.is_empty() && node >= peers.len() {
+            return Err(format!("node id {node} is not an index into the {} peers of LONGBOW_PEERS", peers.len()));
+        }
+        if peers.is_empty() && node != 0 {
+            return Err(format!("node id {node} needs LONGBOW_PEERS listing every node"));
+        }
+        Ok(Self { node, peers })
+    }
+
+    pub fn single() -> Self {
+        Self { node: 0, peers: Vec::new() }
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.peers.len().max(1)
+    }
+
+    /// The index of the node that owns `dataset`: the highest
+    /// `score(dataset, node)` over the nodes.
+    pub fn owner(&self, dataset: &str) -> usize {
+        (0..self.nodes()).max_by_key(|&n| (score(dataset, n), n)).expect("at least one node")
+    }
+
+    pub fn owns(&self, dataset: &str) -> bool {
+        self.owner(dataset) == self.node
+    }
+
+    /// The Flight URL of `dataset`'s owner; `None` when it is this node.
+    pub fn owner_url(&self, dataset: &str) -> Option<&str> {
+        let owner = self.owner(dataset);
+        (owner != self.node).then(|| self.peers[owner].as_str())
+    }
+
+    /// This node's URL as its peers know it (`None` without peers).
+    pub fn own_url(&self) -> Option<&str> {
+        self.peers.get(self.node).map(String::as_str)
+    }
+}
+
+/// Marks a call one node forwarded to another: the receiver serves it
+/// itself or refuses it, never forwards it again.
+pub const FORWARDED_HEADER: &str = "x-longbow-forwarded";
+
+/// Flight clients of the other nodes (connected on first use) and the
+/// routing of a call.
+pub struct Peers {
+    pub cluster: Cluster,
+    clients: Vec<Option<FlightServiceClient<Channel>>>,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Peers {
+    /// `auth_token`: this cluster's bearer token, sent on forwarded calls;
+    /// `max_message`: the largest message a forwarded call may carry.
+    pub fn new(cluster: Cluster, auth_token: Option<&str>, max_message: usize) -> Result<Self, String> {
+        let mut clients = Vec::new();
+        for (i, url) in cluster.peers.iter().enumerate() {
+            if i == cluster.node {
+                clients.push(None);
+                continue;
+            }
+            let http = url.replacen("grpc+tcp://", "http://", 1).replacen("grpc://", "http://", 1);
+            let channel = tonic::transport::Endpoint::from_shared(http)
+                .map_err(|e| format!("peer {url:?}: {e}"))?
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            clients.push(Some(
+                FlightServiceClient::new(channel)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            ));
+        }
+        let auth = auth_token
+            .map(|t| format!("Bearer {t}").parse().map_err(|_| "the auth token is not a valid header value".to_owned()))
+            .transpose()?;
+        Ok(Self { cluster, clients, auth })
+    }
+
+    /// Where a call for `dataset` goes: `None` to serve it here, or the
+    /// owner's client. A call another node forwarded is never forwarded
+    /// again: if this node does not own the dataset either, the nodes'
+    /// LONGBOW_PEERS differ, and the call is refused.
+    pub fn route(&self, dataset: &str, forwarded: bool) -> Result<Option<FlightServiceClient<Channel>>, Status> {
+        let owner = self.cluster.owner(dataset);
+        if owner == self.cluster.node {
+            return Ok(None);
+        }
+        if forwarded {
+            return Err(Status::failed_precondition(format!(
+                "node {} was sent a call for dataset {dataset:?}, which node {owner} owns: the nodes' LONGBOW_PEERS \
+                 differ",
+                self.cluster.node
+            )));
+        }
+        Ok(self.clients[owner].clone())
+    }
+
+    /// The other nodes' clients, with their indexes.
+    pub fn others(&self) -> impl Iterator<Item = (usize, FlightServiceClient<Channel>)> + '_ {
+        self.clients.iter().enumerate().filter_map(|(i, c)| c.clone().map(|c| (i, c)))
+    }
+
+    /// `message` as a forwarded call: marked, with this cluster's token.
+    pub fn forward<T>(&self, message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        if let Some(auth) = &self.auth {
+            r.metadata_mut().insert("authorization", auth.clone());
+        }
+        r
+    }
+
+    /// The Flight location of `dataset`'s owner (`None` with no peers).
+    pub fn location(&self, dataset: &str) -> Option<&str> {
+        self.cluster.peers.get(self.cluster.owner(dataset)).map(String::as_str)
+    }
+}
+
+pub fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}
+
+/// Rendezvous score of `dataset` on node `n`: CRC-32C of the name and the
+/// node's index, spread over 64 bits (splitmix64's finalizer). Pinned by a
+/// test: changing it moves datasets between nodes.
+fn score(dataset: &str, n: usize) -> u64 {
+    let mut h = crc32c::crc32c_append(crc32c::crc32c(dataset.as_bytes()), &(n as u64).to_le_bytes()) as u64;
+    h = h.wrapping_add((n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(n: usize) -> Cluster {
+        let peers: Vec<String> = (0..n).map(|i| format!("grpc://127.0.0.1:{}", 3001 + i)).collect();
+        Cluster::new(0, &peers.join(",")).unwrap()
+    }
+
+    #[test]
+    fn peers_are_checked_against_the_node_id() {
+        assert!(Cluster::new(3, "grpc://a:1,grpc://b:1").is_err(), "an index into the peers");
+        assert!(Cluster::new(1, "").is_err(), "a node id needs peers");
+        assert!(Cluster::new(0, "http://a:1").is_err(), "Flight URLs");
+        assert_eq!(Cluster::new(0, "").unwrap(), Cluster::single());
+    }
+
+    #[test]
+    fn one_node_owns_everything_and_ownership_spreads() {
+        assert!(Cluster::single().owns("anything"));
+        let c = cluster(3);
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            counts[c.owner(&format!("ds{i}"))] += 1;
+        }
+        assert!(counts.iter().all(|&k| k > 850), "{counts:?}");
+    }
+
+    #[test]
+    fn a_node_more_or_less_moves_about_one_in_n_datasets() {
+        let names: Vec<String> = (0..4000).map(|i| format!("dataset-{i}")).collect();
+        for n in 2..6 {
+            let (before, after) = (cluster(n), cluster(n + 1));
+            let moved = names.iter().filter(|d| before.owner(d) != after.owner(d)).count();
+            // Only to the new node, about 1/(n+1) of them.
+            assert!(names.iter().all(|d| before.owner(d) == after.owner(d) || after.owner(d) == n));
+            let expected = names.len() / (n + 1);
+            assert!(moved.abs_diff(expected) < expected / 5, "{n} -> {}: {moved} moved, ~{expected} expected", n + 1);
+        }
+    }
+
+    #[test]
+    fn owners_are_pinned() {
+        // Changing the hash would strand datasets on the wrong node.
+        let c = cluster(3);
+        let owners: Vec<usize> = ["a", "vectors", "events", "x.y-z_1"].iter().map(|d| c.owner(d)).collect();
+        assert_eq!(owners, PINNED);
+    }
+
+    const PINNED: [usize; 4] = [2, 1, 0, 0];
+}

@@ -1,0 +1,133 @@
+"""Three nodes on loopback, one shard each: any node takes any call.
+
+A pyarrow client that talks to one node only writes 20 datasets; every
+row is readable through every node, each node lists every dataset with
+its owner's location, and a client that follows the endpoints reads from
+the owner directly.
+"""
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+
+from test_pyarrow_e2e import BINARY, put, vectors
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Node:
+    def __init__(self, root: Path, node: int, peers: list[str], port: int):
+        data = root / f"node-{node}"
+        data.mkdir(parents=True, exist_ok=True)
+        self.log = open(data / "longbow.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--data-path", str(data / "data"), "--snapshot-path", str(data / "snapshots"),
+             "--shards", "1", "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", "127.0.0.1:0",
+             "--pin-cores", "false", "--node-id", f"longbow-{node}", "--peers", ",".join(peers)],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("longbow ready"):
+                break
+        else:
+            raise RuntimeError(f"node {node} exited with {self.proc.wait()}")
+        self.url = peers[node]
+
+    def client(self) -> fl.FlightClient:
+        return fl.connect(self.url)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    ports = free_ports(3)
+    peers = [f"grpc://127.0.0.1:{p}" for p in ports]
+    nodes = [Node(tmp_path, i, peers, ports[i]) for i in range(3)]
+    yield nodes
+    for n in nodes:
+        n.kill()
+
+
+def read_all(client: fl.FlightClient, name: str) -> pa.Table:
+    info = client.get_flight_info(fl.FlightDescriptor.for_path(name))
+    return pa.concat_tables([client.do_get(e.ticket).read_all() for e in info.endpoints])
+
+
+def test_any_node_takes_any_call(cluster):
+    writer = cluster[0].client()
+    expected = {}
+    for i in range(20):
+        name = f"ds-{i}"
+        tables = [vectors(i * 10_000 + k * 100, 100) for k in range(3)]
+        acks = put(writer, name, tables)
+        assert [a["rows"] for a in acks] == [100] * 3, acks
+        expected[name] = pa.concat_tables(tables)
+
+    owners = {}
+    for node in cluster:
+        client = node.client()
+        listed = {f.descriptor.path[0].decode(): f for f in client.list_flights()}
+        assert sorted(listed) == sorted(expected), f"{node.url} lists every dataset"
+        for name, want in expected.items():
+            got = read_all(client, name)
+            assert got.sort_by("id").equals(want.sort_by("id")), f"{name} through {node.url}"
+            locations = {loc.uri.decode() for e in listed[name].endpoints for loc in e.locations}
+            assert len(locations) == 1, locations
+            owners.setdefault(name, locations)
+            assert owners[name] == locations, "every node names the same owner"
+    by_owner = {}
+    for name, locs in owners.items():
+        by_owner.setdefault(next(iter(locs)), []).append(name)
+    assert len(by_owner) == 3, f"20 datasets spread over the 3 nodes: {by_owner}"
+
+    # A client that follows the location reads from the owner directly,
+    # and the owner holds the data itself.
+    for owner, names in by_owner.items():
+        direct = fl.connect(owner)
+        stats = json.loads(next(direct.do_action(fl.Action("get_stats", b""))).body.to_pybytes())
+        assert sorted(d["name"] for d in stats["per_dataset"]) == sorted(names)
+
+    # Actions for a dataset go to its owner, from any node.
+    name = "ds-7"
+    via = next(n for n in cluster if n.url not in owners[name])
+    list(via.client().do_action(fl.Action("force_snapshot", name.encode())))
+    list(via.client().do_action(fl.Action("drop_dataset", name.encode())))
+    for node in cluster:
+        with pytest.raises(pa.ArrowKeyError, match="not found"):
+            node.client().get_flight_info(fl.FlightDescriptor.for_path(name))
+
+
+def test_a_node_holding_datasets_another_node_would_own_refuses_to_start(cluster, tmp_path):
+    writer = cluster[0].client()
+    for i in range(20):
+        put(writer, f"ds-{i}", [vectors(i * 100, 100)])
+    for n in cluster:
+        n.kill()
+    # A fourth node: rendezvous hashing moves about a quarter of each
+    # node's datasets to it, and moving them is not built yet.
+    ports = free_ports(1)
+    peers = [n.url for n in cluster] + [f"grpc://127.0.0.1:{ports[0]}"]
+    data = tmp_path / "node-0"
+    proc = subprocess.run(
+        [str(BINARY), "--data-path", str(data / "data"), "--snapshot-path", str(data / "snapshots"),
+         "--shards", "1", "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+         "--pin-cores", "false", "--node-id", "0", "--peers", ",".join(peers)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "another node owns under LONGBOW_PEERS" in proc.stderr, proc.stderr[-2000:]
