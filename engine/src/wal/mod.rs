@@ -443,6 +443,13 @@ mod tests {
         lsns
     }
 
+    /// A new WAL of shard 0 in `dir`, its first segment 1 and LSN 1.
+    async fn new_wal(fs: &StorageRef, dir: &Path, metrics: &EngineMetrics, free: FreeFiles) -> Wal {
+        Wal::open(fs.clone(), dir, ShardId(0), 0, SegmentId(1), Lsn(1), metrics.clone(), Vec::new(), None, free)
+            .await
+            .unwrap()
+    }
+
     async fn wait_for_a_free_file(wal: &Wal) {
         for _ in 0..2000 {
             if !wal.free_files().borrow().is_empty() {
@@ -484,20 +491,7 @@ mod tests {
                     fs.open(&d.join("probe"), OpenMode::Read).await.unwrap().close().await.unwrap();
                     let metrics = EngineMetrics::default();
                     let (free, _) = FreeFiles::open(fs.clone(), &d, 4 * FILE_BYTES, 2).await.unwrap();
-                    let mut wal = Wal::open(
-                        fs.clone(),
-                        &d,
-                        ShardId(0),
-                        0,
-                        SegmentId(1),
-                        Lsn(1),
-                        metrics.clone(),
-                        Vec::new(),
-                        None,
-                        free,
-                    )
-                    .await
-                    .unwrap();
+                    let mut wal = new_wal(&fs, &d, &metrics, free).await;
                     let schema = ipc::schema_message(&ids(0, 1).schema());
                     // Commits of small (packed) and large (aligned) bodies,
                     // with and without a producer, two datasets with names
@@ -610,20 +604,7 @@ mod tests {
                 fs.open(&d.join("probe"), OpenMode::Read).await.unwrap().close().await.unwrap();
                 let metrics = EngineMetrics::default();
                 let (free, _) = FreeFiles::open(fs.clone(), &d, FILE_BYTES, 2).await.unwrap();
-                let mut wal = Wal::open(
-                    fs.clone(),
-                    &d,
-                    ShardId(0),
-                    0,
-                    SegmentId(1),
-                    Lsn(1),
-                    metrics.clone(),
-                    Vec::new(),
-                    None,
-                    free,
-                )
-                .await
-                .unwrap();
+                let mut wal = new_wal(&fs, &d, &metrics, free).await;
                 let mut logged = Vec::new();
                 for _ in 0..3 {
                     wait_for_a_free_file(&wal).await;
