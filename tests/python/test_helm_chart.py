@@ -111,15 +111,41 @@ def test_statefulset_shape():
     assert one(docs, "ConfigMap", "lb-longbow-dashboard")["metadata"]["annotations"] == {"grafana_folder": "Storage"}
 
 
-def test_more_than_one_replica_fails_with_the_reason():
+def test_replicas_are_the_nodes_of_one_store():
+    docs = render("values-minimal.yaml", overrides={"replicaCount": 3})
+    for d in docs:
+        if not d["apiVersion"].startswith("monitoring.coreos.com"):
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+    assert one(docs, "StatefulSet")["spec"]["replicas"] == 3
+    env = env_of(server(docs))
+    assert env["LONGBOW_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    port = one(docs, "Service", "lb-longbow-headless")["spec"]["ports"][0]["port"]
+    assert env["LONGBOW_PEERS"]["value"].split(",") == [
+        f"grpc://lb-longbow-{i}.lb-longbow-headless.data.svc:{port}" for i in range(3)
+    ]
+    # One replica: no peers, today's single-node store.
+    env = env_of(server(render("values-minimal.yaml")))
+    assert "LONGBOW_PEERS" not in env and "LONGBOW_NODE_ID" not in env
+
+
+def test_replicas_reach_each_other_through_the_network_policy():
+    over = {"replicaCount": 3, "networkPolicy": {"enabled": True}}
+    policy = one(render("values-full.yaml", overrides=over), "NetworkPolicy")
+    sources = policy["spec"]["ingress"][0]["from"]
+    selectors = [f["podSelector"]["matchLabels"] for f in sources if "podSelector" in f]
+    assert {"app.kubernetes.io/name": "longbow", "app.kubernetes.io/instance": "lb"} in selectors, selectors
+
+
+def test_several_replicas_with_tls_fail_with_the_reason():
     for n in (2, 3):
         with pytest.raises(helm.HelmRenderError) as e:
-            render("values-full.yaml", overrides={"replicaCount": n})
+            render("values-full.yaml", overrides={"replicaCount": n, "tls": {"enabled": True, "secretName": "t"}})
         message = str(e.value)
-        assert f"replicaCount is {n}: Longbow runs one replica until scale-out lands" in message, message
-        assert "Set replicaCount: 1" in message
+        assert f"replicaCount is {n} with tls.enabled" in message, message
+        assert "forwarding over TLS is not built yet" in message
     for n in (0, 1):  # 0: scaled down for maintenance
-        assert one(render(overrides={"replicaCount": n}), "StatefulSet")["spec"]["replicas"] == n
+        over = {"replicaCount": n, "tls": {"enabled": True, "secretName": "t"}}
+        assert one(render("values-full.yaml", overrides=over), "StatefulSet")["spec"]["replicas"] == n
 
 
 def test_alerts_and_dashboard_are_the_shipped_files():

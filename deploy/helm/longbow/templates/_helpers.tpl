@@ -53,3 +53,13 @@ grpc:
   port: {{ .Values.service.flightPort }}
 {{- end -}}
 {{- end -}}
+
+{{- /* Every pod's Flight URL, in ordinal order. */}}
+{{- define "longbow.peers" -}}
+{{- $name := include "longbow.fullname" . -}}
+{{- $peers := list -}}
+{{- range $i := until (int .Values.replicaCount) -}}
+{{- $peers = append $peers (printf "grpc://%s-%d.%s-headless.%s.svc:%v" $name $i $name $.Release.Namespace $.Values.service.flightPort) -}}
+{{- end -}}
+{{- join "," $peers -}}
+{{- end -}}
