@@ -39,6 +39,17 @@ pub struct Scan {
     pub batches: BoxStream<'static, Result<RecordBatch>>,
 }
 
+/// Which datasets this engine owns, when it is one of several nodes
+/// sharing a snapshot store: it loads only their tables.
+#[derive(Clone)]
+pub struct Owns(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Owns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Owns(..)")
+    }
+}
+
 /// Everything the engine needs; reads no environment.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -47,6 +58,9 @@ pub struct EngineConfig {
     /// volume), or an object-store URL (`s3://bucket/prefix`, `gs://`,
     /// `az://`) whose settings come from the standard environment variables.
     pub snapshot_path: PathBuf,
+    /// With several nodes on one snapshot store: the datasets this one
+    /// owns (`None`: all of them).
+    pub owns: Option<Owns>,
     /// The object store a remote `snapshot_path` names, instead of one
     /// built from the environment (tests: the simulated store).
     pub snapshot_store: Option<Arc<dyn object_store::ObjectStore>>,
@@ -91,6 +105,7 @@ impl EngineConfig {
         Self {
             snapshot_path: data_path.join("snapshots"),
             snapshot_store: None,
+            owns: None,
             snapshot_interval: Duration::from_secs(3600),
             snapshot_retention: snapshots::DEFAULT_RETENTION,
             node: "0".into(),
@@ -232,7 +247,7 @@ impl Engine {
             }
         }
         let mut manifests: Vec<Vec<snapshots::Manifest>> = vec![Vec::new(); config.shards];
-        for t in store.block_on(store.clone().load_all())? {
+        for t in store.block_on(store.clone().load_all(config.owns.clone()))? {
             manifests[shard_for(&t.manifest.dataset, config.shards).index()].push(t.manifest);
         }
         let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));

@@ -61,7 +61,7 @@ pub mod wal;
 pub use ids::{Lsn, SegmentId, ShardId};
 
 pub use dataset::DatasetInfo;
-pub use engine::{default_shards, Engine, EngineConfig, Scan};
+pub use engine::{default_shards, Engine, EngineConfig, Owns, Scan};
 pub use error::{Error, Result};
 pub use metrics::EngineMetrics;
 pub use shard::request::{Committed, ProducerSeq, PutStream};

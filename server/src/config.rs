@@ -311,6 +311,7 @@ impl Config {
             pin_cores: self.pin_cores,
             snapshot_path: self.snapshot_path.clone(),
             snapshot_store: None,
+            owns: None,
             snapshot_interval: self.snapshot_interval,
             snapshot_retention: self.snapshot_retention,
             node: self.node_id.to_string(),

@@ -240,11 +240,16 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
         config.max_memory = bytesize::ByteSize(s.max_memory);
         config.snapshot_interval = s.snapshot_interval;
     }
-    #[allow(unused_mut)]
     let mut engine_config = config.engine();
     #[cfg(feature = "fault-injection")]
     {
         arm_faults_from_env(&mut engine_config);
+    }
+    let cluster = cluster::Cluster::new(config.node_id, &config.peers).map_err(ServerError::Cluster)?;
+    if !cluster.peers.is_empty() {
+        // Nodes may share one snapshot store: each loads its own tables.
+        let owner = cluster.clone();
+        engine_config.owns = Some(longbow_engine::Owns(Arc::new(move |d: &str| owner.owns(d))));
     }
     tracing::info!(data = %engine_config.data_path.display(), shards = engine_config.shards, "starting engine");
     let metrics = EngineMetrics::default();
@@ -323,7 +328,6 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
     let planner = sql::SqlEngine::new(engine.clone(), config.query_memory.as_u64())
         .map_err(|e| ServerError::Config(format!("SQL engine: {}", e.message())))?;
-    let cluster = cluster::Cluster::new(config.node_id, &config.peers).map_err(ServerError::Cluster)?;
     if !cluster.peers.is_empty() {
         tracing::info!(node = cluster.node, peers = ?cluster.peers, "one of several nodes: datasets are owned by a rendezvous hash of their names");
         // IMPORTANT: moving datasets between nodes (a handover) is not

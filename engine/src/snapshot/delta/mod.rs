@@ -524,12 +524,16 @@ impl SnapshotStore {
             .collect())
     }
 
-    /// Reads every table under the root (at startup): what each dataset's
-    /// recovery needs. A drop a crash interrupted is finished; a directory
-    /// with no Delta log is skipped.
-    pub async fn load_all(self: Arc<Self>) -> Result<Vec<TableState>> {
+    /// Reads every table under the root (at startup), or those `owns` keeps:
+    /// what each dataset's recovery needs. A drop a crash interrupted is
+    /// finished; a directory with no Delta log is skipped.
+    pub async fn load_all(self: Arc<Self>, owns: Option<crate::engine::Owns>) -> Result<Vec<TableState>> {
         let mut out = Vec::new();
         for name in self.clone().list_datasets().await? {
+            // Another node's table: that node loads it (and finishes its drop).
+            if owns.as_ref().is_some_and(|o| !(o.0)(&name)) {
+                continue;
+            }
             let marker = self.table_path(&name).clone().join(DROP_MARKER);
             if self.store.head(&marker).await.is_ok() {
                 tracing::info!(dataset = name, "finishing a drop a crash interrupted");
