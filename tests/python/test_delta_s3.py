@@ -257,8 +257,8 @@ def test_s3_unreachable_snapshots_retry_ingest_goes_on_nothing_lost(tmp_path, we
 
 def test_three_nodes_share_one_bucket_each_owning_its_tables(tmp_path, weed):
     """Three nodes with one snapshot root on S3: writes through one node
-    land in the owners' tables at <root>/<dataset>/, which Python deltalake
-    reads with the right row counts, and after a restart of all three each
+    land in the owners' tables at <root>/<dataset>/, which Python deltalake,
+    DuckDB delta_scan and Polars read with the right row counts, and after a restart of all three each
     node loads only its own tables and every row is readable through every
     node, once."""
     from test_cluster import free_ports, read_all
@@ -296,6 +296,10 @@ def test_three_nodes_share_one_bucket_each_owning_its_tables(tmp_path, weed):
     for name in names:
         t = DeltaTable(f"s3://longbow-test/shared/{name}", storage_options=opts).to_pyarrow_table()
         assert t.num_rows == 200, name
+    # DuckDB delta_scan and Polars read the shared bucket too.
+    for name in names[:3]:
+        got = read_all_ways(f"s3://longbow-test/shared/{name}", opts)
+        assert got == {k: (200, 200) for k in got}, (name, got)
     procs = [start(i) for i in range(3)]
     try:
         for p in peers:
