@@ -455,7 +455,7 @@ impl Engine {
     /// dropped.
     pub async fn scan(&self, dataset: &str) -> Result<Scan> {
         let DatasetRead { schema, files, batches } = self.shard(dataset)?.get(dataset.to_owned()).await?;
-        let cold = snapshots::read_objects(files, schema.clone()).boxed();
+        let cold = snapshots::read_objects(files, schema.clone());
         let hot = futures::stream::iter(batches.into_iter().map(Ok));
         Ok(Scan { schema, batches: cold.chain(hot).boxed() })
     }

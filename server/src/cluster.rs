@@ -46,10 +46,6 @@ impl Cluster {
         Ok(Self { node, peers })
     }
 
-    pub fn single() -> Self {
-        Self { node: 0, peers: Vec::new() }
-    }
-
     pub fn nodes(&self) -> usize {
         self.peers.len().max(1)
     }
@@ -62,12 +58,6 @@ impl Cluster {
 
     pub fn owns(&self, dataset: &str) -> bool {
         self.owner(dataset) == self.node
-    }
-
-    /// The Flight URL of `dataset`'s owner; `None` when it is this node.
-    pub fn owner_url(&self, dataset: &str) -> Option<&str> {
-        let owner = self.owner(dataset);
-        (owner != self.node).then(|| self.peers[owner].as_str())
     }
 
     /// This node's URL as its peers know it (`None` without peers).
@@ -117,10 +107,14 @@ impl Peers {
     }
 
     /// Where a call for `dataset` goes: `None` to serve it here, or the
-    /// owner's client. A call another node forwarded is never forwarded
-    /// again: if this node does not own the dataset either, the nodes'
-    /// LONGBOW_PEERS differ, and the call is refused.
-    pub fn route(&self, dataset: &str, forwarded: bool) -> Result<Option<FlightServiceClient<Channel>>, Status> {
+    /// owner's index and client. A call another node forwarded is never
+    /// forwarded again: if this node does not own the dataset either, the
+    /// nodes' LONGBOW_PEERS differ, and the call is refused.
+    pub fn route(
+        &self,
+        dataset: &str,
+        forwarded: bool,
+    ) -> Result<Option<(usize, FlightServiceClient<Channel>)>, Status> {
         let owner = self.cluster.owner(dataset);
         if owner == self.cluster.node {
             return Ok(None);
@@ -132,7 +126,7 @@ impl Peers {
                 self.cluster.node
             )));
         }
-        Ok(self.clients[owner].clone())
+        Ok(self.clients[owner].clone().map(|c| (owner, c)))
     }
 
     /// The other nodes' clients, with their indexes.
@@ -148,11 +142,6 @@ impl Peers {
             r.metadata_mut().insert("authorization", auth.clone());
         }
         r
-    }
-
-    /// The Flight location of `dataset`'s owner (`None` with no peers).
-    pub fn location(&self, dataset: &str) -> Option<&str> {
-        self.cluster.peers.get(self.cluster.owner(dataset)).map(String::as_str)
     }
 }
 
@@ -185,12 +174,13 @@ mod tests {
         assert!(Cluster::new(3, "grpc://a:1,grpc://b:1").is_err(), "an index into the peers");
         assert!(Cluster::new(1, "").is_err(), "a node id needs peers");
         assert!(Cluster::new(0, "http://a:1").is_err(), "Flight URLs");
-        assert_eq!(Cluster::new(0, "").unwrap(), Cluster::single());
+        let single = Cluster::new(0, "").unwrap();
+        assert_eq!(single, Cluster { node: 0, peers: Vec::new() });
     }
 
     #[test]
     fn one_node_owns_everything_and_ownership_spreads() {
-        assert!(Cluster::single().owns("anything"));
+        assert!(Cluster::new(0, "").unwrap().owns("anything"));
         let c = cluster(3);
         let mut counts = [0usize; 3];
         for i in 0..3000 {

@@ -347,8 +347,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
             )));
         }
     }
-    let peers =
-        Arc::new(cluster::Peers::new(cluster, config.auth_token.as_deref(), max_message).map_err(ServerError::Config)?);
+    let peers = Arc::new(
+        cluster::Peers::new(cluster, config.auth_token.as_deref(), max_message).map_err(ServerError::Cluster)?,
+    );
     let flight = FlightServiceServer::new(flight::LongbowFlight::new(
         engine.clone(),
         gateway_metrics,

@@ -7,6 +7,7 @@ the owner directly.
 """
 
 import json
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -29,15 +30,19 @@ def free_ports(n: int) -> list[int]:
 
 
 class Node:
-    def __init__(self, root: Path, node: int, peers: list[str], port: int):
+    """Node `node` of `peers`, listening on `port`; its snapshots under its
+    own directory, or at `snapshot_path` (a shared bucket, with `env`)."""
+
+    def __init__(self, root: Path, node: int, peers: list[str], port: int, snapshot_path=None, env=None):
         data = root / f"node-{node}"
         data.mkdir(parents=True, exist_ok=True)
         self.log = open(data / "longbow.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BINARY), "--data-path", str(data / "data"), "--snapshot-path", str(data / "snapshots"),
+            [str(BINARY), "--data-path", str(data / "data"),
+             "--snapshot-path", str(snapshot_path or data / "snapshots"),
              "--shards", "1", "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", "127.0.0.1:0",
              "--pin-cores", "false", "--node-id", f"longbow-{node}", "--peers", ",".join(peers)],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         for line in self.proc.stdout:
             if line.startswith("longbow ready"):
                 break
@@ -47,6 +52,10 @@ class Node:
 
     def client(self) -> fl.FlightClient:
         return fl.connect(self.url)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
 
     def kill(self):
         if self.proc.poll() is None:

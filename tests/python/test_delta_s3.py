@@ -261,37 +261,26 @@ def test_three_nodes_share_one_bucket_each_owning_its_tables(tmp_path, weed):
     DuckDB delta_scan and Polars read with the right row counts, and after a restart of all three each
     node loads only its own tables and every row is readable through every
     node, once."""
-    from test_cluster import free_ports, read_all
+    from test_cluster import Node, free_ports, read_all
 
     ports = free_ports(3)
     peers = [f"grpc://127.0.0.1:{p}" for p in ports]
     env = {**os.environ, **weed.options()}
 
-    def start(i):
-        d = tmp_path / f"node-{i}"
-        d.mkdir(exist_ok=True)
-        proc = subprocess.Popen(
-            [str(BINARY), "--data-path", str(d / "data"), "--snapshot-path", "s3://longbow-test/shared",
-             "--shards", "1", "--listen-addr", f"127.0.0.1:{ports[i]}", "--metrics-addr", "127.0.0.1:0",
-             "--pin-cores", "false", "--node-id", str(i), "--peers", ",".join(peers)],
-            stdout=subprocess.PIPE, stderr=open(d / "longbow.log", "ab"), text=True, env=env)
-        for line in proc.stdout:
-            if line.startswith("longbow ready"):
-                return proc
-        raise RuntimeError(f"node {i} exited with {proc.wait()}; see {d / 'longbow.log'}")
+    def start_all():
+        return [Node(tmp_path, i, peers, ports[i], "s3://longbow-test/shared", env) for i in range(3)]
 
     names = [f"s-{i}" for i in range(12)]
-    procs = [start(i) for i in range(3)]
+    nodes = start_all()
     try:
-        c = fl.connect(peers[0])
+        c = nodes[0].client()
         for k, name in enumerate(names):
             put(c, name, [vectors(k * 1000, 100), vectors(k * 1000 + 100, 100)])
-        for p in peers:  # a bare force_snapshot is per node
-            action(fl.connect(p), "force_snapshot")
+        for n in nodes:  # a bare force_snapshot is per node
+            action(n.client(), "force_snapshot")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(timeout=60) == 0
+        for n in nodes:
+            assert n.stop() == 0
     opts = weed.options()
     for name in names:
         t = DeltaTable(f"s3://longbow-test/shared/{name}", storage_options=opts).to_pyarrow_table()
@@ -300,14 +289,13 @@ def test_three_nodes_share_one_bucket_each_owning_its_tables(tmp_path, weed):
     for name in names[:3]:
         got = read_all_ways(f"s3://longbow-test/shared/{name}", opts)
         assert got == {k: (200, 200) for k in got}, (name, got)
-    procs = [start(i) for i in range(3)]
+    nodes = start_all()
     try:
-        for p in peers:
-            client = fl.connect(p)
+        for n in nodes:
+            client = n.client()
             for k, name in enumerate(names):
                 ids = read_all(client, name).column("id").to_pylist()
-                assert sorted(ids) == list(range(k * 1000, k * 1000 + 200)), (p, name)
+                assert sorted(ids) == list(range(k * 1000, k * 1000 + 200)), (n.url, name)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=60)
+        for n in nodes:
+            n.stop()

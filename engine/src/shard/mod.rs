@@ -196,9 +196,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
             Request::Write(w) => {
                 let checked = match &w.op {
                     Op::Schema(_) if state.dropping.borrow().contains_key(&w.dataset) => {
-                        let cause = state.dropping.borrow()[&w.dataset].clone();
-                        let cause =
-                            cause.unwrap_or_else(|| Arc::new(Error::NotStored { reason: "the removal is under way" }));
+                        let cause = state.dropping.borrow()[&w.dataset].clone().unwrap_or_else(removal_under_way);
                         remove_table(&state, w.dataset.clone(), None);
                         Err(Error::DropPending { dataset: w.dataset.clone(), cause })
                     }
@@ -567,17 +565,19 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
     wal.close().await
 }
 
+/// Why a dropped dataset's name is refused while its table's removal runs.
+fn removal_under_way() -> Arc<Error> {
+    Arc::new(Error::NotStored { reason: "the removal is under way" })
+}
+
 /// Removes a dropped dataset's snapshot table (unless a removal is under
-/// way), then calls `done` with the outcome. Until it succeeds the name
-/// stays in `dropping`: retried by the snapshot worker and by each attempt
-/// to create the name again.
-pub(crate) fn remove_table(state: &Rc<State>, dataset: String, done: Option<Box<dyn FnOnce(Result<()>)>>) {
+/// way), then answers `reply`, if any, with `committed` or the failure.
+/// Until it succeeds the name stays in `dropping`: retried by the snapshot
+/// worker and by each attempt to create the name again.
+pub(crate) fn remove_table(state: &Rc<State>, dataset: String, reply: Option<(Reply<Committed>, Committed)>) {
     if matches!(state.dropping.borrow().get(&dataset), Some(None)) {
-        if let Some(done) = done {
-            done(Err(Error::DropPending {
-                dataset,
-                cause: Arc::new(Error::NotStored { reason: "the removal is under way" }),
-            }));
+        if let Some((reply, _)) = reply {
+            let _ = reply.send(Err(Error::DropPending { dataset, cause: removal_under_way() }));
         }
         return;
     }
@@ -597,8 +597,8 @@ pub(crate) fn remove_table(state: &Rc<State>, dataset: String, done: Option<Box<
                 Err(Error::DropPending { dataset, cause })
             }
         };
-        if let Some(done) = done {
-            done(r);
+        if let Some((reply, committed)) = reply {
+            let _ = reply.send(r.map(|()| committed));
         }
     })
     .detach();
@@ -647,7 +647,7 @@ fn apply(state: &Rc<State>, w: Write, lsn: Lsn, durable_at: Instant) {
             wake_followers(state, &dataset);
             // The tombstone is durable; its snapshot table goes next.
             tracing::debug!(dataset, %lsn, "drop: tombstone durable");
-            remove_table(state, dataset, Some(Box::new(move |r: Result<()>| drop(reply.send(r.map(|()| committed))))));
+            remove_table(state, dataset, Some((reply, committed)));
         }
     }
 }

@@ -67,9 +67,7 @@ impl LongbowFlight {
         }
         info
     }
-}
 
-impl LongbowFlight {
     /// A DoPut for a dataset another node owns, proxied there with the
     /// Flight client: batches go on as they arrive, the owner's
     /// acknowledgements come back as they are made. Hands `input` back
@@ -82,8 +80,7 @@ impl LongbowFlight {
     ) -> Result<Result<Stream<PutResult>, Streaming<FlightData>>, Status> {
         // A descriptor this node cannot read gets the local path's error.
         let Ok(name) = dataset_from_descriptor(first.flight_descriptor.as_ref()) else { return Ok(Err(input)) };
-        let Some(mut owner) = self.peers.route(&name, forwarded)? else { return Ok(Err(input)) };
-        let node = self.peers.cluster.owner(&name);
+        let Some((node, mut owner)) = self.peers.route(&name, forwarded)? else { return Ok(Err(input)) };
         // The client's stream ends where it fails; the owner then answers
         // for what reached it.
         let rest =
@@ -91,6 +88,23 @@ impl LongbowFlight {
         let out = futures::stream::once(futures::future::ready(first)).chain(rest);
         let acks = owner.do_put(self.peers.forward(out)).await.map_err(|e| peer_status(node, e))?;
         Ok(Ok(acks.into_inner().map_err(move |e| peer_status(node, e)).boxed()))
+    }
+
+    /// An action for `dataset`, sent to its owner when that is another
+    /// node (`None`: this node serves it).
+    async fn forward_action(
+        &self,
+        dataset: &str,
+        action: &Action,
+        forwarded: bool,
+    ) -> Option<Result<Response<Stream<arrow_flight::Result>>, Status>> {
+        let (node, mut owner) = match self.peers.route(dataset, forwarded) {
+            Ok(Some(to)) => to,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let r = owner.do_action(self.peers.forward(action.clone())).await;
+        Some(r.map(|s| Response::new(s.into_inner().boxed())).map_err(|e| peer_status(node, e)))
     }
 }
 
@@ -219,8 +233,7 @@ impl FlightService for LongbowFlight {
                 return FlightService::get_flight_info(&self.sql, request).await;
             }
             let name = dataset_from_descriptor(Some(request.get_ref()))?;
-            if let Some(mut owner) = self.peers.route(&name, crate::cluster::is_forwarded(&request))? {
-                let node = self.peers.cluster.owner(&name);
+            if let Some((node, mut owner)) = self.peers.route(&name, crate::cluster::is_forwarded(&request))? {
                 let d = request.into_inner();
                 return owner.get_flight_info(self.peers.forward(d)).await.map_err(|e| peer_status(node, e));
             }
@@ -251,8 +264,7 @@ impl FlightService for LongbowFlight {
                 return Ok(Response::new(SchemaResult { schema: info.schema }));
             }
             let name = dataset_from_descriptor(Some(request.get_ref()))?;
-            if let Some(mut owner) = self.peers.route(&name, crate::cluster::is_forwarded(&request))? {
-                let node = self.peers.cluster.owner(&name);
+            if let Some((node, mut owner)) = self.peers.route(&name, crate::cluster::is_forwarded(&request))? {
                 let d = request.into_inner();
                 return owner.get_schema(self.peers.forward(d)).await.map_err(|e| peer_status(node, e));
             }
@@ -279,8 +291,7 @@ impl FlightService for LongbowFlight {
                 Read::Query(body) => &body.dataset,
                 Read::Follow { dataset, .. } => dataset,
             };
-            if let Some(mut owner) = self.peers.route(dataset, crate::cluster::is_forwarded(&request))? {
-                let node = self.peers.cluster.owner(dataset);
+            if let Some((node, mut owner)) = self.peers.route(dataset, crate::cluster::is_forwarded(&request))? {
                 let ticket = request.into_inner();
                 let stream = owner.do_get(self.peers.forward(ticket)).await.map_err(|e| peer_status(node, e))?;
                 return Ok(stream.into_inner().boxed());
@@ -396,10 +407,8 @@ impl FlightService for LongbowFlight {
                 "force_snapshot" => {
                     let name = body_name(&action, false)?;
                     if let Some(name) = &name {
-                        if let Some(mut owner) = self.peers.route(name, forwarded)? {
-                            let node = self.peers.cluster.owner(name);
-                            let r = owner.do_action(self.peers.forward(action.clone())).await;
-                            return r.map(|s| Response::new(s.into_inner().boxed())).map_err(|e| peer_status(node, e));
+                        if let Some(r) = self.forward_action(name, &action, forwarded).await {
+                            return r;
                         }
                     }
                     let r = self.engine.snapshot(name.as_deref()).await.map_err(into_status)?;
@@ -411,10 +420,8 @@ impl FlightService for LongbowFlight {
                 }
                 "drop_dataset" => {
                     let name = body_name(&action, true)?.expect("required");
-                    if let Some(mut owner) = self.peers.route(&name, forwarded)? {
-                        let node = self.peers.cluster.owner(&name);
-                        let r = owner.do_action(self.peers.forward(action.clone())).await;
-                        return r.map(|s| Response::new(s.into_inner().boxed())).map_err(|e| peer_status(node, e));
+                    if let Some(r) = self.forward_action(&name, &action, forwarded).await {
+                        return r;
                     }
                     self.engine.drop_dataset(&name).await.map_err(into_status)?;
                     Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
