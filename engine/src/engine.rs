@@ -247,7 +247,7 @@ impl Engine {
             }
         }
         let mut manifests: Vec<Vec<snapshots::Manifest>> = vec![Vec::new(); config.shards];
-        for t in store.block_on(store.clone().load_all(config.owns.clone()))? {
+        for t in store.block_on(store.clone().load_all(config.owns.clone(), config.shards))? {
             manifests[shard_for(&t.manifest.dataset, config.shards).index()].push(t.manifest);
         }
         let budget = Arc::new(MemoryBudget::new(config.max_memory, config.backpressure_timeout));
@@ -507,6 +507,21 @@ impl Engine {
             a.bytes_evicted += r.bytes_evicted;
             a
         }))
+    }
+
+    /// Hands a dataset another node owns now over to it: what its table
+    /// lacks of the rows here is committed to it, then this node forgets the
+    /// dataset (the WAL records go with the next covered segments). Run
+    /// again after a failure, or after a restart that replayed the records
+    /// again, it commits nothing twice (the table's `txn` of this shard).
+    pub async fn hand_over(&self, dataset: &str) -> Result<()> {
+        self.shard(dataset)?.hand_over(dataset.to_owned()).await
+    }
+
+    /// Reads a dataset's table again, after another node handed rows over
+    /// into it: its files join what this node serves (as evicted rows).
+    pub async fn refresh(&self, dataset: &str) -> Result<()> {
+        self.shard(dataset)?.refresh(dataset.to_owned()).await
     }
 
     /// Drops a dataset durably: WAL tombstone, memory, snapshot files.

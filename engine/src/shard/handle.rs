@@ -65,6 +65,14 @@ impl ShardHandle {
         Request::Write(Write { dataset, op, stream, queued_at: Instant::now(), reply })
     }
 
+    pub async fn hand_over(&self, dataset: String) -> Result<()> {
+        self.call(|reply| Request::HandOver { dataset, reply }).await
+    }
+
+    pub async fn refresh(&self, dataset: String) -> Result<()> {
+        self.call(|reply| Request::Refresh { dataset, reply }).await
+    }
+
     pub async fn open(&self, dataset: String, schema: SchemaRef) -> Result<()> {
         self.call(|reply| Self::write(dataset, Op::Schema(schema), PutStream::new(), reply)).await.map(drop)
     }

@@ -277,6 +277,8 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                 }
                 let _ = state.snap_tx.send(SnapJob { dataset, reply: Some(reply) });
             }
+            Request::HandOver { dataset, reply } => snapshots::hand_over(&state, dataset, reply),
+            Request::Refresh { dataset, reply } => snapshots::refresh(&state, dataset, reply),
             Request::Configure { snapshot_interval } => {
                 state.snapshot_interval.set(snapshot_interval);
                 // Wake the worker so the new interval applies now.

@@ -200,6 +200,17 @@ pub enum Request {
         dataset: Option<String>,
         reply: Reply<SnapshotReport>,
     },
+    /// Snapshot what the table lacks of a dataset another node owns now,
+    /// then forget it here; its table stays (see `snapshots::hand_over`).
+    HandOver {
+        dataset: String,
+        reply: Reply<()>,
+    },
+    /// Read a dataset's table again: another node handed rows over into it.
+    Refresh {
+        dataset: String,
+        reply: Reply<()>,
+    },
     /// A new snapshot interval; the shared memory budget has changed too.
     Configure {
         snapshot_interval: Duration,

@@ -170,6 +170,118 @@ async fn run(
     }
 }
 
+/// Hands `dataset` over to the node that owns it now: commits what its
+/// table lacks (a snapshot, idempotent by the shard's `txn`), then forgets
+/// the dataset here. Its WAL records stay until their segments are
+/// covered otherwise; replayed after a restart, they are handed over again
+/// and commit nothing new. The gateway routes the dataset's calls to its
+/// owner meanwhile, so no write arrives here.
+pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>) {
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        let _permit = state.snapshot_lock.acquire_permit(1).await;
+        let r = async {
+            if !state.catalog.borrow().datasets.contains_key(&dataset) {
+                return Err(Error::NotFound(dataset.clone()));
+            }
+            let mut report = SnapshotReport::default();
+            snapshot_dataset(&state, &dataset, &mut report).await?;
+            let removed = {
+                let mut cat = state.catalog.borrow_mut();
+                let done = cat
+                    .datasets
+                    .get(&dataset)
+                    .is_some_and(|d| !d.durable || (d.has_manifest && d.covered_lsn >= d.last_lsn));
+                if !done {
+                    return Err(Error::NotStored { reason: "rows were written during the handover; it is retried" });
+                }
+                cat.datasets.remove(&dataset)
+            };
+            if let Some(d) = removed {
+                if d.durable {
+                    state.metrics.datasets.dec();
+                }
+                state.metrics.records.dec_by(d.records as i64);
+                state.sub_memory(d.bytes);
+                tracing::info!(shard = %state.id, dataset, rows = report.rows_written, "handed over to its owner");
+            }
+            super::wake_followers(&state, &dataset);
+            Ok(())
+        }
+        .await;
+        let _ = reply.send(r);
+    })
+    .detach();
+}
+
+/// Reads `dataset`'s table again after another node handed rows over into
+/// it. Files this shard knows keep their LSNs; the others are another
+/// node's and count as evicted rows (LSN 0, see `SnapshotStore::load`).
+/// Under the snapshot lock: no snapshot or merge of this shard is between
+/// reading its file list and writing it back.
+pub(super) fn refresh(state: &Rc<State>, dataset: String, reply: Reply<()>) {
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        let _permit = state.snapshot_lock.acquire_permit(1).await;
+        let store = state.store.clone();
+        let (name, shard) = (dataset.clone(), state.id);
+        let r = match state.store.io(async move { store.load(&name, shard).await }).await {
+            Err(e) => Err(e),
+            Ok(None) => Ok(()),
+            Ok(Some(_)) if state.dropping.borrow().contains_key(&dataset) => Ok(()),
+            Ok(Some(t)) => {
+                let m = t.manifest;
+                let mut cat = state.catalog.borrow_mut();
+                match cat.datasets.get_mut(&dataset) {
+                    // An Open under way: its commit makes it durable.
+                    Some(d) if !d.durable => Ok(()),
+                    Some(d) => {
+                        let known: std::collections::HashMap<&str, &crate::dataset::SnapshotFile> =
+                            d.files.iter().map(|f| (f.name.as_str(), f)).collect();
+                        let mut files: Vec<_> = m
+                            .files
+                            .into_iter()
+                            .map(|f| match known.get(f.name.as_str()) {
+                                Some(k) => (*k).clone(),
+                                None => crate::dataset::SnapshotFile { min_lsn: Lsn::ZERO, max_lsn: Lsn::ZERO, ..f },
+                            })
+                            .collect();
+                        files.sort_by_key(|f| (f.max_lsn, f.min_lsn));
+                        d.files = files;
+                        super::recovery::merge_producers(&mut d.producers, &m.producers);
+                        Ok(())
+                    }
+                    None => match m.schema() {
+                        Err(e) => Err(Error::Corrupt {
+                            path: std::path::PathBuf::from(&dataset),
+                            offset: 0,
+                            reason: format!("snapshot manifest schema: {e}"),
+                        }),
+                        Ok(schema) => {
+                            let mut d = crate::dataset::Dataset::new(schema);
+                            d.durable = true;
+                            d.files = m.files;
+                            d.covered_lsn = m.covered_lsn;
+                            d.evicted_lsn = m.covered_lsn;
+                            d.last_lsn = m.covered_lsn;
+                            d.has_manifest = true;
+                            d.producers = m.producers;
+                            cat.datasets.insert(dataset.clone(), d);
+                            state.metrics.datasets.inc();
+                            Ok(())
+                        }
+                    },
+                }
+            }
+        };
+        if r.is_ok() {
+            tracing::info!(shard = %state.id, dataset, "read the table again: rows handed over are served");
+        }
+        let _ = reply.send(r);
+    })
+    .detach();
+}
+
 /// Runs the merges the last snapshot run found due (their own histogram;
 /// `snapshot_seconds` leaves them out). A failed merge is logged and
 /// counted; its files stay as they are.
@@ -240,8 +352,8 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
         // reads cannot rely on the list, so this snapshot counts only once
         // they are (a failure here is retried like any snapshot's).
         let store = state.store.clone();
-        let owned = name.to_owned();
-        match state.store.io(async move { store.load(&owned).await }).await? {
+        let (owned, shard) = (name.to_owned(), state.id);
+        match state.store.io(async move { store.load(&owned, shard).await }).await? {
             Some(t) => files = t.manifest.files,
             None => return Err(Error::NotFound(name.to_owned())),
         }

@@ -31,12 +31,24 @@ pub struct Manifest {
     /// they outlive the WAL segments that logged them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub producers: BTreeMap<String, ProducerSeqs>,
+    /// The node that committed it (absent before several nodes could write
+    /// one table): `covered_lsn` is in that node's LSNs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Manifest {
     pub fn new(dataset: &str, schema: &SchemaRef, covered_lsn: Lsn, files: Vec<SnapshotFile>) -> Self {
         let schema_ipc = base64::engine::general_purpose::STANDARD.encode(crate::wal::ipc::schema_message(schema));
-        Self { version: 1, dataset: dataset.to_owned(), schema_ipc, covered_lsn, files, producers: BTreeMap::new() }
+        Self {
+            version: 1,
+            dataset: dataset.to_owned(),
+            schema_ipc,
+            covered_lsn,
+            files,
+            producers: BTreeMap::new(),
+            node: None,
+        }
     }
 
     pub fn schema(&self) -> std::result::Result<SchemaRef, String> {

@@ -12,17 +12,20 @@ pub const COMPACT_RUN_FILES: usize = 8;
 
 /// The first run of at least [`COMPACT_RUN_FILES`] consecutive small files
 /// that lies wholly on one side of the eviction boundary `evicted_lsn`.
+/// Files of another node (LSN 0 here, see `load`) are left as they are: a
+/// merge of them alone would have no LSN range to name it by.
 pub fn compaction_run(files: &[SnapshotFile], evicted_lsn: Lsn) -> Option<std::ops::Range<usize>> {
+    let kept = |f: &SnapshotFile| f.bytes >= COMPACT_FILE_BYTES || f.max_lsn == Lsn::ZERO;
     let mut start = 0;
     for i in 0..=files.len() {
         let breaks = i == files.len()
-            || files[i].bytes >= COMPACT_FILE_BYTES
+            || kept(&files[i])
             || (i > start && (files[i - 1].max_lsn <= evicted_lsn) != (files[i].max_lsn <= evicted_lsn));
         if breaks {
             if i - start >= COMPACT_RUN_FILES {
                 return Some(start..i);
             }
-            start = if i < files.len() && files[i].bytes >= COMPACT_FILE_BYTES { i + 1 } else { i };
+            start = if i < files.len() && kept(&files[i]) { i + 1 } else { i };
         }
     }
     None
@@ -47,7 +50,7 @@ impl SnapshotStore {
         };
         let first = c.sources.first().expect("a run of files");
         let last = c.sources.last().expect("a run of files");
-        let merged_name = file_name(first.min_lsn, last.max_lsn);
+        let merged_name = file_name(&self.node, first.min_lsn, last.max_lsn);
         let path = self.file_path(&c.dataset, &merged_name);
         let objects: Vec<_> = c.sources.iter().map(|f| self.object(&c.dataset, f)).collect();
         let bytes = self.upload(&path, c.schema.clone(), read_objects(objects, c.schema.clone())).await?;

@@ -148,6 +148,8 @@ pub struct SnapshotStore {
     prefix: ObjectPath,
     /// The root as a URL, without a trailing slash.
     root_url: Url,
+    /// This node's name in commits and file names.
+    node: String,
     /// `longbow-<node>-shard-` ; the shard's number follows.
     app_prefix: String,
     pub retention: Duration,
@@ -217,11 +219,12 @@ fn parquet_err<'a>(op: &'static str, path: &'a ObjectPath) -> impl FnOnce(parque
     move |e| Error::store(format!("{op} {path}"), e)
 }
 
-/// `part-<min>-<max>.parquet` (and `part-<max>.parquet`, written before
-/// merges named both ends): `(min, max)`, `min` 0 when unnamed.
+/// `part-<min>-<max>-n<node>.parquet` (and `part-<min>-<max>.parquet` and
+/// `part-<max>.parquet` of earlier versions): `(min, max)`, `min` 0 when
+/// unnamed.
 pub fn parse_file_name(name: &str) -> Option<(Lsn, Lsn)> {
     let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
-    let mut parts = stem.split('-');
+    let mut parts = stem.splitn(3, '-');
     let a: Lsn = parts.next()?.parse().ok()?;
     match parts.next() {
         None => Some((Lsn::ZERO, a)),
@@ -229,8 +232,11 @@ pub fn parse_file_name(name: &str) -> Option<(Lsn, Lsn)> {
     }
 }
 
-pub fn file_name(min_lsn: Lsn, max_lsn: Lsn) -> String {
-    format!("part-{min_lsn:020}-{max_lsn:020}.parquet")
+/// A file of `node` holding the rows logged from `min_lsn` to `max_lsn`.
+/// The node is in the name because LSNs are a node's own: after a dataset
+/// moved between nodes, both write into its table.
+pub fn file_name(node: &str, min_lsn: Lsn, max_lsn: Lsn) -> String {
+    format!("part-{min_lsn:020}-{max_lsn:020}-n{node}.parquet")
 }
 
 fn now_millis() -> i64 {
@@ -302,6 +308,7 @@ impl SnapshotStore {
             store,
             prefix,
             root_url,
+            node: node.to_owned(),
             app_prefix,
             retention,
             compression,
@@ -525,9 +532,14 @@ impl SnapshotStore {
     }
 
     /// Reads every table under the root (at startup), or those `owns` keeps:
-    /// what each dataset's recovery needs. A drop a crash interrupted is
-    /// finished; a directory with no Delta log is skipped.
-    pub async fn load_all(self: Arc<Self>, owns: Option<crate::engine::Owns>) -> Result<Vec<TableState>> {
+    /// what each dataset's recovery needs (`shards`: this node's shard
+    /// count, which picks each dataset's app id). A drop a crash
+    /// interrupted is finished; a directory with no Delta log is skipped.
+    pub async fn load_all(
+        self: Arc<Self>,
+        owns: Option<crate::engine::Owns>,
+        shards: usize,
+    ) -> Result<Vec<TableState>> {
         let mut out = Vec::new();
         for name in self.clone().list_datasets().await? {
             // Another node's table: that node loads it (and finishes its drop).
@@ -543,16 +555,24 @@ impl SnapshotStore {
             if let Err(e) = self.vacuum_full(&name).await {
                 tracing::warn!(dataset = name, error = %e, "vacuum at start failed; retried at the next");
             }
-            if let Some(state) = self.load(&name).await? {
+            if let Some(state) = self.load(&name, crate::routing::shard_for(&name, shards)).await? {
                 out.push(state);
             }
         }
         Ok(out)
     }
 
-    /// One table's state: its active files (by LSN), and the newest Longbow
-    /// commit's schema, covered LSN and producers.
-    pub async fn load(&self, dataset: &str) -> Result<Option<TableState>> {
+    /// One table's state as `shard` of this node sees it: its active files,
+    /// the newest Longbow commit's schema and producers, and the LSN up to
+    /// which this node's rows are in the table.
+    ///
+    /// LSNs are a node's own. When the newest commit is another node's (the
+    /// dataset moved here), the covered LSN is this shard's `txn` version
+    /// (zero if it never wrote), and files whose LSNs lie above it are
+    /// another node's: they get LSN 0, below every row of this node, so
+    /// they count as evicted rows and are read, never taken for rows still
+    /// in memory.
+    pub async fn load(&self, dataset: &str, shard: crate::ShardId) -> Result<Option<TableState>> {
         let Some(table) = self.current_table(dataset).await? else { return Ok(None) };
         let mut info = None;
         for limit in [Some(HISTORY_LOOKBACK), None] {
@@ -572,6 +592,10 @@ impl SnapshotStore {
             offset: 0,
             reason: format!("Longbow's commitInfo: {e}"),
         })?;
+        if manifest.node.as_ref().is_some_and(|n| *n != self.node) {
+            let own = Self::committed_version(&table, &self.app_id(shard)).await?;
+            manifest.covered_lsn = own.map_or(Lsn::ZERO, Lsn::from_i64);
+        }
         let snapshot = table.snapshot().map_err(delta_err("reading the table", dataset))?;
         let mut files = Vec::new();
         for f in snapshot.log_data().iter() {
@@ -591,6 +615,10 @@ impl SnapshotStore {
                 files[i].min_lsn = if i == 0 { Lsn(1) } else { files[i - 1].max_lsn + 1 };
             }
         }
+        for f in files.iter_mut().filter(|f| f.max_lsn > manifest.covered_lsn) {
+            (f.min_lsn, f.max_lsn) = (Lsn::ZERO, Lsn::ZERO);
+        }
+        files.sort_by_key(|f| (f.max_lsn, f.min_lsn));
         manifest.dataset = dataset.to_owned();
         manifest.files = files;
         Ok(Some(TableState { manifest, version: snapshot.version() }))
@@ -636,7 +664,7 @@ mod tests {
 
     fn rows(store: &Arc<SnapshotStore>) -> Vec<i64> {
         let s = store.clone();
-        let state = store.block_on(async move { s.load("t").await }).unwrap().unwrap();
+        let state = store.block_on(async move { s.load("t", crate::ShardId(0)).await }).unwrap().unwrap();
         let objects: Vec<_> = state.manifest.files.iter().map(|f| store.object("t", f)).collect();
         let schema = batch(0..0).schema();
         let batches: Vec<RecordBatch> =

@@ -85,7 +85,8 @@ impl SnapshotStore {
     }
 
     pub(super) fn commit_info(&self, manifest: &Manifest) -> (String, serde_json::Value) {
-        (COMMIT_INFO_KEY.to_owned(), serde_json::to_value(manifest).expect("manifest serializes"))
+        let manifest = Manifest { node: Some(self.node.clone()), ..manifest.clone() };
+        (COMMIT_INFO_KEY.to_owned(), serde_json::to_value(&manifest).expect("manifest serializes"))
     }
 
     /// Whether `name` is one of the table's files.
@@ -94,7 +95,7 @@ impl SnapshotStore {
     }
 
     /// The covered LSN app `app_id` committed to `dataset`'s table, if any.
-    async fn committed_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    pub(super) async fn committed_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
         let name = table.table_url().to_string();
         let snapshot = table.snapshot().map_err(delta_err("reading the table", &name))?;
         snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(delta_err("reading txn", &name))
@@ -128,7 +129,7 @@ impl SnapshotStore {
         let mut actions = Vec::new();
         let mut file = None;
         if rows > 0 {
-            let name = file_name(min_lsn, w.covered_lsn);
+            let name = file_name(&self.node, min_lsn, w.covered_lsn);
             let path = self.file_path(&w.dataset, &name);
             let batches = futures::stream::iter(w.batches.into_iter().map(|(_, b)| Ok(b)));
             let bytes = self.upload(&path, w.schema.clone(), batches).await?;
