@@ -129,6 +129,11 @@ impl Peers {
         Ok(self.clients[owner].clone().map(|c| (owner, c)))
     }
 
+    /// Node `n`'s client (`None` for this node).
+    pub fn client(&self, n: usize) -> Option<FlightServiceClient<Channel>> {
+        self.clients.get(n).cloned().flatten()
+    }
+
     /// The other nodes' clients, with their indexes.
     pub fn others(&self) -> impl Iterator<Item = (usize, FlightServiceClient<Channel>)> + '_ {
         self.clients.iter().enumerate().filter_map(|(i, c)| c.clone().map(|c| (i, c)))
@@ -147,6 +152,80 @@ impl Peers {
 
 pub fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_HEADER)
+}
+
+/// The action with which a node that handed a dataset over tells its owner
+/// to read the dataset's table again.
+pub const REFRESH_ACTION: &str = "refresh_dataset";
+
+/// Hands each of `datasets` (held here, owned by another node under the
+/// current node list) over to its owner: the engine commits the WAL tail
+/// into the shared table and forgets the dataset, then the owner is told
+/// to read the table again. Both steps are retried until they succeed
+/// (the object store or the owner may be down for a while); meanwhile the
+/// WAL keeps the rows, and calls for the dataset already go to its owner.
+pub async fn hand_over(
+    engine: longbow_engine::Engine,
+    peers: std::sync::Arc<Peers>,
+    datasets: Vec<String>,
+    pending: prometheus_client::metrics::gauge::Gauge,
+) {
+    use futures::StreamExt;
+    pending.set(datasets.len() as i64);
+    futures::stream::iter(datasets)
+        .for_each_concurrent(HANDOVERS_AT_ONCE, |name| {
+            let (engine, peers, pending) = (engine.clone(), peers.clone(), pending.clone());
+            async move {
+                let owner = peers.cluster.owner(&name);
+                let mut backoff = Backoff::default();
+                loop {
+                    match engine.hand_over(&name).await {
+                        Ok(()) | Err(longbow_engine::Error::NotFound(_)) => break,
+                        Err(e) => {
+                            tracing::warn!(dataset = name, owner, error = %e, "handover failed; the WAL keeps the rows, retried");
+                            backoff.wait().await;
+                        }
+                    }
+                }
+                let mut backoff = Backoff::default();
+                while let Some(mut client) = peers.client(owner) {
+                    let action = arrow_flight::Action { r#type: REFRESH_ACTION.into(), body: name.clone().into() };
+                    let told = async {
+                        let mut results = client.do_action(peers.forward(action)).await?.into_inner();
+                        while results.message().await?.is_some() {}
+                        Ok::<_, Status>(())
+                    };
+                    match told.await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(dataset = name, owner, error = %e, "telling the owner to read a handed-over table failed; retried");
+                            backoff.wait().await;
+                        }
+                    }
+                }
+                tracing::info!(dataset = name, owner, "handed over");
+                pending.dec();
+            }
+        })
+        .await;
+}
+
+const HANDOVERS_AT_ONCE: usize = 4;
+
+/// 0.5 s, doubling up to 30 s.
+struct Backoff(std::time::Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(std::time::Duration::from_millis(500))
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// Rendezvous score of `dataset` on node `n`: CRC-32C of the name and the

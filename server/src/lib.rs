@@ -328,19 +328,24 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
     let planner = sql::SqlEngine::new(engine.clone(), config.query_memory.as_u64())
         .map_err(|e| ServerError::Config(format!("SQL engine: {}", e.message())))?;
+    let shared_store = !cluster.peers.is_empty()
+        && !matches!(
+            longbow_engine::snapshot::Location::parse(&config.snapshot_path),
+            Ok(longbow_engine::snapshot::Location::Local(_))
+        );
+    let mut foreign = Vec::new();
     if !cluster.peers.is_empty() {
         tracing::info!(node = cluster.node, peers = ?cluster.peers, "one of several nodes: datasets are owned by a rendezvous hash of their names");
-        // IMPORTANT: moving datasets between nodes (a handover) is not
-        // built: data held here for a dataset another node now owns would
-        // be unreachable behind the forwarding, so the start is refused.
         let held = engine.list().await?;
-        let foreign: Vec<String> = held.iter().filter(|d| !cluster.owns(&d.name)).map(|d| d.name.clone()).collect();
-        if !foreign.is_empty() {
+        foreign = held.iter().filter(|d| !cluster.owns(&d.name)).map(|d| d.name.clone()).collect();
+        // IMPORTANT: a handover goes through the snapshot table, which the
+        // new owner must be able to read: one object store for all nodes.
+        if !foreign.is_empty() && !shared_store {
             let _ = engine.shutdown().await;
             return Err(ServerError::Cluster(format!(
                 "this node (node id {}) holds data of {} dataset(s) that another node owns under LONGBOW_PEERS ({}): \
-                 the node list changed, and moving datasets between nodes is not supported yet; start with the \
-                 previous LONGBOW_PEERS",
+                 the node list changed, and handing datasets over needs LONGBOW_SNAPSHOT_PATH on an object store \
+                 that every node shares; start with the previous LONGBOW_PEERS",
                 cluster.node,
                 foreign.len(),
                 foreign.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
@@ -350,6 +355,18 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let peers = Arc::new(
         cluster::Peers::new(cluster, config.auth_token.as_deref(), max_message).map_err(ServerError::Cluster)?,
     );
+    let handovers = (!foreign.is_empty()).then(|| {
+        tracing::info!(
+            datasets = foreign.len(),
+            "the node list changed: handing the datasets other nodes own now over to them"
+        );
+        tokio::spawn(cluster::hand_over(
+            engine.clone(),
+            peers.clone(),
+            foreign,
+            gateway_metrics.handovers_pending.clone(),
+        ))
+    });
     let flight = FlightServiceServer::new(flight::LongbowFlight::new(
         engine.clone(),
         gateway_metrics,
@@ -403,6 +420,20 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
             seconds = drain.as_secs(),
             "in-flight requests still open after the drain timeout; closing them"
         ),
+    }
+    if let Some(h) = handovers {
+        h.abort();
+    }
+    if shared_store {
+        // A node that stops may not come back (the cluster shrinks): its
+        // WAL tail goes to the shared tables, where the next owner finds it.
+        match tokio::time::timeout(drain, engine.snapshot(None)).await {
+            Ok(Ok(r)) => tracing::info!(rows = r.rows_written, "snapshot at shutdown written"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot at shutdown failed; the WAL keeps the rows"),
+            Err(_) => {
+                tracing::warn!("snapshot at shutdown did not finish in the drain timeout; the WAL keeps the rows")
+            }
+        }
     }
     // Queued writes are committed before each shard seals its WAL and stops.
     let closing = engine.clone();

@@ -100,6 +100,8 @@ pub struct GatewayMetrics {
     pub active_streams: Family<MethodLabel, Gauge>,
     pub do_get_rows: Counter,
     pub do_get_bytes: Counter,
+    /// Datasets this node holds for another node, not handed over yet.
+    pub handovers_pending: Gauge,
     storage: StorageGauges,
 }
 
@@ -135,6 +137,7 @@ impl Default for GatewayMetrics {
             active_streams,
             do_get_rows: Counter::default(),
             do_get_bytes: Counter::default(),
+            handovers_pending: Gauge::default(),
             storage: StorageGauges::default(),
         }
     }
@@ -167,6 +170,11 @@ impl GatewayMetrics {
             "longbow_do_get_bytes",
             "Bytes of FlightData (header and body) DoGet sent",
             self.do_get_bytes.clone(),
+        );
+        registry.register(
+            "longbow_handovers_pending",
+            "Datasets this node holds that another node owns under LONGBOW_PEERS, not yet handed over to it",
+            self.handovers_pending.clone(),
         );
         let s = &self.storage;
         registry.register("longbow_wal_disk_bytes", "Bytes of a shard's WAL segments on disk", s.wal_bytes.clone());

@@ -45,6 +45,8 @@ class Node:
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         for line in self.proc.stdout:
             if line.startswith("longbow ready"):
+                fields = dict(w.split("=", 1) for w in line.split()[2:])
+                self.metrics_addr = fields["metrics"]
                 break
         else:
             raise RuntimeError(f"node {node} exited with {self.proc.wait()}")
@@ -52,6 +54,11 @@ class Node:
 
     def client(self) -> fl.FlightClient:
         return fl.connect(self.url)
+
+    def metrics(self) -> str:
+        import urllib.request
+        with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=10) as r:
+            return r.read().decode()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -122,14 +129,15 @@ def test_any_node_takes_any_call(cluster):
             node.client().get_flight_info(fl.FlightDescriptor.for_path(name))
 
 
-def test_a_node_holding_datasets_another_node_would_own_refuses_to_start(cluster, tmp_path):
+def test_a_node_holding_datasets_another_node_would_own_refuses_to_start_without_a_shared_store(cluster, tmp_path):
     writer = cluster[0].client()
     for i in range(20):
         put(writer, f"ds-{i}", [vectors(i * 100, 100)])
     for n in cluster:
         n.kill()
     # A fourth node: rendezvous hashing moves about a quarter of each
-    # node's datasets to it, and moving them is not built yet.
+    # node's datasets to it, and a handover goes through the snapshot
+    # tables, which these nodes do not share (each has its own directory).
     ports = free_ports(1)
     peers = [n.url for n in cluster] + [f"grpc://127.0.0.1:{ports[0]}"]
     data = tmp_path / "node-0"
@@ -140,6 +148,7 @@ def test_a_node_holding_datasets_another_node_would_own_refuses_to_start(cluster
         capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "another node owns under LONGBOW_PEERS" in proc.stderr, proc.stderr[-2000:]
+    assert "an object store that every node shares" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_node_killed_during_ingest_loses_no_acknowledged_batch(cluster, tmp_path):

@@ -225,7 +225,7 @@ pub(super) fn refresh(state: &Rc<State>, dataset: String, reply: Reply<()>) {
         let _permit = state.snapshot_lock.acquire_permit(1).await;
         let store = state.store.clone();
         let (name, shard) = (dataset.clone(), state.id);
-        let r = match state.store.io(async move { store.load(&name, shard).await }).await {
+        let r = match state.store.io(async move { store.load(&name, Some(shard)).await }).await {
             Err(e) => Err(e),
             Ok(None) => Ok(()),
             Ok(Some(_)) if state.dropping.borrow().contains_key(&dataset) => Ok(()),
@@ -353,7 +353,7 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
         // they are (a failure here is retried like any snapshot's).
         let store = state.store.clone();
         let (owned, shard) = (name.to_owned(), state.id);
-        match state.store.io(async move { store.load(&owned, shard).await }).await? {
+        match state.store.io(async move { store.load(&owned, Some(shard)).await }).await? {
             Some(t) => files = t.manifest.files,
             None => return Err(Error::NotFound(name.to_owned())),
         }

@@ -227,7 +227,7 @@ mod tests {
         assert!(d.join("_delta_log").is_dir());
         assert!(crate::snapshot::migrate(&root, &store, 1).unwrap().is_empty(), "once");
         let s = store.clone();
-        let t = store.block_on(async move { s.load("ds", crate::ShardId(0)).await }).unwrap().unwrap();
+        let t = store.block_on(async move { s.load("ds", None).await }).unwrap().unwrap();
         assert_eq!(t.manifest.covered_lsn, Lsn(1));
         assert_eq!(t.manifest.files, vec![file]);
         assert_eq!(t.manifest.schema().unwrap(), batch.schema());

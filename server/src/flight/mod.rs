@@ -144,6 +144,10 @@ const ACTIONS: &[(&str, &str)] = &[
         "Write Parquet snapshots now and answer once they are durable; body: empty for all datasets, or a dataset name",
     ),
     ("drop_dataset", "Remove a dataset from memory, snapshots and (durably) the WAL; body: the dataset name"),
+    (
+        crate::cluster::REFRESH_ACTION,
+        "Read a dataset's snapshot table again (sent by the node that handed the dataset over); body: the dataset name",
+    ),
 ];
 
 /// An action body that must name a dataset: checked exactly as DoPut checks
@@ -425,6 +429,14 @@ impl FlightService for LongbowFlight {
                     }
                     self.engine.drop_dataset(&name).await.map_err(into_status)?;
                     Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
+                }
+                crate::cluster::REFRESH_ACTION => {
+                    let name = body_name(&action, true)?.expect("required");
+                    if let Some(r) = self.forward_action(&name, &action, forwarded).await {
+                        return r;
+                    }
+                    self.engine.refresh(&name).await.map_err(into_status)?;
+                    Ok(Response::new(one_result(serde_json::json!({ "refreshed": name }))))
                 }
                 other => Err(Status::unimplemented(format!(
                     "unknown action {other:?}; known: {}",

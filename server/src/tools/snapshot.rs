@@ -163,7 +163,7 @@ fn table(root: &Path, name: &str) -> Result<Option<Manifest>, String> {
         SnapshotStore::open(Location::Local(root.to_owned()), None, "ls", DEFAULT_RETENTION, Default::default())
             .map_err(|e| e.to_string())?;
     let (s, n) = (store.clone(), name.to_owned());
-    store.block_on(async move { s.load(&n).await }).map(|t| t.map(|t| t.manifest)).map_err(|e| e.to_string())
+    store.block_on(async move { s.load(&n, None).await }).map(|t| t.map(|t| t.manifest)).map_err(|e| e.to_string())
 }
 
 fn dataset(root: &Path, name: &str) -> io::Result<Vec<Entry>> {

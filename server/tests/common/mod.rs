@@ -450,7 +450,7 @@ pub fn table_files(root: &Path, dataset: &str) -> Vec<String> {
             .expect("open the snapshot store");
     let name = dataset.to_owned();
     let s = store.clone();
-    let state = store.block_on(async move { s.load(&name).await }).expect("load the table");
+    let state = store.block_on(async move { s.load(&name, None).await }).expect("load the table");
     let mut names: Vec<String> =
         state.map(|t| t.manifest.files.into_iter().map(|f| f.name).collect()).unwrap_or_default();
     names.sort();

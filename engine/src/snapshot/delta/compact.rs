@@ -188,4 +188,14 @@ mod tests {
         mixed[5] = file(5, COMPACT_FILE_BYTES);
         assert_eq!(compaction_run(&mixed, Lsn(0)), None);
     }
+
+    #[test]
+    fn files_another_node_wrote_are_never_merged() {
+        // Handed over: LSN 0 here, before this node's own files.
+        let mut files: Vec<_> =
+            (0..8).map(|i| SnapshotFile { min_lsn: Lsn(0), max_lsn: Lsn(0), ..file(i, 1) }).collect();
+        assert_eq!(compaction_run(&files, Lsn(0)), None);
+        files.extend((8..16).map(|i| file(i, 1000)));
+        assert_eq!(compaction_run(&files, Lsn(200)), Some(8..16));
+    }
 }

@@ -555,7 +555,7 @@ impl SnapshotStore {
             if let Err(e) = self.vacuum_full(&name).await {
                 tracing::warn!(dataset = name, error = %e, "vacuum at start failed; retried at the next");
             }
-            if let Some(state) = self.load(&name, crate::routing::shard_for(&name, shards)).await? {
+            if let Some(state) = self.load(&name, Some(crate::routing::shard_for(&name, shards))).await? {
                 out.push(state);
             }
         }
@@ -571,8 +571,9 @@ impl SnapshotStore {
     /// (zero if it never wrote), and files whose LSNs lie above it are
     /// another node's: they get LSN 0, below every row of this node, so
     /// they count as evicted rows and are read, never taken for rows still
-    /// in memory.
-    pub async fn load(&self, dataset: &str, shard: crate::ShardId) -> Result<Option<TableState>> {
+    /// in memory. `shard` `None`: the table as its newest commit describes
+    /// it (tools).
+    pub async fn load(&self, dataset: &str, shard: Option<crate::ShardId>) -> Result<Option<TableState>> {
         let Some(table) = self.current_table(dataset).await? else { return Ok(None) };
         let mut info = None;
         for limit in [Some(HISTORY_LOOKBACK), None] {
@@ -592,7 +593,7 @@ impl SnapshotStore {
             offset: 0,
             reason: format!("Longbow's commitInfo: {e}"),
         })?;
-        if manifest.node.as_ref().is_some_and(|n| *n != self.node) {
+        if let Some(shard) = shard.filter(|_| manifest.node.as_ref().is_some_and(|n| *n != self.node)) {
             let own = Self::committed_version(&table, &self.app_id(shard)).await?;
             manifest.covered_lsn = own.map_or(Lsn::ZERO, Lsn::from_i64);
         }
@@ -664,7 +665,7 @@ mod tests {
 
     fn rows(store: &Arc<SnapshotStore>) -> Vec<i64> {
         let s = store.clone();
-        let state = store.block_on(async move { s.load("t", crate::ShardId(0)).await }).unwrap().unwrap();
+        let state = store.block_on(async move { s.load("t", None).await }).unwrap().unwrap();
         let objects: Vec<_> = state.manifest.files.iter().map(|f| store.object("t", f)).collect();
         let schema = batch(0..0).schema();
         let batches: Vec<RecordBatch> =
