@@ -30,12 +30,13 @@ impl Cluster {
             .map(|p| p.trim_end_matches('/').to_owned())
             .collect();
         for p in &peers {
-            if !(p.starts_with("grpc://") || p.starts_with("grpc+tcp://")) {
-                return Err(format!(
-                    "peer {p:?}: expected a plain Flight URL (grpc://host:port); forwarding over TLS between nodes \
-                     is not built yet"
-                ));
+            if !(p.starts_with("grpc://") || p.starts_with("grpc+tcp://") || p.starts_with("grpc+tls://")) {
+                return Err(format!("peer {p:?}: expected a Flight URL (grpc://host:port or grpc+tls://host:port)"));
             }
+        }
+        let tls = peers.iter().filter(|p| p.starts_with("grpc+tls://")).count();
+        if tls != 0 && tls != peers.len() {
+            return Err("LONGBOW_PEERS mixes grpc+tls:// and plaintext URLs: the nodes serve TLS or all do not".into());
         }
         if !peers.is_empty() && node >= peers.len() {
             return Err(format!("node id {node} is not an index into the {} peers of LONGBOW_PEERS", peers.len()));
@@ -44,6 +45,11 @@ impl Cluster {
             return Err(format!("node id {node} needs LONGBOW_PEERS listing every node"));
         }
         Ok(Self { node, peers })
+    }
+
+    /// Whether the nodes talk TLS (`grpc+tls://` peers).
+    pub fn tls(&self) -> bool {
+        self.peers.first().is_some_and(|p| p.starts_with("grpc+tls://"))
     }
 
     pub fn nodes(&self) -> usize {
@@ -80,20 +86,33 @@ pub struct Peers {
 
 impl Peers {
     /// `auth_token`: this cluster's bearer token, sent on forwarded calls;
-    /// `max_message`: the largest message a forwarded call may carry.
-    pub fn new(cluster: Cluster, auth_token: Option<&str>, max_message: usize) -> Result<Self, String> {
+    /// `max_message`: the largest message a forwarded call may carry;
+    /// `tls`: the client TLS for `grpc+tls://` peers.
+    pub fn new(
+        cluster: Cluster,
+        auth_token: Option<&str>,
+        max_message: usize,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, String> {
         let mut clients = Vec::new();
         for (i, url) in cluster.peers.iter().enumerate() {
             if i == cluster.node {
                 clients.push(None);
                 continue;
             }
-            let http = url.replacen("grpc+tcp://", "http://", 1).replacen("grpc://", "http://", 1);
-            let channel = tonic::transport::Endpoint::from_shared(http)
+            let http = url
+                .replacen("grpc+tcp://", "http://", 1)
+                .replacen("grpc+tls://", "https://", 1)
+                .replacen("grpc://", "http://", 1);
+            let mut endpoint = tonic::transport::Endpoint::from_shared(http)
                 .map_err(|e| format!("peer {url:?}: {e}"))?
                 .connect_timeout(std::time::Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .connect_lazy();
+                .tcp_nodelay(true);
+            if cluster.tls() {
+                let tls = tls.clone().ok_or("grpc+tls:// peers need the node's TLS settings")?;
+                endpoint = endpoint.tls_config(tls).map_err(|e| format!("peer {url:?}: TLS: {e}"))?;
+            }
+            let channel = endpoint.connect_lazy();
             clients.push(Some(
                 FlightServiceClient::new(channel)
                     .max_decoding_message_size(max_message)
@@ -253,6 +272,8 @@ mod tests {
         assert!(Cluster::new(3, "grpc://a:1,grpc://b:1").is_err(), "an index into the peers");
         assert!(Cluster::new(1, "").is_err(), "a node id needs peers");
         assert!(Cluster::new(0, "http://a:1").is_err(), "Flight URLs");
+        assert!(Cluster::new(0, "grpc+tls://a:1,grpc://b:1").is_err(), "all TLS or none");
+        assert!(Cluster::new(1, "grpc+tls://a:1,grpc+tls://b:1").unwrap().tls());
         let single = Cluster::new(0, "").unwrap();
         assert_eq!(single, Cluster { node: 0, peers: Vec::new() });
     }

@@ -228,6 +228,13 @@ pub struct Config {
     #[arg(long, env = "LONGBOW_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// PEM CA certificate(s) this node trusts for its peers' certificates
+    /// when LONGBOW_PEERS names `grpc+tls://` URLs. Default:
+    /// LONGBOW_TLS_CLIENT_CA, else this node's own certificate (nodes that
+    /// share one). The node presents its own certificate to its peers.
+    #[arg(long, env = "LONGBOW_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+
     /// Log filter (tracing `EnvFilter` syntax: `info`, `longbow=debug`, ...).
     #[arg(long, env = "LONGBOW_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

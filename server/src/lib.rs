@@ -246,6 +246,16 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
         arm_faults_from_env(&mut engine_config);
     }
     let cluster = cluster::Cluster::new(config.node_id, &config.peers).map_err(ServerError::Cluster)?;
+    let peer_tls = match (cluster.tls(), &tls) {
+        (true, _) => Some(tls::peer_client(&config.tls(), config.peer_ca.as_deref())?),
+        (false, Some(_)) if !cluster.peers.is_empty() => {
+            return Err(ServerError::Cluster(
+                "this node serves TLS, and LONGBOW_PEERS names plaintext grpc:// URLs; name the nodes grpc+tls://"
+                    .into(),
+            ))
+        }
+        (false, _) => None,
+    };
     if !cluster.peers.is_empty() {
         // Nodes may share one snapshot store: each loads its own tables.
         let owner = cluster.clone();
@@ -353,7 +363,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
         }
     }
     let peers = Arc::new(
-        cluster::Peers::new(cluster, config.auth_token.as_deref(), max_message).map_err(ServerError::Cluster)?,
+        cluster::Peers::new(cluster, config.auth_token.as_deref(), max_message, peer_tls)
+            .map_err(ServerError::Cluster)?,
     );
     let handovers = (!foreign.is_empty()).then(|| {
         tracing::info!(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// A client that connects and then stalls the handshake is dropped after
 /// this long, so it cannot hold a connection slot forever.
@@ -33,6 +33,8 @@ pub enum TlsError {
     KeyWithoutCert,
     #[error("--tls-client-ca (LONGBOW_TLS_CLIENT_CA) needs --tls-cert and --tls-key (the server's own identity)")]
     ClientCaWithoutTls,
+    #[error("LONGBOW_PEERS names grpc+tls:// URLs: this node needs --tls-cert and --tls-key (it serves TLS to its peers too)")]
+    PeersWithoutTls,
     #[error("reading {what} {path:?}: {source}")]
     Read { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{what} {path:?}: {reason}")]
@@ -95,6 +97,21 @@ pub fn load(paths: &TlsPaths) -> Result<Option<Tls>, TlsError> {
         reason: error_chain(&e),
     })?;
     Ok(Some(Tls { config, client_auth: paths.client_ca.is_some(), chain_len }))
+}
+
+/// The TLS a node uses as a client of its peers (`grpc+tls://` in
+/// LONGBOW_PEERS): it trusts `peer_ca`, else the client CA, else its own
+/// certificate (nodes that share one), and presents its own certificate,
+/// which peers that require client certificates check.
+pub fn peer_client(paths: &TlsPaths, peer_ca: Option<&Path>) -> Result<ClientTlsConfig, TlsError> {
+    install_crypto_provider();
+    let (Some(cert), Some(key)) = (&paths.cert, &paths.key) else { return Err(TlsError::PeersWithoutTls) };
+    let roots = peer_ca.or(paths.client_ca.as_deref()).unwrap_or(cert);
+    let roots_pem = read_pem("peer CA", roots)?;
+    count_certificates("peer CA", roots, &roots_pem)?;
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(roots_pem))
+        .identity(Identity::from_pem(read_pem("TLS certificate", cert)?, read_pem("TLS private key", key)?)))
 }
 
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -33,7 +33,7 @@ class Node:
     """Node `node` of `peers`, listening on `port`; its snapshots under its
     own directory, or at `snapshot_path` (a shared bucket, with `env`)."""
 
-    def __init__(self, root: Path, node: int, peers: list[str], port: int, snapshot_path=None, env=None):
+    def __init__(self, root: Path, node: int, peers: list[str], port: int, snapshot_path=None, env=None, extra=()):
         data = root / f"node-{node}"
         data.mkdir(parents=True, exist_ok=True)
         self.log = open(data / "longbow.log", "ab")
@@ -41,7 +41,7 @@ class Node:
             [str(BINARY), "--data-path", str(data / "data"),
              "--snapshot-path", str(snapshot_path or data / "snapshots"),
              "--shards", "1", "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", "127.0.0.1:0",
-             "--pin-cores", "false", "--node-id", f"longbow-{node}", "--peers", ",".join(peers)],
+             "--pin-cores", "false", "--node-id", f"longbow-{node}", "--peers", ",".join(peers), *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         for line in self.proc.stdout:
             if line.startswith("longbow ready"):
@@ -52,8 +52,8 @@ class Node:
             raise RuntimeError(f"node {node} exited with {self.proc.wait()}")
         self.url = peers[node]
 
-    def client(self) -> fl.FlightClient:
-        return fl.connect(self.url)
+    def client(self, **tls) -> fl.FlightClient:
+        return fl.connect(self.url, **tls)
 
     def metrics(self) -> str:
         import urllib.request

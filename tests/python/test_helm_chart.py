@@ -111,41 +111,77 @@ def test_statefulset_shape():
     assert one(docs, "ConfigMap", "lb-longbow-dashboard")["metadata"]["annotations"] == {"grafana_folder": "Storage"}
 
 
+SHARED = {"persistence": {"snapshots": {"objectStore": {
+    "url": "s3://lake/longbow", "existingSecret": "longbow-s3",
+    "env": {"AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://minio.data:9000"}}}}}
+
+
 def test_replicas_are_the_nodes_of_one_store():
-    docs = render("values-minimal.yaml", overrides={"replicaCount": 3})
+    docs = render("values-minimal.yaml", overrides={"replicaCount": 3, **SHARED})
     for d in docs:
         if not d["apiVersion"].startswith("monitoring.coreos.com"):
             kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
-    assert one(docs, "StatefulSet")["spec"]["replicas"] == 3
-    env = env_of(server(docs))
+    sts = one(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    container = server(docs)
+    env = env_of(container)
     assert env["LONGBOW_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     port = one(docs, "Service", "lb-longbow-headless")["spec"]["ports"][0]["port"]
     assert env["LONGBOW_PEERS"]["value"].split(",") == [
         f"grpc://lb-longbow-{i}.lb-longbow-headless.data.svc:{port}" for i in range(3)
     ]
+    # One object store for all: the snapshot tables, and no snapshots claim.
+    assert env["LONGBOW_SNAPSHOT_PATH"]["value"] == "s3://lake/longbow"
+    assert env["AWS_REGION"]["value"] == "eu-west-1"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.data:9000"
+    assert container["envFrom"] == [{"secretRef": {"name": "longbow-s3"}}]
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["wal"]
+    assert "snapshots" not in {m["name"] for m in container["volumeMounts"]}
+    assert "LONGBOW_PEER_CA" not in env
     # One replica: no peers, today's single-node store.
     env = env_of(server(render("values-minimal.yaml")))
     assert "LONGBOW_PEERS" not in env and "LONGBOW_NODE_ID" not in env
 
 
 def test_replicas_reach_each_other_through_the_network_policy():
-    over = {"replicaCount": 3, "networkPolicy": {"enabled": True}}
+    over = {"replicaCount": 3, "networkPolicy": {"enabled": True}, **SHARED}
     policy = one(render("values-full.yaml", overrides=over), "NetworkPolicy")
     sources = policy["spec"]["ingress"][0]["from"]
     selectors = [f["podSelector"]["matchLabels"] for f in sources if "podSelector" in f]
     assert {"app.kubernetes.io/name": "longbow", "app.kubernetes.io/instance": "lb"} in selectors, selectors
 
 
-def test_several_replicas_with_tls_fail_with_the_reason():
+def test_several_replicas_need_a_shared_object_store():
     for n in (2, 3):
         with pytest.raises(helm.HelmRenderError) as e:
-            render("values-full.yaml", overrides={"replicaCount": n, "tls": {"enabled": True, "secretName": "t"}})
+            render("values-full.yaml", overrides={"replicaCount": n})
         message = str(e.value)
-        assert f"replicaCount is {n} with tls.enabled" in message, message
-        assert "forwarding over TLS is not built yet" in message
+        assert f"replicaCount is {n} without persistence.snapshots.objectStore.url" in message, message
     for n in (0, 1):  # 0: scaled down for maintenance
-        over = {"replicaCount": n, "tls": {"enabled": True, "secretName": "t"}}
-        assert one(render("values-full.yaml", overrides=over), "StatefulSet")["spec"]["replicas"] == n
+        assert one(render("values-full.yaml", overrides={"replicaCount": n}), "StatefulSet")["spec"]["replicas"] == n
+
+
+@pytest.mark.parametrize("trust_ca", [True, False])
+def test_several_replicas_with_tls_talk_tls_to_each_other(trust_ca):
+    over = {"replicaCount": 3, "tls": {"enabled": True, "secretName": "t", "peersTrustCa": trust_ca}, **SHARED}
+    docs = render("values-full.yaml", overrides=over)
+    for d in docs:
+        if not d["apiVersion"].startswith("monitoring.coreos.com"):
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+    env = env_of(server(docs))
+    assert all(p.startswith("grpc+tls://lb-longbow-") for p in env["LONGBOW_PEERS"]["value"].split(","))
+    assert env["LONGBOW_TLS_CERT"]["value"] == "/etc/longbow-tls/tls.crt"
+    if trust_ca:
+        assert env["LONGBOW_PEER_CA"]["value"] == "/etc/longbow-tls/ca.crt"
+    else:
+        assert "LONGBOW_PEER_CA" not in env
+
+
+def test_one_replica_on_an_object_store():
+    docs = render("values-minimal.yaml", overrides=SHARED)
+    sts = one(docs, "StatefulSet")
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["wal"]
+    assert env_of(server(docs))["LONGBOW_SNAPSHOT_PATH"]["value"] == "s3://lake/longbow"
 
 
 def test_alerts_and_dashboard_are_the_shipped_files():
@@ -370,6 +406,9 @@ BAD_VALUES = [
     {"config": {"listenAddr": "localhost:3000"}},
     {"persistence": {"wal": {"size": "big"}}},
     {"persistence": {"snapshots": {"mountPath": "snapshots"}}},
+    {"persistence": {"snapshots": {"objectStore": {"url": "/mnt/lake"}}}},  # a path, not an object store
+    {"persistence": {"snapshots": {"objectStore": {"env": {"AWS-REGION": "x"}}}}},
+    {"tls": {"enabled": True, "secretName": "t", "peersTrustCa": "yes"}},
     {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Keep"}},
     {"podAntiAffinityPreset": "medium"},
     {"topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}]},

@@ -240,3 +240,61 @@ def test_bench_harness_over_tls(pki, tmp_path):
         assert s.stop() == 0
     finally:
         s.kill()
+
+
+@pytest.mark.parametrize("mutual", [True, False], ids=["mutual-tls", "one-shared-certificate"])
+def test_three_nodes_forward_to_each_other_over_tls(tmp_path, mutual):
+    """Peers named grpc+tls://. With mutual TLS each node trusts the CA of
+    LONGBOW_TLS_CLIENT_CA for its peers too, and presents its own
+    certificate to them; without, nodes that share one self-signed
+    certificate trust it. Writes through one node reach every owner, and
+    every node serves every dataset."""
+    from test_cluster import Node, free_ports, read_all
+    from test_pyarrow_e2e import put, vectors
+
+    ca_cert, ca_key, ca_pem, _ = issue("longbow cluster CA", ca=True)
+    if mutual:
+        _, _, node_pem, node_key = issue("longbow node", LOCALHOST, issuer=(ca_cert, ca_key))
+        _, _, client_pem, client_key = issue("client", issuer=(ca_cert, ca_key))
+        creds = {"tls_root_certs": ca_pem, "cert_chain": client_pem, "private_key": client_key}
+    else:
+        _, _, node_pem, node_key = issue("longbow node", LOCALHOST)
+        creds = {"tls_root_certs": node_pem}
+    for name, data in {"ca.pem": ca_pem, "node.pem": node_pem, "node.key": node_key}.items():
+        (tmp_path / name).write_bytes(data)
+    tls = ["--tls-cert", str(tmp_path / "node.pem"), "--tls-key", str(tmp_path / "node.key")]
+    if mutual:
+        tls += ["--tls-client-ca", str(tmp_path / "ca.pem")]
+    ports = free_ports(3)
+    peers = [f"grpc+tls://127.0.0.1:{p}" for p in ports]
+    nodes = [Node(tmp_path, i, peers, ports[i], extra=tls) for i in range(3)]
+    try:
+        c = nodes[0].client(**creds)
+        names = [f"t-{i}" for i in range(9)]
+        for k, name in enumerate(names):
+            acks = put(c, name, [vectors(k * 100, 100)])
+            assert [a["rows"] for a in acks] == [100]
+        owners = set()
+        for n in nodes:
+            client = n.client(**creds)
+            for k, name in enumerate(names):
+                assert sorted(read_all(client, name).column("id").to_pylist()) == list(range(k * 100, k * 100 + 100))
+                info = client.get_flight_info(fl.FlightDescriptor.for_path(name))
+                owners.add(info.endpoints[0].locations[0].uri.decode())
+        assert owners == set(peers), "the datasets spread over the three nodes, each named by its TLS URL"
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def test_tls_peers_need_the_node_to_serve_tls(tmp_path):
+    from test_cluster import free_ports
+
+    ports = free_ports(2)
+    proc = subprocess.run(
+        [str(BINARY), "--data-path", str(tmp_path / "data"), "--snapshot-path", str(tmp_path / "snapshots"),
+         "--shards", "1", "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--pin-cores", "false",
+         "--node-id", "0", "--peers", ",".join(f"grpc+tls://127.0.0.1:{p}" for p in ports)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "this node needs --tls-cert and --tls-key" in proc.stderr, proc.stderr[-2000:]

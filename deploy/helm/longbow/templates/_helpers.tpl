@@ -59,7 +59,8 @@ grpc:
 {{- $name := include "longbow.fullname" . -}}
 {{- $peers := list -}}
 {{- range $i := until (int .Values.replicaCount) -}}
-{{- $peers = append $peers (printf "grpc://%s-%d.%s-headless.%s.svc:%v" $name $i $name $.Release.Namespace $.Values.service.flightPort) -}}
+{{- $scheme := ternary "grpc+tls" "grpc" (and $.Values.tls.enabled true) -}}
+{{- $peers = append $peers (printf "%s://%s-%d.%s-headless.%s.svc:%v" $scheme $name $i $name $.Release.Namespace $.Values.service.flightPort) -}}
 {{- end -}}
 {{- join "," $peers -}}
 {{- end -}}
