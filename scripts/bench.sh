@@ -249,9 +249,26 @@ if [ -x "$WEED" ]; then
     done
     $BENCH snapshot --spawn-server --shards 1 --mib "$SNAP_S3_MIB" --data-path "$DIR/snap-local-data" \
         --snapshot-path "$DIR/snap-local" --name snapshot-local --output-format json >"$OUT/snapshot-local.json"
+    # What the S3 server costs on this host: it shares the CPUs with longbow.
+    weed_cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / t}' "/proc/$WEED_PID/stat"; }
+    cpu0=$(weed_cpu)
     $BENCH snapshot --spawn-server --shards 1 --mib "$SNAP_S3_MIB" --data-path "$DIR/snap-s3-data" \
         --snapshot-path s3://bench-snapshots/run $(printf -- '--server-env %s ' "${s3env[@]}") \
         --name snapshot-s3 --output-format json >"$OUT/snapshot-s3.json"
+    cpu1=$(weed_cpu)
+    # The S3 server's own PUT rate (boto3 multipart, 8 MiB parts, 4 at once).
+    raw=$(env "${s3env[@]}" MIB="$SNAP_S3_MIB" $PY -c '
+import io, os, time, boto3
+from boto3.s3.transfer import TransferConfig
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+data, cfg = os.urandom(int(os.environ["MIB"]) << 20), TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
+s3.upload_fileobj(io.BytesIO(data[: 16 << 20]), "bench-snapshots", "warm-up", Config=cfg)
+t = time.time(); s3.upload_fileobj(io.BytesIO(data), "bench-snapshots", "raw-put", Config=cfg)
+print(round(len(data) / (1 << 20) / (time.time() - t), 1))')
+    cpu2=$(weed_cpu)
+    printf '{"cores": %s, "weed_cpu_s_snapshot": %s, "weed_cpu_s_raw_put": %s, "raw_put_mib_s": %s, "mib": %s}\n' \
+        "$(nproc)" "$(awk "BEGIN {print $cpu1 - $cpu0}")" "$(awk "BEGIN {print $cpu2 - $cpu1}")" "${raw:-null}" "$SNAP_S3_MIB" >"$OUT/s3-costs.json"
+    echo "SeaweedFS: $(cat "$OUT/s3-costs.json")"
     stop_server "$WEED_PID"
     rm -rf "$DIR/weed" "$DIR/snap-local" "$DIR/snap-local-data" "$DIR/snap-s3-data"
 else
@@ -268,6 +285,15 @@ if [ "$cpus" -ge "$SCALING_MIN_CPUS" ]; then
 else
     echo "## shard scaling skipped: $cpus CPUs (nproc), fewer than $SCALING_MIN_CPUS" | tee "$OUT/scaling-skipped.txt"
 fi
+
+echo "## several nodes (WAL on tmpfs): DoPut forwarded through a non-owner vs sent to the owner; 3 one-shard nodes vs one two-shard node"
+for streams in 1 2; do
+    $PY bench/python/forward_bench.py --binary "$BIN/longbow" --dir "$TMPFS/forward" --seconds "$SECS" \
+        --rounds 3 --streams "$streams" | tee "$OUT/forward-$streams.json"
+    rm -rf "$TMPFS/forward"
+done
+$PY bench/python/cluster_bench.py --binary "$BIN/longbow" --dir "$TMPFS/cluster" --seconds "$SECS" | tee "$OUT/cluster.json"
+rm -rf "$TMPFS/cluster"
 
 mem_kib=$(awk '/^MemTotal/ {print $2}' /proc/meminfo)
 model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)

@@ -300,6 +300,13 @@ def test_targets_table_and_report(tmp_path):
     (tmp_path / "stages.json").write_text(json.dumps({"family": "longbow_put_stage_seconds", "exported": False}))
     for name, mib_s in [("local", 400.0), ("s3", 300.0)]:  # 0.75x: met
         (tmp_path / f"snapshot-{name}.json").write_text(json.dumps({"jobs": [{"snapshot": {"mib_per_s": mib_s}}]}))
+    (tmp_path / "s3-costs.json").write_text(json.dumps(
+        {"cores": 2, "weed_cpu_s_snapshot": 1.0, "weed_cpu_s_raw_put": 0.9, "raw_put_mib_s": 150.0, "mib": 128}))
+    for streams, owner, fwd in [(1, 200.0, 150.0), (2, 300.0, 150.0)]:  # 0.75x met, 0.5x missed
+        (tmp_path / f"forward-{streams}.json").write_text(json.dumps(
+            {"median_mb_per_s": {"owner": owner, "forwarded": fwd}}))
+    (tmp_path / "cluster.json").write_text(json.dumps(
+        {"three_one_shard_nodes_mb_per_s": 330.0, "one_two_shard_node_mb_per_s": 550.0}))
     rows = targets.compute(tmp_path)
     got = {(r["measure"], r["target"]): r for r in rows}
     verdict = {k: r["pass"] for k, r in got.items()}
@@ -314,9 +321,18 @@ def test_targets_table_and_report(tmp_path):
     assert p50["reference"] == 300 and p50["pass"] is True  # 390 <= 100 + 60 + 140 + 100
     p99 = got[("10-row batches one at a time, p99", "<= 1.3x")]
     assert p99["reference"] == 500 and p99["pass"] is True  # 600 <= 650
+    s3 = got[("snapshot to S3 (SeaweedFS on loopback)", ">= 0.7x")]
+    # Encoding 128 MiB at 400 MiB/s: 0.32 s; with SeaweedFS's 1.0 CPU-s on
+    # 2 cores no less than 0.66 s.
+    assert s3["pass"] is True and "bound on this host 0.48x" in s3["note"], s3
+    raw = got[("snapshot to S3 (SeaweedFS on loopback)", "reported")]
+    assert raw["reference"] == 150.0 and raw["ratio"] == 2.0
+    assert verdict[("DoPut forwarded through a non-owner, 1 stream", ">= 0.6x")] is True
+    assert verdict[("DoPut forwarded through a non-owner, 2 streams", ">= 0.6x")] is False
+    assert got[("aggregate ingest, 3 one-shard nodes, clients spread over them", "reported")]["ratio"] == 0.6
     targets.main([str(tmp_path)])
     doc = json.loads((tmp_path / "targets.json").read_text())
-    assert doc["failed"] == 2 and doc["passed"] == 7 and doc["not_measured"] == 0
+    assert doc["failed"] == 3 and doc["passed"] == 10 and doc["not_measured"] == 0
     (tmp_path / "machine.json").write_text(json.dumps({
         "date": "d", "commit": "c", "subject": "s", "dirty": False, "host": "h", "cpus": 2, "cpu_model": "m",
         "mem_gib": 1, "kernel": "k", "fs": "ext4 on /dev/x", "secs": 2, "quick": True, "tmpfs": "a 1 GiB tmpfs"}))
