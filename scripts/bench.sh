@@ -289,10 +289,11 @@ fi
 echo "## several nodes (WAL on tmpfs): DoPut forwarded through a non-owner vs sent to the owner; 3 one-shard nodes vs one two-shard node"
 for streams in 1 2; do
     $PY bench/python/forward_bench.py --binary "$BIN/longbow" --dir "$TMPFS/forward" --seconds "$SECS" \
-        --rounds 3 --streams "$streams" | tee "$OUT/forward-$streams.json"
+        --rounds 3 --streams "$streams" --bytes "$(( TMPFS_CAP_BYTES / 2 ))" | tee "$OUT/forward-$streams.json"
     rm -rf "$TMPFS/forward"
 done
-$PY bench/python/cluster_bench.py --binary "$BIN/longbow" --dir "$TMPFS/cluster" --seconds "$SECS" | tee "$OUT/cluster.json"
+$PY bench/python/cluster_bench.py --binary "$BIN/longbow" --dir "$TMPFS/cluster" --seconds "$SECS" \
+    --bytes "$(( TMPFS_CAP_BYTES / 4 ))" | tee "$OUT/cluster.json"
 rm -rf "$TMPFS/cluster"
 
 mem_kib=$(awk '/^MemTotal/ {print $2}' /proc/meminfo)

@@ -19,10 +19,11 @@ from pathlib import Path
 from forward_bench import HERE, free_ports, start
 
 
-def load(ports, clients, seconds, prefix):
+def load(ports, clients, seconds, prefix, cap=None):
     procs = [subprocess.Popen(
         [sys.executable, str(HERE / "put_bench.py"), "--addr", f"127.0.0.1:{ports[i % len(ports)]}",
-         "--streams", "1", "--seconds", str(seconds), "--dataset", f"{prefix}{i}"],
+         "--streams", "1", "--seconds", str(seconds), "--dataset", f"{prefix}{i}",
+         *(["--bytes", cap] if cap else [])],
         stdout=subprocess.PIPE, text=True) for i in range(clients)]
     rates = []
     for p in procs:
@@ -37,6 +38,7 @@ def main():
     p.add_argument("--dir", default="/dev/shm/longbow-cluster-bench")
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--bytes", help="stop each client after this much as well (a tmpfs holds the WALs)")
     a = p.parse_args()
     root = Path(a.dir)
     shutil.rmtree(root, ignore_errors=True)
@@ -44,11 +46,12 @@ def main():
     peers = [f"grpc://127.0.0.1:{q}" for q in ports]
     procs = [start(a.binary, root / "cluster", i, peers, ports[i]) for i in range(3)]
     try:
-        cluster = load(ports, a.clients, a.seconds, "c")
+        cluster = load(ports, a.clients, a.seconds, "c", a.bytes)
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
+    shutil.rmtree(root / "cluster", ignore_errors=True)
     (port,) = free_ports(1)
     d = root / "single"
     d.mkdir(parents=True)
@@ -60,7 +63,7 @@ def main():
         for line in single.stdout:
             if line.startswith("longbow ready"):
                 break
-        one = load([port], a.clients, a.seconds, "s")
+        one = load([port], a.clients, a.seconds, "s", a.bytes)
     finally:
         single.kill()
         single.wait()

@@ -72,6 +72,7 @@ def main():
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--bytes", help="stop each run after this much as well (a tmpfs holds the WAL)")
     a = p.parse_args()
     root = Path(a.dir)
     shutil.rmtree(root, ignore_errors=True)
@@ -86,10 +87,16 @@ def main():
                 out = subprocess.run(
                     [sys.executable, str(HERE / "put_bench.py"), "--addr", f"127.0.0.1:{port}",
                      "--streams", str(a.streams), "--seconds", str(a.seconds), "--dataset", prefix,
-                     "--label", label],
+                     "--label", label, *(["--bytes", a.bytes] if a.bytes else [])],
                     capture_output=True, text=True, check=True)
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 runs[label].append(res["mb_per_s"])
+                # Each run starts on an empty WAL: drop what it wrote, and a
+                # snapshot run releases the segments.
+                owner = fl.connect(peers[1])
+                for k in range(a.streams):
+                    list(owner.do_action(fl.Action("drop_dataset", f"{prefix}-{k}".encode())))
+                list(owner.do_action(fl.Action("force_snapshot", b"")))
         med = {k: statistics.median(v) for k, v in runs.items()}
         print(json.dumps({"runs_mb_per_s": runs, "median_mb_per_s": med,
                           "forwarded_vs_owner": round(med["forwarded"] / med["owner"], 3)}))
