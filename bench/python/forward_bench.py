@@ -1,5 +1,6 @@
 """DoPut forwarded through a node that does not own the dataset, against the
-same load sent to the owner, in one run.
+same load sent to the owner, in one run. Every stream's dataset is one node 1
+owns.
 
 Starts two nodes (one shard each, WAL and snapshots under --dir, so a
 tmpfs puts the disk out of the way), picks a dataset name node 1 owns, then
@@ -49,20 +50,23 @@ def start(binary, root, node, peers, port):
     raise RuntimeError(f"node {node} exited with {proc.wait()}")
 
 
-def owned_by(client, owner_url, tries=200):
-    """A put_bench dataset prefix whose stream 0 dataset `owner_url` owns."""
+def owned_by(client, owner_url, streams, tries=500):
+    """A put_bench dataset prefix whose every stream's dataset
+    (`<prefix>-<k>`) `owner_url` owns."""
     table = pa.table({"id": pa.array([0], pa.int32())})
     for j in range(tries):
-        name = f"fwd{j}-0"
-        w, _ = client.do_put(fl.FlightDescriptor.for_path(name), table.schema)
-        w.write_table(table)
-        w.close()
-        info = client.get_flight_info(fl.FlightDescriptor.for_path(name))
-        if {loc.uri.decode() for e in info.endpoints for loc in e.locations} == {owner_url}:
+        owners = set()
+        for k in range(streams):
+            name = f"fwd{j}-{k}"
+            w, _ = client.do_put(fl.FlightDescriptor.for_path(name), table.schema)
+            w.write_table(table)
+            w.close()
+            info = client.get_flight_info(fl.FlightDescriptor.for_path(name))
+            owners |= {loc.uri.decode() for e in info.endpoints for loc in e.locations}
             list(client.do_action(fl.Action("drop_dataset", name.encode())))
+        if owners == {owner_url}:
             return f"fwd{j}"
-        list(client.do_action(fl.Action("drop_dataset", name.encode())))
-    raise RuntimeError("no dataset name owned by node 1")
+    raise RuntimeError("no dataset prefix owned by node 1")
 
 
 def main():
@@ -80,7 +84,7 @@ def main():
     peers = [f"grpc://127.0.0.1:{q}" for q in ports]
     procs = [start(a.binary, root, i, peers, ports[i]) for i in range(2)]
     try:
-        prefix = owned_by(fl.connect(peers[0]), peers[1])
+        prefix = owned_by(fl.connect(peers[0]), peers[1], a.streams)
         runs = {"owner": [], "forwarded": []}
         for r in range(a.rounds):
             for label, port in (("owner", ports[1]), ("forwarded", ports[0])):
@@ -93,10 +97,10 @@ def main():
                 runs[label].append(res["mb_per_s"])
                 # Each run starts on an empty WAL: drop what it wrote, and a
                 # snapshot run releases the segments.
-                owner = fl.connect(peers[1])
                 for k in range(a.streams):
-                    list(owner.do_action(fl.Action("drop_dataset", f"{prefix}-{k}".encode())))
-                list(owner.do_action(fl.Action("force_snapshot", b"")))
+                    list(fl.connect(peers[1]).do_action(fl.Action("drop_dataset", f"{prefix}-{k}".encode())))
+                for url in peers:
+                    list(fl.connect(url).do_action(fl.Action("force_snapshot", b"")))
         med = {k: statistics.median(v) for k, v in runs.items()}
         print(json.dumps({"runs_mb_per_s": runs, "median_mb_per_s": med,
                           "forwarded_vs_owner": round(med["forwarded"] / med["owner"], 3)}))
