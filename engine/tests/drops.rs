@@ -3,15 +3,15 @@
 //! commits into the old table and brings its rows back.
 #![cfg(feature = "fault-injection")]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
+use common::{append, ids, rows};
 use futures::executor::block_on;
-use futures::TryStreamExt;
 use longbow_engine::io::faulty::FaultyObjectStore;
-use longbow_engine::{Engine, EngineConfig, EngineMetrics, Error, IpcMessage, PutStream};
+use longbow_engine::{Engine, EngineConfig, EngineMetrics, Error};
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 
@@ -20,28 +20,6 @@ fn config(dir: &std::path::Path, store: Arc<dyn ObjectStore>) -> EngineConfig {
     c.snapshot_path = "s3://drops/root".into();
     c.snapshot_store = Some(store);
     c
-}
-
-fn ids(range: std::ops::Range<i64>) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(range))]).unwrap()
-}
-
-fn append(engine: &Engine, range: std::ops::Range<i64>) {
-    let batch = ids(range);
-    let message = IpcMessage::from_batch(&batch).unwrap();
-    block_on(async { engine.append("beta", batch, message, None, &PutStream::new()).await.unwrap().await.unwrap() });
-}
-
-fn rows(engine: &Engine) -> Vec<i64> {
-    let scan = block_on(engine.scan("beta")).unwrap();
-    let batches: Vec<RecordBatch> = block_on(scan.batches.try_collect()).unwrap();
-    let mut out: Vec<i64> = batches
-        .iter()
-        .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
-        .collect();
-    out.sort();
-    out
 }
 
 #[test]

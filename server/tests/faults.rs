@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use common::*;
@@ -17,6 +16,7 @@ use common::*;
 const DIM: i32 = 16;
 
 /// `n` batches of 100 rows, ids from `first`.
+#[cfg(feature = "fault-injection")]
 fn small_batches(first: i32, n: usize) -> Vec<RecordBatch> {
     (0..n).map(|i| vector_batch(first + i as i32 * 100, 100, DIM)).collect()
 }
@@ -186,7 +186,7 @@ async fn refused_streams_store_exactly_what_was_acknowledged() {
         outcomes.push(t.await.unwrap());
     }
     // Let anything still queued reach the committer, if it were to.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut client = server.client().await;
     for (name, acked, error) in &outcomes {
         let e = error.as_ref().unwrap_or_else(|| panic!("{name}: 4x the limit with failing snapshots is refused"));
