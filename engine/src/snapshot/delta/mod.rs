@@ -4,13 +4,13 @@
 //!
 //! ```text
 //! <root>/<dataset>/_delta_log/<version, 20 digits>.json   the commits
-//! <root>/<dataset>/part-<min lsn>-<max lsn>.parquet          rows logged in that range
+//! <root>/<dataset>/part-<min lsn>-<max lsn>-n<node>.parquet  rows a node logged in that range
 //! <root>/<dataset>/_longbow_dropped                          a drop in progress
 //! ```
 //!
 //! Longbow writes its own Parquet files and commits them itself
 //! (`CommitBuilder`), without DataFusion:
-//! - a **snapshot** uploads one file (multipart past 10 MiB) and commits
+//! - a **snapshot** uploads one file (multipart past 5 MiB) and commits
 //!   its `add` with a `txn` action whose app id names this node and shard
 //!   and whose version is the covered LSN. A retried commit whose first try
 //!   landed after all (a lost reply, a crash) finds that version and adds
