@@ -213,6 +213,12 @@ impl Dataset {
         self.files.iter().filter(|f| f.max_lsn <= self.evicted_lsn).map(|f| f.rows).sum()
     }
 
+    /// Whether snapshot files hold every record logged for it (its schema
+    /// included: a manifest exists).
+    pub fn all_snapshotted(&self) -> bool {
+        self.has_manifest && self.covered_lsn >= self.last_lsn
+    }
+
     /// Batches not yet in any snapshot file.
     pub fn unsnapshotted(&self) -> impl Iterator<Item = &(Lsn, RecordBatch)> {
         let covered = self.covered_lsn;
@@ -222,7 +228,7 @@ impl Dataset {
     /// The oldest LSN whose record the WAL must keep for this dataset, if
     /// any: everything up to `covered_lsn` is in snapshot files.
     pub fn wal_needed_from(&self) -> Option<Lsn> {
-        if self.has_manifest && self.covered_lsn >= self.last_lsn {
+        if self.all_snapshotted() {
             return None;
         }
         if !self.has_manifest {

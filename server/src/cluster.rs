@@ -196,32 +196,25 @@ pub async fn hand_over(
             let (engine, peers, pending) = (engine.clone(), peers.clone(), pending.clone());
             async move {
                 let owner = peers.cluster.owner(&name);
-                let mut backoff = Backoff::default();
-                loop {
+                retried(&name, owner, "handover failed; the WAL keeps the rows", || async {
                     match engine.hand_over(&name).await {
-                        Ok(()) | Err(longbow_engine::Error::NotFound(_)) => break,
-                        Err(e) => {
-                            tracing::warn!(dataset = name, owner, error = %e, "handover failed; the WAL keeps the rows, retried");
-                            backoff.wait().await;
-                        }
+                        Err(longbow_engine::Error::NotFound(_)) => Ok(()),
+                        r => r,
                     }
-                }
-                let mut backoff = Backoff::default();
-                while let Some(mut client) = peers.client(owner) {
-                    let action = arrow_flight::Action { r#type: REFRESH_ACTION.into(), body: name.clone().into() };
-                    let told = async {
-                        let mut results = client.do_action(peers.forward(action)).await?.into_inner();
+                })
+                .await;
+                let client = peers.client(owner).expect("another node owns it");
+                retried(&name, owner, "telling the owner to read a handed-over table failed", || {
+                    let (mut client, name) = (client.clone(), name.clone());
+                    let action = arrow_flight::Action { r#type: REFRESH_ACTION.into(), body: name.into() };
+                    let request = peers.forward(action);
+                    async move {
+                        let mut results = client.do_action(request).await?.into_inner();
                         while results.message().await?.is_some() {}
                         Ok::<_, Status>(())
-                    };
-                    match told.await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::warn!(dataset = name, owner, error = %e, "telling the owner to read a handed-over table failed; retried");
-                            backoff.wait().await;
-                        }
                     }
-                }
+                })
+                .await;
                 tracing::info!(dataset = name, owner, "handed over");
                 pending.dec();
             }
@@ -229,23 +222,22 @@ pub async fn hand_over(
         .await;
 }
 
+/// Runs `step` until it succeeds, logging each failure (`what`, retried)
+/// and backing off from 0.5 s, doubling up to 30 s.
+async fn retried<F, E>(dataset: &str, owner: usize, what: &str, mut step: impl FnMut() -> F)
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut wait = std::time::Duration::from_millis(500);
+    while let Err(e) = step().await {
+        tracing::warn!(dataset, owner, error = %e, "{what}; retried");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 const HANDOVERS_AT_ONCE: usize = 4;
-
-/// 0.5 s, doubling up to 30 s.
-struct Backoff(std::time::Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(std::time::Duration::from_millis(500))
-    }
-}
-
-impl Backoff {
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(std::time::Duration::from_secs(30));
-    }
-}
 
 /// Rendezvous score of `dataset` on node `n`: CRC-32C of the name and the
 /// node's index, spread over 64 bits (splitmix64's finalizer). Pinned by a

@@ -136,6 +136,21 @@ impl State {
         self.metrics.memory_bytes.dec_by(bytes as i64);
     }
 
+    /// Removes a dataset from the catalog and from memory (a drop, or a
+    /// handover: its table is another matter), and ends its change feeds.
+    fn forget(&self, dataset: &str) -> Option<crate::dataset::Dataset> {
+        let removed = self.catalog.borrow_mut().datasets.remove(dataset);
+        if let Some(d) = &removed {
+            if d.durable {
+                self.metrics.datasets.dec();
+            }
+            self.metrics.records.dec_by(d.records as i64);
+            self.sub_memory(d.bytes);
+        }
+        wake_followers(self, dataset);
+        removed
+    }
+
     /// Disk use of the WAL directory: every file in it counts (segments,
     /// free files, one being preallocated).
     fn stats(&self) -> ShardStats {
@@ -640,13 +655,7 @@ fn apply(state: &Rc<State>, w: Write, lsn: Lsn, durable_at: Instant) {
         }
         Op::Producers(_) => unreachable!("the request loop refuses a producers' state"),
         Op::Drop => {
-            let removed = state.catalog.borrow_mut().datasets.remove(&dataset);
-            if let Some(d) = removed {
-                metrics.datasets.dec();
-                metrics.records.dec_by(d.records as i64);
-                state.sub_memory(d.bytes);
-            }
-            wake_followers(state, &dataset);
+            state.forget(&dataset);
             // The tombstone is durable; its snapshot table goes next.
             tracing::debug!(dataset, %lsn, "drop: tombstone durable");
             remove_table(state, dataset, Some((reply, committed)));

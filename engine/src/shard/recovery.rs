@@ -91,19 +91,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
     };
     let mut lsn_floor = Lsn::ZERO;
     for m in &plan.manifests {
-        let schema = m.schema().map_err(|e| Error::Corrupt {
-            path: PathBuf::from(&m.dataset),
-            offset: 0,
-            reason: format!("snapshot manifest schema: {e}"),
-        })?;
-        let mut d = Dataset::new(schema);
-        d.durable = true;
-        d.files = m.files.clone();
-        d.covered_lsn = m.covered_lsn;
-        d.evicted_lsn = m.covered_lsn;
-        d.last_lsn = m.covered_lsn;
-        d.has_manifest = true;
-        d.producers = m.producers.clone();
+        let d = dataset_of(m)?;
         lsn_floor = lsn_floor.max(m.covered_lsn);
         r.catalog.datasets.insert(m.dataset.clone(), d);
         r.stats.snapshot_datasets += 1;
@@ -389,6 +377,25 @@ async fn relog(wal: &mut Wal, catalog: &mut Catalog) -> Result<()> {
 }
 
 /// Keeps, for each producer, the newer of two states.
+/// A dataset as its snapshot table describes it: every row in the files
+/// (evicted), up to the manifest's covered LSN.
+pub(crate) fn dataset_of(m: &Manifest) -> Result<Dataset> {
+    let schema = m.schema().map_err(|e| Error::Corrupt {
+        path: PathBuf::from(&m.dataset),
+        offset: 0,
+        reason: format!("snapshot manifest schema: {e}"),
+    })?;
+    let mut d = Dataset::new(schema);
+    d.durable = true;
+    d.files = m.files.clone();
+    d.covered_lsn = m.covered_lsn;
+    d.evicted_lsn = m.covered_lsn;
+    d.last_lsn = m.covered_lsn;
+    d.has_manifest = true;
+    d.producers = m.producers.clone();
+    Ok(d)
+}
+
 pub(crate) fn merge_producers(into: &mut BTreeMap<String, ProducerSeqs>, from: &BTreeMap<String, ProducerSeqs>) {
     for (id, seqs) in from {
         into.entry(id.clone()).or_default().merge(seqs);

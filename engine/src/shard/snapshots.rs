@@ -186,26 +186,13 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>) {
             }
             let mut report = SnapshotReport::default();
             snapshot_dataset(&state, &dataset, &mut report).await?;
-            let removed = {
-                let mut cat = state.catalog.borrow_mut();
-                let done = cat
-                    .datasets
-                    .get(&dataset)
-                    .is_some_and(|d| !d.durable || (d.has_manifest && d.covered_lsn >= d.last_lsn));
-                if !done {
-                    return Err(Error::NotStored { reason: "rows were written during the handover; it is retried" });
-                }
-                cat.datasets.remove(&dataset)
-            };
-            if let Some(d) = removed {
-                if d.durable {
-                    state.metrics.datasets.dec();
-                }
-                state.metrics.records.dec_by(d.records as i64);
-                state.sub_memory(d.bytes);
+            let done = state.catalog.borrow().datasets.get(&dataset).is_some_and(|d| !d.durable || d.all_snapshotted());
+            if !done {
+                return Err(Error::NotStored { reason: "rows were written during the handover; it is retried" });
+            }
+            if state.forget(&dataset).is_some() {
                 tracing::info!(shard = %state.id, dataset, rows = report.rows_written, "handed over to its owner");
             }
-            super::wake_followers(&state, &dataset);
             Ok(())
         }
         .await;
@@ -251,26 +238,10 @@ pub(super) fn refresh(state: &Rc<State>, dataset: String, reply: Reply<()>) {
                         super::recovery::merge_producers(&mut d.producers, &m.producers);
                         Ok(())
                     }
-                    None => match m.schema() {
-                        Err(e) => Err(Error::Corrupt {
-                            path: std::path::PathBuf::from(&dataset),
-                            offset: 0,
-                            reason: format!("snapshot manifest schema: {e}"),
-                        }),
-                        Ok(schema) => {
-                            let mut d = crate::dataset::Dataset::new(schema);
-                            d.durable = true;
-                            d.files = m.files;
-                            d.covered_lsn = m.covered_lsn;
-                            d.evicted_lsn = m.covered_lsn;
-                            d.last_lsn = m.covered_lsn;
-                            d.has_manifest = true;
-                            d.producers = m.producers;
-                            cat.datasets.insert(dataset.clone(), d);
-                            state.metrics.datasets.inc();
-                            Ok(())
-                        }
-                    },
+                    None => super::recovery::dataset_of(&m).map(|d| {
+                        cat.datasets.insert(dataset.clone(), d);
+                        state.metrics.datasets.inc();
+                    }),
                 }
             }
         };
@@ -313,7 +284,7 @@ async fn snapshot_dataset(state: &Rc<State>, name: &str, report: &mut SnapshotRe
     let (schema, batches, min_lsn, covered, mut files, producers) = {
         let cat = state.catalog.borrow();
         let Some(d) = cat.datasets.get(name).filter(|d| d.durable) else { return Ok(None) };
-        if d.has_manifest && d.covered_lsn >= d.last_lsn {
+        if d.all_snapshotted() {
             return Ok(None); // nothing new since the last snapshot
         }
         let pending: Vec<_> = d.unsnapshotted().cloned().collect();
