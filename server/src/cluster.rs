@@ -169,6 +169,17 @@ impl Peers {
     }
 }
 
+/// A peer's error as this node's answer, naming the peer when it could not
+/// be reached.
+pub fn peer_status(node: usize, e: Status) -> Status {
+    match e.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown if e.message().contains("transport") => {
+            Status::unavailable(format!("node {node}, which owns the dataset, cannot be reached: {}", e.message()))
+        }
+        _ => e,
+    }
+}
+
 pub fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_HEADER)
 }

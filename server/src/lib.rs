@@ -336,8 +336,6 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let max_message = config.max_message_size.as_u64() as usize;
     let inflight = config.max_inflight.map_or((16u64 << 20) * engine.shard_count() as u64, |b| b.as_u64());
     let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
-    let planner = sql::SqlEngine::new(engine.clone(), config.query_memory.as_u64())
-        .map_err(|e| ServerError::Config(format!("SQL engine: {}", e.message())))?;
     let shared_store = !cluster.peers.is_empty()
         && !matches!(
             longbow_engine::snapshot::Location::parse(&config.snapshot_path),
@@ -366,6 +364,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
         cluster::Peers::new(cluster, config.auth_token.as_deref(), max_message, peer_tls)
             .map_err(ServerError::Cluster)?,
     );
+    let planner = sql::SqlEngine::new(engine.clone(), config.query_memory.as_u64(), peers.clone())
+        .map_err(|e| ServerError::Config(format!("SQL engine: {}", e.message())))?;
     let handovers = (!foreign.is_empty()).then(|| {
         tracing::info!(
             datasets = foreign.len(),

@@ -199,3 +199,73 @@ def test_a_node_killed_during_ingest_loses_no_acknowledged_batch(cluster, tmp_pa
             assert want <= set(got), f"{name} through {node.url}: every acknowledged row"
             possible = {i for t in tried[name] for i in t.column("id").to_pylist()}
             assert set(got) <= possible
+
+
+def test_flight_sql_through_any_node_reads_every_nodes_tables(cluster):
+    """ADBC Flight SQL against one node sees every node's datasets: it lists
+    them with their schemas, queries, filters and joins tables other nodes
+    own (their owners filter and project what they send), binds a prepared
+    statement over one, and bulk ingest through a non-owner lands on the
+    owner."""
+    import adbc_driver_flightsql.dbapi as flightsql
+    import adbc_driver_manager
+    import numpy as np
+
+    writer = cluster[0].client()
+    expected = {}
+    for i in range(6):
+        name = f"sq-{i}"
+        tables = [vectors(k * 100, 100) for k in range(i + 1)]  # ids 0 .. 100 * (i + 1)
+        put(writer, name, tables)
+        expected[name] = pa.concat_tables(tables)
+    owner = {f.descriptor.path[0].decode(): next(iter(f.endpoints[0].locations)).uri.decode()
+             for f in writer.list_flights()}
+    assert len(set(owner.values())) == 3, f"the tables spread over the 3 nodes: {owner}"
+
+    for node in cluster:
+        with flightsql.connect(node.url, autocommit=True) as conn:
+            objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+            listed = {t["table_name"] for c in objects for s in c["catalog_db_schemas"] for t in s["db_schema_tables"]}
+            assert listed == set(expected), f"{node.url} lists every node's tables"
+            for name, want in expected.items():
+                assert conn.adbc_get_table_schema(name) == want.schema, name
+            with conn.cursor() as cur:
+                for name, want in expected.items():
+                    ids = want.column("id").to_numpy()
+                    cur.execute(f'SELECT count(*), min(id), max(id) FROM "{name}"')
+                    assert cur.fetchall() == [(len(ids), ids.min(), ids.max())], f"{name} through {node.url}"
+                    # A filter and a projection the owner runs.
+                    cur.execute(f'SELECT id, vector[1] AS v FROM "{name}" WHERE id >= 150 AND id < 160 ORDER BY id')
+                    got = cur.fetch_arrow_table()
+                    sel = want.filter(pa.compute.and_(pa.compute.greater_equal(want["id"], 150),
+                                                      pa.compute.less(want["id"], 160))).sort_by("id")
+                    assert got.column("id").to_pylist() == sel.column("id").to_pylist(), name
+                    assert got.column("v").to_pylist() == [v[0] for v in sel.column("vector").to_pylist()], name
+                # A join of tables on different nodes, and a limit.
+                cur.execute('SELECT count(*) FROM "sq-1" a JOIN "sq-5" b ON a.id = b.id')
+                assert cur.fetchall() == [(200,)]
+                cur.execute('SELECT id FROM "sq-5" LIMIT 7')
+                assert len(cur.fetchall()) == 7
+                # A prepared statement with a parameter.
+                cur.adbc_prepare('SELECT count(*) FROM "sq-4" WHERE id < $1')
+                cur.execute('SELECT count(*) FROM "sq-4" WHERE id < $1', parameters=(123,))
+                assert cur.fetchall() == [(123,)]
+                with pytest.raises(adbc_driver_manager.Error) as e:
+                    cur.execute('SELECT * FROM "sq-missing"')
+                assert e.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND, e.value
+
+    # Bulk ingest through a node that does not own the table.
+    name = next(n for n, url in owner.items() if url != cluster[0].url)
+    data = vectors(10_000, 250)
+    with flightsql.connect(cluster[0].url, autocommit=True) as conn, conn.cursor() as cur:
+        assert cur.adbc_ingest(name, data, mode="append") == 250
+        cur.execute(f'SELECT count(*) FROM "{name}" WHERE id >= 10000')
+        assert cur.fetchall() == [(250,)]
+    direct = fl.connect(owner[name])
+    stats = json.loads(next(direct.do_action(fl.Action("get_stats", b""))).body.to_pybytes())
+    records = {d["name"]: d["records"] for d in stats["per_dataset"]}
+    assert records[name] == len(expected[name]) + 250, "the owner stored the ingested rows"
+    stats0 = json.loads(next(writer.do_action(fl.Action("get_stats", b""))).body.to_pybytes())
+    assert name not in {d["name"] for d in stats0["per_dataset"]}, "the node it went through did not"
+    got = read_all(direct, name).sort_by("id")
+    assert got.equals(pa.concat_tables([expected[name], data]).sort_by("id"))

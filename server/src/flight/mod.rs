@@ -18,7 +18,7 @@ use longbow_engine::shard::request::ShardStats;
 use longbow_engine::{DatasetInfo, Engine};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster::Peers;
+use crate::cluster::{peer_status, Peers};
 use crate::error::into_status;
 use crate::metrics::GatewayMetrics;
 use crate::sql::service::{is_sql_ticket, SqlService, SQL_ACTIONS};
@@ -74,13 +74,12 @@ impl LongbowFlight {
     /// (`Ok(Err)`) when this node serves the call itself.
     async fn forward_put(
         &self,
+        name: &str,
         first: FlightData,
         input: Streaming<FlightData>,
         forwarded: bool,
     ) -> Result<Result<Stream<PutResult>, Streaming<FlightData>>, Status> {
-        // A descriptor this node cannot read gets the local path's error.
-        let Ok(name) = dataset_from_descriptor(first.flight_descriptor.as_ref()) else { return Ok(Err(input)) };
-        let Some((node, mut owner)) = self.peers.route(&name, forwarded)? else { return Ok(Err(input)) };
+        let Some((node, mut owner)) = self.peers.route(name, forwarded)? else { return Ok(Err(input)) };
         // The client's stream ends where it fails; the owner then answers
         // for what reached it.
         let rest =
@@ -105,17 +104,6 @@ impl LongbowFlight {
         };
         let r = owner.do_action(self.peers.forward(action.clone())).await;
         Some(r.map(|s| Response::new(s.into_inner().boxed())).map_err(|e| peer_status(node, e)))
-    }
-}
-
-/// A peer's error as this node's answer, naming the peer when it could not
-/// be reached.
-fn peer_status(node: usize, e: Status) -> Status {
-    match e.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown if e.message().contains("transport") => {
-            Status::unavailable(format!("node {node}, which owns the dataset, cannot be reached: {}", e.message()))
-        }
-        _ => e,
     }
 }
 
@@ -362,8 +350,17 @@ impl FlightService for LongbowFlight {
             }
         };
         let sql = sql_command(first.flight_descriptor.as_ref());
-        if sql.is_none() && !self.peers.cluster.peers.is_empty() {
-            match self.forward_put(first.clone(), input, forwarded).await {
+        // The dataset a DoPut writes, when another node may own it: a path
+        // descriptor's, or a bulk ingest's table (a descriptor this node
+        // cannot read gets the local path's error).
+        let target = match &sql {
+            _ if self.peers.cluster.peers.is_empty() => None,
+            None => dataset_from_descriptor(first.flight_descriptor.as_ref()).ok(),
+            Some(arrow_flight::sql::Command::CommandStatementIngest(c)) => Some(c.table.clone()),
+            Some(_) => None,
+        };
+        if let Some(name) = target {
+            match self.forward_put(&name, first.clone(), input, forwarded).await {
                 Ok(Ok(stream)) => return Ok(Response::new(call.stream(stream))),
                 Ok(Err(back)) => input = back,
                 Err(e) => {

@@ -11,13 +11,18 @@ pub fn engine_error(e: longbow_engine::Error) -> DataFusionError {
 
 /// Bad SQL, unknown columns and wrong types are the client's
 /// (INVALID_ARGUMENT); unknown tables NOT_FOUND; a query over the memory
-/// pool RESOURCE_EXHAUSTED; engine errors as [`crate::error::into_status`].
+/// pool RESOURCE_EXHAUSTED; engine errors as [`crate::error::into_status`],
+/// and another node's with its code.
 pub fn df_status(e: DataFusionError) -> Status {
     let message = e.to_string();
     let code = code_of(e.find_root());
     if let DataFusionError::External(inner) = e.find_root() {
         if let Some(engine) = inner.downcast_ref::<longbow_engine::Error>() {
             return Status::new(crate::error::code(engine), message);
+        }
+        // Another node's answer to a remote table's scan.
+        if let Some(remote) = inner.downcast_ref::<Status>() {
+            return Status::new(remote.code(), message);
         }
     }
     Status::new(code, message)

@@ -8,6 +8,8 @@
 //!   `longbow.public` holds one table per dataset.
 //! - `table.rs`: the table provider, the union of a dataset's batches in
 //!   memory and its snapshot Parquet files, from one view the shard takes.
+//! - `remote.rs`: with several nodes, the catalog's schema, which finds a
+//!   dataset another node owns at that node; its scans are DoGets there.
 //! - `vector.rs`: `l2_distance`, `cosine_distance`, `inner_product`.
 //! - `service.rs`: the Flight SQL commands (arrow-flight's `FlightSqlService`).
 //! - `error.rs`: DataFusion errors as gRPC statuses.
@@ -19,6 +21,7 @@
 //! is dropped, and DataFusion aborts the tasks it spawned).
 
 pub mod error;
+pub mod remote;
 pub mod service;
 pub mod table;
 pub mod vector;
@@ -37,7 +40,9 @@ use longbow_engine::Engine;
 use object_store::ObjectStore;
 use tonic::Status;
 
+use crate::cluster::Peers;
 use error::df_status;
+use remote::ClusterSchema;
 use table::{DatasetTable, Source};
 
 /// The catalog and schema every dataset is a table of.
@@ -57,21 +62,28 @@ pub struct SqlEngine {
     store_url: ObjectStoreUrl,
     partitions: usize,
     queries: Arc<QueryRuntime>,
+    /// The other nodes: where the datasets this node does not own are.
+    peers: Arc<Peers>,
 }
 
 impl SqlEngine {
     /// `query_memory_bytes` bounds what all running queries together hold
     /// in sorts, aggregations and joins (0: no bound); a query that needs
     /// more fails with RESOURCE_EXHAUSTED (nothing spills to disk).
-    pub fn new(engine: Engine, query_memory_bytes: u64) -> Result<Self, Status> {
+    pub fn new(engine: Engine, query_memory_bytes: u64, peers: Arc<Peers>) -> Result<Self, Status> {
         // Local directory or bucket: the engine's own snapshot store.
         let store: Arc<dyn ObjectStore> = engine.snapshot_objects();
-        Self::with_store(engine, query_memory_bytes, store)
+        Self::with_store(engine, query_memory_bytes, store, peers)
     }
 
     /// As [`SqlEngine::new`], reading snapshot files from `store` (their
     /// paths are `<dataset>/<file>` relative to its root).
-    pub fn with_store(engine: Engine, query_memory_bytes: u64, store: Arc<dyn ObjectStore>) -> Result<Self, Status> {
+    pub fn with_store(
+        engine: Engine,
+        query_memory_bytes: u64,
+        store: Arc<dyn ObjectStore>,
+        peers: Arc<Peers>,
+    ) -> Result<Self, Status> {
         let pool: Arc<dyn MemoryPool> = if query_memory_bytes == 0 {
             Arc::new(UnboundedMemoryPool::default())
         } else {
@@ -94,7 +106,7 @@ impl SqlEngine {
             .enable_all()
             .build()
             .map_err(|e| Status::internal(format!("starting the query runtime: {e}")))?;
-        Ok(Self { engine, runtime, store_url, partitions, queries: Arc::new(QueryRuntime(Some(queries))) })
+        Ok(Self { engine, runtime, store_url, partitions, queries: Arc::new(QueryRuntime(Some(queries))), peers })
     }
 
     fn session(&self) -> SessionContext {
@@ -114,16 +126,57 @@ impl SqlEngine {
         Arc::new(DatasetTable::new(self.engine.clone(), name.to_owned(), schema, self.store_url.clone(), source))
     }
 
-    /// A session whose catalog holds every dataset as of now (each table
-    /// takes its own view of the rows when the query is planned).
+    /// A session whose catalog holds every dataset this node owns as of
+    /// now (each table takes its own view of the rows when the query is
+    /// planned), and finds any other at its owner.
     pub async fn context(&self) -> Result<SessionContext, Status> {
         let ctx = self.session();
         let datasets = self.engine.list().await.map_err(crate::error::into_status)?;
-        for d in datasets {
-            let table = self.table(&d.name, d.schema.clone(), Source::Live);
-            ctx.register_table(TableReference::bare(d.name), table).map_err(df_status)?;
-        }
+        let local = datasets
+            .into_iter()
+            .filter(|d| self.peers.cluster.owns(&d.name))
+            .map(|d| {
+                let table: Arc<dyn datafusion::datasource::TableProvider> =
+                    self.table(&d.name, d.schema.clone(), Source::Live);
+                (d.name, table)
+            })
+            .collect();
+        let catalog = ctx.catalog(CATALOG).ok_or_else(|| Status::internal("the session has no catalog"))?;
+        catalog.register_schema(SCHEMA, Arc::new(ClusterSchema::new(local, self.peers.clone()))).map_err(df_status)?;
         Ok(ctx)
+    }
+
+    /// Every node's datasets with their schemas: this node's own, and what
+    /// each other node lists as its own.
+    pub async fn tables(&self) -> Result<Vec<(String, SchemaRef)>, Status> {
+        let cluster = &self.peers.cluster;
+        let datasets = self.engine.list().await.map_err(crate::error::into_status)?;
+        let mut out: Vec<(String, SchemaRef)> =
+            datasets.into_iter().filter(|d| cluster.owns(&d.name)).map(|d| (d.name, d.schema)).collect();
+        let asked = self.peers.others().map(|(node, mut client)| async move {
+            let request = self.peers.forward(arrow_flight::Criteria::default());
+            let mut infos = client.list_flights(request).await.map_err(|e| crate::cluster::peer_status(node, e))?;
+            let mut theirs = Vec::new();
+            while let Some(info) = infos.get_mut().message().await.map_err(|e| crate::cluster::peer_status(node, e))? {
+                let Some(name) = info.flight_descriptor.as_ref().and_then(|d| d.path.first()).cloned() else {
+                    continue;
+                };
+                // A dataset the node holds while handing it to its owner
+                // is listed by the owner.
+                if cluster.owner(&name) == node {
+                    let schema = info
+                        .try_decode_schema()
+                        .map_err(|e| Status::internal(format!("node {node} listed {name:?} with a bad schema: {e}")))?;
+                    theirs.push((name, Arc::new(schema)));
+                }
+            }
+            Ok::<_, Status>(theirs)
+        });
+        for theirs in futures::future::join_all(asked).await {
+            out.extend(theirs?);
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Plans a read-only SQL statement (no DDL, DML or `SET`).

@@ -35,7 +35,6 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{Batches, SqlEngine, CATALOG, SCHEMA};
-use crate::error::into_status;
 use crate::flight::do_put::{self, Acks, Admission, Input};
 
 type DoGetStream = BoxStream<'static, Result<arrow_flight::FlightData, Status>>;
@@ -389,10 +388,10 @@ impl FlightSqlService for SqlService {
         query: CommandGetTables,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let datasets = self.engine.list().await.map_err(into_status)?;
+        let tables = self.sql.tables().await?;
         let mut b = query.into_builder();
-        for d in &datasets {
-            b.append(CATALOG, SCHEMA, &d.name, "TABLE", &d.schema).map_err(Status::from)?;
+        for (name, schema) in &tables {
+            b.append(CATALOG, SCHEMA, name, "TABLE", schema).map_err(Status::from)?;
         }
         let schema = b.schema();
         Ok(Response::new(one_batch(schema, b.build().map_err(Status::from)?)))
