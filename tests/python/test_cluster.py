@@ -269,3 +269,42 @@ def test_flight_sql_through_any_node_reads_every_nodes_tables(cluster):
     assert name not in {d["name"] for d in stats0["per_dataset"]}, "the node it went through did not"
     got = read_all(direct, name).sort_by("id")
     assert got.equals(pa.concat_tables([expected[name], data]).sort_by("id"))
+
+
+def test_a_batch_the_forwarding_node_refuses_fails_the_proxied_put(tmp_path):
+    """Node 0 takes messages up to 1 MiB, the owner up to 64 MiB. A DoPut
+    through node 0 whose third batch is larger than that gets the first two
+    acknowledged, then node 0's refusal; it does not end as if the client
+    had finished. What is stored is what was acknowledged."""
+    ports = free_ports(2)
+    peers = [f"grpc://127.0.0.1:{p}" for p in ports]
+    nodes = [Node(tmp_path, 0, peers, ports[0], extra=["--max-message-size", "1MiB"]),
+             Node(tmp_path, 1, peers, ports[1])]
+    try:
+        via = nodes[0].client()
+        name = None
+        for k in range(40):
+            put(via, f"big-{k}", [vectors(0, 1)])
+            info = via.get_flight_info(fl.FlightDescriptor.for_path(f"big-{k}"))
+            if next(iter(info.endpoints[0].locations)).uri.decode() == peers[1]:
+                name = f"big-{k}"
+                break
+        assert name, "one of 40 names is node 1's"
+        small = vectors(1000, 100)
+        writer, reader = via.do_put(fl.FlightDescriptor.for_path(name), small.schema)
+        acked = []
+        for t in (small, vectors(1100, 100)):
+            writer.write_table(t)
+            acked.append(json.loads(reader.read().to_pybytes())["rows"])
+        assert acked == [100, 100]
+        with pytest.raises(pa.ArrowInvalid, match="message length too large"):
+            writer.write_table(vectors(2000, 4000))  # 2 MB
+            writer.done_writing()
+            while reader.read() is not None:
+                pass
+            writer.close()
+        ids = sorted(i for i in read_all(nodes[1].client(), name).column("id").to_pylist() if i >= 1000)
+        assert ids == list(range(1000, 1200)), "the two acknowledged batches, not the refused one"
+    finally:
+        for n in nodes:
+            n.kill()

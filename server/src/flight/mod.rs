@@ -72,6 +72,13 @@ impl LongbowFlight {
     /// Flight client: batches go on as they arrive, the owner's
     /// acknowledgements come back as they are made. Hands `input` back
     /// (`Ok(Err)`) when this node serves the call itself.
+    ///
+    /// Where the client's stream fails (a message this node refuses, a
+    /// broken connection), the proxied stream ends there: the owner
+    /// acknowledges what reached it, and then the client gets the failure,
+    /// not the clean end of a stream it did not finish. A client that goes
+    /// away drops the answer, which resets the owner's call, so the owner
+    /// stores none of what it has not committed (as for its own clients).
     async fn forward_put(
         &self,
         name: &str,
@@ -80,13 +87,25 @@ impl LongbowFlight {
         forwarded: bool,
     ) -> Result<Result<Stream<PutResult>, Streaming<FlightData>>, Status> {
         let Some((node, mut owner)) = self.peers.route(name, forwarded)? else { return Ok(Err(input)) };
-        // The client's stream ends where it fails; the owner then answers
-        // for what reached it.
-        let rest =
-            input.take_while(|m| futures::future::ready(m.is_ok())).filter_map(|m| futures::future::ready(m.ok()));
+        let (failed, failure) = tokio::sync::oneshot::channel::<Status>();
+        let mut failed = Some(failed);
+        let rest = input
+            .take_while(move |m| {
+                if let Err(e) = m {
+                    if let Some(f) = failed.take() {
+                        let _ = f.send(e.clone());
+                    }
+                }
+                futures::future::ready(m.is_ok())
+            })
+            .filter_map(|m| futures::future::ready(m.ok()));
         let out = futures::stream::once(futures::future::ready(first)).chain(rest);
         let acks = owner.do_put(self.peers.forward(out)).await.map_err(|e| peer_status(node, e))?;
-        Ok(Ok(acks.into_inner().map_err(move |e| peer_status(node, e)).boxed()))
+        let acks = acks.into_inner().map_err(move |e| peer_status(node, e));
+        // After the owner's answer ends (cleanly, since the proxied stream
+        // did), the client's own failure, if there was one.
+        let failure = futures::stream::once(failure).filter_map(|r| futures::future::ready(r.ok().map(Err)));
+        Ok(Ok(acks.chain(failure).boxed()))
     }
 
     /// An action for `dataset`, sent to its owner when that is another
