@@ -102,6 +102,9 @@ pub struct GatewayMetrics {
     pub do_get_bytes: Counter,
     /// Datasets this node holds for another node, not handed over yet.
     pub handovers_pending: Gauge,
+    /// DoPut bytes read off the socket and not yet acknowledged
+    /// (LONGBOW_MAX_INFLIGHT bounds them), proxied ones included.
+    pub put_inflight_bytes: Gauge,
     storage: StorageGauges,
 }
 
@@ -138,6 +141,7 @@ impl Default for GatewayMetrics {
             do_get_rows: Counter::default(),
             do_get_bytes: Counter::default(),
             handovers_pending: Gauge::default(),
+            put_inflight_bytes: Gauge::default(),
             storage: StorageGauges::default(),
         }
     }
@@ -170,6 +174,11 @@ impl GatewayMetrics {
             "longbow_do_get_bytes",
             "Bytes of FlightData (header and body) DoGet sent",
             self.do_get_bytes.clone(),
+        );
+        registry.register(
+            "longbow_put_inflight_bytes",
+            "DoPut bytes read off the socket and not yet acknowledged, proxied ones included (LONGBOW_MAX_INFLIGHT)",
+            self.put_inflight_bytes.clone(),
         );
         registry.register(
             "longbow_handovers_pending",
@@ -244,14 +253,16 @@ impl GatewayMetrics {
     /// Refreshes the storage gauges from the engine every
     /// [`STORAGE_REFRESH_INTERVAL`], until the engine shuts down. Needs a
     /// tokio runtime (does nothing without one).
-    pub fn watch(&self, engine: Engine) {
+    pub fn watch(&self, engine: Engine, inflight_bytes: impl Fn() -> u64 + Send + 'static) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let gauges = self.storage.clone();
+        let inflight = self.put_inflight_bytes.clone();
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(STORAGE_REFRESH_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                inflight.set(i64::try_from(inflight_bytes()).unwrap_or(i64::MAX));
                 match engine.shard_stats().await {
                     Ok(shards) => gauges.update(engine.settings().snapshot_interval, &shards),
                     Err(longbow_engine::Error::ShuttingDown) => return,

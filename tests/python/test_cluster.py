@@ -308,3 +308,51 @@ def test_a_batch_the_forwarding_node_refuses_fails_the_proxied_put(tmp_path):
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_proxied_batches_count_against_the_forwarding_nodes_inflight_budget(tmp_path):
+    """With the owner stopped (SIGSTOP), a DoPut through node 0 holds at
+    most node 0's LONGBOW_MAX_INFLIGHT (1 MiB) unacknowledged; the client's
+    stream is not read beyond it. Once the owner runs again every batch is
+    acknowledged, stored once, and the budget is free."""
+    import re
+    import threading
+    import time
+
+    ports = free_ports(2)
+    peers = [f"grpc://127.0.0.1:{p}" for p in ports]
+    nodes = [Node(tmp_path, 0, peers, ports[0], extra=["--max-inflight", "1MiB"]), Node(tmp_path, 1, peers, ports[1])]
+
+    def inflight() -> int:
+        return int(re.search(r"^longbow_put_inflight_bytes (\d+)", nodes[0].metrics(), re.M).group(1))
+
+    try:
+        via = nodes[0].client()
+        name = None
+        for k in range(40):
+            put(via, f"held-{k}", [vectors(0, 1)])
+            info = via.get_flight_info(fl.FlightDescriptor.for_path(f"held-{k}"))
+            if next(iter(info.endpoints[0].locations)).uri.decode() == peers[1]:
+                name = f"held-{k}"
+                break
+        assert name, "one of 40 names is node 1's"
+        nodes[1].proc.send_signal(signal.SIGSTOP)
+        tables = [vectors(1000 + k * 500, 500) for k in range(20)]  # 256 KB each
+        acks = []
+        writer_thread = threading.Thread(target=lambda: acks.extend(put(via, name, tables)))
+        writer_thread.start()
+        time.sleep(2.5)
+        held = inflight()
+        assert 0 < held <= 1 << 20, held
+        nodes[1].proc.send_signal(signal.SIGCONT)
+        writer_thread.join(timeout=60)
+        assert [a["rows"] for a in acks] == [500] * 20
+        time.sleep(1.5)  # the gauge is refreshed every second
+        assert inflight() == 0
+        ids = sorted(i for i in read_all(via, name).column("id").to_pylist() if i >= 1000)
+        assert ids == list(range(1000, 1000 + 20 * 500))
+    finally:
+        if nodes[1].proc.poll() is None:
+            nodes[1].proc.send_signal(signal.SIGCONT)
+        for n in nodes:
+            n.kill()

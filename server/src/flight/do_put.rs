@@ -65,7 +65,7 @@ impl Admission {
 
     /// Waits for room for `bytes`; a batch larger than the whole budget
     /// takes all of it.
-    async fn admit(&self, bytes: usize) -> OwnedSemaphorePermit {
+    pub(crate) async fn admit(&self, bytes: usize) -> OwnedSemaphorePermit {
         let n = (bytes.max(1) as u64).min(self.capacity_bytes as u64) as u32;
         self.permits.clone().acquire_many_owned(n).await.expect("the admission semaphore is never closed")
     }

@@ -49,7 +49,8 @@ impl LongbowFlight {
         planner: SqlEngine,
         peers: std::sync::Arc<Peers>,
     ) -> Self {
-        metrics.watch(engine.clone());
+        let counted = admission.clone();
+        metrics.watch(engine.clone(), move || counted.in_flight_bytes());
         let sql = SqlService::new(planner.clone(), engine.clone(), admission.clone());
         Self { engine, metrics, admission, sql, planner, peers }
     }
@@ -99,9 +100,28 @@ impl LongbowFlight {
                 futures::future::ready(m.is_ok())
             })
             .filter_map(|m| futures::future::ready(m.ok()));
-        let out = futures::stream::once(futures::future::ready(first)).chain(rest);
+        // Each batch is charged to LONGBOW_MAX_INFLIGHT, as the batches
+        // this node stores are, until the owner acknowledges it (one
+        // acknowledgement per batch, in order): when the budget is spent,
+        // the client's stream is not read.
+        let held: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<_>>> = Default::default();
+        let (admission, charged) = (self.admission.clone(), held.clone());
+        let out = futures::stream::once(futures::future::ready(first)).chain(rest).then(move |m| {
+            let (admission, charged) = (admission.clone(), charged.clone());
+            async move {
+                if is_batch(&m) {
+                    let permit = admission.admit(m.data_header.len() + m.data_body.len()).await;
+                    charged.lock().expect("not poisoned").push_back(permit);
+                }
+                m
+            }
+        });
         let acks = owner.do_put(self.peers.forward(out)).await.map_err(|e| peer_status(node, e))?;
-        let acks = acks.into_inner().map_err(move |e| peer_status(node, e));
+        let acks = acks.into_inner().map_err(move |e| peer_status(node, e)).inspect(move |r| {
+            if r.is_ok() {
+                held.lock().expect("not poisoned").pop_front();
+            }
+        });
         // After the owner's answer ends (cleanly, since the proxied stream
         // did), the client's own failure, if there was one.
         let failure = futures::stream::once(failure).filter_map(|r| futures::future::ready(r.ok().map(Err)));
@@ -124,6 +144,11 @@ impl LongbowFlight {
         let r = owner.do_action(self.peers.forward(action.clone())).await;
         Some(r.map(|s| Response::new(s.into_inner().boxed())).map_err(|e| peer_status(node, e)))
     }
+}
+
+/// Whether `m` carries a record batch (which its owner acknowledges).
+fn is_batch(m: &FlightData) -> bool {
+    arrow::ipc::root_as_message(&m.data_header).is_ok_and(|h| h.header_type() == arrow::ipc::MessageHeader::RecordBatch)
 }
 
 fn is_cmd(d: &FlightDescriptor) -> bool {
