@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
     if ! command -v cc >/dev/null || ! command -v curl >/dev/null; then
         if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-        $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential curl ca-certificates >/dev/null
+        $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential curl ca-certificates >/dev/null
     fi
     [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"

@@ -80,6 +80,18 @@ def cluster(tmp_path):
         n.kill()
 
 
+def dataset_owned_by(via: fl.FlightClient, owner_url: str, prefix: str) -> str:
+    """A dataset `<prefix>-<k>` that the node at `owner_url` owns, created
+    through `via` with one row (its owner is where its endpoint points)."""
+    for k in range(40):
+        name = f"{prefix}-{k}"
+        put(via, name, [vectors(0, 1)])
+        info = via.get_flight_info(fl.FlightDescriptor.for_path(name))
+        if next(iter(info.endpoints[0].locations)).uri.decode() == owner_url:
+            return name
+    raise AssertionError(f"none of 40 names is owned by {owner_url}")
+
+
 def read_all(client: fl.FlightClient, name: str) -> pa.Table:
     info = client.get_flight_info(fl.FlightDescriptor.for_path(name))
     return pa.concat_tables([client.do_get(e.ticket).read_all() for e in info.endpoints])
@@ -282,14 +294,7 @@ def test_a_batch_the_forwarding_node_refuses_fails_the_proxied_put(tmp_path):
              Node(tmp_path, 1, peers, ports[1])]
     try:
         via = nodes[0].client()
-        name = None
-        for k in range(40):
-            put(via, f"big-{k}", [vectors(0, 1)])
-            info = via.get_flight_info(fl.FlightDescriptor.for_path(f"big-{k}"))
-            if next(iter(info.endpoints[0].locations)).uri.decode() == peers[1]:
-                name = f"big-{k}"
-                break
-        assert name, "one of 40 names is node 1's"
+        name = dataset_owned_by(via, peers[1], "big")
         small = vectors(1000, 100)
         writer, reader = via.do_put(fl.FlightDescriptor.for_path(name), small.schema)
         acked = []
@@ -328,14 +333,7 @@ def test_proxied_batches_count_against_the_forwarding_nodes_inflight_budget(tmp_
 
     try:
         via = nodes[0].client()
-        name = None
-        for k in range(40):
-            put(via, f"held-{k}", [vectors(0, 1)])
-            info = via.get_flight_info(fl.FlightDescriptor.for_path(f"held-{k}"))
-            if next(iter(info.endpoints[0].locations)).uri.decode() == peers[1]:
-                name = f"held-{k}"
-                break
-        assert name, "one of 40 names is node 1's"
+        name = dataset_owned_by(via, peers[1], "held")
         nodes[1].proc.send_signal(signal.SIGSTOP)
         tables = [vectors(1000 + k * 500, 500) for k in range(20)]  # 256 KB each
         acks = []

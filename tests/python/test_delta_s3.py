@@ -396,7 +396,7 @@ def test_s3_unreachable_for_30s_under_three_nodes_loses_nothing(tmp_path, weed):
     retry, the WALs are kept, ingest goes on until each owner's memory limit
     holds it back (refused with UNAVAILABLE, nothing stored), and once S3 is
     back every acknowledged row is in the tables, once."""
-    from test_cluster import Node, free_ports
+    from test_cluster import Node, dataset_owned_by, free_ports
 
     ports = free_ports(3)
     peers = [f"grpc://127.0.0.1:{p}" for p in ports]
@@ -497,7 +497,7 @@ def test_a_client_gone_mid_proxied_put_leaves_its_unacknowledged_batches_unstore
     runs again and snapshots free memory, only what was acknowledged (and at
     most the commit under way) is stored. (Node 0 drops the owner's answer
     when its client goes, which resets the owner's call.)"""
-    from test_cluster import Node, free_ports
+    from test_cluster import Node, dataset_owned_by, free_ports
 
     ports = free_ports(2)
     peers = [f"grpc://127.0.0.1:{p}" for p in ports]
@@ -506,15 +506,7 @@ def test_a_client_gone_mid_proxied_put_leaves_its_unacknowledged_batches_unstore
                   extra=["--max-memory", "1MiB", "--backpressure-timeout", "300s"]) for i in range(2)]
     producer = None
     try:
-        via = nodes[0].client()
-        name = None
-        for k in range(40):
-            put(via, f"gone-{k}", [vectors(0, 1)])
-            info = via.get_flight_info(fl.FlightDescriptor.for_path(f"gone-{k}"))
-            if next(iter(info.endpoints[0].locations)).uri.decode() == peers[1]:
-                name = f"gone-{k}"
-                break
-        assert name, "one of 40 names is node 1's"
+        name = dataset_owned_by(nodes[0].client(), peers[1], "gone")
         weed.proc.send_signal(signal.SIGSTOP)
         rows, batches = 500, 40
         producer = subprocess.Popen(
