@@ -85,3 +85,45 @@ fn a_dataset_handed_over_between_nodes_keeps_every_row_once() {
     block_on(b.shutdown()).unwrap();
     block_on(a.shutdown()).unwrap();
 }
+
+#[test]
+fn a_tail_of_a_dataset_the_owner_dropped_and_made_again_is_not_handed_over() {
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt;
+    use longbow_engine::{IpcMessage, PutStream};
+
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = Engine::start(config(a_dir.path(), shared.clone(), "0", true), EngineMetrics::default()).unwrap();
+    block_on(a.open("beta", ids(0..1).schema())).unwrap();
+    append(&a, 0..10);
+    block_on(a.snapshot(Some("beta"))).unwrap();
+    append(&a, 10..20);
+    block_on(a.shutdown()).unwrap();
+    drop(a);
+
+    // The new owner drops "beta" and makes it again with another schema.
+    let b = Engine::start(config(b_dir.path(), shared.clone(), "1", true), EngineMetrics::default()).unwrap();
+    block_on(b.drop_dataset("beta")).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("other", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(500..505))]).unwrap();
+    block_on(b.open("beta", schema.clone())).unwrap();
+    let message = IpcMessage::from_batch(&batch).unwrap();
+    block_on(async { b.append("beta", batch, message, None, &PutStream::new()).await.unwrap().await.unwrap() });
+    block_on(b.snapshot(Some("beta"))).unwrap();
+
+    // The old owner's tail (rows 10..20) belongs to the dropped dataset:
+    // it is forgotten, not committed into a table of another schema.
+    let a = Engine::start(config(a_dir.path(), shared.clone(), "0", false), EngineMetrics::default()).unwrap();
+    assert_eq!(rows(&a), (0..20).collect::<Vec<i64>>());
+    block_on(a.hand_over("beta")).unwrap();
+    assert!(matches!(block_on(a.scan("beta")), Err(Error::NotFound(_))), "forgotten");
+    block_on(b.refresh("beta")).unwrap();
+    let scan = block_on(b.scan("beta")).unwrap();
+    let batches: Vec<RecordBatch> = block_on(scan.batches.try_collect()).unwrap();
+    assert!(batches.iter().all(|b| b.schema().fields() == schema.fields()));
+    assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 5, "only the new dataset's rows");
+    block_on(b.shutdown()).unwrap();
+    block_on(a.shutdown()).unwrap();
+}

@@ -181,8 +181,28 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>) {
     glommio::spawn_local(async move {
         let _permit = state.snapshot_lock.acquire_permit(1).await;
         let r = async {
-            if !state.catalog.borrow().datasets.contains_key(&dataset) {
+            let Some(ours) = state.catalog.borrow().datasets.get(&dataset).map(|d| d.schema.clone()) else {
                 return Err(Error::NotFound(dataset.clone()));
+            };
+            // A table of another schema is another dataset of that name:
+            // the owner dropped this one, which drops these rows too (they
+            // were written before the node list changed, so before the
+            // drop), and made a new one. Committing them would put files of
+            // two schemas in one table.
+            let store = state.store.clone();
+            let (name, shard) = (dataset.clone(), state.id);
+            if let Some(t) = state.store.io(async move { store.load(&name, Some(shard)).await }).await? {
+                let theirs = t.manifest.schema().map_err(|reason| {
+                    Error::store(format!("reading the schema of {dataset:?}'s table"), reason)
+                })?;
+                if theirs.fields() != ours.fields() {
+                    let rows: usize = state.catalog.borrow().datasets.get(&dataset).map_or(0, |d| {
+                        d.unsnapshotted().map(|(_, b)| b.num_rows()).sum()
+                    });
+                    tracing::warn!(shard = %state.id, dataset, rows, "not handed over: the owner's table has another schema (the dataset was dropped and made again there); these rows were dropped with it");
+                    state.forget(&dataset);
+                    return Ok(());
+                }
             }
             let mut report = SnapshotReport::default();
             snapshot_dataset(&state, &dataset, &mut report).await?;
