@@ -130,6 +130,52 @@ def test_knn_matches_numpy_brute_force_and_plans_a_top_k(small_memory):
             cur.fetchall()
 
 
+def test_evicted_vectors_are_read_from_their_float_pages_exactly(small_memory):
+    """A snapshot file names the vector columns that hold only full,
+    null-free lists; a scan that reads vectors and filters nothing copies
+    their float pages instead of decoding levels. The rows are the same as
+    pyarrow's; with a filter, or a vector column with a null, the general
+    Parquet scan reads them."""
+    client = small_memory.client()
+    table = half_evicted(client, "pages", 0, 4, 2500)
+    with connect(small_memory) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, vector FROM pages ORDER BY id")
+        got = cur.fetch_arrow_table()
+        assert got.column("id").to_pylist() == table.column("id").to_pylist()
+        assert got.column("vector").combine_chunks().flatten().equals(
+            table.column("vector").combine_chunks().flatten())
+        cur.execute("EXPLAIN SELECT vector FROM pages")
+        plan = "\n".join(str(r) for r in cur.fetchall())
+        assert "DataSourceExec" not in plan and "StreamingTableExec" in plan, plan
+        cur.execute("EXPLAIN SELECT vector FROM pages WHERE id > 100")
+        assert "DataSourceExec" in "\n".join(str(r) for r in cur.fetchall())
+        cur.execute("SELECT count(vector), sum(vector[3]) FROM pages")
+        (count, total), = cur.fetchall()
+        assert count == table.num_rows
+        assert total == pytest.approx(float(table.column("vector").combine_chunks().flatten().to_numpy()
+                                             .reshape(-1, DIM)[:, 2].astype(np.float64).sum()), rel=1e-5)
+
+    # A vector column with a null row: its files name nothing.
+    flat = pa.array(np.arange(4 * DIM, dtype=np.float32))
+    vec = pa.FixedSizeListArray.from_arrays(flat, DIM, mask=pa.array([False, True, False, False]))
+    nulls = pa.table({"id": pa.array([1, 2, 3, 4], pa.int32()), "vector": vec})
+    put(client, "with-null", [nulls])
+    action(client, "force_snapshot", b"with-null")
+    # Over the memory limit: the snapshotted rows are evicted.
+    put(client, "with-null", [vectors(100 + k * 2500, 2500) for k in range(4)])
+    action(client, "force_snapshot", b"with-null")
+    put(client, "with-null", [vectors(20_000, 2500)])
+    stats = {d["name"]: d for d in action(client, "get_stats")["per_dataset"]}["with-null"]
+    assert stats["snapshot_rows"] > 0, stats
+    with connect(small_memory) as conn, conn.cursor() as cur:
+        cur.execute('EXPLAIN SELECT vector FROM "with-null"')
+        assert "DataSourceExec" in "\n".join(str(r) for r in cur.fetchall())
+        cur.execute('SELECT id, vector FROM "with-null" WHERE id < 5 ORDER BY id')
+        rows = cur.fetchall()
+        assert [r[0] for r in rows] == [1, 2, 3, 4] and rows[1][1] is None
+        assert list(rows[2][1]) == list(range(2 * DIM, 3 * DIM))
+
+
 def test_bulk_ingest_then_read_back_with_pyarrow_flight(server, tmp_path):
     client = server.client()
     data = vectors(0, 300)

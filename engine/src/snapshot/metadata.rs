@@ -85,6 +85,30 @@ pub enum SnapshotCompression {
     Zstd,
 }
 
+/// A snapshot file's key-value metadata naming (as a JSON array) the
+/// `FixedSizeList<Float32>` columns whose every row is a full list of
+/// non-null floats in this file: a reader may copy their PLAIN float pages
+/// and skip the repetition and definition levels, which say nothing there.
+pub const FULL_FLOAT_LISTS_KEY: &str = "longbow.full_float_lists";
+
+/// The columns of `schema` that may be named under [`FULL_FLOAT_LISTS_KEY`].
+pub fn float_list_columns(schema: &arrow::datatypes::Schema) -> Vec<usize> {
+    use arrow::datatypes::DataType;
+    (0..schema.fields().len())
+        .filter(|&i| {
+            matches!(schema.field(i).data_type(), DataType::FixedSizeList(f, n) if *f.data_type() == DataType::Float32 && *n > 0)
+        })
+        .collect()
+}
+
+/// Whether column `i` of `batch` (a `FixedSizeList<Float32>`) has no null
+/// list and no null item.
+pub fn full_float_list(batch: &arrow::array::RecordBatch, i: usize) -> bool {
+    use arrow::array::{Array, AsArray};
+    let c = batch.column(i);
+    c.null_count() == 0 && c.as_fixed_size_list_opt().is_some_and(|l| l.values().null_count() == 0)
+}
+
 pub(crate) fn properties(compression: SnapshotCompression, schema: &arrow::datatypes::Schema) -> WriterProperties {
     let c = match compression {
         SnapshotCompression::None => Compression::UNCOMPRESSED,

@@ -8,6 +8,8 @@
 //!   `longbow.public` holds one table per dataset.
 //! - `table.rs`: the table provider, the union of a dataset's batches in
 //!   memory and its snapshot Parquet files, from one view the shard takes.
+//! - `cold.rs`: snapshot files' vector columns read by copying their
+//!   float pages, for scans that read vectors and filter nothing.
 //! - `remote.rs`: with several nodes, the catalog's schema, which finds a
 //!   dataset another node owns at that node; its scans are DoGets there.
 //! - `vector.rs`: `l2_distance`, `cosine_distance`, `inner_product`.
@@ -20,6 +22,7 @@
 //! reads slowly slows its query, and one that goes away stops it (the plan
 //! is dropped, and DataFusion aborts the tasks it spawned).
 
+pub mod cold;
 pub mod error;
 pub mod remote;
 pub mod service;

@@ -29,6 +29,7 @@ use futures::StreamExt;
 use longbow_engine::shard::request::{ScanFile, ScanRequest, ScanView};
 use longbow_engine::Engine;
 
+use super::cold::{ColdFile, ColdPart};
 use super::error::engine_error;
 
 /// In-memory batches one scan takes from the shard (all of them: a query
@@ -107,6 +108,56 @@ impl DatasetTable {
     }
 }
 
+impl DatasetTable {
+    /// The files' scan when the query reads vector columns and filters
+    /// nothing (a k-NN): their float pages copied, not decoded level by
+    /// level (`cold.rs`), row groups spread over the partitions. `None`
+    /// where a file does not name the columns full, or with filters, which
+    /// the general scan prunes row groups by.
+    async fn vector_plan(
+        &self,
+        state: &dyn Session,
+        files: &[ScanFile],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        let projection: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let floats = longbow_engine::snapshot::float_list_columns(&self.schema);
+        let vectors: Vec<&str> =
+            projection.iter().filter(|i| floats.contains(i)).map(|&i| self.schema.field(i).name().as_str()).collect();
+        if vectors.is_empty() || !filters.is_empty() {
+            return Ok(None);
+        }
+        let store = state.runtime_env().object_store(&self.store_url)?;
+        let mut units = Vec::new();
+        for f in files {
+            let Some(file) = ColdFile::open(&store, &f.path, f.bytes, &vectors).await? else { return Ok(None) };
+            let file = Arc::new(file);
+            units.extend((0..file.row_groups()).map(|rg| (file.clone(), rg)));
+        }
+        let partitions = state.config().target_partitions().max(1).min(units.len().max(1));
+        let projected = Arc::new(self.schema.project(&projection)?);
+        let mut parts: Vec<Vec<_>> = (0..partitions).map(|_| Vec::new()).collect();
+        for (k, u) in units.into_iter().enumerate() {
+            parts[k % partitions].push(u);
+        }
+        let parts: Vec<Arc<dyn PartitionStream>> = parts
+            .into_iter()
+            .map(|units| {
+                Arc::new(ColdPart {
+                    dataset: self.schema.clone(),
+                    projection: projection.clone(),
+                    projected: projected.clone(),
+                    store: store.clone(),
+                    units,
+                }) as _
+            })
+            .collect();
+        Ok(Some(Arc::new(StreamingTableExec::try_new(projected, parts, None, [], false, limit)?)))
+    }
+}
+
 /// One partition of the batches in memory. Its stream yields to the
 /// runtime after every batch: a plan whose client went away is dropped
 /// between two batches even when each takes long to process (the tokio
@@ -177,7 +228,11 @@ impl TableProvider for DatasetTable {
         // limit is only pushed here when no filter remains above).
         let cold_needed = limit.is_none_or(|l| hot_rows < l);
         if !view.files.is_empty() && cold_needed {
-            parts.push(self.cold_plan(state, &view.files, projection, filters, limit)?);
+            let plan = match self.vector_plan(state, &view.files, projection, filters, limit).await? {
+                Some(plan) => plan,
+                None => self.cold_plan(state, &view.files, projection, filters, limit)?,
+            };
+            parts.push(plan);
         }
         if parts.is_empty() {
             let projected = datafusion::physical_plan::project_schema(&self.schema, projection)?;

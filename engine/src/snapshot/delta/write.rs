@@ -57,6 +57,7 @@ impl SnapshotStore {
     ) -> Result<u64> {
         let target = file_schema(&schema);
         let props = crate::snapshot::properties(self.compression, &target);
+        let dataset_schema = schema;
         let schema = target;
         // Multipart parts of UPLOAD_PART_BYTES, UPLOAD_PARTS_IN_FLIGHT at a
         // time: what an upload holds in memory besides the row group being
@@ -66,10 +67,25 @@ impl SnapshotStore {
                 .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT);
         let mut w =
             AsyncArrowWriter::try_new(writer, schema.clone(), Some(props)).map_err(parquet_err("encoding", path))?;
+        // The vector columns found full in every batch: named in the
+        // file's metadata for readers that skip their levels.
+        let mut full = crate::snapshot::float_list_columns(&dataset_schema);
+        let mut rows = 0;
         let mut batches = std::pin::pin!(batches);
         while let Some(b) = batches.next().await {
-            let b = conform(b?, &schema)?;
+            let b = b?;
+            full.retain(|&i| crate::snapshot::full_float_list(&b, i));
+            rows += b.num_rows();
+            let b = conform(b, &schema)?;
             w.write(&b).await.map_err(parquet_err("uploading", path))?;
+        }
+        if rows > 0 && !full.is_empty() {
+            let names: Vec<&str> = full.iter().map(|&i| dataset_schema.field(i).name().as_str()).collect();
+            let value = serde_json::to_string(&names).expect("names serialize");
+            w.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+                crate::snapshot::FULL_FLOAT_LISTS_KEY.to_owned(),
+                value,
+            ));
         }
         w.finish().await.map_err(parquet_err("uploading", path))?;
         let bytes = w.bytes_written() as u64;
