@@ -28,20 +28,26 @@ fn expected(ranges: &[std::ops::Range<i64>]) -> Vec<i64> {
     v
 }
 
+/// Node 0 owns "beta" and stops with rows 0..10 in the table and `tail`
+/// in its WAL only.
+fn owned_with_a_tail(dir: &std::path::Path, shared: &Arc<dyn ObjectStore>, tail: std::ops::Range<i64>) {
+    let a = Engine::start(config(dir, shared.clone(), "0", true), EngineMetrics::default()).unwrap();
+    block_on(a.open("beta", ids(0..1).schema())).unwrap();
+    append(&a, 0..10);
+    block_on(a.snapshot(Some("beta"))).unwrap();
+    for k in tail.clone().step_by(10) {
+        append(&a, k..(k + 10).min(tail.end));
+    }
+    block_on(a.shutdown()).unwrap();
+}
+
 #[test]
 fn a_dataset_handed_over_between_nodes_keeps_every_row_once() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let shared: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
 
     // Node 0 owned "beta": part of it is in the table, part only in its WAL.
-    let a = Engine::start(config(a_dir.path(), shared.clone(), "0", true), EngineMetrics::default()).unwrap();
-    block_on(a.open("beta", ids(0..1).schema())).unwrap();
-    append(&a, 0..10);
-    block_on(a.snapshot(Some("beta"))).unwrap();
-    append(&a, 10..20);
-    append(&a, 20..30);
-    block_on(a.shutdown()).unwrap();
-    drop(a);
+    owned_with_a_tail(a_dir.path(), &shared, 10..30);
 
     // The node list changed: node 1 owns "beta" now and serves what the
     // table holds; its own LSNs start low again, below node 0's.
@@ -95,13 +101,7 @@ fn a_tail_of_a_dataset_the_owner_dropped_and_made_again_is_not_handed_over() {
 
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let shared: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let a = Engine::start(config(a_dir.path(), shared.clone(), "0", true), EngineMetrics::default()).unwrap();
-    block_on(a.open("beta", ids(0..1).schema())).unwrap();
-    append(&a, 0..10);
-    block_on(a.snapshot(Some("beta"))).unwrap();
-    append(&a, 10..20);
-    block_on(a.shutdown()).unwrap();
-    drop(a);
+    owned_with_a_tail(a_dir.path(), &shared, 10..20);
 
     // The new owner drops "beta" and makes it again with another schema.
     let b = Engine::start(config(b_dir.path(), shared.clone(), "1", true), EngineMetrics::default()).unwrap();

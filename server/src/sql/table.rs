@@ -106,9 +106,7 @@ impl DatasetTable {
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
-}
 
-impl DatasetTable {
     /// The files' scan when the query reads vector columns and filters
     /// nothing (a k-NN): their float pages copied, not decoded level by
     /// level (`cold.rs`), row groups spread over the partitions. `None`
