@@ -158,6 +158,26 @@ impl Peers {
         self.clients.iter().enumerate().filter_map(|(i, c)| c.clone().map(|c| (i, c)))
     }
 
+    /// What every other node lists as its own (ListFlights, forwarded so
+    /// that it does not ask on), with the node's index; the nodes are asked
+    /// at once.
+    pub async fn their_flights(&self) -> Result<Vec<(usize, arrow_flight::FlightInfo)>, Status> {
+        let asked = self.others().map(|(node, mut client)| async move {
+            let request = self.forward(arrow_flight::Criteria::default());
+            let mut infos = client.list_flights(request).await.map_err(|e| peer_status(node, e))?.into_inner();
+            let mut theirs = Vec::new();
+            while let Some(info) = infos.message().await.map_err(|e| peer_status(node, e))? {
+                theirs.push((node, info));
+            }
+            Ok::<_, Status>(theirs)
+        });
+        let mut out = Vec::new();
+        for theirs in futures::future::join_all(asked).await {
+            out.extend(theirs?);
+        }
+        Ok(out)
+    }
+
     /// `message` as a forwarded call: marked, with this cluster's token.
     pub fn forward<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);

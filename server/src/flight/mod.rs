@@ -244,16 +244,7 @@ impl FlightService for LongbowFlight {
                 infos.iter().map(|i| flight_info(i).map(|f| self.located(f))).collect();
             // Every node lists every dataset: each peer's own, asked once.
             if !forwarded {
-                for (node, mut client) in self.peers.others() {
-                    let mut theirs = client
-                        .list_flights(self.peers.forward(Criteria::default()))
-                        .await
-                        .map_err(|e| peer_status(node, e))?
-                        .into_inner();
-                    while let Some(info) = theirs.message().await.map_err(|e| peer_status(node, e))? {
-                        out.push(Ok(info));
-                    }
-                }
+                out.extend(self.peers.their_flights().await?.into_iter().map(|(_, info)| Ok(info)));
             }
             Ok(Response::new(futures::stream::iter(out).boxed()))
         }

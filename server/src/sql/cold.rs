@@ -72,94 +72,100 @@ impl ColdFile {
     }
 }
 
+/// What every part of one scan reads.
+#[derive(Debug)]
+pub struct ColdScan {
+    /// The dataset's schema, and its `FixedSizeList<Float32>` columns
+    /// (`float_list_columns`).
+    pub dataset: SchemaRef,
+    pub vectors: Vec<usize>,
+    /// The columns the query reads, in order, and the schema of the
+    /// batches: `dataset` projected.
+    pub projection: Vec<usize>,
+    pub projected: SchemaRef,
+    pub store: Arc<dyn ObjectStore>,
+}
+
 /// A part of a scan: row groups of files, read in order.
 #[derive(Debug)]
 pub struct ColdPart {
-    /// The dataset's schema, and the columns the query reads (in order).
-    pub dataset: SchemaRef,
-    pub projection: Vec<usize>,
-    /// The schema of the batches: `schema` projected.
-    pub projected: SchemaRef,
-    pub store: Arc<dyn ObjectStore>,
+    pub scan: Arc<ColdScan>,
     pub units: Vec<(Arc<ColdFile>, usize)>,
 }
 
 impl PartitionStream for ColdPart {
     fn schema(&self) -> &SchemaRef {
-        &self.projected
+        &self.scan.projected
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (schema, projection, projected, store) =
-            (self.dataset.clone(), self.projection.clone(), self.projected.clone(), self.store.clone());
-        let units = self.units.clone();
-        let batches = futures::stream::iter(units).then(move |(file, rg)| {
-            let (schema, projection, projected, store) =
-                (schema.clone(), projection.clone(), projected.clone(), store.clone());
-            async move { row_group(&store, &file, rg, &schema, &projection, &projected).await }
+        let scan = self.scan.clone();
+        let batches = futures::stream::iter(self.units.clone()).then(move |(file, rg)| {
+            let scan = scan.clone();
+            async move { scan.row_group(&file, rg).await }
         });
-        Box::pin(RecordBatchStreamAdapter::new(self.projected.clone(), batches.boxed()))
+        Box::pin(RecordBatchStreamAdapter::new(self.scan.projected.clone(), batches.boxed()))
     }
 }
 
-/// One row group of `file` as a batch of `projected`: vector columns from
-/// their pages, the others through arrow-rs.
-async fn row_group(
-    store: &Arc<dyn ObjectStore>,
-    file: &ColdFile,
-    rg: usize,
-    schema: &SchemaRef,
-    projection: &[usize],
-    projected: &SchemaRef,
-) -> DfResult<RecordBatch> {
-    let metadata = file.meta.metadata();
-    let rows = metadata.row_group(rg).num_rows() as usize;
-    let is_vector = |i: usize| matches!(schema.field(i).data_type(), DataType::FixedSizeList(f, _) if *f.data_type() == DataType::Float32);
-    let others: Vec<usize> = projection.iter().copied().filter(|&i| !is_vector(i)).collect();
-    let mut plain: Vec<ArrayRef> = Vec::new();
-    if !others.is_empty() {
-        #[allow(deprecated)]
-        let reader = ParquetObjectReader::new(store.clone(), file.path.clone()).with_file_size(file.bytes);
-        let mask = ProjectionMask::roots(metadata.file_metadata().schema_descr(), others.iter().copied());
-        let batches: Vec<RecordBatch> = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.meta.clone())
-            .with_projection(mask)
-            .with_row_groups(vec![rg])
-            .with_batch_size(rows.max(1))
-            .build()?
-            .try_collect()
-            .await?;
-        let one = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
-        plain = one.columns().to_vec();
-    }
-    let mut plain = plain.into_iter();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(projection.len());
-    for &i in projection {
-        if !is_vector(i) {
-            let c =
-                plain.next().ok_or_else(|| DataFusionError::Internal("a column missing from a row group".into()))?;
-            // Cast back from the file's types (a list in the file for any
-            // other fixed-size list) to the dataset's.
-            columns.push(arrow::compute::cast(&c, schema.field(i).data_type())?);
-            continue;
+impl ColdScan {
+    /// One row group of `file` as a batch of `projected`: vector columns
+    /// from their pages, the others through arrow-rs.
+    async fn row_group(&self, file: &ColdFile, rg: usize) -> DfResult<RecordBatch> {
+        let (store, schema, projection) = (&self.store, &self.dataset, &self.projection);
+        let metadata = file.meta.metadata();
+        let rows = metadata.row_group(rg).num_rows() as usize;
+        let is_vector = |i: usize| self.vectors.contains(&i);
+        let others: Vec<usize> = projection.iter().copied().filter(|&i| !is_vector(i)).collect();
+        let mut plain: Vec<ArrayRef> = Vec::new();
+        if !others.is_empty() {
+            #[allow(deprecated)]
+            let reader = ParquetObjectReader::new(store.clone(), file.path.clone()).with_file_size(file.bytes);
+            let mask = ProjectionMask::roots(metadata.file_metadata().schema_descr(), others.iter().copied());
+            let batches: Vec<RecordBatch> =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.meta.clone())
+                    .with_projection(mask)
+                    .with_row_groups(vec![rg])
+                    .with_batch_size(rows.max(1))
+                    .build()?
+                    .try_collect()
+                    .await?;
+            if let Some(first) = batches.first() {
+                plain = arrow::compute::concat_batches(&first.schema(), &batches)?.columns().to_vec();
+            }
         }
-        let DataType::FixedSizeList(item, dim) = schema.field(i).data_type() else { unreachable!() };
-        let name = schema.field(i).name();
-        let leaf = metadata
-            .file_metadata()
-            .schema_descr()
-            .columns()
-            .iter()
-            .position(|c| c.path().parts().first() == Some(name))
-            .ok_or_else(|| DataFusionError::Internal(format!("no leaf column for {name:?}")))?;
-        let chunk = metadata.row_group(rg).column(leaf);
-        let (start, len) = chunk.byte_range();
-        let bytes = store.get_range(&file.path, start..start + len).await?;
-        let values = floats(Arc::new(At { start, bytes, file_len: file.bytes }), chunk, rows, rows * *dim as usize)?;
-        let list = FixedSizeListArray::try_new(item.clone(), *dim, Arc::new(Float32Array::from(values)), None)?;
-        columns.push(Arc::new(list));
+        let mut plain = plain.into_iter();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(projection.len());
+        for &i in projection {
+            if !is_vector(i) {
+                let c = plain
+                    .next()
+                    .ok_or_else(|| DataFusionError::Internal("a column missing from a row group".into()))?;
+                // Cast back from the file's types (a list in the file for any
+                // other fixed-size list) to the dataset's.
+                columns.push(arrow::compute::cast(&c, schema.field(i).data_type())?);
+                continue;
+            }
+            let DataType::FixedSizeList(item, dim) = schema.field(i).data_type() else { unreachable!() };
+            let name = schema.field(i).name();
+            let leaf = metadata
+                .file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.path().parts().first() == Some(name))
+                .ok_or_else(|| DataFusionError::Internal(format!("no leaf column for {name:?}")))?;
+            let chunk = metadata.row_group(rg).column(leaf);
+            let (start, len) = chunk.byte_range();
+            let bytes = store.get_range(&file.path, start..start + len).await?;
+            let values =
+                floats(Arc::new(At { start, bytes, file_len: file.bytes }), chunk, rows, rows * *dim as usize)?;
+            let list = FixedSizeListArray::try_new(item.clone(), *dim, Arc::new(Float32Array::from(values)), None)?;
+            columns.push(Arc::new(list));
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(RecordBatch::try_new_with_options(self.projected.clone(), columns, &options)?)
     }
-    let options = RecordBatchOptions::new().with_row_count(Some(rows));
-    Ok(RecordBatch::try_new_with_options(projected.clone(), columns, &options)?)
 }
 
 /// The floats of one column chunk's data pages, `expected` of them.

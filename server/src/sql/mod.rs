@@ -134,10 +134,10 @@ impl SqlEngine {
     /// planned), and finds any other at its owner.
     pub async fn context(&self) -> Result<SessionContext, Status> {
         let ctx = self.session();
-        let datasets = self.engine.list().await.map_err(crate::error::into_status)?;
-        let local = datasets
+        let local = self
+            .owned()
+            .await?
             .into_iter()
-            .filter(|d| self.peers.cluster.owns(&d.name))
             .map(|d| {
                 let table: Arc<dyn datafusion::datasource::TableProvider> =
                     self.table(&d.name, d.schema.clone(), Source::Live);
@@ -149,34 +149,28 @@ impl SqlEngine {
         Ok(ctx)
     }
 
+    /// The datasets this node holds and owns (not those it holds only
+    /// until their handover).
+    async fn owned(&self) -> Result<Vec<longbow_engine::DatasetInfo>, Status> {
+        let datasets = self.engine.list().await.map_err(crate::error::into_status)?;
+        Ok(datasets.into_iter().filter(|d| self.peers.cluster.owns(&d.name)).collect())
+    }
+
     /// Every node's datasets with their schemas: this node's own, and what
     /// each other node lists as its own.
     pub async fn tables(&self) -> Result<Vec<(String, SchemaRef)>, Status> {
         let cluster = &self.peers.cluster;
-        let datasets = self.engine.list().await.map_err(crate::error::into_status)?;
-        let mut out: Vec<(String, SchemaRef)> =
-            datasets.into_iter().filter(|d| cluster.owns(&d.name)).map(|d| (d.name, d.schema)).collect();
-        let asked = self.peers.others().map(|(node, mut client)| async move {
-            let request = self.peers.forward(arrow_flight::Criteria::default());
-            let mut infos = client.list_flights(request).await.map_err(|e| crate::cluster::peer_status(node, e))?;
-            let mut theirs = Vec::new();
-            while let Some(info) = infos.get_mut().message().await.map_err(|e| crate::cluster::peer_status(node, e))? {
-                let Some(name) = info.flight_descriptor.as_ref().and_then(|d| d.path.first()).cloned() else {
-                    continue;
-                };
-                // A dataset the node holds while handing it to its owner
-                // is listed by the owner.
-                if cluster.owner(&name) == node {
-                    let schema = info
-                        .try_decode_schema()
-                        .map_err(|e| Status::internal(format!("node {node} listed {name:?} with a bad schema: {e}")))?;
-                    theirs.push((name, Arc::new(schema)));
-                }
+        let mut out: Vec<(String, SchemaRef)> = self.owned().await?.into_iter().map(|d| (d.name, d.schema)).collect();
+        for (node, info) in self.peers.their_flights().await? {
+            let Some(name) = info.flight_descriptor.as_ref().and_then(|d| d.path.first()).cloned() else { continue };
+            // A dataset the node holds while handing it to its owner is
+            // listed by the owner.
+            if cluster.owner(&name) == node {
+                let schema = info
+                    .try_decode_schema()
+                    .map_err(|e| Status::internal(format!("node {node} listed {name:?} with a bad schema: {e}")))?;
+                out.push((name, Arc::new(schema)));
             }
-            Ok::<_, Status>(theirs)
-        });
-        for theirs in futures::future::join_all(asked).await {
-            out.extend(theirs?);
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)

@@ -29,12 +29,23 @@ use futures::StreamExt;
 use longbow_engine::shard::request::{ScanFile, ScanRequest, ScanView};
 use longbow_engine::Engine;
 
-use super::cold::{ColdFile, ColdPart};
+use super::cold::{ColdFile, ColdPart, ColdScan};
 use super::error::engine_error;
 
 /// In-memory batches one scan takes from the shard (all of them: a query
 /// sees the whole dataset; the batches are `Arc`ed, not copied).
 const SCAN_BATCHES_MAX: usize = usize::MAX;
+
+/// `items` dealt round-robin into at most `n` groups (at least one), so
+/// that a scan's partitions get even shares.
+fn round_robin<T>(items: impl IntoIterator<Item = T>, n: usize, len: usize) -> Vec<Vec<T>> {
+    let n = n.max(1).min(len.max(1));
+    let mut groups: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        groups[i % n].push(item);
+    }
+    groups
+}
 
 /// What a table's rows are read from: the shard's view, or a fixed part of
 /// it (a DoGet endpoint's LSN range).
@@ -88,12 +99,11 @@ impl DatasetTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let partitions = state.config().target_partitions().max(1);
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(files.len())];
-        for (i, f) in files.iter().enumerate() {
-            let n = groups.len();
-            groups[i % n].push(PartitionedFile::new(f.path.clone(), f.bytes));
-        }
+        let groups = round_robin(
+            files.iter().map(|f| PartitionedFile::new(f.path.clone(), f.bytes)),
+            state.config().target_partitions(),
+            files.len(),
+        );
         let mut source = ParquetSource::new(self.schema.clone());
         if let Some(predicate) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
@@ -134,23 +144,18 @@ impl DatasetTable {
             let file = Arc::new(file);
             units.extend((0..file.row_groups()).map(|rg| (file.clone(), rg)));
         }
-        let partitions = state.config().target_partitions().max(1).min(units.len().max(1));
         let projected = Arc::new(self.schema.project(&projection)?);
-        let mut parts: Vec<Vec<_>> = (0..partitions).map(|_| Vec::new()).collect();
-        for (k, u) in units.into_iter().enumerate() {
-            parts[k % partitions].push(u);
-        }
-        let parts: Vec<Arc<dyn PartitionStream>> = parts
+        let scan = Arc::new(ColdScan {
+            dataset: self.schema.clone(),
+            vectors: floats,
+            projection,
+            projected: projected.clone(),
+            store,
+        });
+        let len = units.len();
+        let parts: Vec<Arc<dyn PartitionStream>> = round_robin(units, state.config().target_partitions(), len)
             .into_iter()
-            .map(|units| {
-                Arc::new(ColdPart {
-                    dataset: self.schema.clone(),
-                    projection: projection.clone(),
-                    projected: projected.clone(),
-                    store: store.clone(),
-                    units,
-                }) as _
-            })
+            .map(|units| Arc::new(ColdPart { scan: scan.clone(), units }) as _)
             .collect();
         Ok(Some(Arc::new(StreamingTableExec::try_new(projected, parts, None, [], false, limit)?)))
     }
@@ -210,15 +215,12 @@ impl TableProvider for DatasetTable {
         if !view.batches.is_empty() {
             // Round-robin over the target partitions so the scan runs on
             // several cores.
-            let n = state.config().target_partitions().max(1).min(view.batches.len());
-            let mut partitions = vec![Vec::new(); n];
-            for (i, (_, b)) in view.batches.iter().enumerate() {
-                partitions[i % n].push(b.clone());
-            }
-            let partitions: Vec<Arc<dyn PartitionStream>> = partitions
-                .into_iter()
-                .map(|batches| Arc::new(HotPartition { schema: self.schema.clone(), batches }) as _)
-                .collect();
+            let batches = view.batches.iter().map(|(_, b)| b.clone());
+            let partitions: Vec<Arc<dyn PartitionStream>> =
+                round_robin(batches, state.config().target_partitions(), view.batches.len())
+                    .into_iter()
+                    .map(|batches| Arc::new(HotPartition { schema: self.schema.clone(), batches }) as _)
+                    .collect();
             let hot = StreamingTableExec::try_new(self.schema.clone(), partitions, projection, [], false, limit)?;
             parts.push(Arc::new(hot));
         }
