@@ -54,7 +54,8 @@ def render(res: Path) -> str:
         f"`{m['commit']}` (\"{m['subject']}\"){dirty}. Machine `{m['host']}`: {m['cpus']} CPUs "
         f"({m['cpu_model']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, data on {m['fs']}; clients and "
         f"servers share the machine; load average (1, 5, 15 min) {m.get('load_start', '?')} at the start, "
-        f"{m.get('load_end', '?')} at the end. Figures from one run: compare ratios within it."
+        f"{m.get('load_end', '?')} at the end. Free memory before measuring: {m.get('warm_memory', 'not touched')}. "
+        "Figures from one run: compare ratios within it."
         + (" Quick mode (smaller fio files, snapshot and recovery jobs): a check of the script, not a measurement."
            if m.get("quick") else ""),
         "",
