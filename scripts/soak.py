@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 # server/tests/snapshots.rs allows 96 MiB over the limit for one shard: its
-# DMA pool (SHARD_IO_MEMORY_BYTES, 32 MiB), a Parquet row group being
+# DMA pool (SHARD_IO_MEMORY_BYTES, 8 MiB, pinned before the start figure), a Parquet row group being
 # encoded, gRPC buffers. Each shard has its own pool and snapshot worker.
 FIXED_OVERHEAD_PER_SHARD = 96 * MIB
 # What one client connection can have in flight at the server, unacknowledged:

@@ -347,7 +347,7 @@ async fn one_producer_writing_beyond_the_memory_limit_is_held_back_not_refused()
     // A commit waits for room, then lands whole: at most one group commit
     // (4 MiB) above the limit.
     assert!(stats["memory_bytes"].as_u64().unwrap() <= LIMIT + (4 << 20), "{stats}");
-    // Fixed overhead: glommio's DMA pool (32 MiB), a Parquet row group being
+    // Fixed overhead: glommio's DMA pool (8 MiB), a Parquet row group being
     // encoded, the admitted batches in flight (8 MiB), the HTTP/2 window
     // (16 MiB) and what the allocator keeps of freed memory for its purge
     // delay (1 s, see server/src/main.rs).
@@ -409,7 +409,7 @@ async fn four_producers_beyond_the_memory_limit_stay_within_the_rss_bound() {
     assert_eq!(metric_value(&metrics, "longbow_memory_refusals_total"), 0.0, "never refused");
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     let per_connection = (16 << 20) + 600_000;
-    // Fixed: per shard glommio's DMA pool (32 MiB) and a Parquet row group
+    // Fixed: per shard glommio's DMA pool (8 MiB) and a Parquet row group
     // being encoded, the engine's pool of freed batch bodies (64 MiB), and
     // what the allocator keeps of other freed memory for its 100 ms purge
     // delay; snapshots go through the Delta store, whose runtime's threads
