@@ -199,6 +199,39 @@ def test_bearer_token_with_pyarrow_call_options(tmp_path):
         assert s.stop() == 0
 
 
+def test_a_refused_message_ends_the_put_after_the_batches_before_it_are_acknowledged(tmp_path):
+    """50 batches sent back to back, then a message over
+    LONGBOW_MAX_MESSAGE_SIZE: the refusal reaches the server while the last
+    batches are still being committed. The client gets an acknowledgement
+    for each of the 50, then the refusal (naming the limit); the 50 are
+    stored, the refused one is not, and the server goes on. Before, the
+    refusal failed the whole stream, so the batches not yet committed were
+    dropped and the client was told "an earlier batch failed"."""
+    s = Server(tmp_path / "data", shards=1, extra=["--max-message-size", "1MiB"])
+    try:
+        client = s.client()
+        small = [vectors(i * 10, 10) for i in range(50)]
+        writer, reader = client.do_put(fl.FlightDescriptor.for_path("refused"), small[0].schema)
+        for t in small:
+            writer.write_table(t)
+        try:
+            writer.write_table(vectors(100_000, 5000))  # ~2.6 MB in one message
+            writer.done_writing()
+        except pa.ArrowException:
+            pass  # the server may have answered already: the answer is read below
+        acks = []
+        with pytest.raises(pa.ArrowInvalid, match="invalid argument error.*too large"):
+            while (buf := reader.read()) is not None:
+                acks.append(json.loads(buf.to_pybytes()))
+            writer.close()
+        assert [a["rows"] for a in acks] == [10] * 50
+        ids = client.do_get(fl.Ticket(b"refused")).read_all().column("id").to_pylist()
+        assert sorted(ids) == list(range(500)), "the 50 acknowledged batches, not the refused one"
+        assert put(client, "refused", [vectors(500, 10)])[0]["rows"] == 10
+    finally:
+        assert s.stop() == 0
+
+
 def test_malformed_and_edge_inputs_get_clear_errors(tmp_path):
     s = Server(tmp_path / "data", extra=["--max-message-size", "1MiB"])
     try:

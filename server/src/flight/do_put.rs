@@ -172,9 +172,15 @@ impl Reader {
                     Some(Ok(d)) => d,
                     None => break,
                     Some(Err(status)) => {
-                        // The client's side of the stream broke: it will not
-                        // read acknowledgements either.
-                        self.stream.fail();
+                        // A message the transport refused (over the size
+                        // limit, not protobuf): the client is still there,
+                        // so the batches before it are stored and
+                        // acknowledged, and then it gets the refusal.
+                        // Otherwise the client's side of the stream broke:
+                        // it will not read acknowledgements either.
+                        if !crate::transport::status::is_refused_message(&status) {
+                            self.stream.fail();
+                        }
                         let _ = self.steps.send(Step::Fail(status)).await;
                         return;
                     }

@@ -41,6 +41,13 @@ const GRPC_MESSAGE: &str = "grpc-message";
 const CLIENT_ERRORS: &[(&[u8], &[u8])] =
     &[(b"13", b"failed to decode Protobuf message"), (b"11", b"Error, decoded message length too large")];
 
+/// Whether a handler's input stream ended with one of [`CLIENT_ERRORS`]:
+/// tonic refused a message the client sent, and the connection is fine.
+pub fn is_refused_message(status: &tonic::Status) -> bool {
+    let code = (status.code() as i32).to_string();
+    CLIENT_ERRORS.iter().any(|(c, prefix)| code.as_bytes() == *c && status.message().as_bytes().starts_with(prefix))
+}
+
 /// INVALID_ARGUMENT.
 const INVALID_ARGUMENT: &str = "3";
 
@@ -139,6 +146,7 @@ mod tests {
             ("13", "failed to decode Protobuf message: FlightDescriptor.path: invalid string value: data is not UTF-8 encoded"),
             ("11", "Error, decoded message length too large: found 70000000 bytes, the limit is: 67108864 bytes"),
         ] {
+            assert!(is_refused_message(&tonic::Status::new(tonic::Code::from_bytes(code.as_bytes()), message)));
             let mut h = headers(code, message);
             let sent = h[GRPC_MESSAGE].clone();
             assert!(correct(&mut h));
@@ -152,6 +160,7 @@ mod tests {
             ("14", "Error, decoded message length too large"),
             ("0", ""),
         ] {
+            assert!(!is_refused_message(&tonic::Status::new(tonic::Code::from_bytes(code.as_bytes()), message)));
             let mut h = headers(code, message);
             assert!(!correct(&mut h), "{code} {message}");
             assert_eq!(h[GRPC_STATUS], code);
