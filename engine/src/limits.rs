@@ -35,7 +35,7 @@ pub const BODY_POOL_BYTES_MAX: usize = 64 * MIB as usize;
 /// glommio `io_memory` per shard: registered DMA buffers for commit buffers,
 /// zero fills and reads. io_uring pins all of it at start, so it is resident
 /// whether used or not (32 MiB per shard was 64 of a fresh 2-shard server's
-/// 106 MiB). What it holds at once is one commit buffer (at most
+/// 114 MiB). What it holds at once is one commit buffer (at most
 /// [`GROUP_COMMIT_BYTES_MAX`]; a large body is written from the gateway's
 /// memory, not copied here), a zero-fill buffer and a seal block; a buffer
 /// that does not fit comes from the heap instead, which costs the kernel a

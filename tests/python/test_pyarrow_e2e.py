@@ -201,8 +201,8 @@ def test_bearer_token_with_pyarrow_call_options(tmp_path):
 
 def test_a_refused_message_ends_the_put_after_the_batches_before_it_are_acknowledged(tmp_path):
     """50 batches sent back to back, then a message over
-    LONGBOW_MAX_MESSAGE_SIZE: the refusal reaches the server while the last
-    batches are still being committed. The client gets an acknowledgement
+    LONGBOW_MAX_MESSAGE_SIZE: the refusal usually reaches the server while
+    the last batches are still being committed. The client gets an acknowledgement
     for each of the 50, then the refusal (naming the limit); the 50 are
     stored, the refused one is not, and the server goes on. Before, the
     refusal failed the whole stream, so the batches not yet committed were

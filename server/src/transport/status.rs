@@ -41,11 +41,16 @@ const GRPC_MESSAGE: &str = "grpc-message";
 const CLIENT_ERRORS: &[(&[u8], &[u8])] =
     &[(b"13", b"failed to decode Protobuf message"), (b"11", b"Error, decoded message length too large")];
 
+/// Whether a status (its code as `grpc-status` writes it, and its
+/// message) is one of [`CLIENT_ERRORS`].
+fn is_client_error(code: &[u8], message: &[u8]) -> bool {
+    CLIENT_ERRORS.iter().any(|(c, prefix)| code == *c && message.starts_with(prefix))
+}
+
 /// Whether a handler's input stream ended with one of [`CLIENT_ERRORS`]:
 /// tonic refused a message the client sent, and the connection is fine.
 pub fn is_refused_message(status: &tonic::Status) -> bool {
-    let code = (status.code() as i32).to_string();
-    CLIENT_ERRORS.iter().any(|(c, prefix)| code.as_bytes() == *c && status.message().as_bytes().starts_with(prefix))
+    is_client_error((status.code() as i32).to_string().as_bytes(), status.message().as_bytes())
 }
 
 /// INVALID_ARGUMENT.
@@ -77,8 +82,7 @@ pub fn correct(headers: &mut HeaderMap) -> bool {
     let (Some(code), Some(message)) = (headers.get(GRPC_STATUS), headers.get(GRPC_MESSAGE)) else {
         return false;
     };
-    let message = percent_decoded(message.as_bytes());
-    let client_error = CLIENT_ERRORS.iter().any(|(c, prefix)| code.as_bytes() == *c && message.starts_with(prefix));
+    let client_error = is_client_error(code.as_bytes(), &percent_decoded(message.as_bytes()));
     if client_error {
         headers.insert(GRPC_STATUS, HeaderValue::from_static(INVALID_ARGUMENT));
     }
