@@ -63,7 +63,11 @@ def measure(binary, root, args, label):
         gb = r["batches"] * r["batch_bytes"] / 1e9
         r.update(server_cpu_s=round(cpu, 2), cpu_s_per_gb=round(cpu / gb, 3) if gb else None,
                  in_place_bytes=metric(fields["metrics"], "longbow_wal_bytes_written_in_place_total"),
-                 wal_bytes=metric(fields["metrics"], "longbow_wal_bytes_written_total"))
+                 wal_bytes=metric(fields["metrics"], "longbow_wal_bytes_written_total"),
+                 # Commits written while the one before them synced (None:
+                 # a binary without the metric).
+                 overlapped=metric(fields["metrics"], "longbow_wal_commits_overlapped_total"),
+                 commits=metric(fields["metrics"], "longbow_wal_commit_batches_count"))
         return r
     finally:
         proc.send_signal(signal.SIGTERM)

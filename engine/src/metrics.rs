@@ -107,6 +107,7 @@ pub struct Inner {
     pub wal_files_preallocated: Counter,
     pub wal_rotations_unprepared: Counter,
     pub wal_extending_writes: Counter,
+    pub wal_commits_overlapped: Counter,
     pub wal_replay_seconds: Histogram,
     pub wal_replay_bytes: Counter,
     pub wal_torn_tails: Counter,
@@ -181,6 +182,7 @@ impl Default for EngineMetrics {
             wal_files_preallocated: Counter::default(),
             wal_rotations_unprepared: Counter::default(),
             wal_extending_writes: Counter::default(),
+            wal_commits_overlapped: Counter::default(),
             // 1 ms .. ~9 min
             wal_replay_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 20)),
             wal_replay_bytes: Counter::default(),
@@ -298,6 +300,11 @@ impl EngineMetrics {
             "wal_extending_writes",
             "WAL writes that extended their file (a commit larger than a segment, or a segment not preallocated)",
             self.wal_extending_writes.clone(),
+        );
+        r.register(
+            "wal_commits_overlapped",
+            "WAL commits written while the commit before them was being synced (they start with a durable mark)",
+            self.wal_commits_overlapped.clone(),
         );
         r.register(
             "shards_poisoned",

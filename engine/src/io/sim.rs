@@ -8,9 +8,13 @@
 //! - a create, rename or remove changes the volatile directory; `sync_dir`
 //!   makes that directory's entries durable (a new directory's own entry
 //!   needs its parent synced);
+//! - an `fdatasync` covers the writes that completed before it was called
+//!   and completes a few polls later (drawn from the seed), so a caller can
+//!   write more while it is in flight;
 //! - [`SimStorage::crash`] returns the storage a restart finds: durable
-//!   state only, except that the last unsynced write may have reached the
-//!   disk in part, a prefix of whole sectors (a torn write).
+//!   state only, except that each unsynced write may have reached the disk
+//!   in part, a prefix of whole sectors (a torn write), independently of
+//!   the others (a disk's cache writes back in any order).
 //!
 //! Faults, all drawn from the storage's seeded generator, so a seed
 //! replays the same decisions for the same sequence of calls:
@@ -27,6 +31,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
@@ -34,6 +39,30 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{File, IoBuf, OpenMode, Space, Storage, Submit};
+
+/// At most this many polls pass before a simulated `fdatasync` completes
+/// (a glommio executor polls a task that woke itself again at once, so a
+/// few are needed for the caller's other tasks to run meanwhile).
+const SYNC_POLLS_MAX: u32 = 6;
+
+/// At most this long a simulated `fdatasync` takes, for half of them.
+const SYNC_WAIT_MAX: Duration = Duration::from_micros(400);
+
+/// Returns Pending once (waking itself), then Ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
 
 /// Sector size: the granularity of torn writes.
 pub const SECTOR: usize = 512;
@@ -61,8 +90,9 @@ pub struct Faults {
 struct Inode {
     volatile: Vec<u8>,
     durable: Vec<u8>,
-    /// Byte ranges written since the last sync.
-    dirty: Vec<(usize, usize)>,
+    /// Byte ranges written since the last sync, each with the number of
+    /// the write (or length change) that made it dirty.
+    dirty: Vec<(usize, usize, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +116,12 @@ struct State {
     ops: u64,
     crash_at: Option<u64>,
     crashed: bool,
-    /// The last write not yet synced: inode, offset, bytes.
-    last_unsynced: Option<(u64, u64, Vec<u8>)>,
+    /// Writes not yet synced, oldest first: number, inode, offset, bytes.
+    /// A crash may keep a prefix of each (a disk's cache writes back in
+    /// any order).
+    unsynced: Vec<(u64, u64, u64, Vec<u8>)>,
+    /// Writes and length changes so far (numbers the dirty ranges).
+    writes: u64,
     align: u64,
     sizing_allocates: bool,
     /// Every injected fault and damage, for failure reports.
@@ -203,24 +237,27 @@ impl State {
             resize(&mut inode.volatile, end);
         }
         inode.volatile[pos as usize..end].copy_from_slice(bytes);
-        inode.dirty.push((pos as usize, end));
-        self.last_unsynced = Some((id, pos, bytes.to_vec()));
+        self.writes += 1;
+        inode.dirty.push((pos as usize, end, self.writes));
+        self.unsynced.push((self.writes, id, pos, bytes.to_vec()));
         Ok(bytes.len())
     }
 
-    fn sync_file(&mut self, id: u64) {
+    /// Makes durable the file's length and its writes numbered up to
+    /// `upto` (those that completed before the sync was called).
+    fn sync_file(&mut self, id: u64, upto: u64) {
         let Some(inode) = self.inodes.get_mut(&id) else { return };
         let len = inode.volatile.len();
         resize(&mut inode.durable, len);
-        for (from, to) in std::mem::take(&mut inode.dirty) {
+        let (synced, later): (Vec<_>, Vec<_>) = std::mem::take(&mut inode.dirty).into_iter().partition(|d| d.2 <= upto);
+        inode.dirty = later;
+        for (from, to, _) in synced {
             let to = to.min(len);
             if from < to {
                 inode.durable[from..to].copy_from_slice(&inode.volatile[from..to]);
             }
         }
-        if self.last_unsynced.as_ref().is_some_and(|(i, _, _)| *i == id) {
-            self.last_unsynced = None;
-        }
+        self.unsynced.retain(|(n, i, _, _)| *i != id || *n > upto);
     }
 
     fn set_len(&mut self, id: u64, len: u64) -> io::Result<()> {
@@ -233,7 +270,8 @@ impl State {
         let old = inode.volatile.len();
         resize(&mut inode.volatile, len as usize);
         if len as usize > old {
-            inode.dirty.push((old, len as usize));
+            self.writes += 1;
+            inode.dirty.push((old, len as usize, self.writes));
         }
         Ok(())
     }
@@ -271,7 +309,8 @@ impl SimStorage {
             ops: 0,
             crash_at: None,
             crashed: false,
-            last_unsynced: None,
+            unsynced: Vec::new(),
+            writes: 0,
             align,
             sizing_allocates,
             events: Vec::new(),
@@ -335,7 +374,7 @@ impl SimStorage {
 
     /// Loses power now (if it was not lost already) and returns the file
     /// system a restart finds: synced data and directory entries only,
-    /// with a torn prefix of the last unsynced write if `tear` and the
+    /// with a torn prefix of each unsynced write if `tear` and the
     /// generator say so. This storage fails every call from now on.
     pub fn crash(&self, tear: bool) -> SimStorage {
         let mut s = self.lock();
@@ -361,7 +400,8 @@ impl SimStorage {
                 }
             }
         }
-        if let Some((id, pos, bytes)) = s.last_unsynced.take().filter(|_| tear) {
+        let unsynced = if tear { std::mem::take(&mut s.unsynced) } else { Vec::new() };
+        for (_, id, pos, bytes) in unsynced {
             if let Some(inode) = inodes.get_mut(&id) {
                 let sectors = bytes.len().div_ceil(SECTOR);
                 let kept = rng.random_range(0..=sectors);
@@ -389,7 +429,8 @@ impl SimStorage {
             ops: 0,
             crash_at: None,
             crashed: false,
-            last_unsynced: None,
+            unsynced: Vec::new(),
+            writes: 0,
             align: s.align,
             sizing_allocates: s.sizing_allocates,
             events,
@@ -601,7 +642,7 @@ impl Storage for SimStorage {
         s.set_len(id, 0)?;
         s.write(id, 0, bytes)?;
         s.begin(Op::Fsync, "fsync")?;
-        s.sync_file(id);
+        s.sync_file(id, u64::MAX);
         Ok(())
     }
 
@@ -699,14 +740,39 @@ impl File for SimFile {
         async move { r }.boxed_local()
     }
 
+    /// Covers the writes that completed before the call; it completes
+    /// only after the caller has had a chance to go on (a flush in flight
+    /// while the next write is issued), and makes nothing durable if the
+    /// power is lost meanwhile.
     fn fdatasync(&self, _: Submit) -> LocalBoxFuture<'_, io::Result<()>> {
-        let r = (|| {
+        let called: io::Result<(u64, u32, Duration)> = (|| {
             let mut s = self.state();
             s.begin(Op::Fsync, "fdatasync")?;
-            s.sync_file(self.id);
-            Ok(())
+            // How long the flush takes: a few polls of its caller's
+            // executor, and for half of them up to SYNC_WAIT_MAX as well
+            // (the other threads, such as the writers, go on meanwhile).
+            let polls = s.rng.random_range(0..=SYNC_POLLS_MAX);
+            let wait =
+                if s.rng.random_bool(0.5) { s.rng.random_range(Duration::ZERO..SYNC_WAIT_MAX) } else { Duration::ZERO };
+            Ok((s.writes, polls, wait))
         })();
-        async move { r }.boxed_local()
+        async move {
+            let (upto, polls, wait) = called?;
+            for _ in 0..polls {
+                YieldOnce(false).await;
+            }
+            let until = std::time::Instant::now() + wait;
+            while std::time::Instant::now() < until {
+                YieldOnce(false).await;
+            }
+            let mut s = self.state();
+            if s.crashed {
+                return Err(eio());
+            }
+            s.sync_file(self.id, upto);
+            Ok(())
+        }
+        .boxed_local()
     }
 
     fn size(&self) -> LocalBoxFuture<'_, io::Result<u64>> {

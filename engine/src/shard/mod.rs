@@ -6,7 +6,9 @@
 //! - the committer takes everything queued (up to
 //!   [`GROUP_COMMIT_BYTES_MAX`]), writes it as one commit, `fdatasync`s, and
 //!   only then makes the batches visible and acknowledges them. Writes that
-//!   arrive during a commit form the next one: group commit;
+//!   arrive during a commit form the next one: group commit. The next
+//!   commit is written while the last one syncs (at most two are not
+//!   durable; see `Pending`);
 //! - the snapshot worker, on a low-share task queue, writes Parquet files on
 //!   a timer, on request and under memory pressure, evicts snapshotted
 //!   batches from memory and releases WAL segments the snapshots cover:
@@ -419,7 +421,33 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
     let metrics = state.metrics.clone();
     let mut poisoned = false;
     let mut group: Vec<Write> = Vec::new();
-    while let Ok(first) = rx.recv_async().await {
+    // The commit written and being synced, if any: the next one is written
+    // meanwhile (see `Pending`).
+    let mut pending: Option<Pending> = None;
+    loop {
+        // The next write, or the end of the commit being synced, whichever
+        // comes first.
+        let first = match pending.as_mut() {
+            None => match rx.recv_async().await {
+                Ok(w) => w,
+                Err(_) => break,
+            },
+            Some(p) => {
+                let next = rx.recv_async();
+                futures::pin_mut!(next);
+                // The sync first: a commit already durable is answered
+                // before the next one is written.
+                match futures::future::select(&mut p.sync, next).await {
+                    futures::future::Either::Right((Ok(w), _)) => w,
+                    futures::future::Either::Right((Err(_), _)) => break,
+                    futures::future::Either::Left((synced, _)) => {
+                        let p = pending.take().expect("a commit is being synced");
+                        settle(&state, &mut wal, p.group, p.records_from, synced, &mut poisoned);
+                        continue;
+                    }
+                }
+            }
+        };
         let mut bytes = first.bytes();
         group.push(first);
         while bytes < GROUP_COMMIT_BYTES_MAX {
@@ -438,6 +466,19 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
             continue;
         }
         if group.iter().any(Write::is_batch) {
+            if state.budget.over() {
+                // What the commit being synced holds counts once it is
+                // applied; the snapshots need to see it.
+                if let Some(p) = pending.take() {
+                    settle_pending(&state, &mut wal, p, &mut poisoned).await;
+                }
+                if poisoned {
+                    for p in group.drain(..) {
+                        p.fail(Error::Poisoned { shard });
+                    }
+                    continue;
+                }
+            }
             if let Err(cause) = wait_for_memory(&state).await {
                 tracing::warn!(%shard, %cause, "memory limit: refusing the batches of a commit");
                 let (batches, rest): (Vec<_>, Vec<_>) = group.drain(..).partition(Write::is_batch);
@@ -465,12 +506,15 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
                 metrics.stage(crate::metrics::Stage::Queue).observe((picked_at - p.queued_at).as_secs_f64());
             }
         }
+        let (own_dropped, own_taken);
         let schemas: Vec<Rc<[u8]>> = {
             let cat = state.catalog.borrow();
             let mut kept = Vec::with_capacity(group.len());
-            let mut dropped_here = std::collections::HashSet::new();
+            // IMPORTANT: the commit being synced is not applied yet; its
+            // drops and sequence numbers count as this commit's own.
+            let mut dropped_here = pending.as_ref().map(|p| p.dropped.clone()).unwrap_or_default();
             // Sequence numbers taken by earlier batches of this commit.
-            let mut taken: std::collections::HashMap<(String, Arc<str>), u64> = std::collections::HashMap::new();
+            let mut taken = pending.as_ref().map(|p| p.taken.clone()).unwrap_or_default();
             for p in group.drain(..) {
                 if p.is_abandoned() {
                     // An earlier batch of its stream failed in this commit.
@@ -501,13 +545,18 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
                 let check = match taken.get(&key) {
                     Some(&t) if seq == t + 1 => SeqCheck::Next,
                     Some(&t) if seq > t + 1 => SeqCheck::Gap { expected: t + 1 },
-                    Some(_) => {
-                        p.fail(Error::NotStored {
-                            reason: "another stream of this producer is committing the same sequence number now; \
-                                     retry to get its acknowledgement",
-                        });
-                        continue;
-                    }
+                    // Taken in this commit or the one being synced, unless
+                    // a commit already applied holds it.
+                    Some(_) => match cat.datasets[&name].producers.get(&producer).map(|s| s.check(seq)) {
+                        Some(c @ (SeqCheck::Stored(_) | SeqCheck::TooOld { .. })) => c,
+                        _ => {
+                            p.fail(Error::NotStored {
+                                reason: "another stream of this producer is committing the same sequence number \
+                                         now; retry to get its acknowledgement",
+                            });
+                            continue;
+                        }
+                    },
                     None => cat.datasets[&name].producers.get(&producer).map_or(SeqCheck::Next, |s| s.check(seq)),
                 };
                 match check {
@@ -526,6 +575,8 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
                 }
             }
             group = kept;
+            own_dropped = dropped_here;
+            own_taken = taken;
             group.iter().map(|p| cat.datasets[&p.dataset].schema_message.clone()).collect()
         };
         if group.is_empty() {
@@ -533,53 +584,146 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
         }
         let records: Vec<Record<'_>> =
             group.iter().zip(&schemas).map(|(p, s)| Record::new(&p.dataset, s, &p.op)).collect();
-        let result = wal.append_synced(&records).await;
-        drop(records);
-        match result {
-            Ok(first_lsn) => {
-                metrics.wal_commit_batches.observe(group.len() as f64);
-                let durable_at = Instant::now();
-                for (i, p) in group.drain(..).enumerate() {
-                    apply(&state, p, first_lsn + i as u64, durable_at);
-                }
-                state.check_pressure();
-            }
-            Err(e) => {
-                if wal.is_poisoned() {
-                    tracing::error!(%shard, error = %e, "fsync failed; shard stops accepting writes until restart");
-                    poisoned = true;
-                    metrics.shards_poisoned.inc();
-                    state.health.down(shard, crate::health::ShardDown::Poisoned);
-                } else {
-                    tracing::warn!(%shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
-                }
-                let disk_full = e.is_disk_full();
-                let cause = Arc::new(e);
-                let mut cat = state.catalog.borrow_mut();
+        // A commit that starts a segment waits for the one being synced:
+        // the old segment is sealed and closed first.
+        if pending.is_some() && wal.rotates_for(&records, true) {
+            let p = pending.take().expect("checked");
+            settle_pending(&state, &mut wal, p, &mut poisoned).await;
+            if poisoned {
+                drop(records);
                 for p in group.drain(..) {
-                    if matches!(p.op, Op::Schema(_)) {
-                        // Never made durable: forget the reservation.
-                        if cat.datasets.get(&p.dataset).is_some_and(|d| !d.durable) {
-                            cat.datasets.remove(&p.dataset);
-                        }
-                    }
-                    let err = match &*cause {
-                        _ if poisoned => Error::Poisoned { shard },
-                        Error::WalWriteInDoubt { source, seal, .. } => {
-                            Error::WalWriteInDoubt { shard, source: source.clone(), seal: seal.clone() }
-                        }
-                        _ if disk_full => Error::DiskFull { shard, source: cause.clone() },
-                        _ => Error::WalWrite { shard, source: cause.clone() },
-                    };
-                    p.fail(err);
+                    p.fail(Error::Poisoned { shard });
                 }
+                continue;
             }
         }
+        let durable_through = pending.as_ref().map(|p| p.first_lsn.prev());
+        let written = wal.append_written(&records, durable_through).await;
+        drop(records);
+        // This commit was written while the one before it synced; that one
+        // is answered first, and only then is this one's sync started, so
+        // at most two commits are ever not durable.
+        if let Some(p) = pending.take() {
+            settle_pending(&state, &mut wal, p, &mut poisoned).await;
+        }
+        match written {
+            Ok(_) if poisoned => {
+                // Written after a commit whose sync failed: never durable.
+                for p in group.drain(..) {
+                    p.fail(Error::Poisoned { shard });
+                }
+            }
+            Ok(w) => {
+                let (records_from, first_lsn) = (w.records_from, w.first_lsn);
+                let sync = glommio::spawn_local(w.sync());
+                // Let the sync start (an io_uring submission) before the
+                // next commit is gathered.
+                glommio::executor().yield_now().await;
+                pending = Some(Pending {
+                    sync,
+                    group: std::mem::take(&mut group),
+                    records_from,
+                    first_lsn,
+                    taken: own_taken,
+                    dropped: own_dropped,
+                });
+            }
+            Err(e) => {
+                let mut group = std::mem::take(&mut group);
+                fail_commit(&state, &wal, &mut group, e, &mut poisoned);
+            }
+        }
+    }
+    if let Some(p) = pending.take() {
+        settle_pending(&state, &mut wal, p, &mut poisoned).await;
     }
     if poisoned {
         return Err(Error::Poisoned { shard });
     }
     wal.close().await
+}
+
+/// A commit written and being synced. The shard writes the next commit
+/// meanwhile (with a durable mark, `docs/wal-format.md`), then answers this
+/// one, then syncs the next: at most two commits are not durable at once,
+/// and writes are answered in LSN order.
+struct Pending {
+    sync: glommio::Task<Result<()>>,
+    group: Vec<Write>,
+    records_from: Lsn,
+    /// The first LSN the commit takes: every LSN before it is durable.
+    first_lsn: Lsn,
+    /// Sequence numbers its batches take, and the datasets it drops: the
+    /// next commit's checks count them as taken and dropped.
+    taken: std::collections::HashMap<(String, Arc<str>), u64>,
+    dropped: std::collections::HashSet<String>,
+}
+
+/// Waits for the commit being synced, then [`settle`]s it.
+async fn settle_pending(state: &Rc<State>, wal: &mut Wal, p: Pending, poisoned: &mut bool) {
+    let synced = p.sync.await;
+    settle(state, wal, p.group, p.records_from, synced, poisoned);
+}
+
+/// Ends the commit that was being synced: applied and answered if the sync
+/// succeeded, else failed, with the shard poisoned.
+fn settle(
+    state: &Rc<State>,
+    wal: &mut Wal,
+    mut group: Vec<Write>,
+    records_from: Lsn,
+    synced: Result<()>,
+    poisoned: &mut bool,
+) {
+    match synced {
+        Ok(()) => {
+            state.metrics.wal_commit_batches.observe(group.len() as f64);
+            let durable_at = Instant::now();
+            for (i, w) in group.drain(..).enumerate() {
+                apply(state, w, records_from + i as u64, durable_at);
+            }
+            state.check_pressure();
+        }
+        Err(e) => {
+            wal.poison();
+            fail_commit(state, wal, &mut group, e, poisoned);
+        }
+    }
+}
+
+/// Answers the writes of a commit that failed (its write or its sync).
+fn fail_commit(state: &Rc<State>, wal: &Wal, group: &mut Vec<Write>, e: Error, poisoned: &mut bool) {
+    let shard = state.id;
+    if wal.is_poisoned() {
+        if !*poisoned {
+            tracing::error!(%shard, error = %e, "fsync failed; shard stops accepting writes until restart");
+            state.metrics.shards_poisoned.inc();
+            state.health.down(shard, crate::health::ShardDown::Poisoned);
+        }
+        *poisoned = true;
+    } else {
+        tracing::warn!(%shard, error = %e, "WAL write failed; the writes in it were not acknowledged");
+    }
+    let disk_full = e.is_disk_full();
+    let cause = Arc::new(e);
+    let mut cat = state.catalog.borrow_mut();
+    for p in group.drain(..) {
+        if matches!(p.op, Op::Schema(_)) {
+            // Never made durable: forget the reservation.
+            if cat.datasets.get(&p.dataset).is_some_and(|d| !d.durable) {
+                cat.datasets.remove(&p.dataset);
+            }
+        }
+        let err = match &*cause {
+            _ if *poisoned => Error::Poisoned { shard },
+            Error::WalWriteInDoubt { source, seal, .. } => {
+                Error::WalWriteInDoubt { shard, source: source.clone(), seal: seal.clone() }
+            }
+            _ if disk_full => Error::DiskFull { shard, source: cause.clone() },
+            _ => Error::WalWrite { shard, source: cause.clone() },
+        };
+        p.fail(err);
+    }
 }
 
 /// Why a dropped dataset's name is refused while its table's removal runs.

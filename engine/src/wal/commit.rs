@@ -102,37 +102,100 @@ pub(super) async fn write_and_sync(
     at: u64,
     metrics: &EngineMetrics,
 ) -> std::result::Result<(), SyncError> {
+    write_commit(seg, chunks, at, metrics).await?.sync().await
+}
+
+/// A commit written and not yet synced: [`Unsynced::sync`] makes it
+/// durable. It holds its own handle on the file, so the shard can write the
+/// next commit while this one syncs.
+pub(super) struct Unsynced {
+    file: std::rc::Rc<dyn crate::io::File>,
+    path: std::path::PathBuf,
+    at: u64,
+    len: usize,
+    in_place: usize,
+    how: Submit,
+    started: std::time::Instant,
+    written_at: std::time::Instant,
+    metrics: EngineMetrics,
+}
+
+impl Unsynced {
+    /// `fdatasync`: the commit, and every write that completed before this
+    /// call, are durable once it returns Ok.
+    pub(super) async fn sync(self) -> std::result::Result<(), SyncError> {
+        let synced = self.file.fdatasync(self.how).await;
+        let m = &self.metrics;
+        match synced {
+            Ok(()) => {
+                m.stage(Stage::Fdatasync).observe(self.written_at.elapsed().as_secs_f64());
+                m.wal_writes_ok.inc();
+                m.wal_bytes_written.inc_by(self.len as u64);
+                m.wal_bytes_written_in_place.inc_by(self.in_place as u64);
+                m.wal_commit_seconds.observe(self.started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                m.wal_writes_error.inc();
+                Err(SyncError::Fsync(Error::io("fdatasync WAL segment", &self.path, self.at)(e)))
+            }
+        }
+    }
+}
+
+/// Writes a commit's `chunks` at `at`, without syncing.
+pub(super) async fn write_commit(
+    seg: &ActiveSegment,
+    mut chunks: Vec<IoChunk>,
+    at: u64,
+    metrics: &EngineMetrics,
+) -> std::result::Result<Unsynced, SyncError> {
     let len: usize = chunks.iter().map(IoChunk::len).sum();
     let in_place: usize = chunks.iter().filter(|c| matches!(c, IoChunk::Shared(_))).map(IoChunk::len).sum();
     let started = std::time::Instant::now();
-    let result = {
-        // Small commits are two plain syscalls on the shard thread. Through
-        // io_uring the `fdatasync` is handed to a kernel worker thread and
-        // each completion must wake the shard: two extra thread hops that
-        // cost more than the disk on small commits (see
-        // `docs/benchmarks.md`). The shard has nothing else to do
-        // meanwhile: new appends wait for the next commit anyway. Large
-        // ones are queued, so the shard keeps serving reads.
-        let how = if len as u64 <= INLINE_COMMIT_BYTES_MAX { Submit::Inline } else { Submit::Queued };
-        write_then_sync(seg, chunks, len, at, how, metrics).await
+    // Small commits are two plain syscalls on the shard thread. Through
+    // io_uring the `fdatasync` is handed to a kernel worker thread and each
+    // completion must wake the shard: two extra thread hops that cost more
+    // than the disk on small commits (see `docs/benchmarks.md`). Large ones
+    // are queued, so the shard keeps serving reads and writes the next
+    // commit while this one syncs.
+    let how = if len as u64 <= INLINE_COMMIT_BYTES_MAX { Submit::Inline } else { Submit::Queued };
+    let write = match (chunks.len(), chunks.pop()) {
+        (1, Some(IoChunk::Buf(buf))) => seg.file.write_at(buf, at, how),
+        (_, last) => {
+            chunks.extend(last);
+            seg.file.write_vectored_at(chunks, at, how)
+        }
     };
-    match &result {
-        Ok(()) => {
-            metrics.wal_writes_ok.inc();
-            metrics.wal_bytes_written.inc_by(len as u64);
-            metrics.wal_bytes_written_in_place.inc_by(in_place as u64);
-            metrics.wal_commit_seconds.observe(started.elapsed().as_secs_f64());
-            let end = at + len as u64;
-            if end > seg.file_len.get() {
-                metrics.wal_extending_writes.inc();
-                seg.file_len.set(end);
-            }
-        }
-        Err(_) => {
+    let written = match write.await {
+        Ok(n) if n == len => n,
+        Ok(n) => {
             metrics.wal_writes_error.inc();
+            return Err(short_write(seg, at, n));
         }
+        Err(e) => {
+            metrics.wal_writes_error.inc();
+            return Err(SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e)));
+        }
+    };
+    let written_at = std::time::Instant::now();
+    metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
+    let end = at + written as u64;
+    if end > seg.file_len.get() {
+        metrics.wal_extending_writes.inc();
+        seg.file_len.set(end);
     }
-    result
+    Ok(Unsynced {
+        file: seg.file.clone(),
+        path: seg.path.clone(),
+        at,
+        len,
+        in_place,
+        how,
+        started,
+        written_at,
+        metrics: metrics.clone(),
+    })
 }
 
 fn short_write(seg: &ActiveSegment, at: u64, written: usize) -> SyncError {
@@ -144,43 +207,22 @@ fn short_write(seg: &ActiveSegment, at: u64, written: usize) -> SyncError {
     })
 }
 
-/// Writes `chunks` (`len` bytes in all) at `at`, then syncs.
-async fn write_then_sync(
-    seg: &ActiveSegment,
-    mut chunks: Vec<IoChunk>,
-    len: usize,
-    at: u64,
-    how: Submit,
-    metrics: &EngineMetrics,
-) -> std::result::Result<(), SyncError> {
-    let started = std::time::Instant::now();
-    let write = match (chunks.len(), chunks.pop()) {
-        (1, Some(IoChunk::Buf(buf))) => seg.file.write_at(buf, at, how),
-        (_, last) => {
-            chunks.extend(last);
-            seg.file.write_vectored_at(chunks, at, how)
-        }
-    };
-    let written = write.await.map_err(|e| SyncError::Write(Error::io("writing WAL segment", &seg.path, at)(e)))?;
-    if written != len {
-        return Err(short_write(seg, at, written));
-    }
-    let written_at = std::time::Instant::now();
-    metrics.stage(Stage::CommitWrite).observe((written_at - started).as_secs_f64());
-    seg.file
-        .fdatasync(how)
-        .await
-        .map_err(|e| SyncError::Fsync(Error::io("fdatasync WAL segment", &seg.path, at)(e)))?;
-    metrics.stage(Stage::Fdatasync).observe(written_at.elapsed().as_secs_f64());
-    Ok(())
-}
-
 /// Where the records of one commit go: each frame's length and whether it
 /// carries its dataset's schema, and the commit's length. The rotation check
 /// and [`encode`] both use it, so the bytes planned are the bytes written.
 pub(super) struct Plan {
     frames: Vec<FramePlan>,
     pub(super) len: u64,
+    /// The durable mark that starts the commit, if it has one, and its
+    /// length.
+    mark: Option<(Lsn, usize)>,
+}
+
+impl Plan {
+    /// LSNs the commit takes: one per record, one for its durable mark.
+    pub(super) fn lsns(&self) -> u64 {
+        self.frames.len() as u64 + u64::from(self.mark.is_some())
+    }
 }
 
 struct FramePlan {
@@ -194,14 +236,16 @@ struct FramePlan {
 /// Plans a commit of `records` in `seg`. A record whose body came in
 /// aligned, padded memory ([`IpcMessage::padded_body`]) gets a version 3
 /// frame: its body starts on a block boundary and is written from that
-/// memory, not copied.
-pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>]) -> Plan {
+/// memory, not copied. With `mark` (the commit is written while the one
+/// before it is being synced) a durable mark frame comes first.
+pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>], mark: Option<Lsn>) -> Plan {
     let block = seg.block as usize;
     let splits = BODY_BLOCK_BYTES % block == 0;
     // Datasets whose schema this commit writes, and those it drops.
     let mut written = HashSet::new();
     let mut dropped = HashSet::new();
-    let mut at = 0usize;
+    let mark = mark.map(|m| (m, format::frame_len(0, format::DURABLE_MARK_PAYLOAD_BYTES)));
+    let mut at = mark.map_or(0, |(_, len)| len);
     let mut frames = Vec::with_capacity(records.len());
     for r in records {
         let ds = r.dataset.len();
@@ -239,14 +283,15 @@ pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>]) -> Plan {
         at += plan.len;
         frames.push(plan);
     }
-    Plan { frames, len: (at as u64).next_multiple_of(seg.block) }
+    Plan { frames, len: (at as u64).next_multiple_of(seg.block), mark }
 }
 
 /// The commit of `records` as it goes to disk at `commit_start` in `seg`,
 /// as laid out by `plan`: their frames, LSNs from `first_lsn`, each
 /// dataset's schema before its first record in the segment, zero-padded to
 /// `plan.len`. One buffer, or, where version 3 frames are, the commit
-/// buffer's pieces and the bodies between them, back to back.
+/// buffer's pieces and the bodies between them, back to back. A durable
+/// mark, if planned, takes `first_lsn` and the records the LSNs after it.
 pub(super) fn encode(
     seg: &mut ActiveSegment,
     records: &[Record<'_>],
@@ -256,7 +301,8 @@ pub(super) fn encode(
 ) -> Vec<IoChunk> {
     // The commit buffer's pieces: each ends where a body starts.
     let mut pieces = Vec::new();
-    let mut piece = 0usize;
+    let mark_len = plan.mark.map_or(0, |(_, len)| len);
+    let mut piece = mark_len;
     for f in &plan.frames {
         match f.split {
             Some((prefix, _)) => {
@@ -266,7 +312,7 @@ pub(super) fn encode(
             None => piece += f.len,
         }
     }
-    let tail = plan.len as usize - plan.frames.iter().map(|f| f.len).sum::<usize>();
+    let tail = plan.len as usize - mark_len - plan.frames.iter().map(|f| f.len).sum::<usize>();
     if piece + tail > 0 {
         pieces.push(piece + tail);
     }
@@ -274,6 +320,15 @@ pub(super) fn encode(
     let mut chunks = Vec::with_capacity(pieces.len() * 2);
     let mut buf = pieces.next().map(|len| seg.file.alloc(len));
     let mut at = 0usize;
+    let mut first_lsn = first_lsn;
+    if let Some((durable, len)) = plan.mark {
+        let header = FrameHeader { kind: FrameKind::DurableMark, lsn: first_lsn, segment_id: seg.id, commit_start };
+        let frame = format::encode_frame(header, b"", &format::durable_mark_payload(durable));
+        debug_assert_eq!(frame.len(), len);
+        buf.as_mut().expect("the mark has a piece").as_bytes_mut()[..len].copy_from_slice(&frame);
+        at = len;
+        first_lsn += 1;
+    }
     for (i, (r, f)) in records.iter().zip(&plan.frames).enumerate() {
         let out = &mut buf.as_mut().expect("a frame has a piece").as_bytes_mut()[at..];
         let header = FrameHeader { kind: r.kind(), lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };

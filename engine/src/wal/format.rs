@@ -7,7 +7,8 @@
 //! ```text
 //! 0  magic        u32  "LBWF"
 //! 4  version      u8
-//! 5  kind         u8   1 = data, 2 = seal, 3 = drop (tombstone)
+//! 5  kind         u8   1 = data, 2 = seal, 3 = drop (tombstone),
+//!                       4 = producers' state, 5 = durable mark
 //! 6  dataset_len  u16
 //! 8  payload_len  u32
 //! 12 crc32c       u32  over bytes 0..12, 16..40, dataset and payload
@@ -43,6 +44,11 @@ pub const FORMAT_VERSION_PRODUCER: u8 = 2;
 /// written from two buffers: the commit buffer up to the body, and the body
 /// as the gateway received it (see `commit.rs`).
 pub const FORMAT_VERSION_ALIGNED: u8 = 3;
+/// Version of segment headers. Version 2 segments may hold durable marks
+/// ([`FrameKind::DurableMark`]): a binary that reads only version 1 refuses
+/// them at the header instead of taking a mark for the end of the log.
+/// Readers take both.
+pub const SEGMENT_FORMAT_VERSION: u8 = 2;
 pub const FRAME_HEADER_BYTES: usize = 40;
 pub const SEGMENT_HEADER_BYTES: usize = 48;
 pub const FRAME_ALIGN: usize = 8;
@@ -60,6 +66,12 @@ pub enum FrameKind {
     /// The idempotent producers' state of a dataset (JSON), logged again
     /// after a shard-count change moved the dataset.
     Producers = 4,
+    /// First frame of a commit written while the one before it was still
+    /// being synced; no dataset. Its payload (8 bytes) is the LSN through
+    /// which the log was durable when the commit was written, so replay can
+    /// tell that commit from one written after the torn one was
+    /// acknowledged ([`durable_mark_payload`]).
+    DurableMark = 5,
 }
 
 impl FrameKind {
@@ -69,6 +81,7 @@ impl FrameKind {
             2 => Some(Self::Seal),
             3 => Some(Self::Drop),
             4 => Some(Self::Producers),
+            5 => Some(Self::DurableMark),
             _ => None,
         }
     }
@@ -216,6 +229,22 @@ pub fn seal_frame_in_place_version(
 }
 
 /// Encodes a whole frame into a new vector (tests, seal frames).
+/// Payload bytes of a durable mark frame ([`FrameKind::DurableMark`]).
+pub const DURABLE_MARK_PAYLOAD_BYTES: usize = 8;
+
+/// The payload of a durable mark: the LSN through which the log was durable
+/// when the commit it starts was written.
+pub fn durable_mark_payload(durable_through: Lsn) -> [u8; DURABLE_MARK_PAYLOAD_BYTES] {
+    durable_through.0.to_le_bytes()
+}
+
+/// What a durable mark's payload says; `None` for a frame that is not one
+/// (or whose payload has the wrong length).
+pub fn durable_through(f: &FrameRef<'_>) -> Option<Lsn> {
+    (f.header.kind == FrameKind::DurableMark && f.payload.len() == DURABLE_MARK_PAYLOAD_BYTES)
+        .then(|| Lsn(u64_at(f.payload, 0)))
+}
+
 pub fn encode_frame(header: FrameHeader, dataset: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; frame_len(dataset.len(), payload.len())];
     let at = FRAME_HEADER_BYTES + dataset.len();
@@ -333,7 +362,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
-        out[4] = FORMAT_VERSION;
+        out[4] = SEGMENT_FORMAT_VERSION;
         out[8..12].copy_from_slice(&self.block_bytes.to_le_bytes());
         out[12..16].copy_from_slice(&self.shard.0.to_le_bytes());
         out[16..24].copy_from_slice(&self.generation.to_le_bytes());
@@ -352,7 +381,7 @@ impl SegmentHeader {
         if magic != SEGMENT_MAGIC {
             return Err(if magic == 0 { DecodeError::Zero } else { DecodeError::BadMagic(magic) });
         }
-        if buf[4] != FORMAT_VERSION {
+        if !(FORMAT_VERSION..=SEGMENT_FORMAT_VERSION).contains(&buf[4]) {
             return Err(DecodeError::BadVersion(buf[4]));
         }
         let stored = u32_at(buf, 44);

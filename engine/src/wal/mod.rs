@@ -1,9 +1,14 @@
 //! The write-ahead log of one shard: numbered segment files written with
 //! O_DIRECT through glommio, one group commit per write, one `fdatasync` per
-//! commit.
+//! commit ([`Wal::append_written`], then [`Written::sync`]).
 //!
 //! Invariants the recovery code relies on:
-//! - one commit is in flight at a time, so only the last commit can be torn;
+//! - at most two commits are not durable at a time: the shard writes the
+//!   next commit while the last one syncs, and starts its sync only once
+//!   the last one's returned. A commit written so starts with a durable
+//!   mark (the LSN through which the log was durable), so replay can tell
+//!   a torn commit followed by the one written while it synced (neither
+//!   acknowledged: a torn tail) from damage to an acknowledged commit;
 //! - every segment but the newest ends with a seal frame, written and synced
 //!   before the next segment is created, and nothing is written after a seal;
 //! - a commit whose write failed is sealed over at once (its bytes may be
@@ -36,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::io::{Storage, StorageRef};
 use crate::metrics::EngineMetrics;
 pub use commit::Record;
-use commit::{write_and_sync, write_seal, SyncError};
+use commit::{write_seal, SyncError};
 use free::FreeFiles;
 pub use ipc::IpcMessage;
 use repair::reopen_after_crash;
@@ -109,6 +114,23 @@ pub struct Wal {
     /// The background task preallocating the next free file, if one was started.
     preparing: Option<Preparing>,
     prepare_queue: glommio::TaskQueueHandle,
+}
+
+/// A commit written by [`Wal::append_written`], not yet durable.
+pub struct Written {
+    /// The LSN of its first record (after its durable mark, if it has one).
+    pub records_from: Lsn,
+    /// The first LSN it takes (its durable mark's, if it has one).
+    pub first_lsn: Lsn,
+    unsynced: commit::Unsynced,
+}
+
+impl Written {
+    /// Makes the commit durable (and every commit written before it). On an
+    /// error, call [`Wal::poison`]: nothing more may be written.
+    pub async fn sync(self) -> Result<()> {
+        self.unsynced.sync().await.map_err(SyncError::into_inner)
+    }
 }
 
 struct Preparing {
@@ -277,6 +299,39 @@ impl Wal {
     /// (`Durability::Synced`: write, then `fdatasync`). Returns the LSN of
     /// the first record; the rest follow contiguously.
     pub async fn append_synced(&mut self, records: &[Record<'_>]) -> Result<Lsn> {
+        let written = self.append_written(records, None).await?;
+        let first = written.records_from;
+        let synced = written.sync().await;
+        if synced.is_err() {
+            self.poison();
+        }
+        synced.map(|()| first)
+    }
+
+    /// Whether a commit of `records` (with a durable mark if `marked`)
+    /// would start a new segment: the commit being synced, if any, must be
+    /// settled first (the old segment is sealed and closed).
+    pub fn rotates_for(&self, records: &[Record<'_>], marked: bool) -> bool {
+        match &self.active {
+            None => true,
+            Some(a) => {
+                a.sealed || a.tail_suspect || {
+                    let p = commit::plan(a, records, marked.then_some(Lsn::ZERO));
+                    a.pos + p.len + a.block > self.file_bytes && a.pos > a.block
+                }
+            }
+        }
+    }
+
+    /// Writes one commit of `records` and returns it unsynced: nothing in
+    /// it may be acknowledged before [`Written::sync`] returns Ok. With
+    /// `durable_through` (the LSN through which the log is durable, when
+    /// the commit before this one is still being synced) the commit starts
+    /// with a durable mark, so that replay can tell it from a commit
+    /// written after the one before was acknowledged. At most one commit
+    /// may be unsynced when this is called, and not when
+    /// [`Wal::rotates_for`] says the commit starts a new segment.
+    pub async fn append_written(&mut self, records: &[Record<'_>], durable_through: Option<Lsn>) -> Result<Written> {
         assert!(!records.is_empty());
         assert!(!self.poisoned, "no WAL write after a failed fsync");
         // Nothing goes after a seal (one may precede a failed rotation),
@@ -284,68 +339,72 @@ impl Wal {
         // first): a new segment. Nor a commit that, with the seal after
         // it, would extend the file (unless the segment is empty: a commit
         // larger than a segment extends its own).
-        let mut plan = None;
-        let rotate = match &self.active {
-            None => true,
-            Some(a) => {
-                a.sealed || a.tail_suspect || {
-                    let p = plan.insert(commit::plan(a, records));
-                    a.pos + p.len + a.block > self.file_bytes && a.pos > a.block
-                }
-            }
-        };
-        if rotate {
+        if self.rotates_for(records, durable_through.is_some()) {
+            assert!(durable_through.is_none(), "a rotation waits for the commit being synced");
             self.rotate().await?;
-            // The new segment has its own schemas (and block size).
-            plan = None;
         }
         let seg = self.active.as_mut().expect("a rotation leaves an active segment");
-        let plan = plan.unwrap_or_else(|| commit::plan(seg, records));
-        let len = plan.len;
+        let plan = commit::plan(seg, records, durable_through);
+        let (len, lsns) = (plan.len, plan.lsns());
         let commit_start = seg.pos;
         let first_lsn = self.next_lsn;
         let chunks = commit::encode(seg, records, first_lsn, commit_start, &plan);
-        let result = write_and_sync(seg, chunks, commit_start, &self.metrics).await;
-        if result.is_err() {
-            // The commit never became durable: its schemas may be missing
-            // from the file, so write them again next time.
-            seg.schemas_written.retain(|d| !records.iter().any(|r| r.dataset == d));
-        }
-        match result {
-            Ok(()) => {
+        match commit::write_commit(seg, chunks, commit_start, &self.metrics).await {
+            Ok(unsynced) => {
+                // IMPORTANT: the next commit goes after this one whatever
+                // its sync's outcome: a failed sync poisons the shard.
                 seg.pos += len;
-                self.next_lsn += records.len() as u64;
-                Ok(first_lsn)
-            }
-            Err(SyncError::Fsync(e)) => {
-                self.poisoned = true;
-                Err(e)
-            }
-            Err(SyncError::Write(e)) => {
-                seg.tail_suspect = true;
-                // IMPORTANT: part of the failed commit may be on disk from
-                // `commit_start` on, with valid checksums and the LSNs the
-                // next commit will reuse. A seal frame written over its start
-                // ends the segment there, so neither replay nor a shorter
-                // next commit can take those frames for acknowledged ones.
-                if let Err(seal) = self.seal().await {
-                    // IMPORTANT: the failed commit's intact frames stay
-                    // replayable until a seal covers them (the next commit
-                    // retries it first), and a crash before that would
-                    // bring them back: their outcome is unknown, and the
-                    // error says so.
-                    tracing::warn!(shard = %self.shard, error = %seal, "sealing over a failed WAL write failed too; retried before the next commit");
-                    if !self.poisoned {
-                        return Err(Error::WalWriteInDoubt {
-                            shard: self.shard,
-                            source: std::sync::Arc::new(e),
-                            seal: std::sync::Arc::new(seal),
-                        });
-                    }
+                self.next_lsn += lsns;
+                if durable_through.is_some() {
+                    self.metrics.wal_commits_overlapped.inc();
                 }
-                Err(e)
+                Ok(Written { records_from: first_lsn + (lsns - records.len() as u64), first_lsn, unsynced })
+            }
+            Err(e) => {
+                // The commit never became durable: its schemas may be missing
+                // from the file, so write them again next time.
+                seg.schemas_written.retain(|d| !records.iter().any(|r| r.dataset == d));
+                Err(self.after_failed_write(e).await)
             }
         }
+    }
+
+    /// Marks the log failed after a commit's sync failed: the kernel may
+    /// have dropped the dirty pages, so no later sync can vouch for them.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    async fn after_failed_write(&mut self, e: SyncError) -> Error {
+        let e = match e {
+            SyncError::Fsync(e) => {
+                self.poisoned = true;
+                return e;
+            }
+            SyncError::Write(e) => e,
+        };
+        let seg = self.active.as_mut().expect("a failed write was to the active segment");
+        seg.tail_suspect = true;
+        // IMPORTANT: part of the failed commit may be on disk from
+        // `commit_start` on, with valid checksums and the LSNs the next
+        // commit will reuse. A seal frame written over its start ends the
+        // segment there, so neither replay nor a shorter next commit can
+        // take those frames for acknowledged ones.
+        if let Err(seal) = self.seal().await {
+            // IMPORTANT: the failed commit's intact frames stay replayable
+            // until a seal covers them (the next commit retries it first),
+            // and a crash before that would bring them back: their outcome
+            // is unknown, and the error says so.
+            tracing::warn!(shard = %self.shard, error = %seal, "sealing over a failed WAL write failed too; retried before the next commit");
+            if !self.poisoned {
+                return Error::WalWriteInDoubt {
+                    shard: self.shard,
+                    source: std::sync::Arc::new(e),
+                    seal: std::sync::Arc::new(seal),
+                };
+            }
+        }
+        e
     }
 
     /// Seals the active segment (unless it is already) and starts the next
@@ -477,6 +536,98 @@ mod tests {
         )]));
         let ids = arrow::array::Int64Array::from_iter_values(first..first + rows as i64);
         arrow::array::RecordBatch::try_new(schema, vec![std::sync::Arc::new(ids)]).unwrap()
+    }
+
+    /// Two commits not durable at once, as the shard writes them (the
+    /// second while the first syncs, with a durable mark), then power lost
+    /// with any part of each on the disk: replay never refuses, keeps every
+    /// synced commit, and keeps the second commit only with all of the first.
+    #[test]
+    fn a_commit_written_while_the_one_before_syncs_replays_only_after_all_of_it() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..300u64 {
+            let root = Path::new("/sim");
+            let sim = crate::io::sim::SimStorage::new(seed, root);
+            let fs: StorageRef = std::sync::Arc::new(sim.clone());
+            let d = root.join("wal");
+            crate::io::create_dir_durably(&*fs, &d).unwrap();
+            let synced_first = seed % 3 == 0;
+            let (durable, first, second) = glommio::LocalExecutorBuilder::default()
+                .spawn({
+                    let (fs, d) = (fs.clone(), d.clone());
+                    move || async move {
+                        let metrics = EngineMetrics::default();
+                        let (free, _) = FreeFiles::open(fs.clone(), &d, FILE_BYTES, 0).await.unwrap();
+                        let mut wal = new_wal(&fs, &d, &metrics, free).await;
+                        let mut durable = Vec::new();
+                        for n in [3, 40, 7] {
+                            let at = wal.append_synced(&drops(n)).await.unwrap();
+                            durable.extend((0..n as u64).map(|i| at + i));
+                        }
+                        let a = wal.append_written(&drops(20 + (seed % 11) as usize), None).await.unwrap();
+                        let first: Vec<Lsn> = (a.records_from.get()..wal.next_lsn().get()).map(Lsn).collect();
+                        let sync_a = glommio::spawn_local(a.sync());
+                        glommio::executor().yield_now().await;
+                        let mark = first[0].prev();
+                        let b = wal.append_written(&drops(5 + (seed % 7) as usize), Some(mark)).await.unwrap();
+                        let second: Vec<Lsn> = (b.records_from.get()..wal.next_lsn().get()).map(Lsn).collect();
+                        if synced_first {
+                            sync_a.await.unwrap();
+                        } else {
+                            drop(sync_a);
+                        }
+                        std::mem::forget(b);
+                        std::mem::forget(wal);
+                        (durable, first, second)
+                    }
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            let after = sim.crash(true);
+            let fs: StorageRef = std::sync::Arc::new(after);
+            let (got, end) = glommio::LocalExecutorBuilder::default()
+                .spawn(move || async move {
+                    let mut got = Vec::new();
+                    let mut end = None;
+                    let segments = list_segments(&*fs, &d).unwrap();
+                    let last = segments.len() - 1;
+                    for (i, s) in segments.iter().enumerate() {
+                        let r = replay_segment(&*fs, s, None, i == last, CorruptionPolicy::Refuse, |f, _| {
+                            got.push(f.header.lsn);
+                            Ok(())
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("seed {seed}: replay refused: {e}"));
+                        end = Some(r.end);
+                    }
+                    (got, end)
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            let has = |lsns: &[Lsn]| lsns.iter().filter(|l| got.contains(l)).count();
+            assert_eq!(has(&durable), durable.len(), "seed {seed}: a synced commit was lost");
+            if synced_first {
+                assert_eq!(has(&first), first.len(), "seed {seed}: the first commit was synced");
+            }
+            if has(&second) > 0 {
+                assert_eq!(has(&first), first.len(), "seed {seed}: the second commit without all of the first");
+            }
+            let kept = got.len() - durable.len();
+            outcomes.insert((
+                kept == 0,
+                has(&first) == first.len(),
+                has(&second) > 0,
+                matches!(end, Some(SegmentEnd::Torn { .. })),
+            ));
+        }
+        // The power cut left each of: nothing, part of the first, all of
+        // the first, and the second too; and torn tails.
+        assert!(outcomes.iter().any(|o| o.0), "{outcomes:?}");
+        assert!(outcomes.iter().any(|o| o.1 && !o.2), "{outcomes:?}");
+        assert!(outcomes.iter().any(|o| o.2), "{outcomes:?}");
+        assert!(outcomes.iter().any(|o| !o.1 && o.3), "{outcomes:?}");
     }
 
     #[test]

@@ -179,7 +179,10 @@ pub async fn replay_segment(
                         bytes_read,
                     });
                 }
-                visit(&f, pos)?;
+                // A durable mark says only when its commit was written.
+                if f.header.kind != FrameKind::DurableMark {
+                    visit(&f, pos)?;
+                }
                 pos += f.len as u64;
             }
         }
@@ -207,8 +210,11 @@ pub async fn replay_segment(
         };
         return Err(Error::Corrupt { path: path.clone(), offset: pos, reason });
     }
-    let end =
-        if after.torn || after.later.is_some() { SegmentEnd::Torn { offset: pos, reason } } else { SegmentEnd::Clean };
+    let end = if after.torn || after.later.is_some() || after.overlapped.is_some() {
+        SegmentEnd::Torn { offset: pos, reason }
+    } else {
+        SegmentEnd::Clean
+    };
     Ok(SegmentReplay { header, valid_end, last_lsn, end, bytes_read })
 }
 
@@ -263,11 +269,29 @@ pub fn judge_frame_after_end(
     (torn, later)
 }
 
+/// Whether an intact later commit past the log's end (where the log needed
+/// `next_lsn`), starting with the durable mark `mark` if it has one, was
+/// written while the commit the log stopped in was still being synced: its
+/// mark says the log was durable only before `next_lsn`. That commit was
+/// never acknowledged either, so the stop is a torn tail. Any other later
+/// commit was written after the stopped one was durable: corruption. Only
+/// one commit is written while another syncs, so a second one
+/// (`seen_overlapped`) is corruption too. Pure; shared with the offline tool.
+pub fn overlapped_commit(mark: Option<Lsn>, next_lsn: Lsn, seen_overlapped: bool) -> bool {
+    !seen_overlapped && mark.is_some_and(|durable| durable < next_lsn)
+}
+
 /// What follows the end of the log.
 #[derive(Debug, Default)]
 struct After {
-    /// Offset of an intact frame of this segment that starts a later commit.
+    /// Offset of an intact frame of this segment that starts a later commit
+    /// written after the one the log stopped in was durable.
     later: Option<u64>,
+    /// Offset of an intact later commit that was written while the one the
+    /// log stopped in was still being synced (its durable mark says the log
+    /// was durable only before the LSN it stopped at): it was never
+    /// acknowledged either.
+    overlapped: Option<u64>,
     /// Bytes of the commit being read when the log ended are there: a frame
     /// header naming this segment and that commit, or anything but zeros
     /// in the rest of the block the log ended in.
@@ -315,9 +339,17 @@ async fn scan_after(
             if let Some(p) = place {
                 let (torn, later) = judge_frame_after_end(&p, segment_id, at, from, commit, next_lsn, block);
                 after.torn |= torn;
-                if later && w.intact_frame(at).await? {
-                    after.later = Some(at);
-                    break;
+                if later {
+                    match w.intact_frame(at).await? {
+                        Some(mark) if overlapped_commit(mark, next_lsn, after.overlapped.is_some()) => {
+                            after.overlapped = Some(at);
+                        }
+                        Some(_) => {
+                            after.later = Some(at);
+                            break;
+                        }
+                        None => {}
+                    }
                 }
             }
             at += format::FRAME_ALIGN as u64;
@@ -362,16 +394,17 @@ impl Window<'_> {
         &self.buf[(from - self.start) as usize..(to - self.start) as usize]
     }
 
-    /// Whether an intact frame starts at `at` (reading as far as it says it goes).
-    async fn intact_frame(&mut self, at: u64) -> Result<bool> {
+    /// Whether an intact frame starts at `at` (reading as far as it says it
+    /// goes): `None` if not, else what it says as a durable mark, if it is one.
+    async fn intact_frame(&mut self, at: u64) -> Result<Option<Option<Lsn>>> {
         loop {
             match format::decode_frame(&self.buf[(at - self.start) as usize..]) {
-                Ok(_) => return Ok(true),
+                Ok(f) => return Ok(Some(format::durable_through(&f))),
                 Err(DecodeError::Truncated) if !self.eof => {
                     let end = self.start + self.buf.len() as u64 + 1;
                     self.fill_to(end).await?;
                 }
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(None),
             }
         }
     }
@@ -426,9 +459,119 @@ mod tests {
             end
         }
 
+        /// A commit like [`Bytes::commit`] that starts with a durable mark
+        /// (LSN `lsn`) saying the log was durable through `durable`; its
+        /// data frames take the LSNs after the mark's.
+        fn marked_commit(&mut self, segment_id: u64, at: u64, lsn: u64, durable: u64, frames: u64) -> u64 {
+            let h = FrameHeader {
+                kind: FrameKind::DurableMark,
+                lsn: Lsn(lsn),
+                segment_id: SegmentId(segment_id),
+                commit_start: at,
+            };
+            let mark = encode_frame(h, b"", &format::durable_mark_payload(Lsn(durable)));
+            self.0[at as usize..at as usize + mark.len()].copy_from_slice(&mark);
+            let mut pos = at as usize + mark.len();
+            for i in 0..frames {
+                let l = Lsn(lsn + 1 + i);
+                let h =
+                    FrameHeader { kind: FrameKind::Data, lsn: l, segment_id: SegmentId(segment_id), commit_start: at };
+                let f = encode_frame(h, b"ds", &[l.get() as u8 | 1; 200]);
+                self.0[pos..pos + f.len()].copy_from_slice(&f);
+                pos += f.len();
+            }
+            let end = (pos as u64).next_multiple_of(BLOCK);
+            self.0[pos..end as usize].fill(0);
+            end
+        }
+
         fn write(&self, path: &Path) {
             std::fs::write(path, &self.0).unwrap();
         }
+    }
+
+    /// Segment 1: commits of LSNs 1..=3 and 4..=6 durable, then commit C
+    /// (LSNs 7..=9) torn in its second frame (the log needs 8 there), and
+    /// behind it commit D,
+    /// written while C was being synced: a durable mark (LSN 10) saying the
+    /// log was durable through `durable`, then LSNs 11..=12. Returns the
+    /// bytes, C's start and D's start and end.
+    fn overlapped(durable: u64) -> (Bytes, u64, u64, u64) {
+        let mut b = Bytes::new(32 * 1024);
+        b.header(1, 1);
+        let at = b.commit(1, BLOCK, 1, 3, 200);
+        let c = b.commit(1, at, 4, 3, 200);
+        let d = b.commit(1, c, 7, 3, 200);
+        let end = b.marked_commit(1, d, 10, durable, 2);
+        let second = c as usize + format::frame_len(2, 200);
+        b.0[second + 60] ^= 0x01;
+        (b, c, d, end)
+    }
+
+    #[test]
+    fn a_torn_commit_followed_by_the_one_written_while_it_synced_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000001.wal");
+        // D's mark says the log was durable through 6: C was not yet.
+        let (b, c, d, _) = overlapped(6);
+        b.write(&path);
+        let (r, lsns) = replay(&path, 1, true, CorruptionPolicy::Refuse);
+        let r = r.unwrap();
+        assert_eq!(lsns, (1..=7).collect::<Vec<_>>(), "neither the torn commit's rest nor the one after it");
+        let torn_at = c + format::frame_len(2, 200) as u64;
+        assert!(matches!(r.end, SegmentEnd::Torn { offset, .. } if offset == torn_at), "{:?}", r.end);
+        assert_eq!(r.last_lsn, Some(Lsn(7)));
+        assert!(d > torn_at);
+    }
+
+    #[test]
+    fn a_commit_whose_mark_says_the_torn_one_was_durable_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000001.wal");
+        // The mark says LSN 9 was durable: commit C (7..=9) was
+        // acknowledged before D was written, so its damage is corruption.
+        let (b, c, d, _) = overlapped(9);
+        b.write(&path);
+        let (r, _) = replay(&path, 1, true, CorruptionPolicy::Refuse);
+        let e = r.unwrap_err();
+        let torn_at = c + format::frame_len(2, 200) as u64;
+        assert!(matches!(&e, Error::Corrupt { offset, .. } if *offset == torn_at), "{e}");
+        assert!(e.to_string().contains(&format!("an intact commit follows at offset {d}")), "{e}");
+    }
+
+    #[test]
+    fn a_second_commit_after_the_overlapped_one_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000001.wal");
+        // Only one commit is written while another syncs: a commit after D
+        // (marked or not) was written once C was durable.
+        for marked in [false, true] {
+            let (mut b, _, _, end) = overlapped(6);
+            if marked {
+                b.marked_commit(1, end, 13, 9, 1);
+            } else {
+                b.commit(1, end, 13, 1, 200);
+            }
+            b.write(&path);
+            let (r, _) = replay(&path, 1, true, CorruptionPolicy::Refuse);
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains(&format!("an intact commit follows at offset {end}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_durable_mark_is_replayed_as_an_lsn_and_not_visited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000001.wal");
+        let mut b = Bytes::new(16 * 1024);
+        b.header(1, 1);
+        let at = b.commit(1, BLOCK, 1, 2, 200);
+        let end = b.marked_commit(1, at, 3, 0, 2);
+        b.write(&path);
+        let (r, lsns) = replay(&path, 1, true, CorruptionPolicy::Refuse);
+        let r = r.unwrap();
+        assert_eq!(lsns, vec![1, 2, 4, 5]);
+        assert_eq!((r.end, r.valid_end, r.last_lsn), (SegmentEnd::Clean, end, Some(Lsn(5))));
     }
 
     /// Replays `path` as segment `id`; returns the outcome and the LSNs visited.

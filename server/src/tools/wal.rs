@@ -585,7 +585,7 @@ fn walk_segment(
         }
     };
     // The log stops at `pos`: what follows, judged as replay judges it.
-    let (later, torn) = judge_after(bytes, seg.id, pos, commit, next_lsn, block);
+    let (later, torn, overlapped) = judge_after(bytes, seg.id, pos, commit, next_lsn, block);
     let walked = |state, reason: Option<String>, note| Ok(Walked { state, offset: pos, last_lsn, reason, note });
     if let Some(at) = later {
         return walked(EndState::Damage, Some(format!("{reason}; an intact commit follows at offset {at}")), None);
@@ -599,6 +599,10 @@ fn walk_segment(
         return walked(EndState::Damage, Some(reason), None);
     }
     let stale = stale_frames(bytes, seg.id, pos);
+    if let Some(at) = overlapped {
+        let note = format!("a commit written while this one synced follows at offset {at} (never acknowledged)");
+        return walked(EndState::Torn, Some(reason), Some(note));
+    }
     match (torn, stale) {
         (false, Some(stale)) => {
             walked(EndState::Stale, Some(reason), Some(format!("{}; not damage", stale.describe())))
@@ -613,7 +617,8 @@ fn walk_segment(
 /// `replay::judge_frame_after_end`: an intact frame of this segment that
 /// starts a later commit, and whether bytes of the commit being read (which
 /// started at `commit`) are there (a frame header naming it, or anything
-/// but zeros in the rest of the block).
+/// but zeros in the rest of the block), and a later commit written while
+/// that one synced (`replay::overlapped_commit`).
 fn judge_after(
     bytes: &[u8],
     segment_id: SegmentId,
@@ -621,10 +626,11 @@ fn judge_after(
     commit: u64,
     next_lsn: Lsn,
     block: u64,
-) -> (Option<u64>, bool) {
+) -> (Option<u64>, bool, Option<u64>) {
     let len = bytes.len() as u64;
     let header = format::FRAME_HEADER_BYTES as u64;
     let mut torn = false;
+    let mut overlapped = None;
     if from % block != 0 && from < len {
         let end = from.next_multiple_of(block).min(len);
         torn = bytes[from as usize..end as usize].iter().any(|b| *b != 0);
@@ -635,13 +641,19 @@ fn judge_after(
         if let Some(p) = format::peek_frame_place(frame) {
             let (torn_here, later) = replay::judge_frame_after_end(&p, segment_id, at, from, commit, next_lsn, block);
             torn |= torn_here;
-            if later && format::decode_frame(frame).is_ok() {
-                return (Some(at), torn);
+            if later {
+                if let Ok(f) = format::decode_frame(frame) {
+                    if replay::overlapped_commit(format::durable_through(&f), next_lsn, overlapped.is_some()) {
+                        overlapped = Some(at);
+                    } else {
+                        return (Some(at), torn, overlapped);
+                    }
+                }
             }
         }
         at += format::FRAME_ALIGN as u64;
     }
-    (None, torn)
+    (None, torn, overlapped)
 }
 
 /// Intact frames of older segments found after a log's end.
@@ -706,6 +718,7 @@ fn kind_name(kind: FrameKind) -> &'static str {
         FrameKind::Seal => "seal",
         FrameKind::Drop => "drop",
         FrameKind::Producers => "producers",
+        FrameKind::DurableMark => "durable mark",
     }
 }
 
@@ -742,6 +755,11 @@ fn describe(
     };
     match f.header.kind {
         FrameKind::Seal => {}
+        FrameKind::DurableMark => {
+            if format::durable_through(f).is_none() {
+                problem = Some(format!("durable mark with a {}-byte payload", f.payload.len()));
+            }
+        }
         FrameKind::Drop => {
             // Earlier records are void; a later schema starts anew.
             schemas.remove(&frame.dataset);
