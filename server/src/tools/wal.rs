@@ -877,6 +877,45 @@ mod tests {
         assert!(w.reason.unwrap().contains("an intact commit follows at offset 1024"));
     }
 
+    /// Appends to a segment's bytes (and file) a commit of a durable mark
+    /// (LSN `lsn`, saying the log was durable through `durable`) and one
+    /// data frame after it.
+    fn push_marked_commit(seg: &SegmentFile, bytes: &mut Vec<u8>, lsn: u64, durable: u64) -> u64 {
+        let start = bytes.len() as u64;
+        let mark = FrameHeader { kind: FrameKind::DurableMark, lsn: Lsn(lsn), segment_id: seg.id, commit_start: start };
+        bytes.extend(encode_frame(mark, b"", &format::durable_mark_payload(Lsn(durable))));
+        let data = FrameHeader { kind: Data, lsn: Lsn(lsn + 1), segment_id: seg.id, commit_start: start };
+        bytes.extend(encode_frame(data, b"ds", b""));
+        bytes.resize(bytes.len().next_multiple_of(BLOCK), 0);
+        std::fs::write(&seg.path, &*bytes).unwrap();
+        start
+    }
+
+    #[test]
+    fn a_torn_commit_and_the_one_written_while_it_synced_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, mut bytes) = segment(dir.path(), 1, 1, &[&[(Data, 1)], &[(Data, 2)]]);
+        // Commit 3 (from LSN 3) was written while commit 2 synced.
+        let third = push_marked_commit(&seg, &mut bytes, 3, 1);
+        let (w, lsns) = walk_one(&seg, &bytes, true);
+        assert_eq!((w.state, lsns), (EndState::Clean, vec![1, 2, 3, 4]), "a mark is a frame of the chain: {w:?}");
+        // Commit 2 garbled: torn, and so is commit 3 (never acknowledged).
+        let mut torn = bytes.clone();
+        torn[2 * BLOCK + 20] ^= 0xFF;
+        std::fs::write(&seg.path, &torn).unwrap();
+        let w = walk_one(&seg, &torn, true).0;
+        assert_eq!((w.state, w.offset, w.last_lsn), (EndState::Torn, 2 * BLOCK as u64, Some(Lsn(1))), "{w:?}");
+        assert!(w.note.unwrap().contains(&format!("written while this one synced follows at offset {third}")));
+        // A mark saying commit 2 was durable when commit 3 was written:
+        // commit 2 was acknowledged, so its damage is damage.
+        let (seg, mut bytes) = segment(dir.path(), 2, 1, &[&[(Data, 1)], &[(Data, 2)]]);
+        push_marked_commit(&seg, &mut bytes, 3, 2);
+        bytes[2 * BLOCK + 20] ^= 0xFF;
+        std::fs::write(&seg.path, &bytes).unwrap();
+        let w = walk_one(&seg, &bytes, true).0;
+        assert_eq!((w.state, w.offset), (EndState::Damage, 2 * BLOCK as u64), "{w:?}");
+    }
+
     #[test]
     fn older_frames_after_the_log_are_stale_not_damage() {
         let dir = tempfile::tempdir().unwrap();
