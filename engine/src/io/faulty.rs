@@ -265,6 +265,10 @@ impl File for FaultyFile {
         .boxed_local()
     }
 
+    fn sync_blocks(&self, how: Submit) -> bool {
+        self.file.sync_blocks(how)
+    }
+
     fn size(&self) -> LocalBoxFuture<'_, io::Result<u64>> {
         self.file.size()
     }

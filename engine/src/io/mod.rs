@@ -161,6 +161,12 @@ pub trait File {
     fn read_at(&self, pos: u64, len: usize) -> LocalBoxFuture<'_, io::Result<Vec<u8>>>;
     /// Makes the data written so far and the file's length durable.
     fn fdatasync(&self, how: Submit) -> LocalBoxFuture<'_, io::Result<()>>;
+    /// Whether an `fdatasync` submitted `how` blocks the calling thread
+    /// until it is done (a plain syscall), so that nothing can be written
+    /// while it runs.
+    fn sync_blocks(&self, how: Submit) -> bool {
+        how == Submit::Inline
+    }
     fn size(&self) -> LocalBoxFuture<'_, io::Result<u64>>;
     /// Cuts or extends the file to `len` (not durable until `fdatasync`).
     fn truncate(&self, len: u64) -> LocalBoxFuture<'_, io::Result<()>>;

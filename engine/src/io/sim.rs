@@ -740,6 +740,11 @@ impl File for SimFile {
         async move { r }.boxed_local()
     }
 
+    /// Never: the simulated flush completes polls later, whatever `how`.
+    fn sync_blocks(&self, _: Submit) -> bool {
+        false
+    }
+
     /// Covers the writes that completed before the call; it completes
     /// only after the caller has had a chance to go on (a flush in flight
     /// while the next write is issued), and makes nothing durable if the

@@ -7,8 +7,8 @@
 //!   [`GROUP_COMMIT_BYTES_MAX`]), writes it as one commit, `fdatasync`s, and
 //!   only then makes the batches visible and acknowledges them. Writes that
 //!   arrive during a commit form the next one: group commit. The next
-//!   commit is written while the last one syncs (at most two are not
-//!   durable; see `Pending`);
+//!   commit is written while the last one syncs, where that sync does not
+//!   block the thread (at most two are not durable; see `Pending`);
 //! - the snapshot worker, on a low-share task queue, writes Parquet files on
 //!   a timer, on request and under memory pressure, evicts snapshotted
 //!   batches from memory and releases WAL segments the snapshots cover:
@@ -612,6 +612,14 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
                 for p in group.drain(..) {
                     p.fail(Error::Poisoned { shard });
                 }
+            }
+            Ok(w) if w.syncs_inline() => {
+                // A small commit's sync blocks the shard anyway: answered
+                // at once, with no task and no wake-up in between.
+                let records_from = w.records_from;
+                let synced = w.sync().await;
+                let group = std::mem::take(&mut group);
+                settle(&state, &mut wal, group, records_from, synced, &mut poisoned);
             }
             Ok(w) => {
                 let (records_from, first_lsn) = (w.records_from, w.first_lsn);

@@ -121,6 +121,10 @@ pub(super) struct Unsynced {
 }
 
 impl Unsynced {
+    pub(super) fn syncs_inline(&self) -> bool {
+        self.file.sync_blocks(self.how)
+    }
+
     /// `fdatasync`: the commit, and every write that completed before this
     /// call, are durable once it returns Ok.
     pub(super) async fn sync(self) -> std::result::Result<(), SyncError> {

@@ -126,6 +126,13 @@ pub struct Written {
 }
 
 impl Written {
+    /// Whether its sync is a plain syscall on the calling thread (a small
+    /// commit): it then blocks the shard, and nothing is gained by writing
+    /// the next commit meanwhile.
+    pub fn syncs_inline(&self) -> bool {
+        self.unsynced.syncs_inline()
+    }
+
     /// Makes the commit durable (and every commit written before it). On an
     /// error, call [`Wal::poison`]: nothing more may be written.
     pub async fn sync(self) -> Result<()> {
