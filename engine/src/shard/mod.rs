@@ -460,9 +460,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
             }
         }
         if poisoned {
-            for p in group.drain(..) {
-                p.fail(Error::Poisoned { shard });
-            }
+            fail_poisoned(&mut group, shard);
             continue;
         }
         if group.iter().any(Write::is_batch) {
@@ -473,9 +471,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
                     settle_pending(&state, &mut wal, p, &mut poisoned).await;
                 }
                 if poisoned {
-                    for p in group.drain(..) {
-                        p.fail(Error::Poisoned { shard });
-                    }
+                    fail_poisoned(&mut group, shard);
                     continue;
                 }
             }
@@ -591,9 +587,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
             settle_pending(&state, &mut wal, p, &mut poisoned).await;
             if poisoned {
                 drop(records);
-                for p in group.drain(..) {
-                    p.fail(Error::Poisoned { shard });
-                }
+                fail_poisoned(&mut group, shard);
                 continue;
             }
         }
@@ -609,9 +603,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
         match written {
             Ok(_) if poisoned => {
                 // Written after a commit whose sync failed: never durable.
-                for p in group.drain(..) {
-                    p.fail(Error::Poisoned { shard });
-                }
+                fail_poisoned(&mut group, shard);
             }
             Ok(w) if w.syncs_inline() => {
                 // A small commit's sync blocks the shard anyway: answered
@@ -696,6 +688,14 @@ fn settle(
             wal.poison();
             fail_commit(state, wal, &mut group, e, poisoned);
         }
+    }
+}
+
+/// Fails `group`'s writes: the shard is poisoned (a sync failed), and
+/// nothing more is written until restart.
+fn fail_poisoned(group: &mut Vec<Write>, shard: ShardId) {
+    for p in group.drain(..) {
+        p.fail(Error::Poisoned { shard });
     }
 }
 
