@@ -102,9 +102,12 @@ pub struct GatewayMetrics {
     pub do_get_bytes: Counter,
     /// Datasets this node holds for another node, not handed over yet.
     pub handovers_pending: Gauge,
-    /// DoPut bytes read off the socket and not yet acknowledged
-    /// (LONGBOW_MAX_INFLIGHT bounds them), proxied ones included.
+    /// DoPut bytes this node stores, read off the socket and not yet
+    /// acknowledged (LONGBOW_MAX_INFLIGHT bounds them).
     pub put_inflight_bytes: Gauge,
+    /// DoPut bytes this node proxies to their owners, read and not yet
+    /// acknowledged by the owner (a budget of the same size of their own).
+    pub put_forwarded_inflight_bytes: Gauge,
     storage: StorageGauges,
 }
 
@@ -142,6 +145,7 @@ impl Default for GatewayMetrics {
             do_get_bytes: Counter::default(),
             handovers_pending: Gauge::default(),
             put_inflight_bytes: Gauge::default(),
+            put_forwarded_inflight_bytes: Gauge::default(),
             storage: StorageGauges::default(),
         }
     }
@@ -177,8 +181,13 @@ impl GatewayMetrics {
         );
         registry.register(
             "longbow_put_inflight_bytes",
-            "DoPut bytes read off the socket and not yet acknowledged, proxied ones included (LONGBOW_MAX_INFLIGHT)",
+            "DoPut bytes this node stores, read off the socket and not yet acknowledged (LONGBOW_MAX_INFLIGHT)",
             self.put_inflight_bytes.clone(),
+        );
+        registry.register(
+            "longbow_put_forwarded_inflight_bytes",
+            "DoPut bytes proxied to the dataset's owner and not yet acknowledged by it (a LONGBOW_MAX_INFLIGHT of their own)",
+            self.put_forwarded_inflight_bytes.clone(),
         );
         registry.register(
             "longbow_handovers_pending",
@@ -253,16 +262,20 @@ impl GatewayMetrics {
     /// Refreshes the storage gauges from the engine every
     /// [`STORAGE_REFRESH_INTERVAL`], until the engine shuts down. Needs a
     /// tokio runtime (does nothing without one).
-    pub fn watch(&self, engine: Engine, inflight_bytes: impl Fn() -> u64 + Send + 'static) {
+    /// `inflight_bytes`: the bytes stored and the bytes proxied that wait
+    /// for their acknowledgements.
+    pub fn watch(&self, engine: Engine, inflight_bytes: impl Fn() -> (u64, u64) + Send + 'static) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let gauges = self.storage.clone();
-        let inflight = self.put_inflight_bytes.clone();
+        let (inflight, forwarded) = (self.put_inflight_bytes.clone(), self.put_forwarded_inflight_bytes.clone());
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(STORAGE_REFRESH_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                inflight.set(i64::try_from(inflight_bytes()).unwrap_or(i64::MAX));
+                let (stored, proxied) = inflight_bytes();
+                inflight.set(i64::try_from(stored).unwrap_or(i64::MAX));
+                forwarded.set(i64::try_from(proxied).unwrap_or(i64::MAX));
                 match engine.shard_stats().await {
                     Ok(shards) => gauges.update(engine.settings().snapshot_interval, &shards),
                     Err(longbow_engine::Error::ShuttingDown) => return,

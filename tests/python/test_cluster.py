@@ -317,8 +317,8 @@ def test_a_batch_the_forwarding_node_refuses_fails_the_proxied_put(tmp_path):
 
 def test_proxied_batches_count_against_the_forwarding_nodes_inflight_budget(tmp_path):
     """With the owner stopped (SIGSTOP), a DoPut through node 0 holds at
-    most node 0's LONGBOW_MAX_INFLIGHT (1 MiB) unacknowledged; the client's
-    stream is not read beyond it. Once the owner runs again every batch is
+    most node 0's LONGBOW_MAX_INFLIGHT (1 MiB) unacknowledged, in its budget
+    for proxied batches; the client's stream is not read beyond it. Once the owner runs again every batch is
     acknowledged, stored once, and the budget is free."""
     import re
     import threading
@@ -328,8 +328,8 @@ def test_proxied_batches_count_against_the_forwarding_nodes_inflight_budget(tmp_
     peers = [f"grpc://127.0.0.1:{p}" for p in ports]
     nodes = [Node(tmp_path, 0, peers, ports[0], extra=["--max-inflight", "1MiB"]), Node(tmp_path, 1, peers, ports[1])]
 
-    def inflight() -> int:
-        return int(re.search(r"^longbow_put_inflight_bytes (\d+)", nodes[0].metrics(), re.M).group(1))
+    def inflight(kind: str = "forwarded_") -> int:
+        return int(re.search(rf"^longbow_put_{kind}inflight_bytes (\d+)", nodes[0].metrics(), re.M).group(1))
 
     try:
         via = nodes[0].client()
@@ -342,6 +342,7 @@ def test_proxied_batches_count_against_the_forwarding_nodes_inflight_budget(tmp_
         time.sleep(2.5)
         held = inflight()
         assert 0 < held <= 1 << 20, held
+        assert inflight("") == 0, "node 0 stores none of them"
         nodes[1].proc.send_signal(signal.SIGCONT)
         writer_thread.join(timeout=60)
         assert [a["rows"] for a in acks] == [500] * 20
@@ -352,5 +353,63 @@ def test_proxied_batches_count_against_the_forwarding_nodes_inflight_budget(tmp_
     finally:
         if nodes[1].proc.poll() is None:
             nodes[1].proc.send_signal(signal.SIGCONT)
+        for n in nodes:
+            n.kill()
+
+
+def test_nodes_forwarding_to_each_other_at_once_never_wait_on_each_others_budgets(tmp_path):
+    """Two nodes with a 1 MiB LONGBOW_MAX_INFLIGHT each; producers write
+    through node 0 into datasets node 1 owns and through node 1 into
+    datasets node 0 owns, at once, in 256 KB batches. Proxied batches are
+    charged to a budget of their own: were they charged to the same one as
+    the batches a node stores, each node's budget could fill with batches
+    waiting for the other's acknowledgements, while the other's forwarded
+    batches wait for that very budget, and every stream would stop. Every
+    batch is acknowledged and stored once."""
+    import threading
+    import time
+
+    ports = free_ports(2)
+    peers = [f"grpc://127.0.0.1:{p}" for p in ports]
+    nodes = [Node(tmp_path, i, peers, ports[i], extra=["--max-inflight", "1MiB"]) for i in range(2)]
+    try:
+        jobs = []  # (node a producer talks to, dataset the other node owns)
+        for via, owner in ((0, 1), (1, 0)):
+            for k in range(4):
+                jobs.append((via, dataset_owned_by(nodes[via].client(), peers[owner], f"cross-{via}-{k}")))
+        results: dict[str, list] = {}
+        errors = []
+
+        def produce(via: int, name: str):
+            try:
+                tables = [vectors(1000 + b * 500, 500) for b in range(40)]  # 256 KB each
+                # Every batch written before any acknowledgement is read, as
+                # a producer that pipelines does.
+                writer, reader = nodes[via].client().do_put(fl.FlightDescriptor.for_path(name), tables[0].schema)
+                for t in tables:
+                    writer.write_table(t)
+                writer.done_writing()
+                acks = []
+                while (buf := reader.read()) is not None:
+                    acks.append(json.loads(buf.to_pybytes()))
+                writer.close()
+                results[name] = acks
+            except Exception as e:  # reported below
+                errors.append(f"{name}: {e}")
+
+        threads = [threading.Thread(target=produce, args=job, daemon=True) for job in jobs]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [name for (_, name), t in zip(jobs, threads) if t.is_alive()]
+        assert not stuck, f"producers still waiting for acknowledgements after 120 s: {stuck}"
+        assert not errors, errors
+        for via, name in jobs:
+            assert [a["rows"] for a in results[name]] == [500] * 40, name
+            ids = sorted(i for i in read_all(nodes[via].client(), name).column("id").to_pylist() if i >= 1000)
+            assert ids == list(range(1000, 1000 + 40 * 500)), f"{name}: every batch once"
+    finally:
         for n in nodes:
             n.kill()

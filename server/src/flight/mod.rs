@@ -32,6 +32,9 @@ pub struct LongbowFlight {
     engine: Engine,
     metrics: GatewayMetrics,
     admission: std::sync::Arc<do_put::Admission>,
+    /// The budget of the batches this node proxies to their owners: apart
+    /// from `admission`, so that nodes never wait on each other's budgets.
+    forwarding: std::sync::Arc<do_put::Admission>,
     /// Flight SQL: what arrives as a CMD descriptor, a protobuf ticket or
     /// a Flight SQL action goes there.
     sql: SqlService,
@@ -42,6 +45,8 @@ pub struct LongbowFlight {
 
 impl LongbowFlight {
     /// Also starts refreshing `metrics`' storage gauges from `engine`.
+    /// `admission` is the budget of the batches this node stores; the
+    /// batches it proxies get one of the same size.
     pub fn new(
         engine: Engine,
         metrics: GatewayMetrics,
@@ -49,10 +54,11 @@ impl LongbowFlight {
         planner: SqlEngine,
         peers: std::sync::Arc<Peers>,
     ) -> Self {
-        let counted = admission.clone();
-        metrics.watch(engine.clone(), move || counted.in_flight_bytes());
+        let forwarding = std::sync::Arc::new(admission.same_size());
+        let (stored, proxied) = (admission.clone(), forwarding.clone());
+        metrics.watch(engine.clone(), move || (stored.in_flight_bytes(), proxied.in_flight_bytes()));
         let sql = SqlService::new(planner.clone(), engine.clone(), admission.clone());
-        Self { engine, metrics, admission, sql, planner, peers }
+        Self { engine, metrics, admission, forwarding, sql, planner, peers }
     }
 
     /// A dataset's FlightInfo as this node serves it: with several nodes,
@@ -100,12 +106,16 @@ impl LongbowFlight {
                 futures::future::ready(m.is_ok())
             })
             .filter_map(|m| futures::future::ready(m.ok()));
-        // Each batch is charged to LONGBOW_MAX_INFLIGHT, as the batches
-        // this node stores are, until the owner acknowledges it (one
-        // acknowledgement per batch, in order): when the budget is spent,
-        // the client's stream is not read.
+        // Each batch is charged to the forwarding budget until the owner
+        // acknowledges it (one acknowledgement per batch, in order): when
+        // the budget is spent, the client's stream is not read.
+        // IMPORTANT: not to `self.admission`. The owner's acknowledgement
+        // waits for the owner's admission budget; were the proxied batches
+        // of two nodes charged to the budgets their owners' forwarded
+        // batches need, each could hold all of its own budget waiting for
+        // the other, and every stream through them would stop.
         let held: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<_>>> = Default::default();
-        let (admission, charged) = (self.admission.clone(), held.clone());
+        let (admission, charged) = (self.forwarding.clone(), held.clone());
         let out = futures::stream::once(futures::future::ready(first)).chain(rest).then(move |m| {
             let (admission, charged) = (admission.clone(), charged.clone());
             async move {
