@@ -215,7 +215,7 @@ def test_a_node_killed_during_ingest_loses_no_acknowledged_batch(cluster, tmp_pa
 
 def test_flight_sql_through_any_node_reads_every_nodes_tables(cluster):
     """ADBC Flight SQL against one node sees every node's datasets: it lists
-    them with their schemas, queries, filters and joins tables other nodes
+    them with their schemas (GetTables, information_schema, SHOW), queries, filters and joins tables other nodes
     own (their owners filter and project what they send), binds a prepared
     statement over one, and bulk ingest through a non-owner lands on the
     owner."""
@@ -242,6 +242,16 @@ def test_flight_sql_through_any_node_reads_every_nodes_tables(cluster):
             for name, want in expected.items():
                 assert conn.adbc_get_table_schema(name) == want.schema, name
             with conn.cursor() as cur:
+                cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+                assert {r[0] for r in cur.fetchall()} == set(expected), f"{node.url}: information_schema.tables"
+                cur.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                            "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position")
+                columns = cur.fetchall()
+                assert [(t, c) for t, c, _ in columns] == [(n, c) for n in sorted(expected) for c in ("id", "vector")]
+                assert {d for _, c, d in columns if c == "id"} == {"Int32"}, columns
+                cur.execute("SHOW TABLES")
+                shown = {r[2] for r in cur.fetchall() if r[1] == "public"}
+                assert shown == set(expected), f"{node.url}: SHOW TABLES"
                 for name, want in expected.items():
                     ids = want.column("id").to_numpy()
                     cur.execute(f'SELECT count(*), min(id), max(id) FROM "{name}"')

@@ -29,6 +29,7 @@ pub mod service;
 pub mod table;
 pub mod vector;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -131,8 +132,9 @@ impl SqlEngine {
 
     /// A session whose catalog holds every dataset this node owns as of
     /// now (each table takes its own view of the rows when the query is
-    /// planned), and finds any other at its owner.
-    pub async fn context(&self) -> Result<SessionContext, Status> {
+    /// planned), and finds any other at its owner. `listed`: the other
+    /// nodes' tables, for a query that lists tables.
+    pub async fn context(&self, listed: HashMap<String, SchemaRef>) -> Result<SessionContext, Status> {
         let ctx = self.session();
         let local = self
             .owned()
@@ -145,7 +147,9 @@ impl SqlEngine {
             })
             .collect();
         let catalog = ctx.catalog(CATALOG).ok_or_else(|| Status::internal("the session has no catalog"))?;
-        catalog.register_schema(SCHEMA, Arc::new(ClusterSchema::new(local, self.peers.clone()))).map_err(df_status)?;
+        catalog
+            .register_schema(SCHEMA, Arc::new(ClusterSchema::new(local, listed, self.peers.clone())))
+            .map_err(df_status)?;
         Ok(ctx)
     }
 
@@ -176,9 +180,21 @@ impl SqlEngine {
         Ok(out)
     }
 
-    /// Plans a read-only SQL statement (no DDL, DML or `SET`).
+    /// Plans a read-only SQL statement (no DDL, DML or `SET`). One that
+    /// reads `information_schema` (`SHOW TABLES` and `SHOW COLUMNS` do)
+    /// first asks every other node for its tables, so that it lists every
+    /// node's; the others name their tables only when used.
     pub async fn plan(&self, sql: &str) -> Result<DataFrame, Status> {
-        let ctx = self.context().await?;
+        let mut listed = HashMap::new();
+        if !self.peers.cluster.peers.is_empty() && reads_information_schema(sql) {
+            let own = self.peers.cluster.node;
+            for (name, schema) in self.tables().await? {
+                if self.peers.cluster.owner(&name) != own {
+                    listed.insert(name, schema);
+                }
+            }
+        }
+        let ctx = self.context(listed).await?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         ctx.sql_with_options(sql, options).await.map_err(df_status)
     }
@@ -215,6 +231,18 @@ impl SqlEngine {
         }
         Ok(df)
     }
+}
+
+/// Whether `sql` reads `information_schema`: a table it names there, or a
+/// `SHOW` that reads it. A statement that does not parse is left to the
+/// planner, whose error the client gets.
+fn reads_information_schema(sql: &str) -> bool {
+    let Ok(statements) = datafusion::sql::parser::DFParser::parse_sql(sql) else { return false };
+    statements.iter().any(|s| {
+        datafusion::sql::resolve::resolve_table_references(s, true).is_ok_and(|(tables, _)| {
+            tables.iter().any(|t| t.schema().is_some_and(|s| s.eq_ignore_ascii_case("information_schema")))
+        })
+    })
 }
 
 /// A query's output: its batches as the plan produces them.

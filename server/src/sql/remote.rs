@@ -36,8 +36,11 @@ use crate::flight::ticket::{ticket_of, TicketBody};
 
 /// The schema `longbow.public` of a node with peers: the tables this node
 /// owns, and any other dataset, looked up at its owner when a query names it.
+/// For a query that reads `information_schema` (or a `SHOW`), the other
+/// nodes' tables as they listed them, so it lists every node's.
 pub struct ClusterSchema {
     local: HashMap<String, Arc<dyn TableProvider>>,
+    listed: HashMap<String, SchemaRef>,
     peers: Arc<Peers>,
 }
 
@@ -48,22 +51,36 @@ impl std::fmt::Debug for ClusterSchema {
 }
 
 impl ClusterSchema {
-    pub fn new(local: HashMap<String, Arc<dyn TableProvider>>, peers: Arc<Peers>) -> Self {
-        Self { local, peers }
+    /// `listed`: other nodes' tables with their schemas, where the query
+    /// needs the list (empty otherwise: a table is looked up when named).
+    pub fn new(
+        local: HashMap<String, Arc<dyn TableProvider>>,
+        listed: HashMap<String, SchemaRef>,
+        peers: Arc<Peers>,
+    ) -> Self {
+        Self { local, listed, peers }
+    }
+
+    fn remote(&self, name: &str, schema: SchemaRef) -> Arc<dyn TableProvider> {
+        let owner = self.peers.cluster.owner(name);
+        Arc::new(RemoteTable { name: name.to_owned(), schema, owner, peers: self.peers.clone() })
     }
 }
 
 #[async_trait::async_trait]
 impl SchemaProvider for ClusterSchema {
-    /// The tables this node owns (what `information_schema` lists; Flight
-    /// SQL's GetTables lists every node's).
+    /// The tables this node owns, and the other nodes' where the query
+    /// lists tables (`information_schema`).
     fn table_names(&self) -> Vec<String> {
-        self.local.keys().cloned().collect()
+        self.local.keys().chain(self.listed.keys()).cloned().collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(t) = self.local.get(name) {
             return Ok(Some(t.clone()));
+        }
+        if let Some(schema) = self.listed.get(name) {
+            return Ok(Some(self.remote(name, schema.clone())));
         }
         let owner = self.peers.cluster.owner(name);
         let Some(mut client) = self.peers.client(owner) else { return Ok(None) };
@@ -73,12 +90,11 @@ impl SchemaProvider for ClusterSchema {
             Err(e) if e.code() == tonic::Code::NotFound => return Ok(None),
             Err(e) => return Err(remote_error(owner, e)),
         };
-        let table = RemoteTable { name: name.to_owned(), schema: Arc::new(schema), owner, peers: self.peers.clone() };
-        Ok(Some(Arc::new(table)))
+        Ok(Some(self.remote(name, Arc::new(schema))))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.local.contains_key(name)
+        self.local.contains_key(name) || self.listed.contains_key(name)
     }
 }
 
