@@ -336,6 +336,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
     let max_message = config.max_message_size.as_u64() as usize;
     let inflight = config.max_inflight.map_or((16u64 << 20) * engine.shard_count() as u64, |b| b.as_u64());
     let admission = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
+    // IMPORTANT: apart from `admission` (flight::LongbowFlight::forward_put).
+    let forwarding = Arc::new(flight::do_put::Admission::new(inflight, config.backpressure_timeout));
     let shared_store = !cluster.peers.is_empty()
         && !matches!(
             longbow_engine::snapshot::Location::parse(&config.snapshot_path),
@@ -382,6 +384,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()> + Send +
         engine.clone(),
         gateway_metrics,
         admission,
+        forwarding,
         planner,
         peers,
     ))

@@ -70,11 +70,6 @@ impl Admission {
         self.permits.clone().acquire_many_owned(n).await.expect("the admission semaphore is never closed")
     }
 
-    /// An empty budget of the same size and timeout.
-    pub fn same_size(&self) -> Self {
-        Self::new(self.capacity_bytes as u64, self.ack_timeout / 2)
-    }
-
     /// Bytes admitted and not yet acknowledged.
     pub fn in_flight_bytes(&self) -> u64 {
         (self.capacity_bytes as usize - self.permits.available_permits()) as u64

@@ -45,16 +45,16 @@ pub struct LongbowFlight {
 
 impl LongbowFlight {
     /// Also starts refreshing `metrics`' storage gauges from `engine`.
-    /// `admission` is the budget of the batches this node stores; the
-    /// batches it proxies get one of the same size.
+    /// `admission` is the budget of the batches this node stores,
+    /// `forwarding` that of the batches it proxies to their owners.
     pub fn new(
         engine: Engine,
         metrics: GatewayMetrics,
         admission: std::sync::Arc<do_put::Admission>,
+        forwarding: std::sync::Arc<do_put::Admission>,
         planner: SqlEngine,
         peers: std::sync::Arc<Peers>,
     ) -> Self {
-        let forwarding = std::sync::Arc::new(admission.same_size());
         let (stored, proxied) = (admission.clone(), forwarding.clone());
         metrics.watch(engine.clone(), move || (stored.in_flight_bytes(), proxied.in_flight_bytes()));
         let sql = SqlService::new(planner.clone(), engine.clone(), admission.clone());

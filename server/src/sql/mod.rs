@@ -163,8 +163,16 @@ impl SqlEngine {
     /// Every node's datasets with their schemas: this node's own, and what
     /// each other node lists as its own.
     pub async fn tables(&self) -> Result<Vec<(String, SchemaRef)>, Status> {
-        let cluster = &self.peers.cluster;
         let mut out: Vec<(String, SchemaRef)> = self.owned().await?.into_iter().map(|d| (d.name, d.schema)).collect();
+        out.extend(self.their_tables().await?);
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// What each other node lists as its own, with the schemas.
+    async fn their_tables(&self) -> Result<Vec<(String, SchemaRef)>, Status> {
+        let cluster = &self.peers.cluster;
+        let mut out = Vec::new();
         for (node, info) in self.peers.their_flights().await? {
             let Some(name) = info.flight_descriptor.as_ref().and_then(|d| d.path.first()).cloned() else { continue };
             // A dataset the node holds while handing it to its owner is
@@ -176,7 +184,6 @@ impl SqlEngine {
                 out.push((name, Arc::new(schema)));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
@@ -185,15 +192,11 @@ impl SqlEngine {
     /// first asks every other node for its tables, so that it lists every
     /// node's; the others name their tables only when used.
     pub async fn plan(&self, sql: &str) -> Result<DataFrame, Status> {
-        let mut listed = HashMap::new();
-        if !self.peers.cluster.peers.is_empty() && reads_information_schema(sql) {
-            let own = self.peers.cluster.node;
-            for (name, schema) in self.tables().await? {
-                if self.peers.cluster.owner(&name) != own {
-                    listed.insert(name, schema);
-                }
-            }
-        }
+        let listed = if !self.peers.cluster.peers.is_empty() && reads_information_schema(sql) {
+            self.their_tables().await?.into_iter().collect()
+        } else {
+            HashMap::new()
+        };
         let ctx = self.context(listed).await?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         ctx.sql_with_options(sql, options).await.map_err(df_status)
