@@ -511,11 +511,21 @@ impl Engine {
 
     /// Hands a dataset another node owns now over to it: what its table
     /// lacks of the rows here is committed to it, then this node forgets the
-    /// dataset (the WAL records go with the next covered segments). Run
-    /// again after a failure, or after a restart that replayed the records
-    /// again, it commits nothing twice (the table's `txn` of this shard).
+    /// dataset with a forget record in the WAL, so that a restart does not
+    /// replay the records (they go with the next covered segments). Run
+    /// again after a failure it commits nothing twice (the table's `txn` of
+    /// this shard).
     pub async fn hand_over(&self, dataset: &str) -> Result<()> {
         self.shard(dataset)?.hand_over(dataset.to_owned()).await
+    }
+
+    /// Forgets a dataset another node owns now without handing its rows
+    /// here over: the owner is dropping it. Durable (a forget record in the
+    /// WAL, so a restart does not replay the rows and hand them over into a
+    /// table made again since), and ordered after any handover or snapshot
+    /// of it that is under way. `true` if this node held rows of it.
+    pub async fn forget(&self, dataset: &str) -> Result<bool> {
+        self.shard(dataset)?.forget(dataset.to_owned()).await
     }
 
     /// Reads a dataset's table again, after another node handed rows over

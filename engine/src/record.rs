@@ -21,6 +21,10 @@ pub enum Op {
     Batch(Batch),
     /// Drops the dataset: a tombstone.
     Drop,
+    /// Forgets the dataset here, leaving its table alone: its rows were
+    /// handed over to the node that owns it now, or that node dropped it
+    /// (the shard's snapshot tasks write it; no request does).
+    Forget,
     /// The dataset's idempotent producers' state as JSON, logged when the
     /// dataset moves to another shard (recovery writes it; no request does).
     Producers(Vec<u8>),

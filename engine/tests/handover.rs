@@ -75,13 +75,13 @@ fn a_dataset_handed_over_between_nodes_keeps_every_row_once() {
     assert_eq!(rows(&b), expected(&[0..30, 100..120]), "node 1's WAL tail replays; nothing twice");
     block_on(b.snapshot(Some("beta"))).unwrap();
 
-    // Node 0 restarts before its segments are released: the tail replays
-    // again, and handing it over again commits nothing twice.
+    // Node 0 restarts before its segments are released: its forget record
+    // voids the tail, which is neither replayed nor handed over again.
     block_on(a.shutdown()).unwrap();
     drop(a);
     let a = Engine::start(config(a_dir.path(), shared.clone(), "0", false), EngineMetrics::default()).unwrap();
-    assert_eq!(rows(&a), (0..30).collect::<Vec<i64>>());
-    block_on(a.hand_over("beta")).unwrap();
+    assert!(matches!(block_on(a.scan("beta")), Err(Error::NotFound(_))), "the forget record replays");
+    assert!(matches!(block_on(a.hand_over("beta")), Err(Error::NotFound(_))));
     block_on(b.refresh("beta")).unwrap();
     assert_eq!(rows(&b), expected(&[0..30, 100..120]));
     block_on(b.shutdown()).unwrap();
@@ -124,6 +124,83 @@ fn a_tail_of_a_dataset_the_owner_dropped_and_made_again_is_not_handed_over() {
     let batches: Vec<RecordBatch> = block_on(scan.batches.try_collect()).unwrap();
     assert!(batches.iter().all(|b| b.schema().fields() == schema.fields()));
     assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 5, "only the new dataset's rows");
+    block_on(b.shutdown()).unwrap();
+    block_on(a.shutdown()).unwrap();
+}
+
+/// Node 1, which owns "beta" now, drops it and makes it again; node 0
+/// restarts.
+fn dropped_and_made_again(b: &Engine) {
+    block_on(b.drop_dataset("beta")).unwrap();
+    block_on(b.open("beta", ids(0..1).schema())).unwrap();
+    append(b, 500..505);
+    block_on(b.snapshot(Some("beta"))).unwrap();
+}
+
+fn restarted(a: Engine, dir: &std::path::Path, shared: &Arc<dyn ObjectStore>, owns_beta: bool) -> Engine {
+    block_on(a.shutdown()).unwrap();
+    drop(a);
+    Engine::start(config(dir, shared.clone(), "0", owns_beta), EngineMetrics::default()).unwrap()
+}
+
+#[test]
+fn a_tail_handed_over_before_the_owner_dropped_the_dataset_is_not_handed_over_again_after_a_restart() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    owned_with_a_tail(a_dir.path(), &shared, 10..30);
+    let a = Engine::start(config(a_dir.path(), shared.clone(), "0", false), EngineMetrics::default()).unwrap();
+    block_on(a.hand_over("beta")).unwrap();
+
+    // The owner drops "beta" (node 0 holds nothing of it to forget) and
+    // makes it again with the same schema: the new table has no commit of
+    // node 0's shard, so only the forget record keeps node 0's segments
+    // from handing rows 10..30 over into it once more.
+    let b = Engine::start(config(b_dir.path(), shared.clone(), "1", true), EngineMetrics::default()).unwrap();
+    assert_eq!(rows(&b), (0..30).collect::<Vec<i64>>());
+    assert!(!block_on(a.forget("beta")).unwrap());
+    dropped_and_made_again(&b);
+
+    let a = restarted(a, a_dir.path(), &shared, false);
+    assert!(matches!(block_on(a.scan("beta")), Err(Error::NotFound(_))), "not replayed");
+    assert!(matches!(block_on(a.hand_over("beta")), Err(Error::NotFound(_))));
+    block_on(b.refresh("beta")).unwrap();
+    assert_eq!(rows(&b), (500..505).collect::<Vec<i64>>());
+
+    // The node list changes back: node 0 owns "beta" again and serves the
+    // table as it is; the forget record voids its old tail there too.
+    block_on(b.shutdown()).unwrap();
+    let a = restarted(a, a_dir.path(), &shared, true);
+    assert_eq!(rows(&a), (500..505).collect::<Vec<i64>>());
+    append(&a, 600..602);
+    let a = restarted(a, a_dir.path(), &shared, true);
+    assert_eq!(rows(&a), expected(&[500..505, 600..602]), "rows written after the forget replay");
+    block_on(a.shutdown()).unwrap();
+}
+
+#[test]
+fn rows_a_node_forgot_when_the_owner_dropped_the_dataset_are_never_handed_over() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    owned_with_a_tail(a_dir.path(), &shared, 10..30);
+
+    // Node 0 holds rows 10..30 for the new owner, not handed over yet,
+    // when the owner drops "beta": it is told first and forgets them.
+    let a = Engine::start(config(a_dir.path(), shared.clone(), "0", false), EngineMetrics::default()).unwrap();
+    assert_eq!(rows(&a), (0..30).collect::<Vec<i64>>());
+    let b = Engine::start(config(b_dir.path(), shared.clone(), "1", true), EngineMetrics::default()).unwrap();
+    assert!(block_on(a.forget("beta")).unwrap(), "node 0 held rows of it");
+    assert!(matches!(block_on(a.scan("beta")), Err(Error::NotFound(_))));
+    assert!(!block_on(a.forget("beta")).unwrap(), "a second forget finds nothing");
+    dropped_and_made_again(&b);
+
+    // The handover that was pending finds nothing to hand over, before a
+    // restart and after it.
+    assert!(matches!(block_on(a.hand_over("beta")), Err(Error::NotFound(_))));
+    let a = restarted(a, a_dir.path(), &shared, false);
+    assert!(matches!(block_on(a.scan("beta")), Err(Error::NotFound(_))), "the forget record replays");
+    assert!(matches!(block_on(a.hand_over("beta")), Err(Error::NotFound(_))));
+    block_on(b.refresh("beta")).unwrap();
+    assert_eq!(rows(&b), (500..505).collect::<Vec<i64>>());
     block_on(b.shutdown()).unwrap();
     block_on(a.shutdown()).unwrap();
 }

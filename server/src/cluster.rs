@@ -178,6 +178,54 @@ impl Peers {
         Ok(out)
     }
 
+    /// Tells every other node to forget what it holds of `dataset` (rows it
+    /// has not handed over to this node, the owner, yet), before this node
+    /// drops the dataset; all are asked at once. `Ok(true)` if a node held
+    /// rows of it. Every node must answer: one that cannot be reached may
+    /// hold rows it would hand over into the table after the drop, or into
+    /// one made again since, so the drop is refused and retried.
+    pub async fn forget_everywhere(&self, dataset: &str) -> Result<bool, Status> {
+        let asked = self.others().map(|(node, mut client)| async move {
+            let action = arrow_flight::Action { r#type: FORGET_ACTION.into(), body: dataset.to_owned().into() };
+            let request = self.forward(action);
+            let answer = async {
+                let mut results = client.do_action(request).await?.into_inner();
+                let mut held = false;
+                while let Some(r) = results.message().await? {
+                    held |= serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .is_ok_and(|v| v["held"].as_bool() == Some(true));
+                }
+                Ok::<_, Status>(held)
+            };
+            match tokio::time::timeout(PEER_ANSWER_TIMEOUT, answer).await {
+                Ok(r) => r.map_err(|e| (node, e)),
+                Err(_) => Err((node, Status::deadline_exceeded(format!("no answer in {PEER_ANSWER_TIMEOUT:?}")))),
+            }
+        });
+        let mut held = false;
+        let mut failed = Vec::new();
+        for r in futures::future::join_all(asked).await {
+            match r {
+                Ok(h) => held |= h,
+                Err(e) => failed.push(e),
+            }
+        }
+        let Some((_, first)) = failed.first() else { return Ok(held) };
+        let which: Vec<String> = failed
+            .iter()
+            .map(|(node, e)| format!("node {node} ({}): {}", self.cluster.peers[*node], e.message()))
+            .collect();
+        let message = format!(
+            "dropping {dataset:?} needs every node to forget the rows it holds of it first, and {}; the dataset \
+             is not dropped: retry once every node answers (the nodes that answered have forgotten theirs)",
+            which.join("; ")
+        );
+        Err(match first.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => Status::failed_precondition(message),
+            _ => Status::unavailable(message),
+        })
+    }
+
     /// `message` as a forwarded call: marked, with this cluster's token.
     pub fn forward<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);
@@ -207,6 +255,14 @@ pub fn is_forwarded<T>(request: &Request<T>) -> bool {
 /// The action with which a node that handed a dataset over tells its owner
 /// to read the dataset's table again.
 pub const REFRESH_ACTION: &str = "refresh_dataset";
+
+/// The action with which a dataset's owner, dropping it, tells the other
+/// nodes to forget rows of it that they have not handed over yet.
+pub const FORGET_ACTION: &str = "forget_dataset";
+
+/// How long a dataset's owner waits for each node to forget it: a node may
+/// first finish a handover or snapshot of it that is under way.
+const PEER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Hands each of `datasets` (held here, owned by another node under the
 /// current node list) over to its owner: the engine commits the WAL tail

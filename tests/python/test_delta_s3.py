@@ -390,6 +390,98 @@ def test_the_cluster_restarted_with_2_then_4_nodes_keeps_every_row_once(tmp_path
         assert sorted(t.column("id").to_pylist()) == list(range(k * 1000, k * 1000 + 300)), name
 
 
+def test_a_dropped_dataset_stays_dropped_when_a_node_that_held_rows_of_it_restarts(tmp_path, weed):
+    """Datasets written to one node move to a second when the cluster
+    grows: the old owner hands its WAL tails over and forgets them with a
+    forget record. The new owner drops them (telling every node first) and
+    makes one of them again; the old owner, killed and restarted while its
+    WAL segments still hold the old rows, replays the forget records and
+    hands nothing over again, so the new dataset holds only its own rows. A
+    drop while a node cannot be reached is refused with UNAVAILABLE and
+    drops nothing."""
+    from test_cluster import Node, free_ports, read_all
+
+    env = {**os.environ, **weed.options()}
+    root = "s3://longbow-test/forget"
+    ports = free_ports(2)
+    peers = [f"grpc://127.0.0.1:{p}" for p in ports]
+
+    def node(i):
+        return Node(tmp_path, i, peers, ports[i], root, env)
+
+    def owner(client, name):
+        info = client.get_flight_info(fl.FlightDescriptor.for_path(name))
+        return peers.index(info.endpoints[0].locations[0].uri.decode())
+
+    def settled(n):
+        deadline = time.time() + 60
+        while "longbow_handovers_pending 0" not in n.metrics().splitlines():
+            assert time.time() < deadline, "handovers still pending after 60 s"
+            time.sleep(0.3)
+
+    def handed_over():
+        return (tmp_path / "node-0" / "longbow.log").read_text(errors="replace").count("handed over to its owner")
+
+    # Node 0 alone owns every dataset; killed, so the rows are in its WAL only.
+    names = [f"f-{i}" for i in range(12)]
+    solo = Node(tmp_path, 0, peers[:1], ports[0], root, env)
+    try:
+        for k, name in enumerate(names):
+            put(solo.client(), name, [vectors(k * 1000, 100)])
+    finally:
+        solo.kill()
+
+    nodes = [node(0), node(1)]
+    try:
+        settled(nodes[0])
+        moved = [name for name in names if owner(nodes[0].client(), name) == 1]
+        kept = [name for name in names if name not in moved]
+        assert len(moved) >= 2 and kept, moved
+        assert handed_over() == len(moved)
+        for name in moved:
+            assert read_all(nodes[1].client(), name).num_rows == 100, name
+
+        # Dropped through node 0 (forwarded to the owner, which tells node 0
+        # to forget first); one is made again with rows of its own.
+        again = moved[0]
+        for name in moved:
+            assert action(nodes[0].client(), "drop_dataset", name.encode()) == {"dropped": name}
+        put(nodes[0].client(), again, [vectors(50_000, 7)])
+        action(nodes[0].client(), "force_snapshot", again.encode())
+
+        nodes[0].kill()
+        nodes[0] = node(0)
+        settled(nodes[0])
+        time.sleep(2)
+        assert handed_over() == len(moved), "nothing was handed over again"
+        for n in nodes:
+            c = n.client()
+            for name in moved[1:]:
+                with pytest.raises(pa.ArrowKeyError, match="not found"):
+                    c.get_flight_info(fl.FlightDescriptor.for_path(name))
+            assert sorted(read_all(c, again).column("id").to_pylist()) == list(range(50_000, 50_007))
+            for name in kept:
+                assert read_all(c, name).num_rows == 100, name
+        t = DeltaTable(f"{root}/{again}", storage_options=weed.options()).to_pyarrow_table(columns=["id"])
+        assert sorted(t.column("id").to_pylist()) == list(range(50_000, 50_007))
+
+        # A node that cannot be reached might hold rows of the dataset: the
+        # drop is refused, and nothing is dropped.
+        nodes[0].kill()
+        with pytest.raises(fl.FlightUnavailableError, match="needs every node to forget"):
+            action(nodes[1].client(), "drop_dataset", again.encode())
+        assert sorted(read_all(nodes[1].client(), again).column("id").to_pylist()) == list(range(50_000, 50_007))
+        nodes[0] = node(0)
+        assert action(nodes[0].client(), "drop_dataset", again.encode()) == {"dropped": again}
+
+        # The forget action is the owner's to send.
+        with pytest.raises(fl.FlightUnauthorizedError, match="drop_dataset"):
+            action(nodes[0].client(), "forget_dataset", kept[0].encode())
+    finally:
+        for n in nodes:
+            n.kill()
+
+
 def test_s3_unreachable_for_30s_under_three_nodes_loses_nothing(tmp_path, weed):
     """Three nodes on one bucket, a dataset owned by each, written through
     node 0 while S3 is gone for 30 s: every node's snapshots fail and

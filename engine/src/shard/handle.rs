@@ -69,6 +69,10 @@ impl ShardHandle {
         self.call(|reply| Request::HandOver { dataset, reply }).await
     }
 
+    pub async fn forget(&self, dataset: String) -> Result<bool> {
+        self.call(|reply| Request::Forget { dataset, reply }).await
+    }
+
     pub async fn refresh(&self, dataset: String) -> Result<()> {
         self.call(|reply| Request::Refresh { dataset, reply }).await
     }

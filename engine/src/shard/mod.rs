@@ -241,6 +241,7 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                     Op::Producers(_) => {
                         Err(Error::InvalidInput("a producers' state is logged by recovery only".into()))
                     }
+                    Op::Forget => Err(Error::InvalidInput("a forget is logged by the shard's own tasks only".into())),
                 };
                 if let Err(e) = checked {
                     w.fail(e);
@@ -294,7 +295,8 @@ pub(crate) async fn serve(setup: ShardSetup, catalog: Catalog, wal: Wal, inbox: 
                 }
                 let _ = state.snap_tx.send(SnapJob { dataset, reply: Some(reply) });
             }
-            Request::HandOver { dataset, reply } => snapshots::hand_over(&state, dataset, reply),
+            Request::HandOver { dataset, reply } => snapshots::hand_over(&state, dataset, reply, commit_tx.clone()),
+            Request::Forget { dataset, reply } => snapshots::forget(&state, dataset, reply, commit_tx.clone()),
             Request::Refresh { dataset, reply } => snapshots::refresh(&state, dataset, reply),
             Request::Configure { snapshot_interval } => {
                 state.snapshot_interval.set(snapshot_interval);
@@ -525,7 +527,7 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
                     p.fail(Error::NotFound(name));
                     continue;
                 }
-                if matches!(p.op, Op::Drop) {
+                if matches!(p.op, Op::Drop | Op::Forget) {
                     dropped_here.insert(name);
                     kept.push(p);
                     continue;
@@ -806,6 +808,10 @@ fn apply(state: &Rc<State>, w: Write, lsn: Lsn, durable_at: Instant) {
             wake_followers(state, &dataset);
         }
         Op::Producers(_) => unreachable!("the request loop refuses a producers' state"),
+        Op::Forget => {
+            state.forget(&dataset);
+            let _ = reply.send(Ok(committed));
+        }
         Op::Drop => {
             state.forget(&dataset);
             // The tombstone is durable; its snapshot table goes next.

@@ -77,6 +77,8 @@ struct Replay<'a> {
     stale: BTreeSet<String>,
     metrics: &'a EngineMetrics,
     policy: CorruptionPolicy,
+    /// The snapshot manifests the catalog started from.
+    manifests: &'a [Manifest],
 }
 
 pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recovered> {
@@ -88,6 +90,7 @@ pub(crate) async fn recover(plan: Plan, metrics: &EngineMetrics) -> Result<Recov
         stale: BTreeSet::new(),
         metrics,
         policy: plan.policy,
+        manifests: &plan.manifests,
     };
     let mut lsn_floor = Lsn::ZERO;
     for m in &plan.manifests {
@@ -205,7 +208,8 @@ impl Replay<'_> {
         for (i, seg) in segments.iter().enumerate() {
             let newest = i + 1 == segments.len();
             let path = seg.path.clone();
-            let (catalog, stats, stale) = (&mut self.catalog, &mut self.stats, &mut self.stale);
+            let (catalog, stats, stale, manifests) =
+                (&mut self.catalog, &mut self.stats, &mut self.stale, self.manifests);
             let r = replay::replay_segment(
                 &*self.storage,
                 seg,
@@ -229,6 +233,18 @@ impl Replay<'_> {
                         if let Some(d) = catalog.datasets.remove(name) {
                             if d.has_manifest {
                                 stale.insert(name.to_owned());
+                            }
+                        }
+                        return Ok(());
+                    }
+                    if frame.header.kind == FrameKind::Forget {
+                        // IMPORTANT: the rows went to the owner's table (or
+                        // the owner dropped them); its table is not touched,
+                        // and what this shard loaded of it stays.
+                        if let Some(d) = catalog.datasets.remove(name) {
+                            if d.has_manifest {
+                                let m = manifests.iter().find(|m| m.dataset == name).expect("a manifest of its own");
+                                catalog.datasets.insert(name.to_owned(), dataset_of(m)?);
                             }
                         }
                         return Ok(());

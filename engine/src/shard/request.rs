@@ -206,6 +206,13 @@ pub enum Request {
         dataset: String,
         reply: Reply<()>,
     },
+    /// Forget a dataset another node owns now, durably, without handing it
+    /// over: its owner dropped it (see `snapshots::forget`). `true` if this
+    /// shard held it.
+    Forget {
+        dataset: String,
+        reply: Reply<bool>,
+    },
     /// Read a dataset's table again: another node handed rows over into it.
     Refresh {
         dataset: String,

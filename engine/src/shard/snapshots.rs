@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use glommio::{Latency, Shares};
 
-use super::request::{Reply, SnapshotReport};
+use super::request::{Reply, SnapshotReport, Write};
 use super::State;
 use crate::error::{Error, Result};
 use crate::ids::Lsn;
@@ -172,11 +172,12 @@ async fn run(
 
 /// Hands `dataset` over to the node that owns it now: commits what its
 /// table lacks (a snapshot, idempotent by the shard's `txn`), then forgets
-/// the dataset here. Its WAL records stay until their segments are
-/// covered otherwise; replayed after a restart, they are handed over again
-/// and commit nothing new. The gateway routes the dataset's calls to its
-/// owner meanwhile, so no write arrives here.
-pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>) {
+/// the dataset here with a forget record, so that a restart before its
+/// segments are released does not replay the rows and hand them over
+/// again (into a table the owner may have dropped, or dropped and made
+/// again, meanwhile). The gateway routes the dataset's calls to its owner
+/// meanwhile, so no write arrives here.
+pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, commits: flume::Sender<Write>) {
     let state = state.clone();
     glommio::spawn_local(async move {
         let _permit = state.snapshot_lock.acquire_permit(1).await;
@@ -200,7 +201,7 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>) {
                         d.unsnapshotted().map(|(_, b)| b.num_rows()).sum()
                     });
                     tracing::warn!(shard = %state.id, dataset, rows, "not handed over: the owner's table has another schema (the dataset was dropped and made again there); these rows were dropped with it");
-                    state.forget(&dataset);
+                    log_forget(&commits, &dataset).await?;
                     return Ok(());
                 }
             }
@@ -210,15 +211,66 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>) {
             if !done {
                 return Err(Error::NotStored { reason: "rows were written during the handover; it is retried" });
             }
-            if state.forget(&dataset).is_some() {
-                tracing::info!(shard = %state.id, dataset, rows = report.rows_written, "handed over to its owner");
-            }
+            log_forget(&commits, &dataset).await?;
+            tracing::info!(shard = %state.id, dataset, rows = report.rows_written, "handed over to its owner");
             Ok(())
         }
         .await;
         let _ = reply.send(r);
     })
     .detach();
+}
+
+/// Forgets `dataset` here without handing it over: its owner is dropping
+/// it, and these rows were written before the drop (before the node list
+/// changed). Under the snapshot lock, so a handover or snapshot of it that
+/// is under way ends first: nothing of it reaches the table after the owner
+/// has been told it is forgotten.
+pub(super) fn forget(state: &Rc<State>, dataset: String, reply: Reply<bool>, commits: flume::Sender<Write>) {
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        let _permit = state.snapshot_lock.acquire_permit(1).await;
+        let held = state.catalog.borrow().datasets.get(&dataset).map(|d| d.durable);
+        let r = match held {
+            None => Ok(false),
+            // An Open under way here would be a write this node should not
+            // take (another node owns the dataset).
+            Some(false) => Err(Error::NotStored { reason: "the dataset is being created here; the forget is retried" }),
+            Some(true) => {
+                let rows: usize = state
+                    .catalog
+                    .borrow()
+                    .datasets
+                    .get(&dataset)
+                    .map_or(0, |d| d.unsnapshotted().map(|(_, b)| b.num_rows()).sum());
+                match log_forget(&commits, &dataset).await {
+                    Ok(()) => {
+                        tracing::info!(shard = %state.id, dataset, rows, "forgotten: its owner drops it");
+                        Ok(true)
+                    }
+                    Err(Error::NotFound(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let _ = reply.send(r);
+    })
+    .detach();
+}
+
+/// Logs a forget record for `dataset` and waits until it is durable; the
+/// committer then removes the dataset from the catalog and memory.
+async fn log_forget(commits: &flume::Sender<Write>, dataset: &str) -> Result<()> {
+    let (reply, rx) = futures::channel::oneshot::channel();
+    let w = Write {
+        dataset: dataset.to_owned(),
+        op: crate::record::Op::Forget,
+        stream: super::request::PutStream::new(),
+        queued_at: Instant::now(),
+        reply,
+    };
+    commits.send_async(w).await.map_err(|_| Error::ShuttingDown)?;
+    rx.await.map_err(|_| Error::ShuttingDown)?.map(drop)
 }
 
 /// Reads `dataset`'s table again after another node handed rows over into

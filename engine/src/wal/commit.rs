@@ -42,8 +42,9 @@ impl<'a> Record<'a> {
         }
     }
 
-    fn is_drop(&self) -> bool {
-        matches!(self.op, Op::Drop)
+    /// A drop or a forget: replay voids the dataset's earlier records.
+    fn ends_dataset(&self) -> bool {
+        matches!(self.op, Op::Drop | Op::Forget)
     }
 
     pub(super) fn payload_extra(&self) -> usize {
@@ -53,12 +54,13 @@ impl<'a> Record<'a> {
 
     /// Whether this record's frame carries no schema message.
     pub(super) fn is_bare(&self) -> bool {
-        matches!(self.op, Op::Drop | Op::Producers(_))
+        matches!(self.op, Op::Drop | Op::Forget | Op::Producers(_))
     }
 
     fn kind(&self) -> FrameKind {
         match self.op {
             Op::Drop => FrameKind::Drop,
+            Op::Forget => FrameKind::Forget,
             Op::Producers(_) => FrameKind::Producers,
             Op::Schema(_) | Op::Batch(_) => FrameKind::Data,
         }
@@ -253,7 +255,7 @@ pub(super) fn plan(seg: &ActiveSegment, records: &[Record<'_>], mark: Option<Lsn
     let mut frames = Vec::with_capacity(records.len());
     for r in records {
         let ds = r.dataset.len();
-        let plan = if r.is_drop() {
+        let plan = if r.ends_dataset() {
             written.remove(r.dataset);
             dropped.insert(r.dataset);
             FramePlan { schema: false, len: format::frame_len(ds, 0), split: None }
@@ -336,7 +338,7 @@ pub(super) fn encode(
     for (i, (r, f)) in records.iter().zip(&plan.frames).enumerate() {
         let out = &mut buf.as_mut().expect("a frame has a piece").as_bytes_mut()[at..];
         let header = FrameHeader { kind: r.kind(), lsn: first_lsn + i as u64, segment_id: seg.id, commit_start };
-        if r.is_drop() {
+        if r.ends_dataset() {
             // A dataset created again after this must log its schema again.
             seg.schemas_written.remove(r.dataset);
         } else if f.schema {

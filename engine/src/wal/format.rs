@@ -8,7 +8,8 @@
 //! 0  magic        u32  "LBWF"
 //! 4  version      u8
 //! 5  kind         u8   1 = data, 2 = seal, 3 = drop (tombstone),
-//!                       4 = producers' state, 5 = durable mark
+//!                       4 = producers' state, 5 = durable mark,
+//!                       6 = forget (handed over or dropped elsewhere)
 //! 6  dataset_len  u16
 //! 8  payload_len  u32
 //! 12 crc32c       u32  over bytes 0..12, 16..40, dataset and payload
@@ -47,8 +48,10 @@ pub const FORMAT_VERSION_ALIGNED: u8 = 3;
 /// Version of segment headers. Version 2 segments may hold durable marks
 /// ([`FrameKind::DurableMark`]): a binary that reads only version 1 refuses
 /// them at the header instead of taking a mark for the end of the log.
-/// Readers take both.
-pub const SEGMENT_FORMAT_VERSION: u8 = 2;
+/// Version 3 segments may hold forget frames ([`FrameKind::Forget`]): a
+/// binary that reads only versions 1 and 2 refuses them at the header
+/// instead of replaying rows another node holds now. Readers take all three.
+pub const SEGMENT_FORMAT_VERSION: u8 = 3;
 pub const FRAME_HEADER_BYTES: usize = 40;
 pub const SEGMENT_HEADER_BYTES: usize = 48;
 pub const FRAME_ALIGN: usize = 8;
@@ -72,6 +75,11 @@ pub enum FrameKind {
     /// tell that commit from one written after the torn one was
     /// acknowledged ([`durable_mark_payload`]).
     DurableMark = 5,
+    /// The named dataset's earlier records here are void: they were handed
+    /// over to its owner, or the owner dropped the dataset while this node
+    /// still held them. No payload. Unlike a drop it says nothing about the
+    /// dataset's table, which is the owner's.
+    Forget = 6,
 }
 
 impl FrameKind {
@@ -82,6 +90,7 @@ impl FrameKind {
             3 => Some(Self::Drop),
             4 => Some(Self::Producers),
             5 => Some(Self::DurableMark),
+            6 => Some(Self::Forget),
             _ => None,
         }
     }

@@ -187,6 +187,11 @@ const ACTIONS: &[(&str, &str)] = &[
     ),
     ("drop_dataset", "Remove a dataset from memory, snapshots and (durably) the WAL; body: the dataset name"),
     (
+        crate::cluster::FORGET_ACTION,
+        "Forget the rows of a dataset another node owns that this node has not handed over yet (sent by the owner \
+         when it drops the dataset); body: the dataset name",
+    ),
+    (
         crate::cluster::REFRESH_ACTION,
         "Read a dataset's snapshot table again (sent by the node that handed the dataset over); body: the dataset name",
     ),
@@ -469,8 +474,33 @@ impl FlightService for LongbowFlight {
                     if let Some(r) = self.forward_action(&name, &action, forwarded).await {
                         return r;
                     }
-                    self.engine.drop_dataset(&name).await.map_err(into_status)?;
+                    // IMPORTANT: before the drop. A node that still holds
+                    // rows of the dataset from before the node list changed
+                    // would hand them over into the table after the drop.
+                    let held_elsewhere = self.peers.forget_everywhere(&name).await?;
+                    match self.engine.drop_dataset(&name).await {
+                        Err(longbow_engine::Error::NotFound(_)) if held_elsewhere => {}
+                        r => r.map_err(into_status)?,
+                    }
                     Ok(Response::new(one_result(serde_json::json!({ "dropped": name }))))
+                }
+                crate::cluster::FORGET_ACTION => {
+                    let name = body_name(&action, true)?.expect("required");
+                    if !forwarded {
+                        return Err(Status::permission_denied(format!(
+                            "{} is sent by a dataset's owner to the other nodes; drop a dataset with drop_dataset",
+                            crate::cluster::FORGET_ACTION
+                        )));
+                    }
+                    if self.peers.cluster.owns(&name) {
+                        return Err(Status::failed_precondition(format!(
+                            "node {} was told to forget dataset {name:?}, which it owns: the nodes' LONGBOW_PEERS \
+                             differ",
+                            self.peers.cluster.node
+                        )));
+                    }
+                    let held = self.engine.forget(&name).await.map_err(into_status)?;
+                    Ok(Response::new(one_result(serde_json::json!({ "forgotten": name, "held": held }))))
                 }
                 crate::cluster::REFRESH_ACTION => {
                     let name = body_name(&action, true)?.expect("required");

@@ -320,7 +320,7 @@ fn frame_text(f: &Frame) -> String {
     if !f.dataset.is_empty() {
         s += &format!(" dataset {:?}", f.dataset);
     }
-    if f.kind != "seal" && f.kind != "drop" {
+    if !matches!(f.kind, "seal" | "drop" | "forget") {
         s += &format!(", payload {} bytes", f.payload_bytes);
     }
     let mut parts: Vec<String> = f
@@ -719,6 +719,7 @@ fn kind_name(kind: FrameKind) -> &'static str {
         FrameKind::Drop => "drop",
         FrameKind::Producers => "producers",
         FrameKind::DurableMark => "durable mark",
+        FrameKind::Forget => "forget",
     }
 }
 
@@ -760,7 +761,7 @@ fn describe(
                 problem = Some(format!("durable mark with a {}-byte payload", f.payload.len()));
             }
         }
-        FrameKind::Drop => {
+        FrameKind::Drop | FrameKind::Forget => {
             // Earlier records are void; a later schema starts anew.
             schemas.remove(&frame.dataset);
         }
