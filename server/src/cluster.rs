@@ -226,6 +226,26 @@ impl Peers {
         })
     }
 
+    /// Sends `action` to every other node at once (forwarded, so that none
+    /// asks on) and gives each node's one JSON result, or its failure.
+    pub async fn ask_everyone(&self, action: &arrow_flight::Action) -> Vec<(usize, Result<serde_json::Value, Status>)> {
+        let asked = self.others().map(|(node, mut client)| async move {
+            let request = self.forward(action.clone());
+            let answer = async {
+                let mut results = client.do_action(request).await?.into_inner();
+                let first = results.message().await?.ok_or_else(|| Status::internal("no result"))?;
+                while results.message().await?.is_some() {}
+                serde_json::from_slice(&first.body).map_err(|e| Status::internal(format!("not JSON: {e}")))
+            };
+            let r = match tokio::time::timeout(PEER_ANSWER_TIMEOUT, answer).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded(format!("no answer in {PEER_ANSWER_TIMEOUT:?}"))),
+            };
+            (node, r)
+        });
+        futures::future::join_all(asked).await
+    }
+
     /// `message` as a forwarded call: marked, with this cluster's token.
     pub fn forward<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);

@@ -100,6 +100,9 @@ pub struct GatewayMetrics {
     pub active_streams: Family<MethodLabel, Gauge>,
     pub do_get_rows: Counter,
     pub do_get_bytes: Counter,
+    /// Flight SQL queries sent whole to the one other node that owns every
+    /// table they name.
+    pub sql_queries_run_at_owner: Counter,
     /// Datasets this node holds for another node, not handed over yet.
     pub handovers_pending: Gauge,
     /// DoPut bytes this node stores, read off the socket and not yet
@@ -143,6 +146,7 @@ impl Default for GatewayMetrics {
             active_streams,
             do_get_rows: Counter::default(),
             do_get_bytes: Counter::default(),
+            sql_queries_run_at_owner: Counter::default(),
             handovers_pending: Gauge::default(),
             put_inflight_bytes: Gauge::default(),
             put_forwarded_inflight_bytes: Gauge::default(),
@@ -178,6 +182,11 @@ impl GatewayMetrics {
             "longbow_do_get_bytes",
             "Bytes of FlightData (header and body) DoGet sent",
             self.do_get_bytes.clone(),
+        );
+        registry.register(
+            "longbow_sql_queries_run_at_owner",
+            "Flight SQL queries this node sent whole to the one other node that owns every table they name",
+            self.sql_queries_run_at_owner.clone(),
         );
         registry.register(
             "longbow_put_inflight_bytes",

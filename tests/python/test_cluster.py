@@ -128,8 +128,19 @@ def test_any_node_takes_any_call(cluster):
     # and the owner holds the data itself.
     for owner, names in by_owner.items():
         direct = fl.connect(owner)
-        stats = json.loads(next(direct.do_action(fl.Action("get_stats", b""))).body.to_pybytes())
+        stats = json.loads(next(direct.do_action(fl.Action("get_stats", b"local"))).body.to_pybytes())
         assert sorted(d["name"] for d in stats["per_dataset"]) == sorted(names)
+
+    # get_stats on any node sums every node's figures and lists each
+    # dataset with the node that holds it.
+    urls = [n.url for n in cluster]
+    for node in cluster:
+        stats = json.loads(next(node.client().do_action(fl.Action("get_stats", b""))).body.to_pybytes())
+        assert stats["datasets"] == 20 and stats["records"] == 20 * 300, stats
+        assert stats["unreachable"] == [] and [n["node"] for n in stats["nodes"]] == [0, 1, 2]
+        assert sum(n["records"] for n in stats["nodes"]) == stats["records"]
+        held = {d["name"]: urls[d["node"]] for d in stats["per_dataset"]}
+        assert held == {name: next(iter(locs)) for name, locs in owners.items()}
 
     # Actions for a dataset go to its owner, from any node.
     name = "ds-7"
@@ -284,13 +295,52 @@ def test_flight_sql_through_any_node_reads_every_nodes_tables(cluster):
         cur.execute(f'SELECT count(*) FROM "{name}" WHERE id >= 10000')
         assert cur.fetchall() == [(250,)]
     direct = fl.connect(owner[name])
-    stats = json.loads(next(direct.do_action(fl.Action("get_stats", b""))).body.to_pybytes())
+    stats = json.loads(next(direct.do_action(fl.Action("get_stats", b"local"))).body.to_pybytes())
     records = {d["name"]: d["records"] for d in stats["per_dataset"]}
     assert records[name] == len(expected[name]) + 250, "the owner stored the ingested rows"
-    stats0 = json.loads(next(writer.do_action(fl.Action("get_stats", b""))).body.to_pybytes())
+    stats0 = json.loads(next(writer.do_action(fl.Action("get_stats", b"local"))).body.to_pybytes())
     assert name not in {d["name"] for d in stats0["per_dataset"]}, "the node it went through did not"
     got = read_all(direct, name).sort_by("id")
     assert got.equals(pa.concat_tables([expected[name], data]).sort_by("id"))
+
+
+def test_a_query_over_one_other_nodes_tables_runs_whole_at_that_node(cluster):
+    """A Flight SQL query whose tables one other node owns is sent to that
+    node whole, so its aggregate runs there and only the result crosses;
+    one over tables of two nodes, or of the node the client reached, is
+    planned where it arrived. The answers are the same either way."""
+    import adbc_driver_flightsql.dbapi as flightsql
+
+    via, other = cluster[0], cluster[1]
+    mine = dataset_owned_by(via.client(), via.url, "mine")
+    theirs = dataset_owned_by(via.client(), other.url, "theirs")
+    third = dataset_owned_by(via.client(), cluster[2].url, "third")
+    for name in (mine, theirs, third):
+        put(via.client(), name, [vectors(1 + k * 1000, 1000) for k in range(3)])
+
+    def run_at_owner():
+        line = next(l for l in via.metrics().splitlines() if l.startswith("longbow_sql_queries_run_at_owner_total"))
+        return int(float(line.split()[1]))
+
+    with flightsql.connect(via.url, autocommit=True) as conn, conn.cursor() as cur:
+        before = run_at_owner()
+        cur.execute(f'SELECT count(*), sum(id), max(id) FROM "{theirs}"')
+        assert cur.fetchall() == [(3001, sum(range(1, 3001)), 3000)]
+        assert run_at_owner() == before + 1, "the aggregate ran at the owner"
+        cur.execute(f'EXPLAIN SELECT count(*) FROM "{theirs}"')
+        assert "AggregateExec" in "\n".join(str(r) for r in cur.fetchall())
+        cur.execute(f'SELECT count(*) FROM "{theirs}" WHERE id < $1', parameters=(101,))
+        assert cur.fetchall() == [(101,)]
+        assert run_at_owner() == before + 3, "EXPLAIN and the prepared statement too"
+
+        # Tables of two other nodes, and this node's own table: planned here.
+        cur.execute(f'SELECT count(*) FROM "{theirs}" a JOIN "{third}" b ON a.id = b.id')
+        assert cur.fetchall() == [(3001,)]
+        cur.execute(f'SELECT count(*) FROM "{mine}"')
+        assert cur.fetchall() == [(3001,)]
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == [(1,)]
+        assert run_at_owner() == before + 3
 
 
 def test_a_batch_the_forwarding_node_refuses_fails_the_proxied_put(tmp_path):

@@ -276,8 +276,9 @@ def test_three_nodes_share_one_bucket_each_owning_its_tables(tmp_path, weed):
         c = nodes[0].client()
         for k, name in enumerate(names):
             put(c, name, [vectors(k * 1000, 100), vectors(k * 1000 + 100, 100)])
-        for n in nodes:  # a bare force_snapshot is per node
-            action(n.client(), "force_snapshot")
+        # A bare force_snapshot runs on every node: each writes its tables.
+        report = action(c, "force_snapshot")
+        assert report["nodes"] == 3 and report["rows_written"] == 12 * 200, report
     finally:
         for n in nodes:
             assert n.stop() == 0
@@ -471,6 +472,12 @@ def test_a_dropped_dataset_stays_dropped_when_a_node_that_held_rows_of_it_restar
         with pytest.raises(fl.FlightUnavailableError, match="needs every node to forget"):
             action(nodes[1].client(), "drop_dataset", again.encode())
         assert sorted(read_all(nodes[1].client(), again).column("id").to_pylist()) == list(range(50_000, 50_007))
+        # Cluster-wide stats answer for the nodes that answer; a snapshot of
+        # every node's datasets says which node it missed.
+        stats = action(nodes[1].client(), "get_stats")
+        assert [u["node"] for u in stats["unreachable"]] == [0] and [n["node"] for n in stats["nodes"]] == [1]
+        with pytest.raises(fl.FlightUnavailableError, match="and not on node 0"):
+            action(nodes[1].client(), "force_snapshot")
         nodes[0] = node(0)
         assert action(nodes[0].client(), "drop_dataset", again.encode()) == {"dropped": again}
 

@@ -123,6 +123,7 @@ def test_series_we_promise(loaded):
         "longbow_snapshot_interval_seconds", "longbow_snapshot_compaction_duration_seconds_count",
         "longbow_snapshot_compaction_bytes_written_total", "longbow_snapshot_compaction_bytes_read_total",
         "longbow_do_get_rows_total", "longbow_do_get_bytes_total", "longbow_commits_throttled_total",
+        "longbow_sql_queries_run_at_owner_total",
         "longbow_flight_active_streams", "longbow_flight_action_duration_seconds_count",
     ]:
         assert name in names, name

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cluster::{peer_status, Peers};
 use crate::error::into_status;
 use crate::metrics::GatewayMetrics;
-use crate::sql::service::{is_sql_ticket, SqlService, SQL_ACTIONS};
+use crate::sql::service::{is_sql_ticket, ticket_sql, SqlService, SQL_ACTIONS};
 use crate::sql::SqlEngine;
 use arrow_flight::flight_descriptor::DescriptorType;
 use ticket::{dataset_from_descriptor, read_from_ticket, ticket_for, Read};
@@ -179,11 +179,12 @@ const ACTIONS: &[(&str, &str)] = &[
     (
         "get_stats",
         "Statistics as one JSON document: datasets, records, memory_bytes, max_memory_bytes, \
-         snapshot_interval_seconds, wal_bytes (segments and free files), wal_segments, wal_free_files, and per dataset its records, memory bytes, snapshot rows and shard",
+         snapshot_interval_seconds, wal_bytes (segments and free files), wal_segments, wal_free_files, and per dataset its records, memory bytes, snapshot rows and shard; \
+         with peers, summed over every node, with each node's own under nodes (body \"local\": this node's only)",
     ),
     (
         "force_snapshot",
-        "Write Parquet snapshots now and answer once they are durable; body: empty for all datasets, or a dataset name",
+        "Write Parquet snapshots now and answer once they are durable; body: empty for all datasets (every node's), or a dataset name",
     ),
     ("drop_dataset", "Remove a dataset from memory, snapshots and (durably) the WAL; body: the dataset name"),
     (
@@ -325,6 +326,20 @@ impl FlightService for LongbowFlight {
         let call = self.metrics.stream_call("DoGet");
         let r = async move {
             if is_sql_ticket(&request.get_ref().ticket) {
+                // A query whose tables are all another node's runs there,
+                // whole: that node's aggregates and joins send the result,
+                // not the rows. A forwarded one is never forwarded again.
+                let whole_at = (!crate::cluster::is_forwarded(&request))
+                    .then(|| ticket_sql(&request.get_ref().ticket))
+                    .flatten()
+                    .and_then(|sql| self.planner.runs_at(&sql))
+                    .and_then(|node| self.peers.client(node).map(|c| (node, c)));
+                if let Some((node, mut owner)) = whole_at {
+                    self.metrics.sql_queries_run_at_owner.inc();
+                    let ticket = request.into_inner();
+                    let stream = owner.do_get(self.peers.forward(ticket)).await.map_err(|e| peer_status(node, e))?;
+                    return Ok(stream.into_inner().boxed());
+                }
                 return Ok(FlightService::do_get(&self.sql, request).await?.into_inner());
             }
             let read = read_from_ticket(&request.get_ref().ticket)?;
@@ -451,9 +466,20 @@ impl FlightService for LongbowFlight {
         let r = async {
             match action.r#type.as_str() {
                 "get_stats" => {
+                    let local = match &action.body[..] {
+                        b"" => forwarded,
+                        b"local" => true,
+                        _ => return Err(Status::invalid_argument("get_stats takes an empty body, or \"local\"")),
+                    };
                     let datasets = self.engine.list().await.map_err(into_status)?;
                     let shards = self.engine.shard_stats().await.map_err(into_status)?;
-                    Ok(Response::new(one_result(stats_json(&self.engine, &datasets, &shards))))
+                    let mine = stats_json(&self.engine, &datasets, &shards);
+                    if local || self.peers.cluster.peers.is_empty() {
+                        return Ok(Response::new(one_result(mine)));
+                    }
+                    let ask = Action { r#type: "get_stats".into(), body: "local".into() };
+                    let theirs = self.peers.ask_everyone(&ask).await;
+                    Ok(Response::new(one_result(cluster_stats(self.peers.cluster.node, mine, theirs))))
                 }
                 "force_snapshot" => {
                     let name = body_name(&action, false)?;
@@ -462,12 +488,25 @@ impl FlightService for LongbowFlight {
                             return r;
                         }
                     }
-                    let r = self.engine.snapshot(name.as_deref()).await.map_err(into_status)?;
-                    Ok(Response::new(one_result(serde_json::json!({
+                    // All datasets: every node's, at once.
+                    let everyone = name.is_none() && !forwarded && !self.peers.cluster.peers.is_empty();
+                    let ask = async {
+                        match everyone {
+                            true => Some(self.peers.ask_everyone(&action).await),
+                            false => None,
+                        }
+                    };
+                    let (theirs, r) = futures::join!(ask, self.engine.snapshot(name.as_deref()));
+                    let r = r.map_err(into_status)?;
+                    let mine = serde_json::json!({
                         "datasets": r.datasets, "files_written": r.files_written, "rows_written": r.rows_written,
                         "bytes_written": r.bytes_written, "wal_segments_deleted": r.segments_deleted,
                         "bytes_evicted": r.bytes_evicted,
-                    }))))
+                    });
+                    match theirs {
+                        None => Ok(Response::new(one_result(mine))),
+                        Some(theirs) => Ok(Response::new(one_result(cluster_snapshot(mine, theirs)?))),
+                    }
                 }
                 "drop_dataset" => {
                     let name = body_name(&action, true)?.expect("required");
@@ -531,6 +570,97 @@ impl FlightService for LongbowFlight {
         self.metrics.observe("ListActions", started, &r);
         r
     }
+}
+
+/// `get_stats` for the cluster: the figures that add up, summed over the
+/// nodes that answered, every node's datasets (each with its `node`), and
+/// each node's own document under `nodes`. A node that did not answer is
+/// listed under `unreachable`; the sums leave it out.
+fn cluster_stats(
+    node: usize,
+    mine: serde_json::Value,
+    theirs: Vec<(usize, Result<serde_json::Value, Status>)>,
+) -> serde_json::Value {
+    let mut nodes = vec![(node, mine)];
+    let mut unreachable = Vec::new();
+    for (n, r) in theirs {
+        match r {
+            Ok(v) => nodes.push((n, v)),
+            Err(e) => unreachable.push(serde_json::json!({ "node": n, "error": e.message() })),
+        }
+    }
+    nodes.sort_by_key(|(n, _)| *n);
+    let mut out = serde_json::Map::new();
+    for key in SUMMED_STATS {
+        let total: u64 = nodes.iter().map(|(_, v)| v[key].as_u64().unwrap_or(0)).sum();
+        out.insert((*key).into(), total.into());
+    }
+    let mine = &nodes.iter().find(|(n, _)| *n == node).expect("this node").1;
+    out.insert("snapshot_interval_seconds".into(), mine["snapshot_interval_seconds"].clone());
+    let per_dataset: Vec<serde_json::Value> = nodes
+        .iter()
+        .flat_map(|(n, v)| {
+            v["per_dataset"].as_array().cloned().unwrap_or_default().into_iter().map(move |mut d| {
+                d["node"] = (*n).into();
+                d
+            })
+        })
+        .collect();
+    out.insert("per_dataset".into(), per_dataset.into());
+    let nodes: Vec<serde_json::Value> = nodes
+        .into_iter()
+        .map(|(n, mut v)| {
+            if let Some(m) = v.as_object_mut() {
+                m.remove("per_dataset");
+                m.insert("node".into(), n.into());
+            }
+            v
+        })
+        .collect();
+    out.insert("nodes".into(), nodes.into());
+    out.insert("unreachable".into(), unreachable.into());
+    out.into()
+}
+
+/// The `get_stats` figures a cluster's document sums over its nodes.
+const SUMMED_STATS: &[&str] = &[
+    "datasets",
+    "records",
+    "memory_bytes",
+    "max_memory_bytes",
+    "wal_bytes",
+    "wal_segments",
+    "wal_free_files",
+    "shards",
+];
+
+/// A bare `force_snapshot` on every node: the reports summed. A node that
+/// could not snapshot fails the call, naming it, after the others ran.
+fn cluster_snapshot(
+    mine: serde_json::Value,
+    theirs: Vec<(usize, Result<serde_json::Value, Status>)>,
+) -> Result<serde_json::Value, Status> {
+    let mut reports = vec![mine];
+    let mut failed = Vec::new();
+    for (n, r) in theirs {
+        match r {
+            Ok(v) => reports.push(v),
+            Err(e) => failed.push(format!("node {n}: {}", e.message())),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Status::unavailable(format!(
+            "force_snapshot ran on {} node(s), and not on {}",
+            reports.len(),
+            failed.join("; ")
+        )));
+    }
+    let mut out = serde_json::Map::new();
+    for key in ["datasets", "files_written", "rows_written", "bytes_written", "wal_segments_deleted", "bytes_evicted"] {
+        out.insert(key.into(), reports.iter().map(|r| r[key].as_u64().unwrap_or(0)).sum::<u64>().into());
+    }
+    out.insert("nodes".into(), reports.len().into());
+    Ok(out.into())
 }
 
 fn stats_json(engine: &Engine, datasets: &[DatasetInfo], shards: &[ShardStats]) -> serde_json::Value {

@@ -236,6 +236,36 @@ impl SqlEngine {
     }
 }
 
+impl SqlEngine {
+    /// The other node that should run `sql` in full: the one that owns
+    /// every table the statement names, when there is one (its joins,
+    /// aggregates and sorts then run there, and only the result crosses).
+    /// `None` for a statement with no table, one that names tables of
+    /// several nodes or of this one, one that reads `information_schema`,
+    /// and one that does not parse (the planner here gives the error).
+    pub fn runs_at(&self, sql: &str) -> Option<usize> {
+        let cluster = &self.peers.cluster;
+        if cluster.peers.is_empty() {
+            return None;
+        }
+        let statements = datafusion::sql::parser::DFParser::parse_sql(sql).ok()?;
+        let [statement] = statements.iter().collect::<Vec<_>>()[..] else { return None };
+        let (tables, _) = datafusion::sql::resolve::resolve_table_references(statement, true).ok()?;
+        let mut owner = None;
+        for t in &tables {
+            let ours = t.schema().is_none_or(|s| s == SCHEMA) && t.catalog().is_none_or(|c| c == CATALOG);
+            if !ours {
+                return None;
+            }
+            let n = cluster.owner(t.table());
+            if *owner.get_or_insert(n) != n {
+                return None;
+            }
+        }
+        owner.filter(|&n| n != cluster.node)
+    }
+}
+
 /// Whether `sql` reads `information_schema`: a table it names there, or a
 /// `SHOW` that reads it. A statement that does not parse is left to the
 /// planner, whose error the client gets.

@@ -437,6 +437,18 @@ impl FlightSqlService for SqlService {
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
+/// The SQL of a statement's or a prepared statement's ticket.
+pub fn ticket_sql(ticket: &[u8]) -> Option<String> {
+    let any = arrow_flight::sql::Any::decode(ticket).ok()?;
+    match arrow_flight::sql::Command::try_from(any).ok()? {
+        arrow_flight::sql::Command::TicketStatementQuery(t) => String::from_utf8(t.statement_handle.to_vec()).ok(),
+        arrow_flight::sql::Command::CommandPreparedStatementQuery(c) => {
+            Handle::decode(&c.prepared_statement_handle).ok().map(|h| h.sql)
+        }
+        _ => None,
+    }
+}
+
 /// Whether a ticket is a Flight SQL one: a protobuf `Any` of a Flight SQL
 /// message (Longbow's own tickets are JSON or a dataset name, which never
 /// start with a protobuf field tag).
