@@ -521,13 +521,20 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
                     continue;
                 }
                 let name = p.dataset.clone();
+                // A forget is logged after its dataset left the catalog (see
+                // `snapshots::forget`).
+                if matches!(p.op, Op::Forget) {
+                    dropped_here.insert(name);
+                    kept.push(p);
+                    continue;
+                }
                 // A write after a drop of the same dataset in this commit
                 // would bring it back on replay.
                 if !cat.datasets.contains_key(&name) || dropped_here.contains(&name) {
                     p.fail(Error::NotFound(name));
                     continue;
                 }
-                if matches!(p.op, Op::Drop | Op::Forget) {
+                if matches!(p.op, Op::Drop) {
                     dropped_here.insert(name);
                     kept.push(p);
                     continue;
@@ -575,7 +582,11 @@ async fn commit_loop(state: Rc<State>, mut wal: Wal, rx: flume::Receiver<Write>)
             group = kept;
             own_dropped = dropped_here;
             own_taken = taken;
-            group.iter().map(|p| cat.datasets[&p.dataset].schema_message.clone()).collect()
+            // A drop or forget frame carries no schema.
+            group
+                .iter()
+                .map(|p| cat.datasets.get(&p.dataset).map_or_else(|| Rc::from(&[][..]), |d| d.schema_message.clone()))
+                .collect()
         };
         if group.is_empty() {
             continue;
@@ -808,8 +819,8 @@ fn apply(state: &Rc<State>, w: Write, lsn: Lsn, durable_at: Instant) {
             wake_followers(state, &dataset);
         }
         Op::Producers(_) => unreachable!("the request loop refuses a producers' state"),
+        // The dataset left the catalog before its forget was logged.
         Op::Forget => {
-            state.forget(&dataset);
             let _ = reply.send(Ok(committed));
         }
         Op::Drop => {

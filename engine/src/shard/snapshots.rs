@@ -171,8 +171,8 @@ async fn run(
 }
 
 /// Hands `dataset` over to the node that owns it now: commits what its
-/// table lacks (a snapshot, idempotent by the shard's `txn`), then forgets
-/// the dataset here with a forget record, so that a restart before its
+/// table lacks (a snapshot, idempotent by the shard's `txn`), forgets the
+/// dataset here, then logs a forget record, so that a restart before its
 /// segments are released does not replay the rows and hand them over
 /// again (into a table the owner may have dropped, or dropped and made
 /// again, meanwhile). The gateway routes the dataset's calls to its owner
@@ -180,7 +180,7 @@ async fn run(
 pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, commits: flume::Sender<Write>) {
     let state = state.clone();
     glommio::spawn_local(async move {
-        let _permit = state.snapshot_lock.acquire_permit(1).await;
+        let permit = state.snapshot_lock.acquire_permit(1).await;
         let r = async {
             let Some(ours) = state.catalog.borrow().datasets.get(&dataset).map(|d| d.schema.clone()) else {
                 return Err(Error::NotFound(dataset.clone()));
@@ -201,8 +201,8 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, co
                         d.unsnapshotted().map(|(_, b)| b.num_rows()).sum()
                     });
                     tracing::warn!(shard = %state.id, dataset, rows, "not handed over: the owner's table has another schema (the dataset was dropped and made again there); these rows were dropped with it");
-                    log_forget(&commits, &dataset).await?;
-                    return Ok(());
+                    state.forget(&dataset);
+                    return Ok(0);
                 }
             }
             let mut report = SnapshotReport::default();
@@ -211,11 +211,17 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, co
             if !done {
                 return Err(Error::NotStored { reason: "rows were written during the handover; it is retried" });
             }
-            log_forget(&commits, &dataset).await?;
-            tracing::info!(shard = %state.id, dataset, rows = report.rows_written, "handed over to its owner");
-            Ok(())
+            state.forget(&dataset);
+            Ok(report.rows_written)
         }
         .await;
+        drop(permit);
+        let r = match r {
+            Ok(rows) => log_forget(&commits, &dataset).await.map(|()| {
+                tracing::info!(shard = %state.id, dataset, rows, "handed over to its owner");
+            }),
+            Err(e) => Err(e),
+        };
         let _ = reply.send(r);
     })
     .detach();
@@ -225,14 +231,15 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, co
 /// it, and these rows were written before the drop (before the node list
 /// changed). Under the snapshot lock, so a handover or snapshot of it that
 /// is under way ends first: nothing of it reaches the table after the owner
-/// has been told it is forgotten.
+/// has been told it is forgotten. The forget record is logged whether or
+/// not the dataset is held: a retry after a failed one, or a restart that
+/// replayed the rows again, must leave one in the WAL too.
 pub(super) fn forget(state: &Rc<State>, dataset: String, reply: Reply<bool>, commits: flume::Sender<Write>) {
     let state = state.clone();
     glommio::spawn_local(async move {
-        let _permit = state.snapshot_lock.acquire_permit(1).await;
+        let permit = state.snapshot_lock.acquire_permit(1).await;
         let held = state.catalog.borrow().datasets.get(&dataset).map(|d| d.durable);
         let r = match held {
-            None => Ok(false),
             // An Open under way here would be a write this node should not
             // take (another node owns the dataset).
             Some(false) => Err(Error::NotStored { reason: "the dataset is being created here; the forget is retried" }),
@@ -243,23 +250,26 @@ pub(super) fn forget(state: &Rc<State>, dataset: String, reply: Reply<bool>, com
                     .datasets
                     .get(&dataset)
                     .map_or(0, |d| d.unsnapshotted().map(|(_, b)| b.num_rows()).sum());
-                match log_forget(&commits, &dataset).await {
-                    Ok(()) => {
-                        tracing::info!(shard = %state.id, dataset, rows, "forgotten: its owner drops it");
-                        Ok(true)
-                    }
-                    Err(Error::NotFound(_)) => Ok(false),
-                    Err(e) => Err(e),
-                }
+                state.forget(&dataset);
+                tracing::info!(shard = %state.id, dataset, rows, "forgotten: its owner drops it");
+                Ok(true)
             }
+            None => Ok(false),
+        };
+        // IMPORTANT: not held while the record is logged. A commit that
+        // waits for memory waits for snapshots, which need the lock.
+        drop(permit);
+        let r = match r {
+            Ok(held) => log_forget(&commits, &dataset).await.map(|()| held),
+            Err(e) => Err(e),
         };
         let _ = reply.send(r);
     })
     .detach();
 }
 
-/// Logs a forget record for `dataset` and waits until it is durable; the
-/// committer then removes the dataset from the catalog and memory.
+/// Logs a forget record for `dataset`, gone from the catalog, and waits
+/// until it is durable.
 async fn log_forget(commits: &flume::Sender<Write>, dataset: &str) -> Result<()> {
     let (reply, rx) = futures::channel::oneshot::channel();
     let w = Write {
