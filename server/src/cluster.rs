@@ -185,29 +185,13 @@ impl Peers {
     /// hold rows it would hand over into the table after the drop, or into
     /// one made again since, so the drop is refused and retried.
     pub async fn forget_everywhere(&self, dataset: &str) -> Result<bool, Status> {
-        let asked = self.others().map(|(node, mut client)| async move {
-            let action = arrow_flight::Action { r#type: FORGET_ACTION.into(), body: dataset.to_owned().into() };
-            let request = self.forward(action);
-            let answer = async {
-                let mut results = client.do_action(request).await?.into_inner();
-                let mut held = false;
-                while let Some(r) = results.message().await? {
-                    held |= serde_json::from_slice::<serde_json::Value>(&r.body)
-                        .is_ok_and(|v| v["held"].as_bool() == Some(true));
-                }
-                Ok::<_, Status>(held)
-            };
-            match tokio::time::timeout(PEER_ANSWER_TIMEOUT, answer).await {
-                Ok(r) => r.map_err(|e| (node, e)),
-                Err(_) => Err((node, Status::deadline_exceeded(format!("no answer in {PEER_ANSWER_TIMEOUT:?}")))),
-            }
-        });
+        let action = arrow_flight::Action { r#type: FORGET_ACTION.into(), body: dataset.to_owned().into() };
         let mut held = false;
         let mut failed = Vec::new();
-        for r in futures::future::join_all(asked).await {
+        for (node, r) in self.ask_everyone(&action).await {
             match r {
-                Ok(h) => held |= h,
-                Err(e) => failed.push(e),
+                Ok(v) => held |= v["held"].as_bool() == Some(true),
+                Err(e) => failed.push((node, e)),
             }
         }
         let Some((_, first)) = failed.first() else { return Ok(held) };
