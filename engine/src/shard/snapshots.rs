@@ -183,7 +183,7 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, co
         let permit = state.snapshot_lock.acquire_permit(1).await;
         let r = async {
             let Some(ours) = state.catalog.borrow().datasets.get(&dataset).map(|d| d.schema.clone()) else {
-                return Err(Error::NotFound(dataset.clone()));
+                return Ok(None);
             };
             // A table of another schema is another dataset of that name:
             // the owner dropped this one, which drops these rows too (they
@@ -202,7 +202,7 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, co
                     });
                     tracing::warn!(shard = %state.id, dataset, rows, "not handed over: the owner's table has another schema (the dataset was dropped and made again there); these rows were dropped with it");
                     state.forget(&dataset);
-                    return Ok(0);
+                    return Ok(Some(0));
                 }
             }
             let mut report = SnapshotReport::default();
@@ -212,14 +212,17 @@ pub(super) fn hand_over(state: &Rc<State>, dataset: String, reply: Reply<()>, co
                 return Err(Error::NotStored { reason: "rows were written during the handover; it is retried" });
             }
             state.forget(&dataset);
-            Ok(report.rows_written)
+            Ok(Some(report.rows_written))
         }
         .await;
         drop(permit);
+        // Not held (any more): a record still goes to the WAL, in case the
+        // last attempt forgot the dataset and failed to log its own.
         let r = match r {
-            Ok(rows) => log_forget(&commits, &dataset).await.map(|()| {
+            Ok(Some(rows)) => log_forget(&commits, &dataset).await.map(|()| {
                 tracing::info!(shard = %state.id, dataset, rows, "handed over to its owner");
             }),
+            Ok(None) => log_forget(&commits, &dataset).await.and(Err(Error::NotFound(dataset.clone()))),
             Err(e) => Err(e),
         };
         let _ = reply.send(r);
